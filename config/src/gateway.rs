@@ -1,0 +1,623 @@
+//! The gateway's bootstrap config: what it listens on, where it writes, and its limits.
+//! Read once at start-up; policies (sampling, routing) come separately.
+
+use crate::error::{ConfigError, from_yaml};
+use crate::units::{ByteSize, duration};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole bootstrap config of `weir-gateway`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// The OTLP listeners.
+    pub receivers: Receivers,
+    /// Request size, memory and time limits.
+    pub limits: Limits,
+    /// The Kafka exporter.
+    pub kafka: KafkaConfig,
+    /// The admin listener (health, readiness, metrics).
+    pub admin: Admin,
+    /// How long shutdown waits for in-flight requests and the producer's flush.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Logging.
+    pub log: Log,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            receivers: Receivers::default(),
+            limits: Limits::default(),
+            kafka: KafkaConfig::default(),
+            admin: Admin::default(),
+            shutdown_timeout: Duration::from_secs(30),
+            log: Log::default(),
+        }
+    }
+}
+
+/// The OTLP/gRPC and OTLP/HTTP listeners.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Receivers {
+    /// OTLP/gRPC, default 0.0.0.0:4317.
+    pub grpc: Listener,
+    /// OTLP/HTTP, default 0.0.0.0:4318.
+    pub http: Listener,
+}
+
+impl Default for Receivers {
+    fn default() -> Self {
+        Self {
+            grpc: Listener { enabled: true, endpoint: "0.0.0.0:4317".into() },
+            http: Listener { enabled: true, endpoint: "0.0.0.0:4318".into() },
+        }
+    }
+}
+
+/// One listener: whether it runs and the address it binds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Whether the listener runs.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `host:port` to bind.
+    pub endpoint: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Limits that keep the gateway's memory and latency bounded.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// The largest OTLP message accepted, after decompression.
+    pub max_message_size: ByteSize,
+    /// Request bytes held at once over all requests; past it requests are refused with 429.
+    pub max_in_flight_bytes: ByteSize,
+    /// How long a request waits for Kafka's acknowledgement before it gets 503/UNAVAILABLE.
+    #[serde(deserialize_with = "duration")]
+    pub export_timeout: Duration,
+    /// The delay clients are asked to wait before retrying (Retry-After, RetryInfo).
+    #[serde(deserialize_with = "duration")]
+    pub retry_after: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: ByteSize(64 << 20),
+            max_in_flight_bytes: ByteSize(256 << 20),
+            export_timeout: Duration::from_secs(10),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The Kafka exporter: brokers, topics, encodings, producer settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// The producer's client id.
+    pub client_id: String,
+    /// Where spans go.
+    pub traces: SignalTopic,
+    /// Where metric points go.
+    pub metrics: SignalTopic,
+    /// Where log records go.
+    pub logs: SignalTopic,
+    /// The largest record value produced; larger groups are split.
+    pub max_message_size: ByteSize,
+    /// Producer acknowledgements.
+    pub acks: Acks,
+    /// Record batch compression.
+    pub compression: Compression,
+    /// How long the producer waits to fill a batch.
+    #[serde(deserialize_with = "duration")]
+    pub linger: Duration,
+    /// Protocol, SASL and TLS to the brokers.
+    pub security: KafkaSecurity,
+    /// Raw librdkafka producer properties; they win over the keys above.
+    pub properties: BTreeMap<String, ScalarString>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: vec!["127.0.0.1:9092".into()],
+            client_id: "weir-gateway".into(),
+            traces: SignalTopic::new("otlp_spans"),
+            metrics: SignalTopic::new("otlp_metrics"),
+            logs: SignalTopic::new("otlp_logs"),
+            max_message_size: ByteSize(1_000_000),
+            acks: Acks::All,
+            compression: Compression::None,
+            linger: Duration::from_millis(5),
+            security: KafkaSecurity::default(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// A signal's topic and record encoding.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalTopic {
+    /// The topic name.
+    pub topic: String,
+    /// How record values are encoded.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+impl SignalTopic {
+    fn new(topic: &str) -> Self {
+        Self { topic: topic.into(), encoding: Encoding::OtlpProto }
+    }
+}
+
+/// Record value encodings, named as the Collector's kafkaexporter names them.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// OTLP protobuf (`TracesData`, `MetricsData`, `LogsData`).
+    #[default]
+    OtlpProto,
+    /// OTLP/JSON.
+    OtlpJson,
+}
+
+/// `acks`: how many replicas must have a record before the broker acknowledges it.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum Acks {
+    /// All in-sync replicas (`-1`); the only setting that cannot lose acknowledged data.
+    #[serde(rename = "all", alias = "-1")]
+    All,
+    /// The leader only.
+    #[serde(rename = "1")]
+    Leader,
+    /// No acknowledgement at all.
+    #[serde(rename = "0")]
+    None,
+}
+
+impl Acks {
+    /// The librdkafka value of `acks`.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Acks::All => "all",
+            Acks::Leader => "1",
+            Acks::None => "0",
+        }
+    }
+}
+
+/// Record batch compression codecs.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    /// The librdkafka value of `compression.codec`.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// How the producer authenticates to and encrypts traffic with the brokers.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSecurity {
+    /// `security.protocol`.
+    pub protocol: SecurityProtocol,
+    /// SASL credentials, for `sasl_plaintext` and `sasl_ssl`.
+    pub sasl: Option<Sasl>,
+    /// TLS files, for `ssl` and `sasl_ssl`.
+    pub tls: Option<KafkaTls>,
+}
+
+/// `security.protocol` values.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// No TLS, no SASL.
+    #[default]
+    Plaintext,
+    /// TLS.
+    Ssl,
+    /// SASL without TLS.
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// The librdkafka value of `security.protocol`.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn uses_sasl(self) -> bool {
+        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// SASL credentials. The password comes from exactly one of `password`, `password_file` or
+/// `password_env`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sasl {
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    pub mechanism: SaslMechanism,
+    /// The user name.
+    pub username: String,
+    /// The password, inline (prefer a file or an environment variable).
+    pub password: Option<String>,
+    /// A file that holds the password (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+    /// An environment variable that holds the password.
+    pub password_env: Option<String>,
+}
+
+impl Sasl {
+    /// Reads the password from wherever the config says it is.
+    pub fn resolve_password(&self) -> Result<String, ConfigError> {
+        let key = "kafka.security.sasl";
+        match (&self.password, &self.password_file, &self.password_env) {
+            (Some(p), None, None) => Ok(p.clone()),
+            (None, Some(f), None) => std::fs::read_to_string(f)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| ConfigError::invalid(format!("{key}.password_file"), format!("cannot read {}: {e}", f.display()))),
+            (None, None, Some(v)) => std::env::var(v).map_err(|_| {
+                ConfigError::invalid(format!("{key}.password_env"), format!("environment variable {v} is not set"))
+            }),
+            _ => Err(ConfigError::invalid(key, "set exactly one of password, password_file, password_env")),
+        }
+    }
+}
+
+/// SASL mechanisms librdkafka supports without Kerberos.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// SASL/PLAIN.
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// SCRAM with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// SCRAM with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The librdkafka value of `sasl.mechanism`.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// TLS files for the connection to the brokers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaTls {
+    /// CA bundle that signs the brokers' certificates (system roots when absent).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate, for mTLS.
+    pub cert_file: Option<PathBuf>,
+    /// Client key, for mTLS.
+    pub key_file: Option<PathBuf>,
+}
+
+/// The admin listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// `host:port` to bind, default 0.0.0.0:8888.
+    pub endpoint: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self { endpoint: "0.0.0.0:8888".into() }
+    }
+}
+
+/// Logging settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A `tracing` filter directive, e.g. `info` or `weir_gateway=debug,info`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// Log line formats.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A YAML scalar (string, number or boolean) read as its string form, for librdkafka
+/// properties such as `linger.ms: 5`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScalarString(pub String);
+
+impl<'de> Deserialize<'de> for ScalarString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ScalarString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ScalarString, E> {
+                Ok(ScalarString(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<ScalarString, E> {
+                Ok(ScalarString(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<ScalarString, E> {
+                Ok(ScalarString(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<ScalarString, E> {
+                Ok(ScalarString(v.to_string()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<ScalarString, E> {
+                Ok(ScalarString(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The Kafka limit on a record: librdkafka refuses messages over 1,000,000,000 bytes.
+const KAFKA_MAX_MESSAGE: u64 = 1_000_000_000;
+
+impl GatewayConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Parses and validates a config document. An empty document is the default config.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: GatewayConfig = if text.trim().is_empty() { GatewayConfig::default() } else { from_yaml(text)? };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, l) in [("receivers.grpc", &self.receivers.grpc), ("receivers.http", &self.receivers.http)] {
+            if l.enabled {
+                parse_addr(&format!("{key}.endpoint"), &l.endpoint)?;
+            }
+        }
+        if !self.receivers.grpc.enabled && !self.receivers.http.enabled {
+            return Err(ConfigError::invalid("receivers", "at least one of grpc and http must be enabled"));
+        }
+        parse_addr("admin.endpoint", &self.admin.endpoint)?;
+
+        let l = &self.limits;
+        if l.max_message_size.0 < 1024 || l.max_message_size.0 > u32::MAX as u64 {
+            return Err(ConfigError::invalid(
+                "limits.max_message_size",
+                format!("{} is out of range: use 1KiB to 4GiB", l.max_message_size),
+            ));
+        }
+        if l.max_in_flight_bytes < l.max_message_size {
+            return Err(ConfigError::invalid(
+                "limits.max_in_flight_bytes",
+                format!(
+                    "{} is below limits.max_message_size ({}): one largest request must fit",
+                    l.max_in_flight_bytes, l.max_message_size
+                ),
+            ));
+        }
+        if l.export_timeout.is_zero() {
+            return Err(ConfigError::invalid("limits.export_timeout", "must be greater than zero"));
+        }
+        if self.shutdown_timeout.is_zero() {
+            return Err(ConfigError::invalid("shutdown_timeout", "must be greater than zero"));
+        }
+
+        let k = &self.kafka;
+        if k.brokers.is_empty() {
+            return Err(ConfigError::invalid("kafka.brokers", "list at least one broker as host:port"));
+        }
+        for (i, b) in k.brokers.iter().enumerate() {
+            if b.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+                return Err(ConfigError::invalid(format!("kafka.brokers[{i}]"), format!("`{b}` is not host:port")));
+            }
+        }
+        for (key, t) in [("kafka.traces", &k.traces), ("kafka.metrics", &k.metrics), ("kafka.logs", &k.logs)] {
+            check_topic(&format!("{key}.topic"), &t.topic)?;
+        }
+        if k.max_message_size.0 < 1024 || k.max_message_size.0 > KAFKA_MAX_MESSAGE {
+            return Err(ConfigError::invalid(
+                "kafka.max_message_size",
+                format!("{} is out of range: use 1024 to {KAFKA_MAX_MESSAGE} bytes", k.max_message_size),
+            ));
+        }
+        let sec = &k.security;
+        match (sec.protocol.uses_sasl(), &sec.sasl) {
+            (true, None) => {
+                return Err(ConfigError::invalid("kafka.security.sasl", "required when protocol is sasl_plaintext or sasl_ssl"));
+            }
+            (false, Some(_)) => {
+                return Err(ConfigError::invalid("kafka.security.sasl", "set protocol to sasl_plaintext or sasl_ssl to use SASL"));
+            }
+            (true, Some(s)) => {
+                let n = [s.password.is_some(), s.password_file.is_some(), s.password_env.is_some()]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
+                if n != 1 {
+                    return Err(ConfigError::invalid(
+                        "kafka.security.sasl",
+                        "set exactly one of password, password_file, password_env",
+                    ));
+                }
+            }
+            (false, None) => {}
+        }
+        if let Some(tls) = &sec.tls {
+            if !matches!(sec.protocol, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl) {
+                return Err(ConfigError::invalid("kafka.security.tls", "set protocol to ssl or sasl_ssl to use TLS"));
+            }
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(ConfigError::invalid("kafka.security.tls", "cert_file and key_file go together"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, format!("`{value}` is not an address such as 0.0.0.0:4317")))
+}
+
+/// Kafka topic names: 1 to 249 characters of `[a-zA-Z0-9._-]`.
+fn check_topic(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(key, format!("`{name}` is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(yaml: &str) -> ConfigError {
+        GatewayConfig::from_yaml(yaml).expect_err("config should be refused")
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_equals_the_defaults() {
+        let text = include_str!("../gateway.yaml");
+        let cfg = GatewayConfig::from_yaml(text).unwrap();
+        let def = GatewayConfig::default();
+        assert_eq!(cfg.receivers.grpc.endpoint, def.receivers.grpc.endpoint);
+        assert_eq!(cfg.limits.max_message_size, def.limits.max_message_size);
+        assert_eq!(cfg.limits.export_timeout, def.limits.export_timeout);
+        assert_eq!(cfg.kafka.max_message_size, def.kafka.max_message_size);
+        assert_eq!(cfg.kafka.traces.topic, "otlp_spans");
+        assert_eq!(cfg.kafka.linger, def.kafka.linger);
+    }
+
+    #[test]
+    fn empty_document_is_the_default() {
+        let cfg = GatewayConfig::from_yaml("").unwrap();
+        assert_eq!(cfg.kafka.brokers, vec!["127.0.0.1:9092".to_string()]);
+        assert_eq!(cfg.kafka.acks, Acks::All);
+    }
+
+    #[test]
+    fn unknown_keys_name_their_path() {
+        let e = err("kafka:\n  brokerz: [a:1]\n");
+        assert_eq!(e.key(), Some("kafka.brokerz"), "{e}");
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = err("kafka:\n  traces:\n    topic: t\n    encodng: otlp_json\n");
+        assert_eq!(e.key(), Some("kafka.traces.encodng"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_path() {
+        let e = err("kafka:\n  traces:\n    topic: t\n    encoding: xml\n");
+        assert_eq!(e.key(), Some("kafka.traces.encoding"), "{e}");
+        let e = err("limits:\n  max_message_size: -5\n");
+        assert_eq!(e.key(), Some("limits.max_message_size"), "{e}");
+        assert!(e.to_string().contains("negative"), "{e}");
+        let e = err("limits:\n  export_timeout: soon\n");
+        assert_eq!(e.key(), Some("limits.export_timeout"), "{e}");
+        let e = err("receivers:\n  grpc:\n    endpoint: nowhere\n");
+        assert_eq!(e.key(), Some("receivers.grpc.endpoint"), "{e}");
+        let e = err("kafka:\n  traces:\n    topic: 'bad topic'\n");
+        assert_eq!(e.key(), Some("kafka.traces.topic"), "{e}");
+        let e = err("limits:\n  max_message_size: 1MiB\n  max_in_flight_bytes: 512KiB\n");
+        assert_eq!(e.key(), Some("limits.max_in_flight_bytes"), "{e}");
+        let e = err("kafka:\n  security:\n    protocol: sasl_ssl\n");
+        assert_eq!(e.key(), Some("kafka.security.sasl"), "{e}");
+        let e = err("kafka:\n  acks: 2\n");
+        assert_eq!(e.key(), Some("kafka.acks"), "{e}");
+    }
+
+    #[test]
+    fn properties_accept_scalars() {
+        let cfg = GatewayConfig::from_yaml("kafka:\n  properties:\n    linger.ms: 5\n    enable.idempotence: true\n").unwrap();
+        assert_eq!(cfg.kafka.properties["linger.ms"].0, "5");
+        assert_eq!(cfg.kafka.properties["enable.idempotence"].0, "true");
+    }
+
+    #[test]
+    fn sasl_password_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let yaml = format!(
+            "kafka:\n  security:\n    protocol: sasl_plaintext\n    sasl:\n      mechanism: SCRAM-SHA-512\n      username: u\n      password_file: {}\n",
+            f.display()
+        );
+        let cfg = GatewayConfig::from_yaml(&yaml).unwrap();
+        assert_eq!(cfg.kafka.security.sasl.unwrap().resolve_password().unwrap(), "s3cret");
+    }
+}

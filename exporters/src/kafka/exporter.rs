@@ -1,0 +1,159 @@
+//! The producer side: librdkafka configuration, producing a request's records, and waiting
+//! until Kafka acknowledged every one of them (or the export timeout passed).
+
+use super::errors::ExportError;
+use super::records::Record;
+use futures::future::join_all;
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use std::time::{Duration, Instant};
+use weir_config::ConfigError;
+use weir_config::gateway::KafkaConfig;
+
+/// Routes librdkafka's own log lines and errors into `tracing`.
+pub struct TracingContext;
+
+impl ClientContext for TracingContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility = fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility = fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+/// The librdkafka producer properties that a `KafkaConfig` stands for.
+///
+/// `message.timeout.ms` follows the export timeout, so librdkafka stops retrying a record about
+/// when the client is told to retry it; raw `properties` are applied last and win.
+pub fn producer_config(cfg: &KafkaConfig, export_timeout: Duration) -> Result<ClientConfig, ConfigError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", cfg.brokers.join(","))
+        .set("client.id", &cfg.client_id)
+        .set("acks", cfg.acks.as_librdkafka())
+        .set("enable.idempotence", if cfg.acks == weir_config::gateway::Acks::All { "true" } else { "false" })
+        .set("compression.codec", cfg.compression.as_librdkafka())
+        .set("linger.ms", cfg.linger.as_millis().to_string())
+        .set("message.timeout.ms", export_timeout.as_millis().max(1).to_string())
+        .set("message.max.bytes", (cfg.max_message_size.0 + 64 * 1024).max(1_000_000).to_string())
+        .set("security.protocol", cfg.security.protocol.as_librdkafka());
+    if let Some(sasl) = &cfg.security.sasl {
+        c.set("sasl.mechanism", sasl.mechanism.as_librdkafka())
+            .set("sasl.username", &sasl.username)
+            .set("sasl.password", sasl.resolve_password()?);
+    }
+    if let Some(tls) = &cfg.security.tls {
+        for (key, path) in [
+            ("ssl.ca.location", &tls.ca_file),
+            ("ssl.certificate.location", &tls.cert_file),
+            ("ssl.key.location", &tls.key_file),
+        ] {
+            if let Some(p) = path {
+                c.set(key, p.display().to_string());
+            }
+        }
+    }
+    for (k, v) in &cfg.properties {
+        c.set(k, &v.0);
+    }
+    Ok(c)
+}
+
+/// Produces records to Kafka and reports when the brokers have acknowledged them.
+pub struct KafkaExporter {
+    producer: FutureProducer<TracingContext>,
+    export_timeout: Duration,
+}
+
+impl KafkaExporter {
+    /// Creates the producer. Connecting happens in the background; see `probe`.
+    pub fn new(cfg: &KafkaConfig, export_timeout: Duration) -> Result<Self, ExportError> {
+        let producer = producer_config(cfg, export_timeout)
+            .map_err(|e| ExportError::Config(e.to_string()))?
+            .create_with_context(TracingContext)
+            .map_err(|e| ExportError::Config(e.to_string()))?;
+        Ok(Self { producer, export_timeout })
+    }
+
+    /// Produces `records` to `topic` and waits until Kafka acknowledged all of them.
+    ///
+    /// Returns only after every record is acknowledged, or with an error as soon as one fails
+    /// or the export timeout passes. Records already handed to librdkafka may still be
+    /// delivered after an error: delivery is at least once, never "acknowledged but lost".
+    pub async fn send(&self, topic: &str, records: &[Record]) -> Result<(), ExportError> {
+        let started = Instant::now();
+        let deadline = started + self.export_timeout;
+        let total = records.len();
+        let mut pending = Vec::with_capacity(total);
+        for rec in records {
+            let mut fr = FutureRecord::to(topic).key(&rec.key[..]).payload(&rec.value[..]);
+            loop {
+                match self.producer.send_result(fr) {
+                    Ok(delivery) => {
+                        pending.push(delivery);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // The local queue is full: wait for it to drain, within the deadline.
+                        if Instant::now() >= deadline {
+                            return Err(self.timeout(total, total));
+                        }
+                        fr = back;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((e, _)) => {
+                        return Err(ExportError::Delivery { topic: topic.to_string(), reason: e.to_string() });
+                    }
+                }
+            }
+        }
+        let results = match tokio::time::timeout_at(deadline.into(), join_all(pending)).await {
+            Ok(results) => results,
+            Err(_) => return Err(self.timeout(total, total)),
+        };
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => failed = Some(e.to_string()),
+                Err(_) => failed = Some("the producer was shut down".to_string()),
+            }
+        }
+        metrics::histogram!("weir_exporter_produce_latency_seconds", "exporter" => "kafka")
+            .record(started.elapsed().as_secs_f64());
+        match failed {
+            None => Ok(()),
+            Some(reason) => Err(ExportError::Delivery { topic: topic.to_string(), reason }),
+        }
+    }
+
+    fn timeout(&self, pending: usize, total: usize) -> ExportError {
+        ExportError::Timeout { pending, total, timeout_ms: self.export_timeout.as_millis() }
+    }
+
+    /// Asks the brokers for metadata: true when one answered within `timeout`. Blocking.
+    pub fn probe(&self, timeout: Duration) -> bool {
+        self.producer.client().fetch_metadata(None, Timeout::After(timeout)).is_ok()
+    }
+
+    /// Waits for every queued record to be delivered, at most `timeout`. Blocking.
+    pub fn flush(&self, timeout: Duration) -> Result<(), ExportError> {
+        self.producer.flush(Timeout::After(timeout)).map_err(|e| ExportError::Delivery {
+            topic: "*".to_string(),
+            reason: format!("flush at shutdown: {e} ({} records still queued)", self.producer.in_flight_count()),
+        })
+    }
+}

@@ -1,0 +1,12 @@
+//! The Kafka exporter: `records` turns an OTLP request into keyed, size-bounded records,
+//! `exporter` produces them and waits for the brokers' acknowledgements.
+
+mod errors;
+mod exporter;
+mod records;
+mod split;
+
+pub use errors::ExportError;
+pub use exporter::{KafkaExporter, producer_config};
+pub use records::{Batch, Record, data_points, logs_batch, metrics_batch, resource_key, trace_key, traces_batch};
+pub use split::{Container, split};

@@ -1,0 +1,80 @@
+//! The admin listener (8888): `/healthz` (the process serves), `/readyz` (ready to take
+//! traffic: the broker answers and shutdown has not begun) and `/metrics` (Prometheus).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What `/readyz` reports.
+#[derive(Default)]
+pub struct Readiness {
+    broker: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    /// Records whether the broker answered the last probe.
+    pub fn set_broker(&self, up: bool) {
+        let was = self.broker.swap(up, Ordering::Relaxed);
+        if was != up {
+            if up {
+                tracing::info!("the Kafka broker answers: ready");
+            } else {
+                tracing::warn!("the Kafka broker does not answer: not ready");
+            }
+        }
+        metrics::gauge!("weir_exporter_broker_up", "exporter" => "kafka").set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// Marks the gateway as shutting down, so load balancers stop sending to it.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Why the gateway is not ready, or `None` when it is.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.draining.load(Ordering::Relaxed) {
+            Some("shutting down")
+        } else if !self.broker.load(Ordering::Relaxed) {
+            Some("the Kafka broker does not answer")
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    readiness: Arc<Readiness>,
+    prometheus: PrometheusHandle,
+}
+
+/// Serves the admin routes until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Arc<Readiness>,
+    prometheus: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<AdminState>| async move {
+                match s.readiness.not_ready_reason() {
+                    None => (StatusCode::OK, "ready\n".to_string()),
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                }
+            }),
+        )
+        .route("/metrics", get(|State(s): State<AdminState>| async move { s.prometheus.render() }))
+        .with_state(AdminState { readiness, prometheus });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The per-request path shared by both receivers:
+//! admit -> decode -> validate -> group and split into records -> produce -> wait for Kafka
+//! -> answer. The OTLP success reply is built only after Kafka acknowledged every record.
+
+use crate::admission::Admission;
+use crate::signal::Signal;
+use bytes::Bytes;
+use prost::Message;
+use std::sync::Arc;
+use std::time::Duration;
+use weir_config::GatewayConfig;
+use weir_exporters::kafka::KafkaExporter;
+
+/// The body format of a request (and of its response).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `application/x-protobuf` (and every gRPC request).
+    Protobuf,
+    /// `application/json` (OTLP/JSON).
+    Json,
+}
+
+/// The receiver a request came through, as the `transport` metric label names it.
+#[derive(Clone, Copy, Debug)]
+pub enum Transport {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP.
+    Http,
+}
+
+impl Transport {
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Grpc => "grpc",
+            Transport::Http => "http",
+        }
+    }
+}
+
+/// Why a request was refused, each with the OTLP status it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// 400 / INVALID_ARGUMENT: the body does not decode, or an id is malformed. Not retryable.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// 413 / RESOURCE_EXHAUSTED: the request is over the size limit. Not retryable.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 429 / RESOURCE_EXHAUSTED with a retry delay: the in-flight bound is reached.
+    #[error("{0}")]
+    Overloaded(String),
+    /// 503 / UNAVAILABLE with a retry delay: Kafka did not acknowledge in time.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Everything a request needs, shared by all receivers.
+pub struct Pipeline {
+    exporter: Arc<KafkaExporter>,
+    admission: Admission,
+    config: Arc<GatewayConfig>,
+}
+
+impl Pipeline {
+    /// A pipeline over an exporter with the limits of `config`.
+    pub fn new(config: Arc<GatewayConfig>, exporter: Arc<KafkaExporter>) -> Self {
+        let admission = Admission::new(config.limits.max_in_flight_bytes.as_usize());
+        Self { exporter, admission, config }
+    }
+
+    /// The largest message accepted, after decompression.
+    pub fn max_message_size(&self) -> usize {
+        self.config.limits.max_message_size.as_usize()
+    }
+
+    /// The delay clients are asked to wait before retrying.
+    pub fn retry_after(&self) -> Duration {
+        self.config.limits.retry_after
+    }
+
+    /// Handles one Export request whose (decompressed) body is `body`.
+    pub async fn export<S: Signal>(&self, body: Bytes, format: Format, transport: Transport) -> Result<S::Response, PipelineError> {
+        let _admitted = self.admission.try_admit(body.len()).ok_or_else(|| {
+            metrics::counter!("weir_receiver_refused_requests_total", "transport" => transport.label(), "reason" => "in_flight_limit")
+                .increment(1);
+            PipelineError::Overloaded(format!(
+                "the gateway holds its limit of {} in-flight request bytes; retry later",
+                self.config.limits.max_in_flight_bytes.0
+            ))
+        })?;
+        let request = match format {
+            Format::Protobuf => S::Request::decode(body.as_ref())
+                .map_err(|e| PipelineError::InvalidArgument(format!("the body is not a valid OTLP protobuf message: {e}"))),
+            Format::Json => S::decode_json(&body)
+                .map_err(|e| PipelineError::InvalidArgument(format!("the body is not valid OTLP/JSON: {e}"))),
+        };
+        let request = request.inspect_err(|_| self.refused_request(transport, "invalid"))?;
+        let items = S::items(&request);
+        if let Err(e) = S::validate(&request) {
+            self.refused_request(transport, "invalid");
+            metrics::counter!(S::REFUSED_METRIC, "transport" => transport.label()).increment(items);
+            return Err(PipelineError::InvalidArgument(e));
+        }
+        drop(body);
+
+        let topic = S::topic(&self.config.kafka);
+        let batch = S::batch(request, topic, self.config.kafka.max_message_size.as_usize());
+        let sent_items: u64 = batch.records.iter().map(|r| r.items).sum();
+        match self.exporter.send(&topic.topic, &batch.records).await {
+            Ok(()) => {
+                let labels = [("transport", transport.label())];
+                metrics::counter!(S::ACCEPTED_METRIC, &labels).increment(sent_items);
+                if batch.rejected > 0 {
+                    metrics::counter!(S::REFUSED_METRIC, &labels).increment(batch.rejected);
+                }
+                metrics::counter!("weir_exporter_sent_records_total", "exporter" => "kafka").increment(batch.records.len() as u64);
+                metrics::counter!(S::SENT_METRIC, "exporter" => "kafka").increment(sent_items);
+                Ok(S::response(batch.rejected, batch.reject_reason))
+            }
+            Err(e) => {
+                metrics::counter!(S::REFUSED_METRIC, "transport" => transport.label()).increment(items);
+                metrics::counter!("weir_exporter_send_failed_records_total", "exporter" => "kafka")
+                    .increment(batch.records.len() as u64);
+                metrics::counter!(S::FAILED_METRIC, "exporter" => "kafka").increment(sent_items);
+                tracing::warn!(error = %e, records = batch.records.len(), "export failed; the client is told to retry");
+                Err(PipelineError::Unavailable(format!("{e}; retry later")))
+            }
+        }
+    }
+
+    fn refused_request(&self, transport: Transport, reason: &'static str) {
+        metrics::counter!("weir_receiver_refused_requests_total", "transport" => transport.label(), "reason" => reason)
+            .increment(1);
+    }
+}

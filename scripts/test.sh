@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Everything CI checks, on a fresh machine or a used one: installs what the tests need (build
+# packages, Tansu, the Python venv), builds the workspace, then runs rustfmt, clippy, the Rust
+# tests and the black-box integration suite (integration-tests/, pytest). Every step runs even
+# when an earlier one failed (except the integration suite, which needs the build); the exit
+# status is non-zero if any step failed.
+#
+#   scripts/test.sh                 # all of it
+#   scripts/test.sh -k splitting    # extra arguments go to pytest
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$WEIR_ROOT"
+
+# zstandard: the integration suite sends zstd-compressed OTLP/HTTP bodies.
+EXTRA_PY_PACKAGES=("zstandard==0.25.0")
+# A bound on the integration suite, so a hung test cannot eat CI's whole budget.
+PYTEST_TIMEOUT_S="${WEIR_PYTEST_TIMEOUT_S:-1500}"
+
+failed=()
+started=$SECONDS
+
+step() {
+  local name="$1" t0=$SECONDS rc=0
+  shift
+  log "$name"
+  "$@" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    failed+=("$name (exit $rc)")
+    log "$name: FAILED (exit $rc, $((SECONDS - t0)) s)"
+  else
+    log "$name: ok ($((SECONDS - t0)) s)"
+  fi
+  return "$rc"
+}
+
+ensure_build_deps
+ensure_tansu
+ensure_venv "${EXTRA_PY_PACKAGES[@]}"
+
+built=1
+step "cargo build" cargo build --workspace --bins || built=0
+step "cargo fmt --check" cargo fmt --all -- --check || true
+step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings || true
+step "cargo test" cargo test --workspace || true
+
+if [ "$built" -eq 1 ]; then
+  export WEIR_GATEWAY_BIN="${WEIR_GATEWAY_BIN:-$WEIR_ROOT/target/debug/weir-gateway}"
+  export TANSU_BIN
+  # SIGINT first: pytest then runs the fixtures' teardown, which stops the processes it started.
+  step "integration tests" timeout -s INT --kill-after=60 "$PYTEST_TIMEOUT_S" \
+    "$WEIR_VENV/bin/python" -m pytest integration-tests -v "$@" || true
+else
+  failed+=("integration tests (not run: the build failed)")
+fi
+
+log "finished in $((SECONDS - started)) s"
+if [ ${#failed[@]} -ne 0 ]; then
+  printf 'FAILED: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
+log "all checks passed"
