@@ -81,7 +81,7 @@ wait_port() {
 # Starts Tansu with the in-memory engine on 127.0.0.1:$1; writes its PID to $2; logs to $3.
 start_tansu() {
   local port="$1" pidfile="$2" logfile="$3"
-  "$TANSU_BIN" broker --storage-engine memory://tansu/ \
+  env -u OTEL_EXPORTER_OTLP_ENDPOINT "$TANSU_BIN" broker --storage-engine memory://tansu/ \
     --listener-url "tcp://127.0.0.1:$port" \
     --advertised-listener-url "tcp://127.0.0.1:$port" >"$logfile" 2>&1 &
   echo $! >"$pidfile"

@@ -2,6 +2,7 @@
 //! with a Prometheus recorder. Metric names mirror the Collector's with a `weir_` prefix.
 
 use anyhow::Context;
+use std::io::IsTerminal;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use weir_config::gateway::{Log, LogFormat};
@@ -12,7 +13,10 @@ pub fn init_logs(cfg: &Log) -> anyhow::Result<()> {
         Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
         _ => tracing_subscriber::EnvFilter::try_new(&cfg.level).with_context(|| format!("log.level `{}`", cfg.level))?,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match cfg.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -160,6 +160,7 @@ mod tests {
             attributes: vec![KeyValue {
                 key: "pad".into(),
                 value: Some(AnyValue { value: Some(Value::StringValue("x".repeat(pad))) }),
+                ..Default::default()
             }],
             ..Default::default()
         }
@@ -171,6 +172,7 @@ mod tests {
                 attributes: vec![KeyValue {
                     key: "service.name".into(),
                     value: Some(AnyValue { value: Some(Value::StringValue("checkout".into())) }),
+                    ..Default::default()
                 }],
                 ..Default::default()
             }),

@@ -346,7 +346,7 @@ async fn open_loop_counts_missed_sends_and_latency_from_the_schedule() {
     load::open_loop(load.clone(), 10_000.0, 1).await;
     let stats = load.stats.lock().unwrap();
     let sent = received.requests.load(Ordering::SeqCst);
-    assert!(sent >= 1 && sent < 10, "sent {sent}");
+    assert!((1..10).contains(&sent), "sent {sent}");
     assert_eq!(stats.failures[MISSED_SCHEDULE], 10 - sent);
     assert!(stats.latency_us.min() >= 100_000);
 }

@@ -107,6 +107,10 @@ struct Args {
     /// Runtime worker threads (default: the number of CPUs).
     #[arg(long)]
     threads: Option<usize>,
+    /// Build the request pool, print its sizes (e.g. bytes per span, to size a peer's
+    /// batches) and exit without connecting.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -179,6 +183,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let pool = RequestPool::build(&shape, encoding, args.pool, &mut rng)?;
     let mean_request_bytes = pool.mean_request_bytes();
+    if args.dry_run {
+        let bytes_per_span = mean_request_bytes / args.spans_per_request as f64;
+        if args.json {
+            let doc = serde_json::json!({
+                "transport": args.transport.name(),
+                "pool": args.pool,
+                "spans_per_request": args.spans_per_request,
+                "mean_request_bytes": mean_request_bytes.round(),
+                "bytes_per_span": bytes_per_span.round(),
+            });
+            println!("{doc}");
+        } else {
+            println!(
+                "{} requests of {} spans, {mean_request_bytes:.0} bytes each ({bytes_per_span:.0} bytes/span) as {}",
+                args.pool,
+                args.spans_per_request,
+                args.transport.name()
+            );
+        }
+        return Ok(());
+    }
     let endpoint = args
         .endpoint
         .clone()

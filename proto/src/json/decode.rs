@@ -496,7 +496,7 @@ fn any_value(r: &mut Reader<'_>, path: &Path<'_>) -> Result<AnyValue> {
             "stringValueStrindex" | "string_value_strindex" => {
                 ("stringValueStrindex", V::StringValueStrindex(int32(r, p)?))
             }
-            _ => return r.skip(),
+            _ => return Ok(r.skip()?),
         };
         set_oneof(&mut value, name, decoded, p)
     })?;
@@ -544,7 +544,7 @@ fn key_value(r: &mut Reader<'_>, path: &Path<'_>) -> Result<KeyValue> {
 }
 
 fn attributes(r: &mut Reader<'_>, path: &Path<'_>) -> Result<Vec<KeyValue>> {
-    list(v, path, key_value)
+    list(r, path, key_value)
 }
 
 fn scope(r: &mut Reader<'_>, path: &Path<'_>) -> Result<InstrumentationScope> {
@@ -580,19 +580,19 @@ fn entity_ref(r: &mut Reader<'_>, path: &Path<'_>) -> Result<EntityRef> {
 }
 
 fn resource(r: &mut Reader<'_>, path: &Path<'_>) -> Result<Resource> {
-    let mut r = Resource::default();
+    let mut res = Resource::default();
     fields(r, path, |r, key, p| {
         match key {
-            "attributes" => r.attributes = attributes(r, p)?,
+            "attributes" => res.attributes = attributes(r, p)?,
             "droppedAttributesCount" | "dropped_attributes_count" => {
-                r.dropped_attributes_count = uint32(r, p)?
+                res.dropped_attributes_count = uint32(r, p)?
             }
-            "entityRefs" | "entity_refs" => r.entity_refs = list(r, p, entity_ref)?,
+            "entityRefs" | "entity_refs" => res.entity_refs = list(r, p, entity_ref)?,
             _ => r.skip()?,
         }
         Ok(())
     })?;
-    Ok(r)
+    Ok(res)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1013,27 +1013,27 @@ fn scope_logs(r: &mut Reader<'_>, path: &Path<'_>) -> Result<ScopeLogs> {
 }
 
 fn log_record(r: &mut Reader<'_>, path: &Path<'_>) -> Result<LogRecord> {
-    let mut r = LogRecord::default();
+    let mut rec = LogRecord::default();
     fields(r, path, |r, key, p| {
         match key {
-            "timeUnixNano" | "time_unix_nano" => r.time_unix_nano = uint64(r, p)?,
+            "timeUnixNano" | "time_unix_nano" => rec.time_unix_nano = uint64(r, p)?,
             "observedTimeUnixNano" | "observed_time_unix_nano" => {
-                r.observed_time_unix_nano = uint64(r, p)?
+                rec.observed_time_unix_nano = uint64(r, p)?
             }
-            "severityNumber" | "severity_number" => r.severity_number = severity_number(r, p)?,
-            "severityText" | "severity_text" => r.severity_text = string(r, p)?,
-            "body" => r.body = Some(any_value(r, p)?),
-            "attributes" => r.attributes = attributes(r, p)?,
+            "severityNumber" | "severity_number" => rec.severity_number = severity_number(r, p)?,
+            "severityText" | "severity_text" => rec.severity_text = string(r, p)?,
+            "body" => rec.body = Some(any_value(r, p)?),
+            "attributes" => rec.attributes = attributes(r, p)?,
             "droppedAttributesCount" | "dropped_attributes_count" => {
-                r.dropped_attributes_count = uint32(r, p)?
+                rec.dropped_attributes_count = uint32(r, p)?
             }
-            "flags" => r.flags = uint32(r, p)?,
-            "traceId" | "trace_id" => r.trace_id = hex_id(r, p)?,
-            "spanId" | "span_id" => r.span_id = hex_id(r, p)?,
-            "eventName" | "event_name" => r.event_name = string(r, p)?,
+            "flags" => rec.flags = uint32(r, p)?,
+            "traceId" | "trace_id" => rec.trace_id = hex_id(r, p)?,
+            "spanId" | "span_id" => rec.span_id = hex_id(r, p)?,
+            "eventName" | "event_name" => rec.event_name = string(r, p)?,
             _ => r.skip()?,
         }
         Ok(())
     })?;
-    Ok(r)
+    Ok(rec)
 }

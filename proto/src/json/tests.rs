@@ -391,28 +391,49 @@ fn parsed(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).expect("the encoder must write valid JSON")
 }
 
-/// Renames every object key from lowerCamelCase to the proto field name.
-fn to_snake_case(v: Value) -> Value {
-    match v {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| {
-                    let mut snake = String::new();
-                    for c in k.chars() {
-                        if c.is_ascii_uppercase() {
-                            snake.push('_');
-                            snake.push(c.to_ascii_lowercase());
-                        } else {
-                            snake.push(c);
-                        }
-                    }
-                    (snake, to_snake_case(v))
+/// Renames every object key of the encoder's output from lowerCamelCase to the proto field
+/// name. Textual, because re-serializing a `serde_json::Value` would change doubles (its
+/// default float parsing is not correctly rounded).
+fn to_snake_case(json: &[u8]) -> String {
+    let text = std::str::from_utf8(json).unwrap();
+    let mut out = String::with_capacity(text.len() + 256);
+    let mut rest = text;
+    while let Some(start) = rest.find('"') {
+        out.push_str(&rest[..=start]);
+        rest = &rest[start + 1..];
+        let len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        // A key is a quoted identifier followed by a colon; a string value never is.
+        if len > 0 && rest[len..].starts_with("\":") {
+            for c in rest[..len].chars() {
+                if c.is_ascii_uppercase() {
+                    out.push('_');
+                    out.push(c.to_ascii_lowercase());
+                } else {
+                    out.push(c);
+                }
+            }
+            out.push_str("\":");
+            rest = &rest[len + 2..];
+        } else {
+            // Inside a string value: copy through its closing quote.
+            let mut escaped = false;
+            let end = rest
+                .char_indices()
+                .find(|&(_, c)| {
+                    let closing = c == '"' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    closing
                 })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(to_snake_case).collect()),
-        other => other,
+                .map(|(i, _)| i)
+                .unwrap();
+            out.push_str(&rest[..=end]);
+            rest = &rest[end + 1..];
+        }
     }
+    out.push_str(rest);
+    out
 }
 
 fn trace_error(body: &str) -> JsonError {
@@ -458,22 +479,77 @@ fn logs_round_trip() {
 #[test]
 fn snake_case_keys_round_trip() {
     let traces = rich_traces();
-    let snake = to_snake_case(parsed(&encoded(&traces, encode_traces_data)));
-    assert!(snake.to_string().contains("\"start_time_unix_nano\""));
-    let back = decode_trace_request(snake.to_string().as_bytes()).unwrap();
+    let snake = to_snake_case(&encoded(&traces, encode_traces_data));
+    assert!(snake.contains("\"start_time_unix_nano\":") && !snake.contains("Nano\""));
+    let back = decode_trace_request(snake.as_bytes()).unwrap();
     assert_eq!(back.resource_spans, traces.resource_spans);
 
     let metrics = rich_metrics();
-    let snake = to_snake_case(parsed(&encoded(&metrics, encode_metrics_data)));
-    assert!(snake.to_string().contains("\"exponential_histogram\""));
-    let back = decode_metrics_request(snake.to_string().as_bytes()).unwrap();
+    let snake = to_snake_case(&encoded(&metrics, encode_metrics_data));
+    assert!(snake.contains("\"exponential_histogram\":") && !snake.contains("Points\""));
+    let back = decode_metrics_request(snake.as_bytes()).unwrap();
     assert_eq!(back.resource_metrics, metrics.resource_metrics);
 
     let logs = rich_logs();
-    let snake = to_snake_case(parsed(&encoded(&logs, encode_logs_data)));
-    assert!(snake.to_string().contains("\"observed_time_unix_nano\""));
-    let back = decode_logs_request(snake.to_string().as_bytes()).unwrap();
+    let snake = to_snake_case(&encoded(&logs, encode_logs_data));
+    assert!(snake.contains("\"observed_time_unix_nano\":") && !snake.contains("Records\""));
+    let back = decode_logs_request(snake.as_bytes()).unwrap();
     assert_eq!(back.resource_logs, logs.resource_logs);
+}
+
+#[test]
+fn doubles_round_trip_exactly() {
+    // Pseudo-random doubles across magnitudes; serde_json's default parser gets about one in
+    // ten of these wrong by one ulp, so this fails if decoding goes through it.
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    let mut bounds = Vec::new();
+    for i in 0..20_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+        bounds.push(unit * 10f64.powi(i % 40 - 20));
+    }
+    bounds.extend([
+        994.1414234139935,
+        -1.25e-300,
+        5e-324,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        0.1 + 0.2,
+    ]);
+    let data = MetricsData {
+        resource_metrics: vec![ResourceMetrics {
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    data: Some(Data::Histogram(Histogram {
+                        data_points: vec![HistogramDataPoint {
+                            explicit_bounds: bounds.clone(),
+                            ..Default::default()
+                        }],
+                        aggregation_temporality: 0,
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let back = decode_metrics_request(&encoded(&data, encode_metrics_data)).unwrap();
+    let Some(Data::Histogram(h)) = &back.resource_metrics[0].scope_metrics[0].metrics[0].data
+    else {
+        panic!("expected a histogram")
+    };
+    let decoded = &h.data_points[0].explicit_bounds;
+    assert_eq!(decoded.len(), bounds.len());
+    for (got, want) in decoded.iter().zip(&bounds) {
+        assert_eq!(
+            got.to_bits(),
+            want.to_bits(),
+            "{want:?} came back as {got:?}"
+        );
+    }
 }
 
 #[test]
@@ -1412,4 +1488,138 @@ fn deep_nesting_is_bounded() {
         "{}",
         e.reason()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reader accepts exactly JSON: the same verdict as serde_json on every snippet.
+
+#[test]
+fn reader_agrees_with_serde_json_on_syntax() {
+    let snippets: &[&[u8]] = &[
+        // valid
+        b"0",
+        b"-0",
+        b"-0.0e-0",
+        b"1.5e+10",
+        b"1E5",
+        b"123456789012345678901234567890",
+        br#""""#,
+        br#""\u00e9 \ud83d\ude00 \/ \b\f\n\r\t \" \\""#,
+        b"[]",
+        b"{}",
+        br#"[1,2,[3,{"a":null}],"x",true]"#,
+        b" { \"a\" :\t[ true , false , null ] }\r\n",
+        "\"caf\u{e9} \u{1f600}\"".as_bytes(),
+        // invalid
+        b"",
+        b"01",
+        b"-",
+        b"1.",
+        b".5",
+        b"1e",
+        b"1e+",
+        b"+1",
+        b"tru",
+        b"nul",
+        b"True",
+        b"NaN",
+        b"Infinity",
+        b"'a'",
+        br#""abc"#,
+        br#""\x""#,
+        br#""\u12""#,
+        br#""\u12G4""#,
+        br#""\ud800""#,
+        br#""\udc00""#,
+        br#""\ud800\u0041""#,
+        br#""\ud800x""#,
+        b"\"a\x01b\"",
+        b"\"\xff\"",
+        b"[1,]",
+        b"[,1]",
+        b"[1 2]",
+        b"[",
+        br#"{"a":1,}"#,
+        b"{,}",
+        br#"{"a" 1}"#,
+        b"{1:2}",
+        br#"{"a":1}}"#,
+        br#"{"a"}"#,
+        b"{",
+    ];
+    for snippet in snippets {
+        for doc in [
+            [br#"{"x":"#.as_slice(), snippet, b"}"].concat(),
+            [
+                br#"{"resourceSpans":[{"future":["#.as_slice(),
+                snippet,
+                b"]}]}",
+            ]
+            .concat(),
+        ] {
+            let ours = decode_trace_request(&doc);
+            let theirs = serde_json::from_slice::<Value>(&doc);
+            let shown = String::from_utf8_lossy(&doc);
+            assert_eq!(
+                ours.is_ok(),
+                theirs.is_ok(),
+                "{shown}: {ours:?} vs {theirs:?}"
+            );
+            if let Err(e) = ours {
+                // Syntax errors are reported in serde_json's words, with no path.
+                assert_eq!(e.path(), "", "{shown}");
+                assert_eq!(e.reason(), theirs.unwrap_err().to_string(), "{shown}");
+            }
+        }
+    }
+    let e = decode_trace_request(b"{} x").unwrap_err();
+    assert!(e.reason().contains("trailing characters"), "{e}");
+}
+
+#[test]
+fn escaped_strings_decode_as_serde_json_does() {
+    let strings = [
+        r#""plain""#,
+        r#""\u00e9\n\"\\\/\b\f\r\t\ud83d\ude00 tail""#,
+        r#""\u0000 nul and \u001f""#,
+        r#""caf\u00e9 and raw é 😀""#,
+        r#""""#,
+    ];
+    for s in strings {
+        let doc = format!(
+            r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"name":{s},"attributes":[{{"key":{s},"value":{{"stringValue":{s}}}}}]}}]}}]}}]}}"#
+        );
+        let want: String = serde_json::from_str(s).unwrap();
+        let req = decode_trace_request(doc.as_bytes()).unwrap();
+        let span = &req.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(span.name, want);
+        assert_eq!(span.attributes[0], kv(&want, V::StringValue(want.clone())));
+    }
+    // Keys may be escaped too.
+    let req = decode_trace_request(
+        br#"{"resource\u0053pans":[{"scopeSpans":[{"spans":[{"trace\u0049d":"01"}]}]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(req.resource_spans[0].scope_spans[0].spans[0].trace_id, [1]);
+}
+
+#[test]
+fn nesting_limit_matches_serde_json() {
+    // Seven containers lead to the log body; each arrayValue level adds three, the leaf one.
+    fn nested(depth: usize) -> String {
+        format!(
+            r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{{"body":{}{{"stringValue":"leaf"}}{}}}]}}]}}]}}"#,
+            r#"{"arrayValue":{"values":["#.repeat(depth),
+            "]}}".repeat(depth)
+        )
+    }
+    for depth in [39, 40] {
+        let doc = nested(depth);
+        let ours = decode_logs_request(doc.as_bytes());
+        let theirs = serde_json::from_str::<Value>(&doc);
+        assert_eq!(ours.is_ok(), theirs.is_ok(), "depth {depth}");
+    }
+    assert!(decode_logs_request(nested(39).as_bytes()).is_ok());
+    let e = decode_logs_request(nested(40).as_bytes()).unwrap_err();
+    assert!(e.reason().starts_with("recursion limit exceeded"), "{e}");
 }
