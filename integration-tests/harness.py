@@ -12,10 +12,12 @@ import base64
 import binascii
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
@@ -129,8 +131,9 @@ def spawn(args: list[str], log_path: Path) -> subprocess.Popen:
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a process log, without terminal colour codes."""
     try:
-        text = path.read_text(errors="replace").splitlines()
+        text = re.sub(r"\x1b\[[0-9;]*m", "", path.read_text(errors="replace")).splitlines()
     except OSError as e:
         return f"(no log at {path}: {e})"
     return "\n".join(text[-lines:])
@@ -412,13 +415,14 @@ class Gateway:
             raise RuntimeError(f"weir-gateway exited with {self.proc.returncode}")
         return True
 
-    def admin_get(self, path: str, timeout: float = 5.0) -> tuple[int, dict, bytes]:
+    def admin_get(self, path: str, timeout: float = 5.0):
+        """GET on the admin port: (status, headers (case-insensitive), body)."""
         req = urllib.request.Request(self.admin_base + path)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.status, dict(resp.headers), resp.read()
+                return resp.status, resp.headers, resp.read()
         except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), e.read()
+            return e.code, e.headers, e.read()
 
     def readyz(self) -> int | None:
         try:

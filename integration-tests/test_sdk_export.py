@@ -112,8 +112,8 @@ def test_sdk_metrics(gateway, transport):
     assert sum(len(v) for v in values.values()) == 10, dict(values)
 
     for r in recs:
-        for res, _, _ in metric_points(decode_metrics(r.value)):
-            assert attrs_dict(res.attributes) == dict(res.attributes)
+        for landed_res, _, _ in metric_points(decode_metrics(r.value)):
+            assert attrs_dict(landed_res.attributes) == dict(res.attributes)
     keys = {r.key for r in recs}
     assert len(recs) >= 2 and len(keys) == 1 and b"" not in keys and None not in keys, (
         f"records of one resource must share one non-empty key: {keys}"

@@ -111,9 +111,8 @@ fn document<T>(
     })
 }
 
-/// Syntax errors are reported in serde_json's words (e.g. `expected value at line 2 column 4`),
-/// which clients of other serde_json-based servers already know; the body is parsed again
-/// only on this error path.
+/// Syntax errors are worded as serde_json words them (`expected value at line 2 column 4`),
+/// so the body is parsed a second time, on this error path only.
 fn syntax_error(body: &[u8], e: SyntaxError) -> JsonError {
     match serde_json::from_slice::<serde_json::Value>(body) {
         Err(serde_error) => JsonError::new(String::new(), serde_error.to_string()),

@@ -338,9 +338,9 @@ fn write_duration(out: &mut Vec<u8>, seconds: i64, nanos: i32) {
     write_u64(out, seconds.unsigned_abs());
     let nanos = nanos.unsigned_abs();
     if nanos != 0 {
-        let (value, digits) = if nanos % 1_000_000 == 0 {
+        let (value, digits) = if nanos.is_multiple_of(1_000_000) {
             (nanos / 1_000_000, 3)
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             (nanos / 1_000, 6)
         } else {
             (nanos, 9)

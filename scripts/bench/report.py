@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Turns the per-run results of scripts/bench.sh into one Markdown table (stdout), and with
+--append FILE adds it, with the date, machine, versions and command, to FILE.
+
+Each run is a directory RESULTS/<gateway>-<load>/ holding:
+  loadgen.json  weir-loadgen --json report of the measured run
+  warmup.json   weir-loadgen --json report of the warm-up (its spans are in Kafka too)
+  kafka.json    scripts/bench/count_spans.py output for the run's topic
+  proc.json     written by bench.sh: CPU ticks of the gateway over the measured run, CLK_TCK,
+                VmHWM in kB, and error counts from the gateway's log
+"""
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+GATEWAYS = ["weir", "rotel"]
+LOADS = ["closed", "open"]
+TITLE = {"weir": "Weir", "rotel": "Rotel"}
+
+
+def load_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_run(directory):
+    run = {name: load_json(os.path.join(directory, f"{name}.json"))
+           for name in ("loadgen", "kafka", "proc")}
+    warmup = os.path.join(directory, "warmup.json")
+    run["warmup"] = load_json(warmup) if os.path.exists(warmup) else {"spans_acknowledged": 0}
+    lg, proc = run["loadgen"], run["proc"]
+    cpu_seconds = proc["cpu_ticks"] / proc["clk_tck"]
+    acked_run = lg["spans_acknowledged"]
+    acked_all = acked_run + run["warmup"]["spans_acknowledged"]
+    run["metrics"] = {
+        "spans_per_second": lg["spans_per_second"],
+        "cpu_per_million": cpu_seconds / (acked_run / 1e6) if acked_run else None,
+        "rss_mib": proc["vmhwm_kb"] / 1024,
+        "p50": lg["latency_ms"]["p50"],
+        "p99": lg["latency_ms"]["p99"],
+        "acked": acked_all,
+        "counted": run["kafka"]["spans"],
+        "difference": run["kafka"]["spans"] - acked_all,
+        "failed": lg["requests_failed"],
+        "failures": lg["failures"],
+    }
+    return run
+
+
+def fmt(value, digits=0):
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}"
+
+
+def load_label(load, lg):
+    if load == "closed":
+        return f"closed, {lg['concurrency']} senders"
+    return f"open, {lg['rate_offered_spans_per_second']:,.0f} spans/s"
+
+
+def table(runs):
+    lines = [
+        "| gateway | load | acked spans/s | CPU-s per M spans | peak RSS MiB | p50 ms | p99 ms "
+        "| acked (incl. warm-up) | counted in Kafka | Kafka - acked | failed requests |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for load in LOADS:
+        present = [g for g in GATEWAYS if (g, load) in runs]
+        for gateway in present:
+            run = runs[(gateway, load)]
+            m = run["metrics"]
+            failed = str(m["failed"])
+            if m["failures"]:
+                failed += " (" + ", ".join(f"{k} {v}" for k, v in sorted(m["failures"].items())) + ")"
+            diff = f"{m['difference']:+,}" if m["difference"] else "0"
+            if m["difference"]:
+                diff = f"**{diff}**"
+            lines.append(
+                f"| {TITLE[gateway]} | {load_label(load, run['loadgen'])} | {fmt(m['spans_per_second'])} "
+                f"| {fmt(m['cpu_per_million'], 2)} | {fmt(m['rss_mib'], 1)} | {fmt(m['p50'], 2)} "
+                f"| {fmt(m['p99'], 2)} | {m['acked']:,} | {m['counted']:,} | {diff} | {failed} |"
+            )
+        if len(present) == 2:
+            w, r = runs[("weir", load)]["metrics"], runs[("rotel", load)]["metrics"]
+            lines.append(
+                f"| Weir/Rotel | {load} | {ratio(w['spans_per_second'], r['spans_per_second'])} "
+                f"| {ratio(w['cpu_per_million'], r['cpu_per_million'])} | {ratio(w['rss_mib'], r['rss_mib'])} "
+                f"| {ratio(w['p50'], r['p50'])} | {ratio(w['p99'], r['p99'])} | | | | |"
+            )
+    return "\n".join(lines)
+
+
+def findings(runs):
+    notes = []
+    for (gateway, load), run in sorted(runs.items()):
+        m, proc, kafka = run["metrics"], run["proc"], run["kafka"]
+        name = f"{TITLE[gateway]} {load}"
+        if m["difference"] < 0:
+            notes.append(f"{name}: {-m['difference']:,} acknowledged spans are missing from Kafka.")
+        elif m["difference"] > 0:
+            notes.append(f"{name}: Kafka holds {m['difference']:,} more spans than were acknowledged "
+                         f"({kafka['duplicate_spans']:,} duplicates).")
+        if proc.get("size_errors"):
+            notes.append(f"{name}: {proc['size_errors']} MessageSizeTooLarge errors in the gateway's log "
+                         f"(whole batches dropped after the client got OK).")
+        if proc.get("error_lines"):
+            notes.append(f"{name}: {proc['error_lines']} ERROR lines in the gateway's log.")
+        if kafka.get("undecodable_records"):
+            notes.append(f"{name}: {kafka['undecodable_records']} Kafka records did not decode as TracesData.")
+        if kafka.get("stopped_by") != "idle":
+            notes.append(f"{name}: the Kafka count stopped at its time limit; it may be low.")
+    return notes
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("results", help="directory with one subdirectory per run")
+    parser.add_argument("--append", help="Markdown file to append the section to")
+    parser.add_argument("--command", default="scripts/bench.sh", help="the command that ran")
+    parser.add_argument("--versions", default="", help="one line naming the versions compared")
+    parser.add_argument("--settings", default="", help="one line with the load settings")
+    args = parser.parse_args()
+
+    runs = {}
+    for gateway in GATEWAYS:
+        for load in LOADS:
+            directory = os.path.join(args.results, f"{gateway}-{load}")
+            if os.path.isdir(directory):
+                runs[(gateway, load)] = read_run(directory)
+    if not runs:
+        sys.exit("report.py: no results found")
+
+    body = table(runs)
+    notes = findings(runs)
+    print(body)
+    for note in notes:
+        print(f"- {note}")
+
+    if args.append:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            mem_kb = int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        gateways = " vs ".join(TITLE[g] for g in GATEWAYS if any(k[0] == g for k in runs))
+        section = [
+            "",
+            f"## {now}: {gateways}, OTLP/gRPC into Kafka (Tansu)",
+            "",
+            f"- machine: {os.cpu_count()} CPUs ({model}), {mem_kb / 1024 / 1024:.0f} GiB; gateway, broker, "
+            "load generator and span counter share these CPUs",
+            f"- command: `{args.command}`",
+        ]
+        if args.versions:
+            section.append(f"- versions: {args.versions}")
+        if args.settings:
+            section.append(f"- load: {args.settings}")
+        section += ["", body, ""]
+        if notes:
+            section += [f"- {note}" for note in notes] + [""]
+        with open(args.append, "a", encoding="utf-8") as f:
+            f.write("\n".join(section))
+
+
+if __name__ == "__main__":
+    main()
