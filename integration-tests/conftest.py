@@ -8,7 +8,7 @@ import pytest
 # Plain asserts in the helper modules report their operands like asserts in tests do.
 pytest.register_assert_rewrite("harness", "otel_sdk")
 
-from harness import Broker, Gateway, tansu_bin  # noqa: E402
+from harness import Broker, Gateway, log_tail, tansu_bin, unique_name  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -39,18 +39,20 @@ def broker(workdir):
 
 
 @pytest.fixture
-def broker_factory(workdir):
+def broker_factory(request, workdir):
     """Starts dedicated brokers, for tests that pause theirs (SIGSTOP)."""
     started: list[Broker] = []
 
     def start() -> Broker:
-        b = Broker(workdir, f"tansu-{len(started)}-{id(started):x}")
+        b = Broker(workdir, unique_name("tansu"))
         started.append(b)
         return b.start()
 
     yield start
     for b in started:
         b.stop()
+        if _failed(request):
+            print(f"--- {b.name} on {b.bootstrap}, log {b.log_path}:\n{log_tail(b.log_path, 20, 5)}")
 
 
 @pytest.fixture

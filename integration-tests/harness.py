@@ -130,13 +130,16 @@ def spawn(args: list[str], log_path: Path) -> subprocess.Popen:
         )
 
 
-def log_tail(path: Path, lines: int = 40) -> str:
-    """The last lines of a process log, without terminal colour codes."""
+def log_tail(path: Path, lines: int = 40, head: int = 15) -> str:
+    """The first `head` and last `lines` lines of a process log, without terminal colour codes
+    (the start says how it began, the end how it finished)."""
     try:
         text = re.sub(r"\x1b\[[0-9;]*m", "", path.read_text(errors="replace")).splitlines()
     except OSError as e:
         return f"(no log at {path}: {e})"
-    return "\n".join(text[-lines:])
+    if len(text) <= head + lines:
+        return "\n".join(text)
+    return "\n".join([*text[:head], f"... ({len(text) - head - lines} lines) ...", *text[-lines:]])
 
 
 def proc_status_kib(pid: int, field: str) -> int:
@@ -452,7 +455,7 @@ class Gateway:
         if self.proc is not None:
             self.exit_code = stop_process(self.proc, term_timeout=15)
 
-    def log(self, lines: int = 60) -> str:
+    def log(self, lines: int = 30) -> str:
         return log_tail(self.log_path, lines)
 
 

@@ -34,7 +34,10 @@ pub enum ConfigError {
 impl ConfigError {
     /// A validation error for `key`.
     pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Invalid { key: key.into(), reason: reason.into() }
+        Self::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 
     /// The path of the offending key, when the error is about one.
@@ -53,6 +56,9 @@ pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T,
         let key = e.path().to_string();
         let inner = e.into_inner();
         // serde_yaml appends " at line L column C"; keep it, it helps to find the key.
-        ConfigError::Parse { key, reason: inner.to_string() }
+        ConfigError::Parse {
+            key,
+            reason: inner.to_string(),
+        }
     })
 }

@@ -54,8 +54,14 @@ pub struct Receivers {
 impl Default for Receivers {
     fn default() -> Self {
         Self {
-            grpc: Listener { enabled: true, endpoint: "0.0.0.0:4317".into() },
-            http: Listener { enabled: true, endpoint: "0.0.0.0:4318".into() },
+            grpc: Listener {
+                enabled: true,
+                endpoint: "0.0.0.0:4317".into(),
+            },
+            http: Listener {
+                enabled: true,
+                endpoint: "0.0.0.0:4318".into(),
+            },
         }
     }
 }
@@ -162,7 +168,10 @@ pub struct SignalTopic {
 
 impl SignalTopic {
     fn new(topic: &str) -> Self {
-        Self { topic: topic.into(), encoding: Encoding::OtlpProto }
+        Self {
+            topic: topic.into(),
+            encoding: Encoding::OtlpProto,
+        }
     }
 }
 
@@ -270,7 +279,10 @@ impl SecurityProtocol {
     }
 
     fn uses_sasl(self) -> bool {
-        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
     }
 }
 
@@ -299,11 +311,22 @@ impl Sasl {
             (Some(p), None, None) => Ok(p.clone()),
             (None, Some(f), None) => std::fs::read_to_string(f)
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| ConfigError::invalid(format!("{key}.password_file"), format!("cannot read {}: {e}", f.display()))),
+                .map_err(|e| {
+                    ConfigError::invalid(
+                        format!("{key}.password_file"),
+                        format!("cannot read {}: {e}", f.display()),
+                    )
+                }),
             (None, None, Some(v)) => std::env::var(v).map_err(|_| {
-                ConfigError::invalid(format!("{key}.password_env"), format!("environment variable {v} is not set"))
+                ConfigError::invalid(
+                    format!("{key}.password_env"),
+                    format!("environment variable {v} is not set"),
+                )
             }),
-            _ => Err(ConfigError::invalid(key, "set exactly one of password, password_file, password_env")),
+            _ => Err(ConfigError::invalid(
+                key,
+                "set exactly one of password, password_file, password_env",
+            )),
         }
     }
 }
@@ -355,7 +378,9 @@ pub struct Admin {
 
 impl Default for Admin {
     fn default() -> Self {
-        Self { endpoint: "0.0.0.0:8888".into() }
+        Self {
+            endpoint: "0.0.0.0:8888".into(),
+        }
     }
 }
 
@@ -371,7 +396,10 @@ pub struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Self { level: "info".into(), format: LogFormat::Text }
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -424,27 +452,39 @@ const KAFKA_MAX_MESSAGE: u64 = 1_000_000_000;
 impl GatewayConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_yaml(&text)
     }
 
     /// Parses and validates a config document. An empty document is the default config.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let cfg: GatewayConfig = if text.trim().is_empty() { GatewayConfig::default() } else { from_yaml(text)? };
+        let cfg: GatewayConfig = if text.trim().is_empty() {
+            GatewayConfig::default()
+        } else {
+            from_yaml(text)?
+        };
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Checks values that parse but cannot work, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (key, l) in [("receivers.grpc", &self.receivers.grpc), ("receivers.http", &self.receivers.http)] {
+        for (key, l) in [
+            ("receivers.grpc", &self.receivers.grpc),
+            ("receivers.http", &self.receivers.http),
+        ] {
             if l.enabled {
                 parse_addr(&format!("{key}.endpoint"), &l.endpoint)?;
             }
         }
         if !self.receivers.grpc.enabled && !self.receivers.http.enabled {
-            return Err(ConfigError::invalid("receivers", "at least one of grpc and http must be enabled"));
+            return Err(ConfigError::invalid(
+                "receivers",
+                "at least one of grpc and http must be enabled",
+            ));
         }
         parse_addr("admin.endpoint", &self.admin.endpoint)?;
 
@@ -465,43 +505,74 @@ impl GatewayConfig {
             ));
         }
         if l.export_timeout.is_zero() {
-            return Err(ConfigError::invalid("limits.export_timeout", "must be greater than zero"));
+            return Err(ConfigError::invalid(
+                "limits.export_timeout",
+                "must be greater than zero",
+            ));
         }
         if self.shutdown_timeout.is_zero() {
-            return Err(ConfigError::invalid("shutdown_timeout", "must be greater than zero"));
+            return Err(ConfigError::invalid(
+                "shutdown_timeout",
+                "must be greater than zero",
+            ));
         }
 
         let k = &self.kafka;
         if k.brokers.is_empty() {
-            return Err(ConfigError::invalid("kafka.brokers", "list at least one broker as host:port"));
+            return Err(ConfigError::invalid(
+                "kafka.brokers",
+                "list at least one broker as host:port",
+            ));
         }
         for (i, b) in k.brokers.iter().enumerate() {
-            if b.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
-                return Err(ConfigError::invalid(format!("kafka.brokers[{i}]"), format!("`{b}` is not host:port")));
+            if b.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                return Err(ConfigError::invalid(
+                    format!("kafka.brokers[{i}]"),
+                    format!("`{b}` is not host:port"),
+                ));
             }
         }
-        for (key, t) in [("kafka.traces", &k.traces), ("kafka.metrics", &k.metrics), ("kafka.logs", &k.logs)] {
+        for (key, t) in [
+            ("kafka.traces", &k.traces),
+            ("kafka.metrics", &k.metrics),
+            ("kafka.logs", &k.logs),
+        ] {
             check_topic(&format!("{key}.topic"), &t.topic)?;
         }
         if k.max_message_size.0 < 1024 || k.max_message_size.0 > KAFKA_MAX_MESSAGE {
             return Err(ConfigError::invalid(
                 "kafka.max_message_size",
-                format!("{} is out of range: use 1024 to {KAFKA_MAX_MESSAGE} bytes", k.max_message_size),
+                format!(
+                    "{} is out of range: use 1024 to {KAFKA_MAX_MESSAGE} bytes",
+                    k.max_message_size
+                ),
             ));
         }
         let sec = &k.security;
         match (sec.protocol.uses_sasl(), &sec.sasl) {
             (true, None) => {
-                return Err(ConfigError::invalid("kafka.security.sasl", "required when protocol is sasl_plaintext or sasl_ssl"));
+                return Err(ConfigError::invalid(
+                    "kafka.security.sasl",
+                    "required when protocol is sasl_plaintext or sasl_ssl",
+                ));
             }
             (false, Some(_)) => {
-                return Err(ConfigError::invalid("kafka.security.sasl", "set protocol to sasl_plaintext or sasl_ssl to use SASL"));
+                return Err(ConfigError::invalid(
+                    "kafka.security.sasl",
+                    "set protocol to sasl_plaintext or sasl_ssl to use SASL",
+                ));
             }
             (true, Some(s)) => {
-                let n = [s.password.is_some(), s.password_file.is_some(), s.password_env.is_some()]
-                    .iter()
-                    .filter(|b| **b)
-                    .count();
+                let n = [
+                    s.password.is_some(),
+                    s.password_file.is_some(),
+                    s.password_env.is_some(),
+                ]
+                .iter()
+                .filter(|b| **b)
+                .count();
                 if n != 1 {
                     return Err(ConfigError::invalid(
                         "kafka.security.sasl",
@@ -512,11 +583,20 @@ impl GatewayConfig {
             (false, None) => {}
         }
         if let Some(tls) = &sec.tls {
-            if !matches!(sec.protocol, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl) {
-                return Err(ConfigError::invalid("kafka.security.tls", "set protocol to ssl or sasl_ssl to use TLS"));
+            if !matches!(
+                sec.protocol,
+                SecurityProtocol::Ssl | SecurityProtocol::SaslSsl
+            ) {
+                return Err(ConfigError::invalid(
+                    "kafka.security.tls",
+                    "set protocol to ssl or sasl_ssl to use TLS",
+                ));
             }
             if tls.cert_file.is_some() != tls.key_file.is_some() {
-                return Err(ConfigError::invalid("kafka.security.tls", "cert_file and key_file go together"));
+                return Err(ConfigError::invalid(
+                    "kafka.security.tls",
+                    "cert_file and key_file go together",
+                ));
             }
         }
         Ok(())
@@ -524,9 +604,12 @@ impl GatewayConfig {
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| ConfigError::invalid(key, format!("`{value}` is not an address such as 0.0.0.0:4317")))
+    value.parse().map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("`{value}` is not an address such as 0.0.0.0:4317"),
+        )
+    })
 }
 
 /// Kafka topic names: 1 to 249 characters of `[a-zA-Z0-9._-]`.
@@ -535,11 +618,16 @@ fn check_topic(key: &str, name: &str) -> Result<(), ConfigError> {
         && name.len() <= 249
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err(ConfigError::invalid(key, format!("`{name}` is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)")))
+        Err(ConfigError::invalid(
+            key,
+            format!("`{name}` is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"),
+        ))
     }
 }
 
@@ -603,7 +691,10 @@ mod tests {
 
     #[test]
     fn properties_accept_scalars() {
-        let cfg = GatewayConfig::from_yaml("kafka:\n  properties:\n    linger.ms: 5\n    enable.idempotence: true\n").unwrap();
+        let cfg = GatewayConfig::from_yaml(
+            "kafka:\n  properties:\n    linger.ms: 5\n    enable.idempotence: true\n",
+        )
+        .unwrap();
         assert_eq!(cfg.kafka.properties["linger.ms"].0, "5");
         assert_eq!(cfg.kafka.properties["enable.idempotence"].0, "true");
     }
@@ -618,6 +709,9 @@ mod tests {
             f.display()
         );
         let cfg = GatewayConfig::from_yaml(&yaml).unwrap();
-        assert_eq!(cfg.kafka.security.sasl.unwrap().resolve_password().unwrap(), "s3cret");
+        assert_eq!(
+            cfg.kafka.security.sasl.unwrap().resolve_password().unwrap(),
+            "s3cret"
+        );
     }
 }

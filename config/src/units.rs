@@ -21,9 +21,13 @@ impl ByteSize {
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         if num.is_empty() {
-            return Err(format!("`{text}` is not a size: expected bytes or a number with a unit (KiB, MiB, GiB, KB, MB, GB)"));
+            return Err(format!(
+                "`{text}` is not a size: expected bytes or a number with a unit (KiB, MiB, GiB, KB, MB, GB)"
+            ));
         }
-        let n: u64 = num.parse().map_err(|_| format!("`{text}`: the number is too large"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{text}`: the number is too large"))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "kib" | "ki" => 1 << 10,
@@ -32,9 +36,15 @@ impl ByteSize {
             "kb" | "k" => 1_000,
             "mb" | "m" => 1_000_000,
             "gb" | "g" => 1_000_000_000,
-            other => return Err(format!("`{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)")),
+            other => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB, KB, MB or GB)"
+                ));
+            }
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("`{text}` is too large"))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{text}` is too large"))
     }
 }
 
@@ -71,8 +81,11 @@ impl<'de> Deserialize<'de> for ByteSize {
 /// Deserializes a `Duration` from a string such as "500ms", "10s" or "1m 30s".
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| de::Error::custom(format!("`{s}` is not a duration ({e}); use e.g. \"500ms\", \"10s\"")))
+    humantime::parse_duration(&s).map_err(|e| {
+        de::Error::custom(format!(
+            "`{s}` is not a duration ({e}); use e.g. \"500ms\", \"10s\""
+        ))
+    })
 }
 
 #[cfg(test)]

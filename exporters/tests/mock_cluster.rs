@@ -13,6 +13,7 @@ use weir_exporters::kafka::{KafkaExporter, traces_batch};
 use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use weir_proto::otlp::common::v1::{AnyValue, KeyValue, any_value::Value};
 use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
+use weir_proto::wire::TraceRequestView;
 
 fn request(traces: u8, spans_per_trace: u8, pad: usize) -> ExportTraceServiceRequest {
     let spans = (0..traces)
@@ -23,7 +24,9 @@ fn request(traces: u8, spans_per_trace: u8, pad: usize) -> ExportTraceServiceReq
                 name: format!("t{t}s{s}"),
                 attributes: vec![KeyValue {
                     key: "pad".into(),
-                    value: Some(AnyValue { value: Some(Value::StringValue("p".repeat(pad))) }),
+                    value: Some(AnyValue {
+                        value: Some(Value::StringValue("p".repeat(pad))),
+                    }),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -32,7 +35,10 @@ fn request(traces: u8, spans_per_trace: u8, pad: usize) -> ExportTraceServiceReq
         .collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
             ..Default::default()
         }],
     }
@@ -42,11 +48,16 @@ fn request(traces: u8, spans_per_trace: u8, pad: usize) -> ExportTraceServiceReq
 async fn records_are_keyed_by_trace_and_split_under_the_limit() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("spans", 3, 1).unwrap();
-    let cfg = KafkaConfig { brokers: vec![cluster.bootstrap_servers()], ..Default::default() };
+    let cfg = KafkaConfig {
+        brokers: vec![cluster.bootstrap_servers()],
+        ..Default::default()
+    };
     let exporter = KafkaExporter::new(&cfg, Duration::from_secs(10)).unwrap();
 
     let max = 16 * 1024;
-    let batch = traces_batch(request(3, 40, 1000), Encoding::OtlpProto, max);
+    let body = request(3, 40, 1000).encode_to_vec();
+    let view = TraceRequestView::parse(&body).unwrap();
+    let batch = traces_batch(&body, &view, Encoding::OtlpProto, max);
     assert_eq!(batch.rejected, 0);
     assert!(batch.records.len() > 3, "the 40 KB traces must be split");
     exporter.send("spans", &batch.records).await.unwrap();
@@ -63,17 +74,30 @@ async fn records_are_keyed_by_trace_and_split_under_the_limit() {
     let mut records = 0;
     let start = Instant::now();
     while records < batch.records.len() && start.elapsed() < Duration::from_secs(30) {
-        let Some(msg) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
         let msg = msg.unwrap();
         records += 1;
         let value = msg.payload().unwrap();
         assert!(value.len() <= max, "record of {} bytes", value.len());
         let key = String::from_utf8(msg.key().unwrap().to_vec()).unwrap();
-        assert_eq!(*partitions.entry(key.clone()).or_insert(msg.partition()), msg.partition());
+        assert_eq!(
+            *partitions.entry(key.clone()).or_insert(msg.partition()),
+            msg.partition()
+        );
         let data = TracesData::decode(value).unwrap();
-        for span in data.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans) {
+        for span in data
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+        {
             assert_eq!(hex::encode(&span.trace_id), key);
-            spans_by_key.entry(key.clone()).or_default().push(span.name.clone());
+            spans_by_key
+                .entry(key.clone())
+                .or_default()
+                .push(span.name.clone());
         }
     }
     assert_eq!(records, batch.records.len());
@@ -88,13 +112,22 @@ async fn records_are_keyed_by_trace_and_split_under_the_limit() {
 async fn send_fails_in_time_when_the_broker_is_down() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("spans", 1, 1).unwrap();
-    let cfg = KafkaConfig { brokers: vec![cluster.bootstrap_servers()], ..Default::default() };
+    let cfg = KafkaConfig {
+        brokers: vec![cluster.bootstrap_servers()],
+        ..Default::default()
+    };
     let exporter = KafkaExporter::new(&cfg, Duration::from_secs(2)).unwrap();
     cluster.broker_down(1).unwrap();
-    let batch = traces_batch(request(1, 1, 10), Encoding::OtlpProto, 1 << 20);
+    let body = request(1, 1, 10).encode_to_vec();
+    let view = TraceRequestView::parse(&body).unwrap();
+    let batch = traces_batch(&body, &view, Encoding::OtlpProto, 1 << 20);
     let start = Instant::now();
     let err = exporter.send("spans", &batch.records).await.unwrap_err();
-    assert!(start.elapsed() < Duration::from_secs(6), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        start.elapsed()
+    );
     let text = err.to_string();
     assert!(text.contains("Kafka"), "{text}");
 }

@@ -29,7 +29,11 @@ impl Readiness {
                 tracing::warn!("the Kafka broker does not answer: not ready");
             }
         }
-        metrics::gauge!("weir_exporter_broker_up", "exporter" => "kafka").set(if up { 1.0 } else { 0.0 });
+        metrics::gauge!("weir_exporter_broker_up", "exporter" => "kafka").set(if up {
+            1.0
+        } else {
+            0.0
+        });
     }
 
     /// Marks the gateway as shutting down, so load balancers stop sending to it.
@@ -69,12 +73,23 @@ pub async fn serve(
             get(|State(s): State<AdminState>| async move {
                 match s.readiness.not_ready_reason() {
                     None => (StatusCode::OK, "ready\n".to_string()),
-                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                    Some(why) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {why}\n"),
+                    ),
                 }
             }),
         )
-        .route("/metrics", get(|State(s): State<AdminState>| async move { s.prometheus.render() }))
-        .with_state(AdminState { readiness, prometheus });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        .route(
+            "/metrics",
+            get(|State(s): State<AdminState>| async move { s.prometheus.render() }),
+        )
+        .with_state(AdminState {
+            readiness,
+            prometheus,
+        });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
     Ok(())
 }

@@ -20,7 +20,9 @@ pub struct Admitted {
 impl Admission {
     /// A budget of `max_bytes` (capped at what a semaphore can count).
     pub fn new(max_bytes: usize) -> Self {
-        Self { budget: Arc::new(Semaphore::new(max_bytes.min(Semaphore::MAX_PERMITS))) }
+        Self {
+            budget: Arc::new(Semaphore::new(max_bytes.min(Semaphore::MAX_PERMITS))),
+        }
     }
 
     /// Takes `bytes` from the budget, or `None` when that would go past it.
@@ -28,7 +30,10 @@ impl Admission {
         let bytes = u32::try_from(bytes.max(1)).ok()?;
         let permit = self.budget.clone().try_acquire_many_owned(bytes).ok()?;
         metrics::gauge!("weir_receiver_inflight_bytes").increment(f64::from(bytes));
-        Some(Admitted { _permit: permit, bytes })
+        Some(Admitted {
+            _permit: permit,
+            bytes,
+        })
     }
 }
 

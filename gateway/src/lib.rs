@@ -7,8 +7,8 @@ pub mod admission;
 pub mod pipeline;
 pub mod receivers;
 pub mod signal;
-pub mod validate;
 pub mod telemetry;
+pub mod validate;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -24,17 +24,24 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Runs the gateway until `shutdown` is cancelled, then drains: stops accepting, lets
 /// in-flight requests finish, and flushes the producer, within `shutdown_timeout`.
-pub async fn run(config: GatewayConfig, prometheus: PrometheusHandle, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: GatewayConfig,
+    prometheus: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let exporter = Arc::new(
-        KafkaExporter::new(&config.kafka, config.limits.export_timeout).context("creating the Kafka producer")?,
+        KafkaExporter::new(&config.kafka, config.limits.export_timeout)
+            .context("creating the Kafka producer")?,
     );
     let pipeline = Arc::new(pipeline::Pipeline::new(config.clone(), exporter.clone()));
     let readiness = Arc::new(admin::Readiness::default());
 
     // Bind everything first, so a port in use fails the start rather than a later request.
     let bind = |endpoint: String, what: &'static str| async move {
-        TcpListener::bind(&endpoint).await.with_context(|| format!("binding the {what} listener on {endpoint}"))
+        TcpListener::bind(&endpoint)
+            .await
+            .with_context(|| format!("binding the {what} listener on {endpoint}"))
     };
     let admin_listener = bind(config.admin.endpoint.clone(), "admin").await?;
     let grpc_listener = match config.receivers.grpc.enabled {
@@ -59,8 +66,17 @@ pub async fn run(config: GatewayConfig, prometheus: PrometheusHandle, shutdown: 
     }
     tracing::info!(endpoint = %admin_listener.local_addr()?, "admin listening (/healthz, /readyz, /metrics)");
     let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(admin_listener, readiness.clone(), prometheus, admin_stop.clone()));
-    let probe_task = tokio::spawn(probe_broker(exporter.clone(), readiness.clone(), admin_stop.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        readiness.clone(),
+        prometheus,
+        admin_stop.clone(),
+    ));
+    let probe_task = tokio::spawn(probe_broker(
+        exporter.clone(),
+        readiness.clone(),
+        admin_stop.clone(),
+    ));
 
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -86,7 +102,9 @@ pub async fn run(config: GatewayConfig, prometheus: PrometheusHandle, shutdown: 
         tracing::warn!("shutdown_timeout passed with requests still in flight; stopping anyway");
         servers.abort_all();
     }
-    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+    let remaining = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
     let flushed = tokio::task::spawn_blocking(move || exporter.flush(remaining)).await?;
     if let Err(e) = flushed {
         tracing::error!(error = %e, "records were still queued at shutdown");
@@ -99,10 +117,16 @@ pub async fn run(config: GatewayConfig, prometheus: PrometheusHandle, shutdown: 
 }
 
 /// Probes the broker every `PROBE_INTERVAL` and records the result for `/readyz`.
-async fn probe_broker(exporter: Arc<KafkaExporter>, readiness: Arc<admin::Readiness>, stop: CancellationToken) {
+async fn probe_broker(
+    exporter: Arc<KafkaExporter>,
+    readiness: Arc<admin::Readiness>,
+    stop: CancellationToken,
+) {
     loop {
         let e = exporter.clone();
-        let up = tokio::task::spawn_blocking(move || e.probe(PROBE_INTERVAL)).await.unwrap_or(false);
+        let up = tokio::task::spawn_blocking(move || e.probe(PROBE_INTERVAL))
+            .await
+            .unwrap_or(false);
         readiness.set_broker(up);
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -44,7 +44,10 @@ fn main() -> ExitCode {
 fn start(config: GatewayConfig) -> anyhow::Result<()> {
     weir_gateway::telemetry::init_logs(&config.log)?;
     let prometheus = weir_gateway::telemetry::init_metrics()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let signals = shutdown.clone();

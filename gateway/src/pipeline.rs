@@ -5,7 +5,6 @@
 use crate::admission::Admission;
 use crate::signal::Signal;
 use bytes::Bytes;
-use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
 use weir_config::GatewayConfig;
@@ -66,7 +65,11 @@ impl Pipeline {
     /// A pipeline over an exporter with the limits of `config`.
     pub fn new(config: Arc<GatewayConfig>, exporter: Arc<KafkaExporter>) -> Self {
         let admission = Admission::new(config.limits.max_in_flight_bytes.as_usize());
-        Self { exporter, admission, config }
+        Self {
+            exporter,
+            admission,
+            config,
+        }
     }
 
     /// The largest message accepted, after decompression.
@@ -80,7 +83,12 @@ impl Pipeline {
     }
 
     /// Handles one Export request whose (decompressed) body is `body`.
-    pub async fn export<S: Signal>(&self, body: Bytes, format: Format, transport: Transport) -> Result<S::Response, PipelineError> {
+    pub async fn export<S: Signal>(
+        &self,
+        body: Bytes,
+        format: Format,
+        transport: Transport,
+    ) -> Result<S::Response, PipelineError> {
         let _admitted = self.admission.try_admit(body.len()).ok_or_else(|| {
             metrics::counter!("weir_receiver_refused_requests_total", "transport" => transport.label(), "reason" => "in_flight_limit")
                 .increment(1);
@@ -89,23 +97,14 @@ impl Pipeline {
                 self.config.limits.max_in_flight_bytes.0
             ))
         })?;
-        let request = match format {
-            Format::Protobuf => S::Request::decode(body.as_ref())
-                .map_err(|e| PipelineError::InvalidArgument(format!("the body is not a valid OTLP protobuf message: {e}"))),
-            Format::Json => S::decode_json(&body)
-                .map_err(|e| PipelineError::InvalidArgument(format!("the body is not valid OTLP/JSON: {e}"))),
-        };
-        let request = request.inspect_err(|_| self.refused_request(transport, "invalid"))?;
-        let items = S::items(&request);
-        if let Err(e) = S::validate(&request) {
-            self.refused_request(transport, "invalid");
-            metrics::counter!(S::REFUSED_METRIC, "transport" => transport.label()).increment(items);
-            return Err(PipelineError::InvalidArgument(e));
-        }
-        drop(body);
-
         let topic = S::topic(&self.config.kafka);
-        let batch = S::batch(request, topic, self.config.kafka.max_message_size.as_usize());
+        let max = self.config.kafka.max_message_size.as_usize();
+        let prepared = S::records(&body, format, topic, max).map_err(|e| {
+            self.refused_request(transport, "invalid");
+            PipelineError::InvalidArgument(e)
+        })?;
+        drop(body);
+        let (batch, items) = (prepared.batch, prepared.items);
         let sent_items: u64 = batch.records.iter().map(|r| r.items).sum();
         match self.exporter.send(&topic.topic, &batch.records).await {
             Ok(()) => {
@@ -114,12 +113,14 @@ impl Pipeline {
                 if batch.rejected > 0 {
                     metrics::counter!(S::REFUSED_METRIC, &labels).increment(batch.rejected);
                 }
-                metrics::counter!("weir_exporter_sent_records_total", "exporter" => "kafka").increment(batch.records.len() as u64);
+                metrics::counter!("weir_exporter_sent_records_total", "exporter" => "kafka")
+                    .increment(batch.records.len() as u64);
                 metrics::counter!(S::SENT_METRIC, "exporter" => "kafka").increment(sent_items);
                 Ok(S::response(batch.rejected, batch.reject_reason))
             }
             Err(e) => {
-                metrics::counter!(S::REFUSED_METRIC, "transport" => transport.label()).increment(items);
+                metrics::counter!(S::REFUSED_METRIC, "transport" => transport.label())
+                    .increment(items);
                 metrics::counter!("weir_exporter_send_failed_records_total", "exporter" => "kafka")
                     .increment(batch.records.len() as u64);
                 metrics::counter!(S::FAILED_METRIC, "exporter" => "kafka").increment(sent_items);

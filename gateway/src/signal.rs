@@ -1,21 +1,25 @@
 //! The three OTLP signals, described once so the receivers and the pipeline handle traces,
 //! metrics and logs with the same code.
 
+use crate::pipeline::Format;
 use crate::validate;
 use prost::Message;
 use weir_config::gateway::{KafkaConfig, SignalTopic};
 use weir_exporters::kafka::{Batch, logs_batch, metrics_batch, traces_batch};
-use weir_proto::json::{self, JsonError};
-use weir_proto::otlp::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse};
+use weir_proto::json;
+use weir_proto::otlp::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use weir_proto::otlp::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use weir_proto::otlp::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse};
+use weir_proto::otlp::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
+use weir_proto::wire::TraceRequestView;
 
 /// What differs between traces, metrics and logs on their way through the gateway.
 pub trait Signal: Send + Sync + 'static {
-    /// The OTLP Export request.
-    type Request: Message + Default + Send + 'static;
     /// The OTLP Export response.
     type Response: Message + Default + Send + 'static;
     /// The gRPC service name, e.g. `opentelemetry.proto.collector.trace.v1.TraceService`.
@@ -33,20 +37,48 @@ pub trait Signal: Send + Sync + 'static {
     /// `weir_exporter_send_failed_<items>_total`.
     const FAILED_METRIC: &'static str;
 
-    /// Decodes an OTLP/JSON request body.
-    fn decode_json(body: &[u8]) -> Result<Self::Request, JsonError>;
     /// Encodes a response as OTLP/JSON.
     fn encode_json_response(resp: &Self::Response, out: &mut Vec<u8>);
-    /// Spans, metric data points or log records in a request.
-    fn items(req: &Self::Request) -> u64;
-    /// Checks what protobuf decoding does not: id lengths.
-    fn validate(req: &Self::Request) -> Result<(), String>;
     /// The topic and encoding of this signal.
     fn topic(cfg: &KafkaConfig) -> &SignalTopic;
-    /// Groups, splits and encodes the request into records.
-    fn batch(req: Self::Request, topic: &SignalTopic, max_message_size: usize) -> Batch;
+    /// Decodes and validates a request body and turns it into records; `Err` says what is
+    /// wrong with the body (an INVALID_ARGUMENT).
+    fn records(
+        body: &[u8],
+        format: Format,
+        topic: &SignalTopic,
+        max_message_size: usize,
+    ) -> Result<Prepared, String>;
     /// The response, with `partial_success` when items were rejected.
     fn response(rejected: u64, reason: Option<String>) -> Self::Response;
+}
+
+/// A request turned into records.
+pub struct Prepared {
+    /// The records, and what could not be made into records.
+    pub batch: Batch,
+    /// Spans, metric data points or log records in the request.
+    pub items: u64,
+}
+
+/// Why a body does not decode, as the client is told.
+fn undecodable(format: Format, err: impl std::fmt::Display) -> String {
+    match format {
+        Format::Protobuf => format!("the body is not a valid OTLP protobuf message: {err}"),
+        Format::Json => format!("the body is not valid OTLP/JSON: {err}"),
+    }
+}
+
+/// Decodes a metrics or logs request in either format.
+fn decode<M: Message + Default>(
+    body: &[u8],
+    format: Format,
+    json: fn(&[u8]) -> Result<M, json::JsonError>,
+) -> Result<M, String> {
+    match format {
+        Format::Protobuf => M::decode(body).map_err(|e| undecodable(format, e)),
+        Format::Json => json(body).map_err(|e| undecodable(format, e)),
+    }
 }
 
 /// Spans.
@@ -57,7 +89,6 @@ pub struct Metrics;
 pub struct Logs;
 
 impl Signal for Traces {
-    type Request = ExportTraceServiceRequest;
     type Response = ExportTraceServiceResponse;
     const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
     const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -67,75 +98,101 @@ impl Signal for Traces {
     const SENT_METRIC: &'static str = "weir_exporter_sent_spans_total";
     const FAILED_METRIC: &'static str = "weir_exporter_send_failed_spans_total";
 
-    fn decode_json(body: &[u8]) -> Result<Self::Request, JsonError> {
-        json::decode_trace_request(body)
-    }
     fn encode_json_response(resp: &Self::Response, out: &mut Vec<u8>) {
         json::encode_trace_response(resp, out)
-    }
-    fn items(req: &Self::Request) -> u64 {
-        req.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum()
-    }
-    fn validate(req: &Self::Request) -> Result<(), String> {
-        validate::traces(req)
     }
     fn topic(cfg: &KafkaConfig) -> &SignalTopic {
         &cfg.traces
     }
-    fn batch(req: Self::Request, topic: &SignalTopic, max: usize) -> Batch {
-        traces_batch(req, topic.encoding, max)
+    /// Spans take the byte-level path: validated and grouped without being decoded. JSON is
+    /// decoded, then encoded once to protobuf to join the same path.
+    fn records(
+        body: &[u8],
+        format: Format,
+        topic: &SignalTopic,
+        max: usize,
+    ) -> Result<Prepared, String> {
+        let encoded;
+        let body = match format {
+            Format::Protobuf => body,
+            Format::Json => {
+                encoded = json::decode_trace_request(body)
+                    .map_err(|e| undecodable(format, e))?
+                    .encode_to_vec();
+                &encoded[..]
+            }
+        };
+        let view = TraceRequestView::parse(body).map_err(|e| {
+            if e.is_invalid_id() {
+                e.to_string()
+            } else {
+                undecodable(Format::Protobuf, e)
+            }
+        })?;
+        let items = view.spans.len() as u64;
+        Ok(Prepared {
+            batch: traces_batch(body, &view, topic.encoding, max),
+            items,
+        })
     }
     fn response(rejected: u64, reason: Option<String>) -> Self::Response {
         ExportTraceServiceResponse {
-            partial_success: reason.map(|error_message| ExportTracePartialSuccess { rejected_spans: rejected as i64, error_message }),
+            partial_success: reason.map(|error_message| ExportTracePartialSuccess {
+                rejected_spans: rejected as i64,
+                error_message,
+            }),
         }
     }
 }
 
 impl Signal for Metrics {
-    type Request = ExportMetricsServiceRequest;
     type Response = ExportMetricsServiceResponse;
     const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
-    const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+    const GRPC_PATH: &'static str =
+        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
     const HTTP_PATH: &'static str = "/v1/metrics";
     const ACCEPTED_METRIC: &'static str = "weir_receiver_accepted_metric_points_total";
     const REFUSED_METRIC: &'static str = "weir_receiver_refused_metric_points_total";
     const SENT_METRIC: &'static str = "weir_exporter_sent_metric_points_total";
     const FAILED_METRIC: &'static str = "weir_exporter_send_failed_metric_points_total";
 
-    fn decode_json(body: &[u8]) -> Result<Self::Request, JsonError> {
-        json::decode_metrics_request(body)
-    }
     fn encode_json_response(resp: &Self::Response, out: &mut Vec<u8>) {
         json::encode_metrics_response(resp, out)
-    }
-    fn items(req: &Self::Request) -> u64 {
-        req.resource_metrics
-            .iter()
-            .flat_map(|r| &r.scope_metrics)
-            .flat_map(|s| &s.metrics)
-            .map(weir_exporters::kafka::data_points)
-            .sum()
-    }
-    fn validate(req: &Self::Request) -> Result<(), String> {
-        validate::metrics(req)
     }
     fn topic(cfg: &KafkaConfig) -> &SignalTopic {
         &cfg.metrics
     }
-    fn batch(req: Self::Request, topic: &SignalTopic, max: usize) -> Batch {
-        metrics_batch(req, topic.encoding, max)
+    fn records(
+        body: &[u8],
+        format: Format,
+        topic: &SignalTopic,
+        max: usize,
+    ) -> Result<Prepared, String> {
+        let req: ExportMetricsServiceRequest = decode(body, format, json::decode_metrics_request)?;
+        validate::metrics(&req)?;
+        let items = req
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .map(weir_exporters::kafka::data_points)
+            .sum();
+        Ok(Prepared {
+            batch: metrics_batch(req, topic.encoding, max),
+            items,
+        })
     }
     fn response(rejected: u64, reason: Option<String>) -> Self::Response {
         ExportMetricsServiceResponse {
-            partial_success: reason
-                .map(|error_message| ExportMetricsPartialSuccess { rejected_data_points: rejected as i64, error_message }),
+            partial_success: reason.map(|error_message| ExportMetricsPartialSuccess {
+                rejected_data_points: rejected as i64,
+                error_message,
+            }),
         }
     }
 }
 
 impl Signal for Logs {
-    type Request = ExportLogsServiceRequest;
     type Response = ExportLogsServiceResponse;
     const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
     const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
@@ -145,28 +202,37 @@ impl Signal for Logs {
     const SENT_METRIC: &'static str = "weir_exporter_sent_log_records_total";
     const FAILED_METRIC: &'static str = "weir_exporter_send_failed_log_records_total";
 
-    fn decode_json(body: &[u8]) -> Result<Self::Request, JsonError> {
-        json::decode_logs_request(body)
-    }
     fn encode_json_response(resp: &Self::Response, out: &mut Vec<u8>) {
         json::encode_logs_response(resp, out)
-    }
-    fn items(req: &Self::Request) -> u64 {
-        req.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len() as u64).sum()
-    }
-    fn validate(req: &Self::Request) -> Result<(), String> {
-        validate::logs(req)
     }
     fn topic(cfg: &KafkaConfig) -> &SignalTopic {
         &cfg.logs
     }
-    fn batch(req: Self::Request, topic: &SignalTopic, max: usize) -> Batch {
-        logs_batch(req, topic.encoding, max)
+    fn records(
+        body: &[u8],
+        format: Format,
+        topic: &SignalTopic,
+        max: usize,
+    ) -> Result<Prepared, String> {
+        let req: ExportLogsServiceRequest = decode(body, format, json::decode_logs_request)?;
+        validate::logs(&req)?;
+        let items = req
+            .resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len() as u64)
+            .sum();
+        Ok(Prepared {
+            batch: logs_batch(req, topic.encoding, max),
+            items,
+        })
     }
     fn response(rejected: u64, reason: Option<String>) -> Self::Response {
         ExportLogsServiceResponse {
-            partial_success: reason
-                .map(|error_message| ExportLogsPartialSuccess { rejected_log_records: rejected as i64, error_message }),
+            partial_success: reason.map(|error_message| ExportLogsPartialSuccess {
+                rejected_log_records: rejected as i64,
+                error_message,
+            }),
         }
     }
 }

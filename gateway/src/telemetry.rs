@@ -2,16 +2,17 @@
 //! with a Prometheus recorder. Metric names mirror the Collector's with a `weir_` prefix.
 
 use anyhow::Context;
-use std::io::IsTerminal;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::io::IsTerminal;
 use weir_config::gateway::{Log, LogFormat};
 
 /// Installs the log subscriber. `RUST_LOG`, when set, wins over the config's level.
 pub fn init_logs(cfg: &Log) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
-        _ => tracing_subscriber::EnvFilter::try_new(&cfg.level).with_context(|| format!("log.level `{}`", cfg.level))?,
+        _ => tracing_subscriber::EnvFilter::try_new(&cfg.level)
+            .with_context(|| format!("log.level `{}`", cfg.level))?,
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -29,32 +30,86 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
-            &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
         )
         .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
     for (name, what) in [
-        ("weir_receiver_accepted_spans_total", "Spans acknowledged to clients, after Kafka acknowledged them."),
-        ("weir_receiver_refused_spans_total", "Spans refused: invalid, too large, or not acknowledged by Kafka in time."),
-        ("weir_receiver_accepted_metric_points_total", "Metric data points acknowledged to clients."),
-        ("weir_receiver_refused_metric_points_total", "Metric data points refused."),
-        ("weir_receiver_accepted_log_records_total", "Log records acknowledged to clients."),
-        ("weir_receiver_refused_log_records_total", "Log records refused."),
-        ("weir_receiver_refused_requests_total", "Requests refused before export, by reason."),
-        ("weir_exporter_sent_records_total", "Kafka records acknowledged by the brokers."),
-        ("weir_exporter_send_failed_records_total", "Kafka records that failed or timed out."),
-        ("weir_exporter_sent_spans_total", "Spans in acknowledged Kafka records."),
-        ("weir_exporter_send_failed_spans_total", "Spans in failed Kafka records."),
-        ("weir_exporter_sent_metric_points_total", "Metric data points in acknowledged Kafka records."),
-        ("weir_exporter_send_failed_metric_points_total", "Metric data points in failed Kafka records."),
-        ("weir_exporter_sent_log_records_total", "Log records in acknowledged Kafka records."),
-        ("weir_exporter_send_failed_log_records_total", "Log records in failed Kafka records."),
+        (
+            "weir_receiver_accepted_spans_total",
+            "Spans acknowledged to clients, after Kafka acknowledged them.",
+        ),
+        (
+            "weir_receiver_refused_spans_total",
+            "Spans refused: invalid, too large, or not acknowledged by Kafka in time.",
+        ),
+        (
+            "weir_receiver_accepted_metric_points_total",
+            "Metric data points acknowledged to clients.",
+        ),
+        (
+            "weir_receiver_refused_metric_points_total",
+            "Metric data points refused.",
+        ),
+        (
+            "weir_receiver_accepted_log_records_total",
+            "Log records acknowledged to clients.",
+        ),
+        (
+            "weir_receiver_refused_log_records_total",
+            "Log records refused.",
+        ),
+        (
+            "weir_receiver_refused_requests_total",
+            "Requests refused before export, by reason.",
+        ),
+        (
+            "weir_exporter_sent_records_total",
+            "Kafka records acknowledged by the brokers.",
+        ),
+        (
+            "weir_exporter_send_failed_records_total",
+            "Kafka records that failed or timed out.",
+        ),
+        (
+            "weir_exporter_sent_spans_total",
+            "Spans in acknowledged Kafka records.",
+        ),
+        (
+            "weir_exporter_send_failed_spans_total",
+            "Spans in failed Kafka records.",
+        ),
+        (
+            "weir_exporter_sent_metric_points_total",
+            "Metric data points in acknowledged Kafka records.",
+        ),
+        (
+            "weir_exporter_send_failed_metric_points_total",
+            "Metric data points in failed Kafka records.",
+        ),
+        (
+            "weir_exporter_sent_log_records_total",
+            "Log records in acknowledged Kafka records.",
+        ),
+        (
+            "weir_exporter_send_failed_log_records_total",
+            "Log records in failed Kafka records.",
+        ),
     ] {
         describe_counter!(name, what);
     }
-    describe_gauge!("weir_receiver_inflight_bytes", Unit::Bytes, "Request bytes held by requests in flight.");
-    describe_gauge!("weir_exporter_broker_up", "1 while the Kafka broker answers metadata requests.");
+    describe_gauge!(
+        "weir_receiver_inflight_bytes",
+        Unit::Bytes,
+        "Request bytes held by requests in flight."
+    );
+    describe_gauge!(
+        "weir_exporter_broker_up",
+        "1 while the Kafka broker answers metadata requests."
+    );
     describe_histogram!(
         "weir_exporter_produce_latency_seconds",
         Unit::Seconds,

@@ -72,7 +72,11 @@ pub mod code {
 impl Status {
     /// A status with a code and message and no details.
     pub fn new(code: i32, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), details: Vec::new() }
+        Self {
+            code,
+            message: message.into(),
+            details: Vec::new(),
+        }
     }
 
     /// Adds a `RetryInfo` detail that asks the client to wait `delay` before retrying.

@@ -19,14 +19,21 @@ pub struct TracingContext;
 impl ClientContext for TracingContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
                 tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
             }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility = fac, "{log_message}"),
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", facility = fac, "{log_message}")
+            }
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
                 tracing::info!(target: "librdkafka", facility = fac, "{log_message}")
             }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility = fac, "{log_message}"),
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", facility = fac, "{log_message}")
+            }
         }
     }
 
@@ -39,16 +46,34 @@ impl ClientContext for TracingContext {
 ///
 /// `message.timeout.ms` follows the export timeout, so librdkafka stops retrying a record about
 /// when the client is told to retry it; raw `properties` are applied last and win.
-pub fn producer_config(cfg: &KafkaConfig, export_timeout: Duration) -> Result<ClientConfig, ConfigError> {
+pub fn producer_config(
+    cfg: &KafkaConfig,
+    export_timeout: Duration,
+) -> Result<ClientConfig, ConfigError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", cfg.brokers.join(","))
         .set("client.id", &cfg.client_id)
         .set("acks", cfg.acks.as_librdkafka())
-        .set("enable.idempotence", if cfg.acks == weir_config::gateway::Acks::All { "true" } else { "false" })
+        .set(
+            "enable.idempotence",
+            if cfg.acks == weir_config::gateway::Acks::All {
+                "true"
+            } else {
+                "false"
+            },
+        )
         .set("compression.codec", cfg.compression.as_librdkafka())
         .set("linger.ms", cfg.linger.as_millis().to_string())
-        .set("message.timeout.ms", export_timeout.as_millis().max(1).to_string())
-        .set("message.max.bytes", (cfg.max_message_size.0 + 64 * 1024).max(1_000_000).to_string())
+        .set(
+            "message.timeout.ms",
+            export_timeout.as_millis().max(1).to_string(),
+        )
+        .set(
+            "message.max.bytes",
+            (cfg.max_message_size.0 + 64 * 1024)
+                .max(1_000_000)
+                .to_string(),
+        )
         .set("security.protocol", cfg.security.protocol.as_librdkafka());
     if let Some(sasl) = &cfg.security.sasl {
         c.set("sasl.mechanism", sasl.mechanism.as_librdkafka())
@@ -85,7 +110,10 @@ impl KafkaExporter {
             .map_err(|e| ExportError::Config(e.to_string()))?
             .create_with_context(TracingContext)
             .map_err(|e| ExportError::Config(e.to_string()))?;
-        Ok(Self { producer, export_timeout })
+        Ok(Self {
+            producer,
+            export_timeout,
+        })
     }
 
     /// Produces `records` to `topic` and waits until Kafka acknowledged all of them.
@@ -99,7 +127,9 @@ impl KafkaExporter {
         let total = records.len();
         let mut pending = Vec::with_capacity(total);
         for rec in records {
-            let mut fr = FutureRecord::to(topic).key(&rec.key[..]).payload(&rec.value[..]);
+            let mut fr = FutureRecord::to(topic)
+                .key(&rec.key[..])
+                .payload(&rec.value[..]);
             loop {
                 match self.producer.send_result(fr) {
                     Ok(delivery) => {
@@ -115,7 +145,10 @@ impl KafkaExporter {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     Err((e, _)) => {
-                        return Err(ExportError::Delivery { topic: topic.to_string(), reason: e.to_string() });
+                        return Err(ExportError::Delivery {
+                            topic: topic.to_string(),
+                            reason: e.to_string(),
+                        });
                     }
                 }
             }
@@ -136,24 +169,39 @@ impl KafkaExporter {
             .record(started.elapsed().as_secs_f64());
         match failed {
             None => Ok(()),
-            Some(reason) => Err(ExportError::Delivery { topic: topic.to_string(), reason }),
+            Some(reason) => Err(ExportError::Delivery {
+                topic: topic.to_string(),
+                reason,
+            }),
         }
     }
 
     fn timeout(&self, pending: usize, total: usize) -> ExportError {
-        ExportError::Timeout { pending, total, timeout_ms: self.export_timeout.as_millis() }
+        ExportError::Timeout {
+            pending,
+            total,
+            timeout_ms: self.export_timeout.as_millis(),
+        }
     }
 
     /// Asks the brokers for metadata: true when one answered within `timeout`. Blocking.
     pub fn probe(&self, timeout: Duration) -> bool {
-        self.producer.client().fetch_metadata(None, Timeout::After(timeout)).is_ok()
+        self.producer
+            .client()
+            .fetch_metadata(None, Timeout::After(timeout))
+            .is_ok()
     }
 
     /// Waits for every queued record to be delivered, at most `timeout`. Blocking.
     pub fn flush(&self, timeout: Duration) -> Result<(), ExportError> {
-        self.producer.flush(Timeout::After(timeout)).map_err(|e| ExportError::Delivery {
-            topic: "*".to_string(),
-            reason: format!("flush at shutdown: {e} ({} records still queued)", self.producer.in_flight_count()),
-        })
+        self.producer
+            .flush(Timeout::After(timeout))
+            .map_err(|e| ExportError::Delivery {
+                topic: "*".to_string(),
+                reason: format!(
+                    "flush at shutdown: {e} ({} records still queued)",
+                    self.producer.in_flight_count()
+                ),
+            })
     }
 }

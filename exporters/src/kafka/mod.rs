@@ -5,8 +5,10 @@ mod errors;
 mod exporter;
 mod records;
 mod split;
+mod trace_records;
 
 pub use errors::ExportError;
 pub use exporter::{KafkaExporter, producer_config};
-pub use records::{Batch, Record, data_points, logs_batch, metrics_batch, resource_key, trace_key, traces_batch};
+pub use records::{Batch, Record, data_points, logs_batch, metrics_batch, resource_key, trace_key};
 pub use split::{Container, split};
+pub use trace_records::traces_batch;

@@ -1,8 +1,8 @@
 //! From an OTLP request to Kafka records: grouping, keys, size bounds and encodings.
 //!
-//! - Traces: one record per trace id per request, key = the trace id as 32 lowercase hex
-//!   characters (the Collector's `partition_traces_by_id`), so every span of a trace lands in
-//!   one partition.
+//! - Traces (see `trace_records`): one record per trace id per request, key = the trace id as
+//!   32 lowercase hex characters (the Collector's `partition_traces_by_id`), so every span of a
+//!   trace lands in one partition.
 //! - Metrics and logs: one record per distinct resource, key = a stable hash of the resource
 //!   attributes (xxh3-64 over their sorted protobuf encoding, as 16 hex characters).
 //!
@@ -10,17 +10,14 @@
 
 use super::split::{Split, split};
 use prost::Message;
-use std::collections::HashMap;
 use weir_config::gateway::Encoding;
 use weir_proto::json;
 use weir_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use weir_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
-use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use weir_proto::otlp::common::v1::KeyValue;
 use weir_proto::otlp::logs::v1::{LogsData, ResourceLogs};
 use weir_proto::otlp::metrics::v1::{Metric, MetricsData, ResourceMetrics, metric::Data};
 use weir_proto::otlp::resource::v1::Resource;
-use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, TracesData};
 
 /// One Kafka record, ready to produce.
 #[derive(Debug, Clone)]
@@ -46,7 +43,7 @@ pub struct Batch {
 
 /// Bytes kept free in a record for the key and Kafka's record framing, so that key + value +
 /// framing stays within `kafka.max_message_size` as librdkafka counts it.
-const RECORD_OVERHEAD: usize = 128;
+pub(crate) const RECORD_OVERHEAD: usize = 128;
 
 /// The key of a trace record: the trace id as lowercase hex (32 characters for valid ids).
 pub fn trace_key(trace_id: &[u8]) -> Vec<u8> {
@@ -61,11 +58,14 @@ pub fn trace_key(trace_id: &[u8]) -> Vec<u8> {
 /// Attributes are hashed in key order, so the same resource gives the same key whatever order
 /// an SDK sends them in, and xxh3 is a fixed algorithm, so keys do not change between builds.
 pub fn resource_key(resource: Option<&Resource>) -> Vec<u8> {
-    let mut attrs: Vec<&KeyValue> = resource.map(|r| r.attributes.iter().collect()).unwrap_or_default();
+    let mut attrs: Vec<&KeyValue> = resource
+        .map(|r| r.attributes.iter().collect())
+        .unwrap_or_default();
     attrs.sort_by(|a, b| a.key.cmp(&b.key));
     let mut buf = Vec::with_capacity(256);
     for kv in attrs {
-        kv.encode_length_delimited(&mut buf).expect("a Vec grows as needed");
+        kv.encode_length_delimited(&mut buf)
+            .expect("a Vec grows as needed");
     }
     let hash = xxhash_rust::xxh3::xxh3_64(&buf);
     trace_key(&hash.to_be_bytes())
@@ -85,89 +85,93 @@ pub fn data_points(m: &Metric) -> u64 {
 }
 
 fn budget(max_message_size: usize, key_len: usize) -> usize {
-    max_message_size.saturating_sub(key_len + RECORD_OVERHEAD).max(1)
+    max_message_size
+        .saturating_sub(key_len + RECORD_OVERHEAD)
+        .max(1)
 }
 
-/// Groups spans by trace id into records (one or more per trace, in first-seen order).
-pub fn traces_batch(req: ExportTraceServiceRequest, encoding: Encoding, max_message_size: usize) -> Batch {
-    // Group: trace id -> the resource/scope structure holding its spans, in arrival order.
-    let mut index: HashMap<[u8; 16], usize> = HashMap::new();
-    let mut groups: Vec<(Vec<u8>, Vec<ResourceSpans>)> = Vec::new();
-    // (resource #, scope #) each group saw last, so consecutive spans share one ScopeSpans.
-    let mut last_seen: Vec<(usize, usize)> = Vec::new();
-    for (ri, mut rs) in req.resource_spans.into_iter().enumerate() {
-        let scopes = std::mem::take(&mut rs.scope_spans);
-        for (si, mut ss) in scopes.into_iter().enumerate() {
-            let spans = std::mem::take(&mut ss.spans);
-            for span in spans {
-                let id: [u8; 16] = span.trace_id.as_slice().try_into().unwrap_or([0; 16]);
-                let g = *index.entry(id).or_insert_with(|| {
-                    groups.push((span.trace_id.clone(), Vec::new()));
-                    last_seen.push((usize::MAX, usize::MAX));
-                    groups.len() - 1
-                });
-                let (last_r, last_s) = last_seen[g];
-                let resources = &mut groups[g].1;
-                if last_r != ri {
-                    resources.push(ResourceSpans {
-                        resource: rs.resource.clone(),
-                        scope_spans: Vec::new(),
-                        schema_url: rs.schema_url.clone(),
-                    });
-                }
-                let r = resources.last_mut().expect("pushed above");
-                if last_r != ri || last_s != si {
-                    r.scope_spans.push(ScopeSpans { scope: ss.scope.clone(), spans: Vec::new(), schema_url: ss.schema_url.clone() });
-                }
-                r.scope_spans.last_mut().expect("pushed above").spans.push(span);
-                last_seen[g] = (ri, si);
-            }
-        }
-    }
-
+/// One record per distinct resource (split when too large), keyed by `resource_key`.
+pub fn metrics_batch(
+    req: ExportMetricsServiceRequest,
+    encoding: Encoding,
+    max_message_size: usize,
+) -> Batch {
     let mut batch = Batch::default();
-    for (trace_id, resources) in groups {
-        let key = trace_key(&trace_id);
+    for (key, resources) in group_by_resource(req.resource_metrics, |r: &ResourceMetrics| {
+        r.resource.as_ref()
+    }) {
         let budget = budget(max_message_size, key.len());
         let parts = split(resources, budget);
-        push_parts(&mut batch, key, parts, budget, "span", |resource_spans| {
-            let items = resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len() as u64).sum();
-            (encode(encoding, &TracesData { resource_spans }, json::encode_traces_data), items)
-        });
+        push_parts(
+            &mut batch,
+            key,
+            parts,
+            budget,
+            "metric data point",
+            |resource_metrics| {
+                let items = resource_metrics
+                    .iter()
+                    .flat_map(|r| &r.scope_metrics)
+                    .flat_map(|s| &s.metrics)
+                    .map(data_points)
+                    .sum();
+                (
+                    encode(
+                        encoding,
+                        &MetricsData { resource_metrics },
+                        json::encode_metrics_data,
+                    ),
+                    items,
+                )
+            },
+        );
     }
     batch
 }
 
 /// One record per distinct resource (split when too large), keyed by `resource_key`.
-pub fn metrics_batch(req: ExportMetricsServiceRequest, encoding: Encoding, max_message_size: usize) -> Batch {
+pub fn logs_batch(
+    req: ExportLogsServiceRequest,
+    encoding: Encoding,
+    max_message_size: usize,
+) -> Batch {
     let mut batch = Batch::default();
-    for (key, resources) in group_by_resource(req.resource_metrics, |r: &ResourceMetrics| r.resource.as_ref()) {
+    for (key, resources) in
+        group_by_resource(req.resource_logs, |r: &ResourceLogs| r.resource.as_ref())
+    {
         let budget = budget(max_message_size, key.len());
         let parts = split(resources, budget);
-        push_parts(&mut batch, key, parts, budget, "metric data point", |resource_metrics| {
-            let items = resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics).map(data_points).sum();
-            (encode(encoding, &MetricsData { resource_metrics }, json::encode_metrics_data), items)
-        });
-    }
-    batch
-}
-
-/// One record per distinct resource (split when too large), keyed by `resource_key`.
-pub fn logs_batch(req: ExportLogsServiceRequest, encoding: Encoding, max_message_size: usize) -> Batch {
-    let mut batch = Batch::default();
-    for (key, resources) in group_by_resource(req.resource_logs, |r: &ResourceLogs| r.resource.as_ref()) {
-        let budget = budget(max_message_size, key.len());
-        let parts = split(resources, budget);
-        push_parts(&mut batch, key, parts, budget, "log record", |resource_logs| {
-            let items = resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len() as u64).sum();
-            (encode(encoding, &LogsData { resource_logs }, json::encode_logs_data), items)
-        });
+        push_parts(
+            &mut batch,
+            key,
+            parts,
+            budget,
+            "log record",
+            |resource_logs| {
+                let items = resource_logs
+                    .iter()
+                    .flat_map(|r| &r.scope_logs)
+                    .map(|s| s.log_records.len() as u64)
+                    .sum();
+                (
+                    encode(
+                        encoding,
+                        &LogsData { resource_logs },
+                        json::encode_logs_data,
+                    ),
+                    items,
+                )
+            },
+        );
     }
     batch
 }
 
 /// Groups resource-level entries by the key of their resource, in first-seen order.
-fn group_by_resource<R>(resources: Vec<R>, resource: impl Fn(&R) -> Option<&Resource>) -> Vec<(Vec<u8>, Vec<R>)> {
+fn group_by_resource<R>(
+    resources: Vec<R>,
+    resource: impl Fn(&R) -> Option<&Resource>,
+) -> Vec<(Vec<u8>, Vec<R>)> {
     let mut groups: Vec<(Vec<u8>, Vec<R>)> = Vec::new();
     for r in resources {
         let key = resource_key(resource(&r));
@@ -198,7 +202,11 @@ fn push_parts<R>(
     for chunk in parts.chunks {
         let (value, items) = encode_chunk(chunk);
         if items > 0 {
-            batch.records.push(Record { key: key.clone(), value, items });
+            batch.records.push(Record {
+                key: key.clone(),
+                value,
+                items,
+            });
         }
     }
 }

@@ -1,9 +1,9 @@
 //! Splitting OTLP data into records no larger than a byte budget.
 //!
-//! OTLP data is three levels deep: resource -> scope -> items (spans, metrics, log records).
+//! OTLP data is three levels deep: resource -> scope -> items (metrics, log records; spans
+//! have their own byte-level path in `trace_records`).
 //! `split` packs items into chunks, repeating the resource and scope of each item in every
-//! chunk that holds one, so each chunk is a self-contained `TracesData` (or `MetricsData`,
-//! `LogsData`). An item that cannot fit even alone is counted as rejected, never dropped
+//! chunk that holds one, so each chunk is a self-contained `MetricsData` or `LogsData`. An item that cannot fit even alone is counted as rejected, never dropped
 //! in silence.
 
 use prost::Message;
@@ -50,9 +50,17 @@ where
 {
     let total: usize = resources.iter().map(|r| field_len(r.encoded_len())).sum();
     if total <= budget {
-        return Split { chunks: vec![resources], rejected: 0, largest_rejected: 0 };
+        return Split {
+            chunks: vec![resources],
+            rejected: 0,
+            largest_rejected: 0,
+        };
     }
-    let mut out = Split { chunks: Vec::new(), rejected: 0, largest_rejected: 0 };
+    let mut out = Split {
+        chunks: Vec::new(),
+        rejected: 0,
+        largest_rejected: 0,
+    };
     let mut chunk: Vec<R> = Vec::new();
     let mut size = 0usize;
     for mut resource in resources {
@@ -71,7 +79,8 @@ where
                     out.largest_rejected = out.largest_rejected.max(item.encoded_len());
                     continue;
                 }
-                let extra = item_len + if s_open { 0 } else { s_over } + if r_open { 0 } else { r_over };
+                let extra =
+                    item_len + if s_open { 0 } else { s_over } + if r_open { 0 } else { r_over };
                 if size + extra > budget {
                     out.chunks.push(std::mem::take(&mut chunk));
                     size = 0;
@@ -89,7 +98,11 @@ where
                     size += s_over;
                     s_open = true;
                 }
-                r.children_mut().last_mut().expect("a scope was just opened").children_mut().push(item);
+                r.children_mut()
+                    .last_mut()
+                    .expect("a scope was just opened")
+                    .children_mut()
+                    .push(item);
                 size += item_len;
             }
         }
@@ -104,7 +117,6 @@ mod impls {
     use super::{Container, Weighted};
     use weir_proto::otlp::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
     use weir_proto::otlp::metrics::v1::{Metric, ResourceMetrics, ScopeMetrics};
-    use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     /// Every level is `{ head (resource or scope), children, schema_url }`.
     macro_rules! container {
@@ -115,24 +127,21 @@ mod impls {
                     &mut self.$children
                 }
                 fn shell(&self) -> Self {
-                    Self { $head: self.$head.clone(), $children: Vec::new(), schema_url: self.schema_url.clone() }
+                    Self {
+                        $head: self.$head.clone(),
+                        $children: Vec::new(),
+                        schema_url: self.schema_url.clone(),
+                    }
                 }
             }
         };
     }
 
-    container!(ResourceSpans, resource, scope_spans, ScopeSpans);
-    container!(ScopeSpans, scope, spans, Span);
     container!(ResourceMetrics, resource, scope_metrics, ScopeMetrics);
     container!(ScopeMetrics, scope, metrics, Metric);
     container!(ResourceLogs, resource, scope_logs, ScopeLogs);
     container!(ScopeLogs, scope, log_records, LogRecord);
 
-    impl Weighted for Span {
-        fn weight(&self) -> u64 {
-            1
-        }
-    }
     impl Weighted for LogRecord {
         fn weight(&self) -> u64 {
             1
@@ -148,37 +157,40 @@ mod impls {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_proto::otlp::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value};
+    use weir_proto::otlp::common::v1::{
+        AnyValue, InstrumentationScope, KeyValue, any_value::Value,
+    };
+    use weir_proto::otlp::logs::v1::{LogRecord, LogsData, ResourceLogs, ScopeLogs};
     use weir_proto::otlp::resource::v1::Resource;
-    use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
 
-    fn span(i: u32, pad: usize) -> Span {
-        Span {
-            trace_id: vec![1; 16],
-            span_id: i.to_be_bytes().repeat(2),
-            name: format!("span-{i}"),
-            attributes: vec![KeyValue {
-                key: "pad".into(),
-                value: Some(AnyValue { value: Some(Value::StringValue("x".repeat(pad))) }),
-                ..Default::default()
-            }],
+    fn record(i: u32, pad: usize) -> LogRecord {
+        LogRecord {
+            time_unix_nano: u64::from(i),
+            body: Some(AnyValue {
+                value: Some(Value::StringValue("x".repeat(pad))),
+            }),
             ..Default::default()
         }
     }
 
-    fn resource_spans(n: u32, pad: usize) -> ResourceSpans {
-        ResourceSpans {
+    fn resource_logs(n: u32, pad: usize) -> ResourceLogs {
+        ResourceLogs {
             resource: Some(Resource {
                 attributes: vec![KeyValue {
                     key: "service.name".into(),
-                    value: Some(AnyValue { value: Some(Value::StringValue("checkout".into())) }),
+                    value: Some(AnyValue {
+                        value: Some(Value::StringValue("checkout".into())),
+                    }),
                     ..Default::default()
                 }],
                 ..Default::default()
             }),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope { name: "lib".into(), ..Default::default() }),
-                spans: (0..n).map(|i| span(i, pad)).collect(),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(InstrumentationScope {
+                    name: "lib".into(),
+                    ..Default::default()
+                }),
+                log_records: (0..n).map(|i| record(i, pad)).collect(),
                 schema_url: String::new(),
             }],
             schema_url: "https://opentelemetry.io/schemas/1.26.0".into(),
@@ -187,44 +199,58 @@ mod tests {
 
     #[test]
     fn small_input_stays_one_chunk() {
-        let out = split(vec![resource_spans(10, 10)], 1 << 20);
+        let out = split(vec![resource_logs(10, 10)], 1 << 20);
         assert_eq!(out.chunks.len(), 1);
         assert_eq!(out.rejected, 0);
     }
 
     #[test]
-    fn chunks_fit_the_budget_and_keep_every_span_in_order() {
-        let input = vec![resource_spans(300, 500), resource_spans(200, 100)];
+    fn chunks_fit_the_budget_and_keep_every_item_in_order() {
+        let input = vec![resource_logs(300, 500), resource_logs(200, 100)];
         let budget = 16 * 1024;
         let out = split(input.clone(), budget);
         assert!(out.chunks.len() > 5, "{} chunks", out.chunks.len());
         assert_eq!(out.rejected, 0);
-        let mut names = Vec::new();
+        let mut times = Vec::new();
         for c in &out.chunks {
-            let data = TracesData { resource_spans: c.clone() };
-            assert!(data.encoded_len() <= budget, "chunk of {} bytes", data.encoded_len());
+            let data = LogsData {
+                resource_logs: c.clone(),
+            };
+            assert!(
+                data.encoded_len() <= budget,
+                "chunk of {} bytes",
+                data.encoded_len()
+            );
             for r in c {
                 assert!(r.resource.is_some());
                 assert_eq!(r.schema_url, "https://opentelemetry.io/schemas/1.26.0");
-                for s in &r.scope_spans {
+                for s in &r.scope_logs {
                     assert_eq!(s.scope.as_ref().unwrap().name, "lib");
-                    names.extend(s.spans.iter().map(|s| s.name.clone()));
+                    times.extend(s.log_records.iter().map(|l| l.time_unix_nano));
                 }
             }
         }
-        let want: Vec<String> =
-            input.iter().flat_map(|r| r.scope_spans[0].spans.iter().map(|s| s.name.clone())).collect();
-        assert_eq!(names, want);
+        let want: Vec<u64> = input
+            .iter()
+            .flat_map(|r| r.scope_logs[0].log_records.iter().map(|l| l.time_unix_nano))
+            .collect();
+        assert_eq!(times, want);
     }
 
     #[test]
     fn an_item_larger_than_the_budget_is_rejected_and_counted() {
-        let mut r = resource_spans(3, 10);
-        r.scope_spans[0].spans[1] = span(99, 10_000);
+        let mut r = resource_logs(3, 10);
+        r.scope_logs[0].log_records[1] = record(99, 10_000);
         let out = split(vec![r], 4096);
         assert_eq!(out.rejected, 1);
         assert!(out.largest_rejected > 10_000);
-        let kept: usize = out.chunks.iter().flatten().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        let kept: usize = out
+            .chunks
+            .iter()
+            .flatten()
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum();
         assert_eq!(kept, 2);
     }
 }

@@ -50,7 +50,11 @@ pub enum DecompressError {
 }
 
 /// Decompresses `body` (declared as `encoding`) into at most `limit` bytes.
-pub fn decompress(body: bytes::Bytes, encoding: ContentEncoding, limit: usize) -> Result<bytes::Bytes, DecompressError> {
+pub fn decompress(
+    body: bytes::Bytes,
+    encoding: ContentEncoding,
+    limit: usize,
+) -> Result<bytes::Bytes, DecompressError> {
     let out = match encoding {
         ContentEncoding::Identity => {
             if body.len() > limit {
@@ -58,14 +62,28 @@ pub fn decompress(body: bytes::Bytes, encoding: ContentEncoding, limit: usize) -
             }
             return Ok(body);
         }
-        ContentEncoding::Gzip => read_bounded(flate2::read::MultiGzDecoder::new(&body[..]), encoding, limit)?,
-        ContentEncoding::Deflate => match read_bounded(flate2::read::ZlibDecoder::new(&body[..]), encoding, limit) {
-            Err(DecompressError::Corrupt { .. }) => read_bounded(flate2::read::DeflateDecoder::new(&body[..]), encoding, limit)?,
-            other => other?,
-        },
+        ContentEncoding::Gzip => read_bounded(
+            flate2::read::MultiGzDecoder::new(&body[..]),
+            encoding,
+            limit,
+        )?,
+        ContentEncoding::Deflate => {
+            match read_bounded(flate2::read::ZlibDecoder::new(&body[..]), encoding, limit) {
+                Err(DecompressError::Corrupt { .. }) => read_bounded(
+                    flate2::read::DeflateDecoder::new(&body[..]),
+                    encoding,
+                    limit,
+                )?,
+                other => other?,
+            }
+        }
         ContentEncoding::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(&body[..])
-                .map_err(|e| DecompressError::Corrupt { encoding, reason: e.to_string() })?;
+            let decoder = zstd::stream::read::Decoder::new(&body[..]).map_err(|e| {
+                DecompressError::Corrupt {
+                    encoding,
+                    reason: e.to_string(),
+                }
+            })?;
             read_bounded(decoder, encoding, limit)?
         }
     };
@@ -73,13 +91,20 @@ pub fn decompress(body: bytes::Bytes, encoding: ContentEncoding, limit: usize) -
 }
 
 /// Reads at most `limit` bytes; one byte more means the body is too large.
-fn read_bounded(reader: impl Read, encoding: ContentEncoding, limit: usize) -> Result<Vec<u8>, DecompressError> {
+fn read_bounded(
+    reader: impl Read,
+    encoding: ContentEncoding,
+    limit: usize,
+) -> Result<Vec<u8>, DecompressError> {
     let mut out = Vec::new();
     let take = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
     reader
         .take(take)
         .read_to_end(&mut out)
-        .map_err(|e| DecompressError::Corrupt { encoding, reason: e.to_string() })?;
+        .map_err(|e| DecompressError::Corrupt {
+            encoding,
+            reason: e.to_string(),
+        })?;
     if out.len() > limit {
         return Err(DecompressError::TooLarge { limit });
     }
@@ -100,17 +125,29 @@ mod tests {
     #[test]
     fn round_trips_each_encoding() {
         let data = b"hello otlp".repeat(100);
-        assert_eq!(&decompress(gzip(&data), ContentEncoding::Gzip, 1 << 20).unwrap()[..], &data[..]);
+        assert_eq!(
+            &decompress(gzip(&data), ContentEncoding::Gzip, 1 << 20).unwrap()[..],
+            &data[..]
+        );
         let z = zstd::encode_all(&data[..], 3).unwrap();
-        assert_eq!(&decompress(z.into(), ContentEncoding::Zstd, 1 << 20).unwrap()[..], &data[..]);
+        assert_eq!(
+            &decompress(z.into(), ContentEncoding::Zstd, 1 << 20).unwrap()[..],
+            &data[..]
+        );
         let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(&data).unwrap();
         let zlib: bytes::Bytes = e.finish().unwrap().into();
-        assert_eq!(&decompress(zlib, ContentEncoding::Deflate, 1 << 20).unwrap()[..], &data[..]);
+        assert_eq!(
+            &decompress(zlib, ContentEncoding::Deflate, 1 << 20).unwrap()[..],
+            &data[..]
+        );
         let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(&data).unwrap();
         let raw: bytes::Bytes = e.finish().unwrap().into();
-        assert_eq!(&decompress(raw, ContentEncoding::Deflate, 1 << 20).unwrap()[..], &data[..]);
+        assert_eq!(
+            &decompress(raw, ContentEncoding::Deflate, 1 << 20).unwrap()[..],
+            &data[..]
+        );
     }
 
     #[test]
@@ -123,14 +160,25 @@ mod tests {
 
     #[test]
     fn corrupt_data_is_reported() {
-        let e = decompress(bytes::Bytes::from_static(b"not gzip"), ContentEncoding::Gzip, 1024).unwrap_err();
+        let e = decompress(
+            bytes::Bytes::from_static(b"not gzip"),
+            ContentEncoding::Gzip,
+            1024,
+        )
+        .unwrap_err();
         assert!(matches!(e, DecompressError::Corrupt { .. }));
     }
 
     #[test]
     fn encodings_parse() {
-        assert_eq!(ContentEncoding::parse(None), Some(ContentEncoding::Identity));
-        assert_eq!(ContentEncoding::parse(Some("GZIP")), Some(ContentEncoding::Gzip));
+        assert_eq!(
+            ContentEncoding::parse(None),
+            Some(ContentEncoding::Identity)
+        );
+        assert_eq!(
+            ContentEncoding::parse(Some("GZIP")),
+            Some(ContentEncoding::Gzip)
+        );
         assert_eq!(ContentEncoding::parse(Some("br")), None);
     }
 }

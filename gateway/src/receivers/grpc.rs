@@ -23,7 +23,11 @@ use weir_proto::rpc;
 
 /// Serves the three Export services on `listener` until `shutdown` is cancelled, then lets
 /// in-flight requests finish.
-pub async fn serve(listener: TcpListener, pipeline: Arc<Pipeline>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    pipeline: Arc<Pipeline>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(ExportServer::<Traces>::new(pipeline.clone()))
@@ -58,7 +62,10 @@ pub struct ExportServer<S> {
 
 impl<S> ExportServer<S> {
     fn new(pipeline: Arc<Pipeline>) -> Self {
-        Self { pipeline, signal: PhantomData }
+        Self {
+            pipeline,
+            signal: PhantomData,
+        }
     }
 }
 
@@ -90,7 +97,9 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if req.uri().path() != S::GRPC_PATH {
-            return Box::pin(async { Ok(Status::unimplemented("only the Export method is served").into_http()) });
+            return Box::pin(async {
+                Ok(Status::unimplemented("only the Export method is served").into_http())
+            });
         }
         let pipeline = self.pipeline.clone();
         Box::pin(async move {
@@ -101,7 +110,15 @@ where
                 .send_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(max);
-            let mut resp = grpc.unary(ExportMethod::<S> { pipeline, signal: PhantomData }, req).await;
+            let mut resp = grpc
+                .unary(
+                    ExportMethod::<S> {
+                        pipeline,
+                        signal: PhantomData,
+                    },
+                    req,
+                )
+                .await;
             oversize_is_resource_exhausted(&mut resp);
             Ok(resp)
         })
@@ -113,9 +130,16 @@ where
 /// touches only tonic's limit check.
 fn oversize_is_resource_exhausted(resp: &mut http::Response<tonic::body::Body>) {
     let out_of_range = (Code::OutOfRange as i32).to_string();
-    if resp.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == out_of_range.as_bytes()) {
+    if resp
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == out_of_range.as_bytes())
+    {
         let code = (Code::ResourceExhausted as i32).to_string();
-        resp.headers_mut().insert("grpc-status", http::HeaderValue::from_str(&code).expect("digits are a valid header"));
+        resp.headers_mut().insert(
+            "grpc-status",
+            http::HeaderValue::from_str(&code).expect("digits are a valid header"),
+        );
     }
 }
 
@@ -132,7 +156,10 @@ impl<S: Signal> UnaryService<Bytes> for ExportMethod<S> {
         let pipeline = self.pipeline.clone();
         Box::pin(async move {
             let body = request.into_inner();
-            match pipeline.export::<S>(body, Format::Protobuf, Transport::Grpc).await {
+            match pipeline
+                .export::<S>(body, Format::Protobuf, Transport::Grpc)
+                .await
+            {
                 Ok(resp) => Ok(tonic::Response::new(resp)),
                 Err(e) => Err(status_of(&e, pipeline.retry_after())),
             }
@@ -171,7 +198,8 @@ impl<R: Message> Encoder for ResponseEncoder<R> {
     type Error = Status;
 
     fn encode(&mut self, item: R, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst).map_err(|e| Status::internal(format!("encoding the response: {e}")))
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("encoding the response: {e}")))
     }
 }
 

@@ -35,23 +35,41 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .route(Logs::HTTP_PATH, any(export::<Logs>))
         .fallback(|req: Request| async move {
             let format = request_format(&req).unwrap_or(Format::Protobuf);
-            let msg = format!("no OTLP endpoint at {}: use /v1/traces, /v1/metrics or /v1/logs", req.uri().path());
-            status_response(StatusCode::NOT_FOUND, rpc::Status::new(code::UNIMPLEMENTED, msg), format)
+            let msg = format!(
+                "no OTLP endpoint at {}: use /v1/traces, /v1/metrics or /v1/logs",
+                req.uri().path()
+            );
+            status_response(
+                StatusCode::NOT_FOUND,
+                rpc::Status::new(code::UNIMPLEMENTED, msg),
+                format,
+            )
         })
         .with_state(pipeline)
 }
 
 /// Serves the routes on `listener` until `shutdown` is cancelled, then lets in-flight
 /// requests finish.
-pub async fn serve(listener: TcpListener, pipeline: Arc<Pipeline>, shutdown: CancellationToken) -> anyhow::Result<()> {
-    axum::serve(listener, router(pipeline)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+pub async fn serve(
+    listener: TcpListener,
+    pipeline: Arc<Pipeline>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(pipeline))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
     Ok(())
 }
 
 /// The body format a request declares in `Content-Type`, if it is one OTLP allows.
 fn request_format(req: &Request) -> Option<Format> {
     let ct = req.headers().get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         PROTOBUF | "application/protobuf" => Some(Format::Protobuf),
         JSON => Some(Format::Json),
@@ -62,24 +80,47 @@ fn request_format(req: &Request) -> Option<Format> {
 async fn export<S: Signal>(State(pipeline): State<Arc<Pipeline>>, req: Request) -> Response {
     let format = request_format(&req);
     if req.method() != Method::POST {
-        let msg = format!("{} is not allowed on {}: OTLP/HTTP takes POST", req.method(), S::HTTP_PATH);
+        let msg = format!(
+            "{} is not allowed on {}: OTLP/HTTP takes POST",
+            req.method(),
+            S::HTTP_PATH
+        );
         let mut resp = status_response(
             StatusCode::METHOD_NOT_ALLOWED,
             rpc::Status::new(code::UNIMPLEMENTED, msg),
             format.unwrap_or(Format::Protobuf),
         );
-        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
     }
     let Some(format) = format else {
-        let got = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("none");
+        let got = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none");
         let msg = format!("Content-Type {got} is not supported: use {PROTOBUF} or {JSON}");
-        return status_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, rpc::Status::new(code::UNIMPLEMENTED, msg), Format::Protobuf);
+        return status_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            rpc::Status::new(code::UNIMPLEMENTED, msg),
+            Format::Protobuf,
+        );
     };
-    let declared = req.headers().get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?"));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?"));
     let Some(encoding) = ContentEncoding::parse(declared) else {
-        let msg = format!("Content-Encoding {} is not supported: use gzip, zstd, deflate or none", declared.unwrap_or(""));
-        return status_response(StatusCode::UNSUPPORTED_MEDIA_TYPE, rpc::Status::new(code::UNIMPLEMENTED, msg), format);
+        let msg = format!(
+            "Content-Encoding {} is not supported: use gzip, zstd, deflate or none",
+            declared.unwrap_or("")
+        );
+        return status_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            rpc::Status::new(code::UNIMPLEMENTED, msg),
+            format,
+        );
     };
 
     let limit = pipeline.max_message_size();
@@ -91,11 +132,17 @@ async fn export<S: Signal>(State(pipeline): State<Arc<Pipeline>>, req: Request) 
     let body = match tokio::task::block_in_place(|| decompress(body, encoding, limit)) {
         Ok(b) => b,
         Err(DecompressError::TooLarge { .. }) => {
-            let e = PipelineError::TooLarge(format!("the request decompresses to more than the limit of {limit} bytes"));
+            let e = PipelineError::TooLarge(format!(
+                "the request decompresses to more than the limit of {limit} bytes"
+            ));
             return error_response(&e, format, retry_after);
         }
         Err(e @ DecompressError::Corrupt { .. }) => {
-            return error_response(&PipelineError::InvalidArgument(e.to_string()), format, retry_after);
+            return error_response(
+                &PipelineError::InvalidArgument(e.to_string()),
+                format,
+                retry_after,
+            );
         }
     };
     match pipeline.export::<S>(body, format, Transport::Http).await {
@@ -121,19 +168,31 @@ async fn export<S: Signal>(State(pipeline): State<Arc<Pipeline>>, req: Request) 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, PipelineError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(PipelineError::TooLarge(format!("the request body is larger than the limit of {limit} bytes")))
-        }
-        Err(e) => Err(PipelineError::InvalidArgument(format!("reading the request body failed: {e}"))),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(PipelineError::TooLarge(
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )),
+        Err(e) => Err(PipelineError::InvalidArgument(format!(
+            "reading the request body failed: {e}"
+        ))),
     }
 }
 
 /// The HTTP response for a pipeline error.
 fn error_response(err: &PipelineError, format: Format, retry_after: Duration) -> Response {
     let (status, code, retry) = match err {
-        PipelineError::InvalidArgument(_) => (StatusCode::BAD_REQUEST, code::INVALID_ARGUMENT, false),
-        PipelineError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, code::RESOURCE_EXHAUSTED, false),
-        PipelineError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, code::RESOURCE_EXHAUSTED, true),
+        PipelineError::InvalidArgument(_) => {
+            (StatusCode::BAD_REQUEST, code::INVALID_ARGUMENT, false)
+        }
+        PipelineError::TooLarge(_) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code::RESOURCE_EXHAUSTED,
+            false,
+        ),
+        PipelineError::Overloaded(_) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            code::RESOURCE_EXHAUSTED,
+            true,
+        ),
         PipelineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, true),
     };
     let mut body = rpc::Status::new(code, err.to_string());
@@ -143,7 +202,8 @@ fn error_response(err: &PipelineError, format: Format, retry_after: Duration) ->
     let mut resp = status_response(status, body, format);
     if retry {
         let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }

@@ -173,6 +173,7 @@ impl ExportClient {
                     body
                 };
                 let pooled = idle.lock().map(|mut idle| idle.pop()).unwrap_or(None);
+                let reused = pooled.is_some();
                 let mut connection = match pooled {
                     Some(connection) => connection,
                     None => match HttpConnection::open(target).await {
@@ -186,7 +187,18 @@ impl ExportClient {
                     "application/x-protobuf"
                 };
                 let encoding = if *gzip { Some("gzip") } else { None };
-                let response = match connection.post(target, content_type, encoding, &body).await {
+                let mut result = connection.post(target, content_type, encoding, &body).await;
+                // A server may close an idle keep-alive connection at any time; a request that
+                // met such a closed connection was not processed, so it goes once more on a
+                // new connection, as HTTP clients do.
+                if reused && matches!(&result, Err(e) if is_stale_connection(e)) {
+                    connection = match HttpConnection::open(target).await {
+                        Ok(connection) => connection,
+                        Err(_) => return Outcome::Failed("CONNECT_ERROR".to_string()),
+                    };
+                    result = connection.post(target, content_type, encoding, &body).await;
+                }
+                let response = match result {
                     Ok(response) => response,
                     Err(_) => return Outcome::Failed("IO_ERROR".to_string()),
                 };
@@ -206,6 +218,16 @@ impl ExportClient {
             }
         }
     }
+}
+
+/// The errors of a connection the server had already closed before the request.
+fn is_stale_connection(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+    ) || (error.kind() == ErrorKind::UnexpectedEof
+        && error.to_string() == crate::http1::CLOSED_BEFORE_REPLY)
 }
 
 fn gzip_body(body: &[u8]) -> std::io::Result<Vec<u8>> {

@@ -12,6 +12,9 @@ const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// The largest response body read.
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
+/// The error message of a connection that ended before any byte of the reply.
+pub const CLOSED_BEFORE_REPLY: &str = "connection closed before the reply";
+
 /// Where OTLP/HTTP requests go: `http://host:port[/path]`, the path defaulting to `/v1/traces`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpTarget {
@@ -123,9 +126,19 @@ fn bad(message: impl Into<String>) -> io::Error {
 pub async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(
     reader: &mut R,
 ) -> io::Result<HttpResponse> {
+    let mut first = true;
     loop {
         let mut header_bytes = 0;
-        let status_line = read_line(reader, &mut header_bytes).await?;
+        let status_line = match read_line(reader, &mut header_bytes).await {
+            Err(e) if first && header_bytes == 0 && e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    CLOSED_BEFORE_REPLY,
+                ));
+            }
+            other => other?,
+        };
+        first = false;
         let mut parts = status_line.splitn(3, ' ');
         let version = parts.next().unwrap_or_default();
         let status: u16 = parts

@@ -119,8 +119,10 @@ async fn start_grpc() -> (SocketAddr, Arc<Received>) {
     (addr, received)
 }
 
-/// An OTLP/HTTP server over plain HTTP/1.1 keep-alive; `delay` holds every reply back.
-async fn start_http(delay: Duration) -> (SocketAddr, Arc<Received>) {
+/// An OTLP/HTTP server over plain HTTP/1.1 keep-alive; `delay` holds every reply back;
+/// `close_after_reply` closes each connection after one reply without saying so, as a server
+/// does when an idle keep-alive connection times out.
+async fn start_http(delay: Duration, close_after_reply: bool) -> (SocketAddr, Arc<Received>) {
     let received = Arc::new(Received::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -190,6 +192,9 @@ async fn start_http(delay: Duration) -> (SocketAddr, Arc<Received>) {
                     let stream = stream.get_mut();
                     stream.write_all(head.as_bytes()).await.unwrap();
                     stream.write_all(&reply).await.unwrap();
+                    if close_after_reply {
+                        return;
+                    }
                 }
             });
         }
@@ -326,7 +331,7 @@ async fn grpc_closed_loop_reports_what_the_server_saw() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_open_loop_reports_what_the_server_saw() {
     for (transport, gzip) in [(Transport::HttpProto, false), (Transport::HttpJson, true)] {
-        let (addr, received) = start_http(Duration::ZERO).await;
+        let (addr, received) = start_http(Duration::ZERO, false).await;
         let dir = tempfile::tempdir().unwrap();
         let ids = dir.path().join("ids.txt");
         let load = make_load(transport, addr, 40, gzip, Some(&ids)).await;
@@ -340,7 +345,7 @@ async fn http_open_loop_reports_what_the_server_saw() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_counts_missed_sends_and_latency_from_the_schedule() {
-    let (addr, received) = start_http(Duration::from_millis(100)).await;
+    let (addr, received) = start_http(Duration::from_millis(100), false).await;
     let load = make_load(Transport::HttpProto, addr, 10, false, None).await;
     // A send every 10 ms, one in flight at a time, replies after 100 ms: most sends miss.
     load::open_loop(load.clone(), 10_000.0, 1).await;
@@ -353,7 +358,7 @@ async fn open_loop_counts_missed_sends_and_latency_from_the_schedule() {
 
 #[tokio::test]
 async fn duration_bounds_a_closed_loop() {
-    let (addr, _received) = start_http(Duration::from_millis(20)).await;
+    let (addr, _received) = start_http(Duration::from_millis(20), false).await;
     let load = make_load(Transport::HttpProto, addr, u64::MAX, false, None).await;
     let load = Arc::new(Load {
         duration: Duration::from_millis(300),
@@ -363,6 +368,21 @@ async fn duration_bounds_a_closed_loop() {
     assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
     let stats = load.stats.lock().unwrap();
     assert!(stats.requests_ok + stats.requests_failed >= 5);
+}
+
+#[tokio::test]
+async fn closed_idle_connections_are_replaced() {
+    let (addr, received) = start_http(Duration::ZERO, true).await;
+    let load = make_load(Transport::HttpProto, addr, 10, false, None).await;
+    load::closed_loop(load.clone(), 1).await;
+    let stats = load.stats.lock().unwrap();
+    assert_eq!(received.requests.load(Ordering::SeqCst), 10);
+    assert_eq!(stats.requests_ok + stats.requests_failed, 10);
+    assert!(
+        !stats.failures.contains_key("IO_ERROR"),
+        "{:?}",
+        stats.failures
+    );
 }
 
 #[tokio::test]

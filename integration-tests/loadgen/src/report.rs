@@ -26,7 +26,8 @@ pub struct Stats {
     pub spans_failed: u64,
     /// Failed requests by code.
     pub failures: BTreeMap<String, u64>,
-    /// Latency of answered requests (successful or not), in microseconds.
+    /// Latency of every sent request, successful or not (a timeout counts as its timeout),
+    /// in microseconds.
     pub latency_us: Histogram<u64>,
 }
 

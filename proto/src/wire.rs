@@ -1,0 +1,744 @@
+//! Zero-copy reading of OTLP trace requests in the protobuf wire format.
+//!
+//! `TraceRequestView::parse` walks an `ExportTraceServiceRequest` (or `TracesData`, the same
+//! bytes) once: it checks every nested message as `prost` decoding would (wire types, lengths,
+//! UTF-8 strings, nesting depth), checks trace and span id lengths, and records where each
+//! span's bytes are and which trace it belongs to. It allocates per resource and scope, never
+//! per span attribute, so grouping spans by trace id can copy span bytes as they came instead
+//! of decoding and re-encoding them.
+
+use std::fmt;
+use std::ops::Range;
+
+/// Why a body is not a valid OTLP trace request; `path` names the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    path: String,
+    reason: String,
+    invalid_id: bool,
+}
+
+impl WireError {
+    fn new(reason: impl Into<String>) -> Self {
+        Self {
+            path: String::new(),
+            reason: reason.into(),
+            invalid_id: false,
+        }
+    }
+
+    /// Prepends a path segment as the error travels out of nested messages.
+    fn within(mut self, segment: &str) -> Self {
+        self.path = if self.path.is_empty() {
+            segment.to_string()
+        } else {
+            format!("{segment}.{}", self.path)
+        };
+        self
+    }
+
+    /// The path of the field at fault, e.g. `resource_spans[0].scope_spans[0].spans[3].trace_id`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// What is wrong with it.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// True when the bytes decode but an id has the wrong length.
+    pub fn is_invalid_id(&self) -> bool {
+        self.invalid_id
+    }
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.path, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+type Result<T> = std::result::Result<T, WireError>;
+
+/// The nesting limit, the same as `prost`'s.
+const MAX_DEPTH: u32 = 100;
+
+/// Protobuf wire types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WireType {
+    Varint,
+    I64,
+    Len,
+    I32,
+}
+
+/// One field as read from the wire.
+struct Field<'a> {
+    number: u32,
+    wire: WireType,
+    /// The payload of a LEN field (empty for the others).
+    bytes: &'a [u8],
+    /// Where the whole field (tag included) starts and ends in the buffer being read.
+    span: Range<usize>,
+}
+
+/// Reads fields one after another from a message's bytes.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    fn varint(&mut self) -> Result<u64> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(WireError::new("truncated varint"));
+            };
+            self.pos += 1;
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                if i == 9 && b > 1 {
+                    return Err(WireError::new("varint overflows 64 bits"));
+                }
+                return Ok(value);
+            }
+        }
+        Err(WireError::new("varint longer than 10 bytes"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(|| {
+                WireError::new(format!(
+                    "field of {n} bytes runs past the end of its message"
+                ))
+            })?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn next(&mut self) -> Result<Option<Field<'a>>> {
+        if self.pos >= self.buf.len() {
+            return Ok(None);
+        }
+        let start = self.pos;
+        let tag = self.varint()?;
+        let number =
+            u32::try_from(tag >> 3).map_err(|_| WireError::new("field number out of range"))?;
+        if number == 0 {
+            return Err(WireError::new("field number 0 is invalid"));
+        }
+        let (wire, bytes) = match tag & 7 {
+            0 => {
+                self.varint()?;
+                (WireType::Varint, &[][..])
+            }
+            1 => {
+                self.take(8)?;
+                (WireType::I64, &[][..])
+            }
+            2 => {
+                let len = self.varint()?;
+                let len =
+                    usize::try_from(len).map_err(|_| WireError::new("length out of range"))?;
+                (WireType::Len, self.take(len)?)
+            }
+            5 => {
+                self.take(4)?;
+                (WireType::I32, &[][..])
+            }
+            3 | 4 => {
+                return Err(WireError::new(format!(
+                    "field {number} uses the deprecated group wire type"
+                )));
+            }
+            w => {
+                return Err(WireError::new(format!(
+                    "field {number} has invalid wire type {w}"
+                )));
+            }
+        };
+        Ok(Some(Field {
+            number,
+            wire,
+            bytes,
+            span: start..self.pos,
+        }))
+    }
+}
+
+/// What a known field must be.
+#[derive(Clone, Copy)]
+enum Kind {
+    Varint,
+    Fixed64,
+    Fixed32,
+    Bytes,
+    Str,
+    /// A singular message field, checked by the function.
+    Msg(fn(&[u8], u32) -> Result<()>),
+    /// A repeated message field: errors name the entry's index.
+    Repeated(fn(&[u8], u32) -> Result<()>),
+}
+
+impl Kind {
+    fn wire(self) -> WireType {
+        match self {
+            Kind::Varint => WireType::Varint,
+            Kind::Fixed64 => WireType::I64,
+            Kind::Fixed32 => WireType::I32,
+            Kind::Bytes | Kind::Str | Kind::Msg(_) | Kind::Repeated(_) => WireType::Len,
+        }
+    }
+}
+
+/// Checks one known field's wire type and content; errors carry the path below the field.
+fn check_field(f: &Field<'_>, kind: Kind, depth: u32) -> Result<()> {
+    if f.wire != kind.wire() {
+        return Err(WireError::new(format!(
+            "wire type {:?}, expected {:?}",
+            f.wire,
+            kind.wire()
+        )));
+    }
+    match kind {
+        Kind::Str => std::str::from_utf8(f.bytes)
+            .map(|_| ())
+            .map_err(|_| WireError::new("string is not valid UTF-8")),
+        Kind::Msg(check) | Kind::Repeated(check) => check(f.bytes, depth + 1),
+        _ => Ok(()),
+    }
+}
+
+/// The path segment of a field: `name`, or `name[i]` for the i-th entry of a repeated one.
+fn segment(name: &str, kind: Kind, index: u32) -> String {
+    match kind {
+        Kind::Repeated(_) => format!("{name}[{index}]"),
+        _ => name.to_string(),
+    }
+}
+
+/// Validates a message against a table of its known fields; unknown fields are skipped.
+/// Calls `seen` with each known field, so callers can pick values out in the same pass.
+fn walk<'a>(
+    buf: &'a [u8],
+    depth: u32,
+    fields: &[(u32, &str, Kind)],
+    mut seen: impl FnMut(u32, &'a [u8]),
+) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(WireError::new(format!(
+            "messages nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    // Entries seen so far of each field, to name repeated ones by index.
+    let mut counts = [0u32; 16];
+    let mut r = Reader::new(buf);
+    while let Some(f) = r.next()? {
+        let Some(pos) = fields.iter().position(|(n, _, _)| *n == f.number) else {
+            continue;
+        };
+        let (_, name, kind) = fields[pos];
+        let index = counts.get(pos).copied().unwrap_or(0);
+        if let Some(c) = counts.get_mut(pos) {
+            *c += 1;
+        }
+        check_field(&f, kind, depth).map_err(|e| e.within(&segment(name, kind, index)))?;
+        seen(f.number, f.bytes);
+    }
+    Ok(())
+}
+
+fn check_message(buf: &[u8], depth: u32, fields: &[(u32, &str, Kind)]) -> Result<()> {
+    walk(buf, depth, fields, |_, _| {})
+}
+
+fn any_value(buf: &[u8], depth: u32) -> Result<()> {
+    check_message(
+        buf,
+        depth,
+        &[
+            (1, "string_value", Kind::Str),
+            (2, "bool_value", Kind::Varint),
+            (3, "int_value", Kind::Varint),
+            (4, "double_value", Kind::Fixed64),
+            (5, "array_value", Kind::Msg(array_value)),
+            (6, "kvlist_value", Kind::Msg(kvlist_value)),
+            (7, "bytes_value", Kind::Bytes),
+            (8, "string_value_strindex", Kind::Varint),
+        ],
+    )
+}
+
+fn array_value(buf: &[u8], depth: u32) -> Result<()> {
+    check_message(buf, depth, &[(1, "values", Kind::Repeated(any_value))])
+}
+
+fn kvlist_value(buf: &[u8], depth: u32) -> Result<()> {
+    check_message(buf, depth, &[(1, "values", Kind::Repeated(key_value))])
+}
+
+fn key_value(buf: &[u8], depth: u32) -> Result<()> {
+    check_message(
+        buf,
+        depth,
+        &[
+            (1, "key", Kind::Str),
+            (2, "value", Kind::Msg(any_value)),
+            (3, "key_strindex", Kind::Varint),
+        ],
+    )
+}
+
+fn entity_ref(buf: &[u8], depth: u32) -> Result<()> {
+    check_message(
+        buf,
+        depth,
+        &[
+            (1, "schema_url", Kind::Str),
+            (2, "type", Kind::Str),
+            (3, "id_keys", Kind::Str),
+            (4, "description_keys", Kind::Str),
+        ],
+    )
+}
+
+fn resource(buf: &[u8], depth: u32) -> Result<()> {
+    check_message(
+        buf,
+        depth,
+        &[
+            (1, "attributes", Kind::Repeated(key_value)),
+            (2, "dropped_attributes_count", Kind::Varint),
+            (3, "entity_refs", Kind::Repeated(entity_ref)),
+        ],
+    )
+}
+
+fn scope(buf: &[u8], depth: u32) -> Result<()> {
+    check_message(
+        buf,
+        depth,
+        &[
+            (1, "name", Kind::Str),
+            (2, "version", Kind::Str),
+            (3, "attributes", Kind::Repeated(key_value)),
+            (4, "dropped_attributes_count", Kind::Varint),
+        ],
+    )
+}
+
+fn event(buf: &[u8], depth: u32) -> Result<()> {
+    check_message(
+        buf,
+        depth,
+        &[
+            (1, "time_unix_nano", Kind::Fixed64),
+            (2, "name", Kind::Str),
+            (3, "attributes", Kind::Repeated(key_value)),
+            (4, "dropped_attributes_count", Kind::Varint),
+        ],
+    )
+}
+
+fn status(buf: &[u8], depth: u32) -> Result<()> {
+    check_message(
+        buf,
+        depth,
+        &[(2, "message", Kind::Str), (3, "code", Kind::Varint)],
+    )
+}
+
+/// Checks an id's length: `required` ids must have `len` bytes, others may also be empty.
+fn check_id(bytes: &[u8], name: &str, len: usize, required: bool) -> Result<()> {
+    if bytes.len() == len || (!required && bytes.is_empty()) {
+        return Ok(());
+    }
+    let optional = if required { "" } else { " or empty" };
+    Err(WireError {
+        path: name.to_string(),
+        reason: format!("must be {len} bytes{optional}, got {} bytes", bytes.len()),
+        invalid_id: true,
+    })
+}
+
+fn link(buf: &[u8], depth: u32) -> Result<()> {
+    let (mut trace_id, mut span_id) = (&[][..], &[][..]);
+    walk(
+        buf,
+        depth,
+        &[
+            (1, "trace_id", Kind::Bytes),
+            (2, "span_id", Kind::Bytes),
+            (3, "trace_state", Kind::Str),
+            (4, "attributes", Kind::Repeated(key_value)),
+            (5, "dropped_attributes_count", Kind::Varint),
+            (6, "flags", Kind::Fixed32),
+        ],
+        |n, b| match n {
+            1 => trace_id = b,
+            2 => span_id = b,
+            _ => {}
+        },
+    )?;
+    check_id(trace_id, "trace_id", 16, true)?;
+    check_id(span_id, "span_id", 8, true)
+}
+
+/// The fields of `Span`.
+const SPAN_FIELDS: &[(u32, &str, Kind)] = &[
+    (1, "trace_id", Kind::Bytes),
+    (2, "span_id", Kind::Bytes),
+    (3, "trace_state", Kind::Str),
+    (4, "parent_span_id", Kind::Bytes),
+    (5, "name", Kind::Str),
+    (6, "kind", Kind::Varint),
+    (7, "start_time_unix_nano", Kind::Fixed64),
+    (8, "end_time_unix_nano", Kind::Fixed64),
+    (9, "attributes", Kind::Repeated(key_value)),
+    (10, "dropped_attributes_count", Kind::Varint),
+    (11, "events", Kind::Repeated(event)),
+    (12, "dropped_events_count", Kind::Varint),
+    (13, "links", Kind::Repeated(link)),
+    (14, "dropped_links_count", Kind::Varint),
+    (15, "status", Kind::Msg(status)),
+    (16, "flags", Kind::Fixed32),
+];
+
+/// Checks a span and returns its trace id.
+fn span(buf: &[u8], depth: u32) -> Result<[u8; 16]> {
+    let (mut trace_id, mut span_id, mut parent) = (&[][..], &[][..], &[][..]);
+    walk(buf, depth, SPAN_FIELDS, |n, b| match n {
+        1 => trace_id = b,
+        2 => span_id = b,
+        4 => parent = b,
+        _ => {}
+    })?;
+    check_id(trace_id, "trace_id", 16, true)?;
+    check_id(span_id, "span_id", 8, true)?;
+    check_id(parent, "parent_span_id", 8, false)?;
+    Ok(trace_id.try_into().expect("length checked above"))
+}
+
+/// A `ResourceSpans` of the request: its fields other than `scope_spans`, as they came.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceEntry {
+    /// The encoded fields other than `scope_spans` (the resource, the schema URL, unknown ones).
+    pub head: Vec<u8>,
+}
+
+/// A `ScopeSpans` of the request: its resource and its fields other than `spans`.
+#[derive(Debug, Clone, Default)]
+pub struct ScopeEntry {
+    /// Index into `TraceRequestView::resources`.
+    pub resource: u32,
+    /// The encoded fields other than `spans` (the scope, the schema URL, unknown ones).
+    pub head: Vec<u8>,
+}
+
+/// A span of the request: where its bytes are and which trace it belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanEntry {
+    /// Index into `TraceRequestView::scopes`.
+    pub scope: u32,
+    /// The span message's bytes (without tag and length) in the request body.
+    pub start: u32,
+    /// End of the span's bytes.
+    pub end: u32,
+    /// The span's trace id.
+    pub trace_id: [u8; 16],
+}
+
+impl SpanEntry {
+    /// The span's range in the request body.
+    pub fn range(&self) -> Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// A validated trace request, as positions in its body.
+#[derive(Debug, Default)]
+pub struct TraceRequestView {
+    /// The resources, in request order.
+    pub resources: Vec<ResourceEntry>,
+    /// The scopes, in request order.
+    pub scopes: Vec<ScopeEntry>,
+    /// The spans, in request order.
+    pub spans: Vec<SpanEntry>,
+}
+
+impl TraceRequestView {
+    /// Validates `body` as an `ExportTraceServiceRequest` and indexes its spans.
+    pub fn parse(body: &[u8]) -> Result<Self> {
+        if u32::try_from(body.len()).is_err() {
+            return Err(WireError::new(
+                "a trace request over 4 GiB is not supported",
+            ));
+        }
+        let mut view = TraceRequestView::default();
+        let mut top = Reader::new(body);
+        let mut ri = 0usize;
+        while let Some(f) = top.next()? {
+            if f.number != 1 {
+                continue;
+            }
+            let seg = || format!("resource_spans[{ri}]");
+            if f.wire != WireType::Len {
+                return Err(WireError::new("wire type is not Len").within(&seg()));
+            }
+            view.resource_spans(body, f.bytes, 2)
+                .map_err(|e| e.within(&seg()))?;
+            ri += 1;
+        }
+        Ok(view)
+    }
+
+    fn resource_spans(&mut self, body: &[u8], buf: &[u8], depth: u32) -> Result<()> {
+        let resource_index = self.resources.len() as u32;
+        self.resources.push(ResourceEntry::default());
+        let mut head = Vec::new();
+        let mut si = 0usize;
+        let mut r = Reader::new(buf);
+        while let Some(f) = r.next()? {
+            match f.number {
+                1 => {
+                    check_field(&f, Kind::Msg(resource), depth).map_err(|e| e.within("resource"))?
+                }
+                2 => {
+                    let seg = || format!("scope_spans[{si}]");
+                    if f.wire != WireType::Len {
+                        return Err(WireError::new("wire type is not Len").within(&seg()));
+                    }
+                    self.scope_spans(body, f.bytes, resource_index, depth + 1)
+                        .map_err(|e| e.within(&seg()))?;
+                    si += 1;
+                    continue;
+                }
+                3 => check_field(&f, Kind::Str, depth).map_err(|e| e.within("schema_url"))?,
+                _ => {}
+            }
+            head.extend_from_slice(&buf[f.span.clone()]);
+        }
+        self.resources[resource_index as usize].head = head;
+        Ok(())
+    }
+
+    fn scope_spans(&mut self, body: &[u8], buf: &[u8], resource: u32, depth: u32) -> Result<()> {
+        let scope_index = self.scopes.len() as u32;
+        self.scopes.push(ScopeEntry {
+            resource,
+            head: Vec::new(),
+        });
+        let mut head = Vec::new();
+        let mut i = 0usize;
+        let mut r = Reader::new(buf);
+        while let Some(f) = r.next()? {
+            match f.number {
+                1 => check_field(&f, Kind::Msg(scope), depth).map_err(|e| e.within("scope"))?,
+                2 => {
+                    let seg = || format!("spans[{i}]");
+                    if f.wire != WireType::Len {
+                        return Err(WireError::new("wire type is not Len").within(&seg()));
+                    }
+                    let trace_id = span(f.bytes, depth + 1).map_err(|e| e.within(&seg()))?;
+                    // The payload is a subslice of `body`: its offset is a pointer difference.
+                    let start = f.bytes.as_ptr() as usize - body.as_ptr() as usize;
+                    self.spans.push(SpanEntry {
+                        scope: scope_index,
+                        start: start as u32,
+                        end: (start + f.bytes.len()) as u32,
+                        trace_id,
+                    });
+                    i += 1;
+                    continue;
+                }
+                3 => check_field(&f, Kind::Str, depth).map_err(|e| e.within("schema_url"))?,
+                _ => {}
+            }
+            head.extend_from_slice(&buf[f.span.clone()]);
+        }
+        self.scopes[scope_index as usize].head = head;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::collector::trace::v1::ExportTraceServiceRequest;
+    use crate::otlp::common::v1::{
+        AnyValue, ArrayValue, InstrumentationScope, KeyValue, any_value::Value,
+    };
+    use crate::otlp::resource::v1::Resource;
+    use crate::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, span::Link};
+    use prost::Message;
+
+    fn kv(k: &str, v: Value) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
+    }
+
+    fn span(t: u8, s: u8) -> Span {
+        Span {
+            trace_id: vec![t; 16],
+            span_id: vec![s; 8],
+            name: format!("s{s}"),
+            attributes: vec![
+                kv("a", Value::StringValue("b".into())),
+                kv("n", Value::IntValue(-5)),
+            ],
+            links: vec![Link {
+                trace_id: vec![9; 16],
+                span_id: vec![9; 8],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", Value::StringValue("svc".into()))],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "lib".into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    schema_url: "s".into(),
+                }],
+                schema_url: "r".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn indexes_spans_and_heads() {
+        let req = request(vec![span(1, 1), span(2, 2), span(1, 3)]);
+        let body = req.encode_to_vec();
+        let view = TraceRequestView::parse(&body).unwrap();
+        assert_eq!(view.resources.len(), 1);
+        assert_eq!(view.scopes.len(), 1);
+        assert_eq!(view.spans.len(), 3);
+        assert_eq!(view.spans[1].trace_id, [2; 16]);
+        for (entry, want) in view
+            .spans
+            .iter()
+            .zip(&req.resource_spans[0].scope_spans[0].spans)
+        {
+            assert_eq!(Span::decode(&body[entry.range()]).unwrap(), *want);
+        }
+        let head = ResourceSpans::decode(&view.resources[0].head[..]).unwrap();
+        assert_eq!(head.resource, req.resource_spans[0].resource);
+        assert_eq!(head.schema_url, "r");
+        let head = ScopeSpans::decode(&view.scopes[0].head[..]).unwrap();
+        assert_eq!(head.scope.unwrap().name, "lib");
+        assert_eq!(head.schema_url, "s");
+    }
+
+    #[test]
+    fn bad_ids_are_named() {
+        let mut bad = span(1, 1);
+        bad.trace_id.pop();
+        let body = request(vec![span(1, 1), bad]).encode_to_vec();
+        let e = TraceRequestView::parse(&body).unwrap_err();
+        assert!(e.is_invalid_id());
+        assert_eq!(
+            e.to_string(),
+            "resource_spans[0].scope_spans[0].spans[1].trace_id: must be 16 bytes, got 15 bytes"
+        );
+        let mut bad = span(1, 1);
+        bad.links[0].span_id = vec![1; 7];
+        let e = TraceRequestView::parse(&request(vec![bad]).encode_to_vec()).unwrap_err();
+        assert_eq!(
+            e.path(),
+            "resource_spans[0].scope_spans[0].spans[0].links[0].span_id"
+        );
+        let mut bad = span(1, 1);
+        bad.parent_span_id = vec![1; 3];
+        let e = TraceRequestView::parse(&request(vec![bad]).encode_to_vec()).unwrap_err();
+        assert!(e.reason().contains("or empty"), "{e}");
+    }
+
+    #[test]
+    fn agrees_with_prost_on_malformed_bodies() {
+        let good = request(vec![span(1, 1), span(2, 2)]).encode_to_vec();
+        // Every truncation and a set of byte flips: we must refuse whatever prost refuses.
+        for cut in 0..good.len() {
+            let b = &good[..cut];
+            if ExportTraceServiceRequest::decode(b).is_err() {
+                assert!(
+                    TraceRequestView::parse(b).is_err(),
+                    "accepted a body prost refuses (cut {cut})"
+                );
+            }
+        }
+        for i in 0..good.len() {
+            for x in [0x80u8, 0xff, 0x01, 0x07] {
+                let mut b = good.clone();
+                b[i] ^= x;
+                if ExportTraceServiceRequest::decode(&b[..]).is_err() {
+                    assert!(
+                        TraceRequestView::parse(&b).is_err(),
+                        "accepted a body prost refuses (byte {i} ^ {x:#x})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_and_deep_nesting_are_refused() {
+        let mut s = span(1, 1);
+        s.name = "\u{e9}".into();
+        let mut body = request(vec![s]).encode_to_vec();
+        let pos = body.windows(2).position(|w| w == [0xc3, 0xa9]).unwrap();
+        body[pos] = 0xff;
+        let e = TraceRequestView::parse(&body).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("spans[0].name: string is not valid UTF-8"),
+            "{e}"
+        );
+
+        let mut v = AnyValue {
+            value: Some(Value::IntValue(1)),
+        };
+        for _ in 0..120 {
+            v = AnyValue {
+                value: Some(Value::ArrayValue(ArrayValue { values: vec![v] })),
+            };
+        }
+        let mut s = span(1, 1);
+        s.attributes = vec![KeyValue {
+            key: "deep".into(),
+            value: Some(v),
+            ..Default::default()
+        }];
+        let e = TraceRequestView::parse(&request(vec![s]).encode_to_vec()).unwrap_err();
+        assert!(e.reason().contains("nested deeper"), "{e}");
+    }
+}
