@@ -76,6 +76,7 @@ if has_target weir; then [ -x "$GATEWAY" ] || die "$GATEWAY is missing"; fi
 ROTEL="$("$PY" -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
 if has_target rotel; then [ -x "$ROTEL" ] || die "rotel-agent not found in the venv ($ROTEL)"; fi
 
+LOADAVG_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/weir-bench.XXXXXX")"
 RESULTS="$RUN_DIR/results"
 mkdir -p "$RESULTS"
@@ -258,14 +259,16 @@ done
 command=""
 for v in $(compgen -e | grep '^BENCH_' | sort); do command+="$v=${!v} "; done
 command+="scripts/bench.sh"
-versions="weir-gateway $(git rev-parse --short HEAD 2>/dev/null || echo '(uncommitted)')"
+versions="weir-loadgen and scripts at $(git describe --always --dirty 2>/dev/null || echo 'an uncommitted tree')"
+has_target weir && versions+=", weir-gateway from the same tree (acks=all)"
 has_target rotel && versions+=", $("$ROTEL" --version) (PyPI rotel $ROTEL_VERSION, batch $ROTEL_BATCH spans, acks=all)"
 versions+=", $("$TANSU_BIN" --version) (memory engine, $PARTITIONS partitions)"
 settings="OTLP/gRPC, $SPANS_PER_REQUEST spans/request, $SPANS_PER_TRACE spans/trace, $ATTRIBUTES attributes/span"
-settings+=" (~$BYTES_PER_SPAN bytes/span), ${DURATION}s per run after ${WARMUP}s warm-up;"
+settings+=" (~${BYTES_PER_SPAN%.*} bytes/span), ${DURATION}s per run after ${WARMUP}s warm-up;"
 settings+=" closed loop $CONCURRENCY senders, open loop $OPEN_RATE spans/s"
 
-report_args=(--command "$command" --versions "$versions" --settings "$settings")
+report_args=(--command "$command" --versions "$versions" --settings "$settings"
+  --loadavg "$LOADAVG_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after")
 if [ "${BENCH_RECORD:-1}" = 1 ]; then
   doc="$WEIR_ROOT/docs/BENCHMARKS.md"
   if [ ! -f "$doc" ]; then

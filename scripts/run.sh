@@ -47,6 +47,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+# Job control puts each background process in its own process group, so a Ctrl-C in the
+# terminal reaches only this script, which stops the gateway first (it drains into Kafka),
+# then the broker.
+set -m
 
 log "starting tansu on 127.0.0.1:$KAFKA_PORT (log: $RUN_DIR/tansu.log)"
 start_tansu "$KAFKA_PORT" "$RUN_DIR/tansu.pid" "$RUN_DIR/tansu.log"

@@ -10,6 +10,9 @@ use std::time::Duration;
 use weir_config::GatewayConfig;
 use weir_exporters::kafka::KafkaExporter;
 
+/// Bodies larger than this are turned into records off the async worker's hot loop.
+const BLOCKING_BODY_BYTES: usize = 512 * 1024;
+
 /// The body format of a request (and of its response).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -99,7 +102,13 @@ impl Pipeline {
         })?;
         let topic = S::topic(&self.config.kafka);
         let max = self.config.kafka.max_message_size.as_usize();
-        let prepared = S::records(&body, format, topic, max).map_err(|e| {
+        // Large bodies take long enough to hold up other requests on this worker thread.
+        let prepared = if body.len() > BLOCKING_BODY_BYTES {
+            tokio::task::block_in_place(|| S::records(&body, format, topic, max))
+        } else {
+            S::records(&body, format, topic, max)
+        };
+        let prepared = prepared.map_err(|e| {
             self.refused_request(transport, "invalid");
             PipelineError::InvalidArgument(e)
         })?;

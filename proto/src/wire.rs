@@ -100,7 +100,19 @@ impl<'a> Reader<'a> {
         Self { buf, pos: 0 }
     }
 
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64> {
+        // Tags and short lengths are one byte: the common case, kept short.
+        if let Some(&b) = self.buf.get(self.pos)
+            && b < 0x80
+        {
+            self.pos += 1;
+            return Ok(u64::from(b));
+        }
+        self.varint_slow()
+    }
+
+    fn varint_slow(&mut self) -> Result<u64> {
         let mut value = 0u64;
         for i in 0..10 {
             let Some(&b) = self.buf.get(self.pos) else {
@@ -118,6 +130,7 @@ impl<'a> Reader<'a> {
         Err(WireError::new("varint longer than 10 bytes"))
     }
 
+    #[inline(always)]
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self
             .pos
@@ -133,6 +146,7 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    #[inline(always)]
     fn next(&mut self) -> Result<Option<Field<'a>>> {
         if self.pos >= self.buf.len() {
             return Ok(None);
@@ -209,6 +223,7 @@ impl Kind {
 }
 
 /// Checks one known field's wire type and content; errors carry the path below the field.
+#[inline(always)]
 fn check_field(f: &Field<'_>, kind: Kind, depth: u32) -> Result<()> {
     if f.wire != kind.wire() {
         return Err(WireError::new(format!(
@@ -218,9 +233,9 @@ fn check_field(f: &Field<'_>, kind: Kind, depth: u32) -> Result<()> {
         )));
     }
     match kind {
-        Kind::Str => std::str::from_utf8(f.bytes)
-            .map(|_| ())
-            .map_err(|_| WireError::new("string is not valid UTF-8")),
+        // Most attribute keys and values are ASCII, which `is_ascii` checks a word at a time.
+        Kind::Str if f.bytes.is_ascii() || std::str::from_utf8(f.bytes).is_ok() => Ok(()),
+        Kind::Str => Err(WireError::new("string is not valid UTF-8")),
         Kind::Msg(check) | Kind::Repeated(check) => check(f.bytes, depth + 1),
         _ => Ok(()),
     }
@@ -251,7 +266,12 @@ fn walk<'a>(
     let mut counts = [0u32; 16];
     let mut r = Reader::new(buf);
     while let Some(f) = r.next()? {
-        let Some(pos) = fields.iter().position(|(n, _, _)| *n == f.number) else {
+        // Tables list fields by number, mostly 1, 2, 3...: try the direct index first.
+        let direct = (f.number as usize)
+            .checked_sub(1)
+            .filter(|&i| fields.get(i).is_some_and(|e| e.0 == f.number));
+        let Some(pos) = direct.or_else(|| fields.iter().position(|(n, _, _)| *n == f.number))
+        else {
             continue;
         };
         let (_, name, kind) = fields[pos];

@@ -119,6 +119,10 @@ def findings(runs):
             notes.append(f"{name}: {kafka['undecodable_records']} Kafka records did not decode as TracesData.")
         if kafka.get("stopped_by") != "idle":
             notes.append(f"{name}: the Kafka count stopped at its time limit; it may be low.")
+    cpu = [f"{TITLE[g]} {load} {run['loadgen']['loadgen_cpu_seconds']:.1f} s"
+           for (g, load), run in sorted(runs.items()) if run["loadgen"].get("loadgen_cpu_seconds") is not None]
+    if cpu:
+        notes.append("weir-loadgen's own CPU over the measured runs: " + ", ".join(cpu) + ".")
     return notes
 
 
@@ -129,6 +133,7 @@ def main():
     parser.add_argument("--command", default="scripts/bench.sh", help="the command that ran")
     parser.add_argument("--versions", default="", help="one line naming the versions compared")
     parser.add_argument("--settings", default="", help="one line with the load settings")
+    parser.add_argument("--loadavg", default="", help="the machine's load averages around the run")
     args = parser.parse_args()
 
     runs = {}
@@ -161,6 +166,8 @@ def main():
             "load generator and span counter share these CPUs",
             f"- command: `{args.command}`",
         ]
+        if args.loadavg:
+            section.append(f"- load average (1, 5, 15 min): {args.loadavg} (other work on the machine skews results)")
         if args.versions:
             section.append(f"- versions: {args.versions}")
         if args.settings:
