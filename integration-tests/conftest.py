@@ -57,7 +57,7 @@ def broker_factory(request, workdir):
 
 @pytest.fixture
 def gateway_factory(request, broker, workdir):
-    """gateway_factory(overrides={"kafka.max_message_size": 65536}, broker=...) -> a started
+    """gateway_factory({"kafka.max_message_size": 65536}, on_broker=...) -> a started
     Gateway with unique topics (created first) and free ports."""
     started: list[Gateway] = []
 

@@ -17,6 +17,7 @@ WEIR_PY_PACKAGES=(
   "opentelemetry-exporter-otlp-proto-http==1.45.2"
   "requests==2.34.2"
   "grpcio==1.85.1"
+  "zstandard==0.25.0"
 )
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -105,6 +106,8 @@ stop_pidfile() {
   [ -f "$pidfile" ] || return 0
   pid="$(cat "$pidfile")"
   if kill -0 "$pid" 2>/dev/null; then
+    # A stopped (SIGSTOP) process acts on SIGTERM only once it runs again.
+    kill -CONT "$pid" 2>/dev/null
     kill -TERM "$pid" 2>/dev/null
     for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null

@@ -38,6 +38,7 @@ mkdir -p "$RUN_DIR"
 # Nothing listens, so PID files left by a killed run are stale: forget them, kill nothing.
 rm -f "$RUN_DIR/tansu.pid" "$RUN_DIR/gateway.pid"
 
+# shellcheck disable=SC2317  # called through the EXIT trap
 cleanup() {
   trap - EXIT INT TERM
   log "stopping"

@@ -13,8 +13,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$WEIR_ROOT"
 
-# zstandard: the integration suite sends zstd-compressed OTLP/HTTP bodies.
-EXTRA_PY_PACKAGES=("zstandard==0.25.0")
 # A bound on the integration suite, so a hung test cannot eat CI's whole budget.
 PYTEST_TIMEOUT_S="${WEIR_PYTEST_TIMEOUT_S:-1500}"
 
@@ -37,7 +35,7 @@ step() {
 
 ensure_build_deps
 ensure_tansu
-ensure_venv "${EXTRA_PY_PACKAGES[@]}"
+ensure_venv
 
 built=1
 step "cargo build" cargo build --workspace --bins || built=0

@@ -23,5 +23,14 @@ pub enum ExportError {
         topic: String,
         /// librdkafka's reason.
         reason: String,
+        /// The broker fenced the producer: it must be replaced to produce again.
+        fenced: bool,
     },
+}
+
+impl ExportError {
+    /// True when the broker fenced the producer that failed.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, ExportError::Delivery { fenced: true, .. })
+    }
 }

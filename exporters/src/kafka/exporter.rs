@@ -3,12 +3,14 @@
 
 use super::errors::ExportError;
 use super::records::Record;
+use arc_swap::ArcSwap;
 use futures::future::join_all;
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_config::ConfigError;
 use weir_config::gateway::KafkaConfig;
@@ -97,23 +99,66 @@ pub fn producer_config(
     Ok(c)
 }
 
+type Producer_ = FutureProducer<TracingContext>;
+
 /// Produces records to Kafka and reports when the brokers have acknowledged them.
+///
+/// A producer that hit a fatal error (for example an idempotent producer fenced by the broker
+/// after its records timed out) can never produce again; it is replaced by a new one, and the
+/// requests that failed on it are retried by their clients.
 pub struct KafkaExporter {
-    producer: FutureProducer<TracingContext>,
+    producer: ArcSwap<Producer_>,
+    config: ClientConfig,
+    /// Serializes replacements, so that one fatal error replaces the producer once.
+    replacing: Mutex<()>,
     export_timeout: Duration,
 }
 
 impl KafkaExporter {
     /// Creates the producer. Connecting happens in the background; see `probe`.
     pub fn new(cfg: &KafkaConfig, export_timeout: Duration) -> Result<Self, ExportError> {
-        let producer = producer_config(cfg, export_timeout)
-            .map_err(|e| ExportError::Config(e.to_string()))?
-            .create_with_context(TracingContext)
-            .map_err(|e| ExportError::Config(e.to_string()))?;
+        let config =
+            producer_config(cfg, export_timeout).map_err(|e| ExportError::Config(e.to_string()))?;
+        let producer = Self::create(&config)?;
         Ok(Self {
-            producer,
+            producer: ArcSwap::from_pointee(producer),
+            config,
+            replacing: Mutex::new(()),
             export_timeout,
         })
+    }
+
+    fn create(config: &ClientConfig) -> Result<Producer_, ExportError> {
+        config
+            .create_with_context(TracingContext)
+            .map_err(|e| ExportError::Config(e.to_string()))
+    }
+
+    /// Replaces `failed` with a new producer if it cannot produce any more (a fatal error, or
+    /// `fenced` by the broker) and is still the current one.
+    fn replace_if_broken(&self, failed: &Arc<Producer_>, fenced: bool) {
+        let (code, reason) = match failed.client().fatal_error() {
+            Some((code, reason)) => (code, reason),
+            None if fenced => (
+                RDKafkaErrorCode::ProducerFenced,
+                "the broker fenced the producer".to_string(),
+            ),
+            None => return,
+        };
+        let _guard = self
+            .replacing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !Arc::ptr_eq(&self.producer.load(), failed) {
+            return;
+        }
+        tracing::error!(?code, %reason, "the Kafka producer cannot produce any more; replacing it");
+        metrics::counter!("weir_exporter_producer_restarts_total", "exporter" => "kafka")
+            .increment(1);
+        match Self::create(&self.config) {
+            Ok(p) => self.producer.store(Arc::new(p)),
+            Err(e) => tracing::error!(error = %e, "cannot create a new Kafka producer; will retry"),
+        }
     }
 
     /// Produces `records` to `topic` and waits until Kafka acknowledged all of them.
@@ -122,6 +167,20 @@ impl KafkaExporter {
     /// or the export timeout passes. Records already handed to librdkafka may still be
     /// delivered after an error: delivery is at least once, never "acknowledged but lost".
     pub async fn send(&self, topic: &str, records: &[Record]) -> Result<(), ExportError> {
+        let producer = self.producer.load_full();
+        let result = self.send_with(&producer, topic, records).await;
+        if let Err(e) = &result {
+            self.replace_if_broken(&producer, e.is_fenced());
+        }
+        result
+    }
+
+    async fn send_with(
+        &self,
+        producer: &Producer_,
+        topic: &str,
+        records: &[Record],
+    ) -> Result<(), ExportError> {
         let started = Instant::now();
         let deadline = started + self.export_timeout;
         let total = records.len();
@@ -131,7 +190,7 @@ impl KafkaExporter {
                 .key(&rec.key[..])
                 .payload(&rec.value[..]);
             loop {
-                match self.producer.send_result(fr) {
+                match producer.send_result(fr) {
                     Ok(delivery) => {
                         pending.push(delivery);
                         break;
@@ -144,12 +203,7 @@ impl KafkaExporter {
                         fr = back;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
-                    Err((e, _)) => {
-                        return Err(ExportError::Delivery {
-                            topic: topic.to_string(),
-                            reason: e.to_string(),
-                        });
-                    }
+                    Err((e, _)) => return Err(delivery_error(topic, &e)),
                 }
             }
         }
@@ -157,23 +211,25 @@ impl KafkaExporter {
             Ok(results) => results,
             Err(_) => return Err(self.timeout(total, total)),
         };
-        let mut failed = None;
-        for r in results {
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => failed = Some(e.to_string()),
-                Err(_) => failed = Some("the producer was shut down".to_string()),
-            }
-        }
         metrics::histogram!("weir_exporter_produce_latency_seconds", "exporter" => "kafka")
             .record(started.elapsed().as_secs_f64());
-        match failed {
-            None => Ok(()),
-            Some(reason) => Err(ExportError::Delivery {
-                topic: topic.to_string(),
-                reason,
-            }),
+        // Report a fencing first: it is the failure that needs a new producer.
+        let mut failed: Option<ExportError> = None;
+        for r in results {
+            let err = match r {
+                Ok(Ok(_)) => continue,
+                Ok(Err((e, _))) => delivery_error(topic, &e),
+                Err(_) => ExportError::Delivery {
+                    topic: topic.to_string(),
+                    reason: "the producer was shut down".to_string(),
+                    fenced: false,
+                },
+            };
+            if failed.as_ref().is_none_or(|f| !f.is_fenced()) {
+                failed = Some(err);
+            }
         }
+        failed.map_or(Ok(()), Err)
     }
 
     fn timeout(&self, pending: usize, total: usize) -> ExportError {
@@ -184,9 +240,15 @@ impl KafkaExporter {
         }
     }
 
-    /// Asks the brokers for metadata: true when one answered within `timeout`. Blocking.
+    /// True when a broker answered a metadata request within `timeout` and the producer can
+    /// produce (a producer with a fatal error is replaced first). Blocking.
     pub fn probe(&self, timeout: Duration) -> bool {
-        self.producer
+        let producer = self.producer.load_full();
+        if producer.client().fatal_error().is_some() {
+            self.replace_if_broken(&producer, false);
+            return false;
+        }
+        producer
             .client()
             .fetch_metadata(None, Timeout::After(timeout))
             .is_ok()
@@ -194,14 +256,29 @@ impl KafkaExporter {
 
     /// Waits for every queued record to be delivered, at most `timeout`. Blocking.
     pub fn flush(&self, timeout: Duration) -> Result<(), ExportError> {
-        self.producer
+        let producer = self.producer.load_full();
+        producer
             .flush(Timeout::After(timeout))
             .map_err(|e| ExportError::Delivery {
                 topic: "*".to_string(),
                 reason: format!(
                     "flush at shutdown: {e} ({} records still queued)",
-                    self.producer.in_flight_count()
+                    producer.in_flight_count()
                 ),
+                fenced: false,
             })
+    }
+}
+
+/// An `ExportError` for a librdkafka error, noting whether the broker fenced the producer.
+fn delivery_error(topic: &str, e: &KafkaError) -> ExportError {
+    let fenced = matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+    );
+    ExportError::Delivery {
+        topic: topic.to_string(),
+        reason: e.to_string(),
+        fenced,
     }
 }

@@ -1,0 +1,161 @@
+//! What a policy reads from a span: the gateway implements [`SpanView`] over the span's
+//! protobuf bytes, so evaluation never needs a decoded span.
+
+/// Read-only access to one span and its resource and scope.
+///
+/// Policies call the attribute lookups once per condition that tests an attribute, so
+/// implementations should make them cheap (for example, resolve the resource's attributes
+/// once per resource rather than once per span).
+pub trait SpanView {
+    /// The trace id (16 bytes).
+    fn trace_id(&self) -> &[u8; 16];
+    /// The span name.
+    fn name(&self) -> &str;
+    /// The `SpanKind` value (0 unspecified, 1 internal, 2 server, 3 client, 4 producer,
+    /// 5 consumer).
+    fn kind(&self) -> i32;
+    /// The `Status.code` value: 0 unset, 1 ok, 2 error.
+    fn status_code(&self) -> i32;
+    /// Start time, nanoseconds since the Unix epoch.
+    fn start_time_unix_nano(&self) -> u64;
+    /// End time, nanoseconds since the Unix epoch.
+    fn end_time_unix_nano(&self) -> u64;
+    /// The W3C `tracestate` of the span (empty when absent).
+    fn trace_state(&self) -> &str;
+    /// True when the span has no parent span id.
+    fn is_root(&self) -> bool;
+    /// The instrumentation scope's name (empty when absent).
+    fn scope_name(&self) -> &str;
+    /// The span attribute `key`, if the span has it.
+    fn span_attribute(&self, key: &str) -> Option<AttrValue<'_>>;
+    /// The resource attribute `key`, if the span's resource has it.
+    fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>>;
+}
+
+/// An attribute value as conditions see it. Arrays, maps and bytes are `Other`: they exist,
+/// but no comparison matches them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AttrValue<'a> {
+    /// A string value.
+    Str(&'a str),
+    /// An integer value.
+    Int(i64),
+    /// A floating-point value.
+    Double(f64),
+    /// A boolean value.
+    Bool(bool),
+    /// An array, key-value list or bytes value.
+    Other,
+}
+
+/// `Status.code` of a span that failed.
+pub const STATUS_CODE_ERROR: i32 = 2;
+
+/// A span built in memory, for tests of this module and of its users.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{AttrValue, SpanView};
+
+    /// An owned attribute value.
+    #[derive(Clone, Debug)]
+    pub enum Val {
+        Str(String),
+        Int(i64),
+        Double(f64),
+        Bool(bool),
+        Bytes,
+    }
+
+    impl Val {
+        fn view(&self) -> AttrValue<'_> {
+            match self {
+                Val::Str(s) => AttrValue::Str(s),
+                Val::Int(i) => AttrValue::Int(*i),
+                Val::Double(d) => AttrValue::Double(*d),
+                Val::Bool(b) => AttrValue::Bool(*b),
+                Val::Bytes => AttrValue::Other,
+            }
+        }
+    }
+
+    /// A span with everything a policy can look at.
+    #[derive(Clone, Debug, Default)]
+    pub struct TestSpan {
+        pub trace_id: [u8; 16],
+        pub name: String,
+        pub kind: i32,
+        pub status: i32,
+        pub start: u64,
+        pub end: u64,
+        pub trace_state: String,
+        pub root: bool,
+        pub scope: String,
+        pub attrs: Vec<(String, Val)>,
+        pub resource: Vec<(String, Val)>,
+    }
+
+    impl TestSpan {
+        /// A server span of `service` named `name`, 10ms long.
+        pub fn new(service: &str, name: &str) -> Self {
+            Self {
+                trace_id: [7; 16],
+                name: name.into(),
+                kind: 2,
+                start: 1_000_000_000,
+                end: 1_010_000_000,
+                scope: "io.opentelemetry.test".into(),
+                resource: vec![("service.name".into(), Val::Str(service.into()))],
+                ..Default::default()
+            }
+        }
+
+        pub fn attr(mut self, key: &str, v: Val) -> Self {
+            self.attrs.push((key.into(), v));
+            self
+        }
+
+        pub fn res(mut self, key: &str, v: Val) -> Self {
+            self.resource.push((key.into(), v));
+            self
+        }
+    }
+
+    impl SpanView for TestSpan {
+        fn trace_id(&self) -> &[u8; 16] {
+            &self.trace_id
+        }
+        fn name(&self) -> &str {
+            &self.name
+        }
+        fn kind(&self) -> i32 {
+            self.kind
+        }
+        fn status_code(&self) -> i32 {
+            self.status
+        }
+        fn start_time_unix_nano(&self) -> u64 {
+            self.start
+        }
+        fn end_time_unix_nano(&self) -> u64 {
+            self.end
+        }
+        fn trace_state(&self) -> &str {
+            &self.trace_state
+        }
+        fn is_root(&self) -> bool {
+            self.root
+        }
+        fn scope_name(&self) -> &str {
+            &self.scope
+        }
+        fn span_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+            self.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.view())
+        }
+        fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+            self.resource
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.view())
+        }
+    }
+}
