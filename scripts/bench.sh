@@ -14,7 +14,7 @@
 #   BENCH_TARGETS       gateways to run, "weir rotel" (default) or one of them
 #   BENCH_DURATION      seconds per measured run (20)
 #   BENCH_WARMUP        warm-up seconds before each run (3)
-#   BENCH_CONCURRENCY   closed-loop senders (8)
+#   BENCH_CONCURRENCY   closed-loop senders (64: enough to reach each gateway's ceiling)
 #   BENCH_OPEN_RATE     open-loop spans/s (default: half of Rotel's closed-loop spans/s)
 #   BENCH_SPANS_PER_REQUEST 100, BENCH_SPANS_PER_TRACE 10, BENCH_ATTRIBUTES 5
 #   BENCH_MAX_REQUESTS  count bound of every load run (1000000)
@@ -35,7 +35,7 @@ ROTEL_VERSION="0.0.1a15"
 read -r -a TARGETS <<<"${BENCH_TARGETS:-weir rotel}"
 DURATION="${BENCH_DURATION:-20}"
 WARMUP="${BENCH_WARMUP:-3}"
-CONCURRENCY="${BENCH_CONCURRENCY:-8}"
+CONCURRENCY="${BENCH_CONCURRENCY:-64}"
 SPANS_PER_REQUEST="${BENCH_SPANS_PER_REQUEST:-100}"
 SPANS_PER_TRACE="${BENCH_SPANS_PER_TRACE:-10}"
 ATTRIBUTES="${BENCH_ATTRIBUTES:-5}"
