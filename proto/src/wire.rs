@@ -598,6 +598,204 @@ impl TraceRequestView {
     }
 }
 
+/// An attribute value read from the wire. Arrays, maps and bytes are `Other`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WireValue<'a> {
+    /// `string_value`.
+    Str(&'a str),
+    /// `int_value`.
+    Int(i64),
+    /// `double_value`.
+    Double(f64),
+    /// `bool_value`.
+    Bool(bool),
+    /// An array, key-value list or bytes value, or no value.
+    Other,
+}
+
+/// Reads a validated message's fields, ignoring what cannot be read (it was validated).
+fn fields(buf: &[u8]) -> impl Iterator<Item = Field<'_>> {
+    let mut r = Reader::new(buf);
+    std::iter::from_fn(move || r.next().ok().flatten())
+}
+
+/// The value of a varint field, read again from its bytes.
+fn varint_at(buf: &[u8], f: &Field<'_>) -> u64 {
+    let mut r = Reader::new(&buf[f.span.clone()]);
+    let _ = r.varint();
+    r.varint().unwrap_or(0)
+}
+
+/// The 8 bytes of a fixed64 field, little-endian.
+fn fixed64_at(buf: &[u8], f: &Field<'_>) -> u64 {
+    let end = f.span.end;
+    buf.get(end - 8..end)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0)
+}
+
+/// A validated string field (non-UTF-8 cannot occur after validation; it reads as empty).
+fn str_of<'a>(f: &Field<'a>) -> &'a str {
+    std::str::from_utf8(f.bytes).unwrap_or("")
+}
+
+fn any_value_of(buf: &[u8]) -> WireValue<'_> {
+    let mut out = WireValue::Other;
+    for f in fields(buf) {
+        out = match (f.number, f.wire) {
+            (1, WireType::Len) => WireValue::Str(str_of(&f)),
+            (2, WireType::Varint) => WireValue::Bool(varint_at(buf, &f) != 0),
+            (3, WireType::Varint) => WireValue::Int(varint_at(buf, &f) as i64),
+            (4, WireType::I64) => WireValue::Double(f64::from_bits(fixed64_at(buf, &f))),
+            _ => WireValue::Other,
+        };
+    }
+    out
+}
+
+/// Looks up `key` among the `KeyValue` entries in field `field` of a validated message.
+/// The last entry with the key wins, as when the message is decoded.
+pub fn find_attribute<'a>(message: &'a [u8], field: u32, key: &str) -> Option<WireValue<'a>> {
+    let mut found = None;
+    for f in fields(message) {
+        if f.number != field || f.wire != WireType::Len {
+            continue;
+        }
+        let (mut k, mut v) = ("", None);
+        for kv in fields(f.bytes) {
+            match (kv.number, kv.wire) {
+                (1, WireType::Len) => k = str_of(&kv),
+                (2, WireType::Len) => v = Some(kv.bytes),
+                _ => {}
+            }
+        }
+        if k == key {
+            found = Some(v.map_or(WireValue::Other, any_value_of));
+        }
+    }
+    found
+}
+
+/// The payload of the last field `number` of a validated message, if it has one.
+fn last_len_field(message: &[u8], number: u32) -> Option<&[u8]> {
+    fields(message)
+        .filter(|f| f.number == number && f.wire == WireType::Len)
+        .last()
+        .map(|f| f.bytes)
+}
+
+/// Looks up a resource attribute in a `ResourceEntry::head`.
+pub fn resource_attribute<'a>(head: &'a [u8], key: &str) -> Option<WireValue<'a>> {
+    find_attribute(last_len_field(head, 1)?, 1, key)
+}
+
+/// The scope name in a `ScopeEntry::head` (empty when absent).
+pub fn scope_name(head: &[u8]) -> &str {
+    last_len_field(head, 1)
+        .and_then(|scope| last_len_field(scope, 1))
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .unwrap_or("")
+}
+
+/// The fields of a span a policy reads, from its validated bytes in one pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SpanFields<'a> {
+    /// The span's encoded bytes (for attribute lookups).
+    pub bytes: &'a [u8],
+    /// `name`.
+    pub name: &'a str,
+    /// `kind`.
+    pub kind: i32,
+    /// `status.code`.
+    pub status_code: i32,
+    /// `start_time_unix_nano`.
+    pub start_time_unix_nano: u64,
+    /// `end_time_unix_nano`.
+    pub end_time_unix_nano: u64,
+    /// `trace_state`.
+    pub trace_state: &'a str,
+    /// True when `parent_span_id` is empty.
+    pub is_root: bool,
+}
+
+impl<'a> SpanFields<'a> {
+    /// Reads the fields of a span that `TraceRequestView::parse` validated.
+    pub fn read(bytes: &'a [u8]) -> Self {
+        let mut out = SpanFields {
+            bytes,
+            is_root: true,
+            ..Default::default()
+        };
+        for f in fields(bytes) {
+            match (f.number, f.wire) {
+                (3, WireType::Len) => out.trace_state = str_of(&f),
+                (4, WireType::Len) => out.is_root = f.bytes.is_empty(),
+                (5, WireType::Len) => out.name = str_of(&f),
+                (6, WireType::Varint) => out.kind = varint_at(bytes, &f) as i32,
+                (7, WireType::I64) => out.start_time_unix_nano = fixed64_at(bytes, &f),
+                (8, WireType::I64) => out.end_time_unix_nano = fixed64_at(bytes, &f),
+                (15, WireType::Len) => {
+                    out.status_code = fields(f.bytes)
+                        .filter(|s| s.number == 3 && s.wire == WireType::Varint)
+                        .last()
+                        .map_or(0, |s| varint_at(f.bytes, &s) as i32)
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The span attribute `key`, if the span has it.
+    pub fn attribute(&self, key: &str) -> Option<WireValue<'a>> {
+        find_attribute(self.bytes, 9, key)
+    }
+}
+
+/// Writes span `bytes` with its `trace_state` replaced by `trace_state`: every other field is
+/// copied as it came, the new `trace_state` (field 3) goes last.
+pub fn write_span_with_trace_state(bytes: &[u8], trace_state: &str, out: &mut Vec<u8>) {
+    for f in fields(bytes) {
+        if f.number != 3 {
+            out.extend_from_slice(&bytes[f.span.clone()]);
+        }
+    }
+    if !trace_state.is_empty() {
+        out.push(0x1a);
+        put_varint(out, trace_state.len() as u64);
+        out.extend_from_slice(trace_state.as_bytes());
+    }
+}
+
+/// The encoded length of `write_span_with_trace_state`'s output.
+pub fn span_with_trace_state_len(bytes: &[u8], trace_state: &str) -> usize {
+    let old: usize = fields(bytes)
+        .filter(|f| f.number == 3)
+        .map(|f| f.span.len())
+        .sum();
+    let new = if trace_state.is_empty() {
+        0
+    } else {
+        1 + varint_len(trace_state.len() as u64) + trace_state.len()
+    };
+    bytes.len() - old + new
+}
+
+/// Appends `v` as a protobuf varint.
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// The bytes `put_varint` writes for `v`.
+pub fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,5 +958,67 @@ mod tests {
         }];
         let e = TraceRequestView::parse(&request(vec![s]).encode_to_vec()).unwrap_err();
         assert!(e.reason().contains("nested deeper"), "{e}");
+    }
+
+    #[test]
+    fn reads_span_fields_and_attributes() {
+        use crate::otlp::trace::v1::Status;
+        let mut sp = span(1, 1);
+        sp.kind = 3;
+        sp.start_time_unix_nano = 10;
+        sp.end_time_unix_nano = 250;
+        sp.trace_state = "ot=th:8".into();
+        sp.status = Some(Status {
+            code: 2,
+            message: "boom".into(),
+        });
+        sp.attributes.push(kv("ratio", Value::DoubleValue(0.5)));
+        sp.attributes.push(kv("ok", Value::BoolValue(true)));
+        let req = request(vec![sp.clone()]);
+        let body = req.encode_to_vec();
+        let view = TraceRequestView::parse(&body).unwrap();
+        let f = SpanFields::read(&body[view.spans[0].range()]);
+        assert_eq!(
+            (f.name, f.kind, f.status_code, f.trace_state, f.is_root),
+            ("s1", 3, 2, "ot=th:8", true)
+        );
+        assert_eq!((f.start_time_unix_nano, f.end_time_unix_nano), (10, 250));
+        assert_eq!(f.attribute("a"), Some(WireValue::Str("b")));
+        assert_eq!(f.attribute("n"), Some(WireValue::Int(-5)));
+        assert_eq!(f.attribute("ratio"), Some(WireValue::Double(0.5)));
+        assert_eq!(f.attribute("ok"), Some(WireValue::Bool(true)));
+        assert_eq!(f.attribute("missing"), None);
+        assert_eq!(
+            resource_attribute(&view.resources[0].head, "service.name"),
+            Some(WireValue::Str("svc"))
+        );
+        assert_eq!(scope_name(&view.scopes[0].head), "lib");
+    }
+
+    #[test]
+    fn rewrites_trace_state() {
+        let mut sp = span(1, 1);
+        sp.trace_state = "ot=rv:abc".into();
+        let bytes = sp.encode_to_vec();
+        let mut out = Vec::new();
+        write_span_with_trace_state(&bytes, "ot=rv:abc;th:8", &mut out);
+        assert_eq!(
+            out.len(),
+            span_with_trace_state_len(&bytes, "ot=rv:abc;th:8")
+        );
+        let back = Span::decode(&out[..]).unwrap();
+        assert_eq!(back.trace_state, "ot=rv:abc;th:8");
+        assert_eq!(
+            Span {
+                trace_state: sp.trace_state.clone(),
+                ..back
+            },
+            sp
+        );
+        for v in [0u64, 1, 127, 128, 16383, 16384, u64::MAX] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v), "{v}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use weir_config::gateway::Encoding;
 use weir_proto::json;
 use weir_proto::otlp::trace::v1::TracesData;
-use weir_proto::wire::{SpanEntry, TraceRequestView};
+use weir_proto::wire::{SpanEntry, TraceRequestView, put_varint};
 
 /// Field tags as they appear on the wire: `TracesData.resource_spans` (1, LEN) and
 /// `ResourceSpans.scope_spans` / `ScopeSpans.spans` (both 2, LEN).
@@ -230,19 +230,19 @@ impl Writer<'_> {
             let first = *self.span(spans[i]);
             let resource = self.resource_of(&first);
             out.push(TAG_RESOURCE_SPANS);
-            put_varint(&mut out, self.runs[run]);
+            put_varint(&mut out, self.runs[run] as u64);
             run += 1;
             out.extend_from_slice(self.resource_head(&first));
             while i < spans.len() && self.resource_of(self.span(spans[i])) == resource {
                 let scope = self.span(spans[i]).scope;
                 out.push(TAG_SCOPE_SPANS);
-                put_varint(&mut out, self.runs[run]);
+                put_varint(&mut out, self.runs[run] as u64);
                 run += 1;
                 out.extend_from_slice(&self.view.scopes[scope as usize].head);
                 while i < spans.len() && self.span(spans[i]).scope == scope {
                     let r = self.span(spans[i]).range();
                     out.push(TAG_SPANS);
-                    put_varint(&mut out, r.len());
+                    put_varint(&mut out, r.len() as u64);
                     out.extend_from_slice(&self.body[r]);
                     i += 1;
                 }
@@ -251,14 +251,6 @@ impl Writer<'_> {
         debug_assert_eq!(out.len(), total);
         out
     }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: usize) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 #[cfg(test)]
