@@ -4,6 +4,7 @@
 
 mod error;
 pub mod gateway;
+pub mod policy;
 pub mod units;
 
 pub use error::ConfigError;

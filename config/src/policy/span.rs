@@ -149,7 +149,10 @@ pub(crate) mod testing {
             &self.scope
         }
         fn span_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
-            self.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.view())
+            self.attrs
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.view())
         }
         fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
             self.resource

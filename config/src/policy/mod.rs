@@ -1,0 +1,469 @@
+//! The policy document — what to sample, where to route, and (later) what marks a trace for
+//! tail sampling — and its compiled form, evaluated once per span on the gateway's hot path.
+//!
+//! [`Policy::parse`] reads a YAML or JSON document, refuses it with the path of the offending
+//! key and the reason ([`PolicyError`]), or compiles it: regexes built, names resolved,
+//! probabilities turned into thresholds. [`Policy::evaluate`] then decides for one span,
+//! read through [`SpanView`], in three steps:
+//!
+//! 1. head sampling: the first sampling rule that matches gives the probability (else
+//!    `default_probability`); the decision is consistent per trace (`threshold.rs`);
+//! 2. routing: the first routing rule that matches sends the span to its topics or drops it
+//!    (else the default topic);
+//! 3. rate limiting: a kept span takes a token from its service's bucket (`rate_limit.rs`),
+//!    unless it is an error span and `exempt_errors` is set.
+//!
+//! Rules that require a `service.name` are indexed by it (`rule_index.rs`), so a span meets
+//! only the rules of its service and those that name none. Evaluation allocates nothing,
+//! except the first time a rate-limited policy sees a service it does not name. A `Policy` is
+//! immutable apart from its rate-limit buckets, and `Send + Sync`: the gateway shares one
+//! behind an `ArcSwap` and swaps in a new one when the document changes.
+//! The document's schema is documented in `docs/policy.md`, with examples in `config/policies/`.
+
+mod document;
+mod error;
+mod matcher;
+mod rate_limit;
+mod routing;
+mod rule_index;
+mod sampling;
+mod span;
+mod threshold;
+
+#[cfg(test)]
+mod tests;
+
+pub use document::SamplingMode;
+pub use error::PolicyError;
+pub use routing::{Topic, TopicSet};
+pub use span::{AttrValue, STATUS_CODE_ERROR, SpanView};
+pub use threshold::{
+    MIN_PROBABILITY, OtSampling, Randomness, ThValue, Threshold, tracestate_with_threshold,
+};
+
+use document::{Action, Document, RateLimitDoc, RuleName};
+use rate_limit::{Limit, RateLimiter};
+use routing::{RoutingBuilder, RoutingRule, RuleAction};
+use rule_index::RuleIndex;
+use sampling::{Chance, Sampled, Sampling, SamplingRule};
+
+/// The resource attribute that names a span's service.
+const SERVICE_NAME: &str = "service.name";
+
+/// The service name of spans whose resource has no `service.name` string, as OpenTelemetry
+/// SDKs name them.
+const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// A compiled policy document.
+#[derive(Debug)]
+pub struct Policy {
+    version: u64,
+    rules: Box<[RuleInfo]>,
+    sampling: Sampling,
+    routing: routing::Routing,
+    tail: Option<serde_yaml::Value>,
+    /// Whether evaluation looks `service.name` up (rules indexed by it, or rate limits).
+    uses_service: bool,
+}
+
+/// Which section a rule belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Section {
+    /// `sampling.rules`.
+    Sampling,
+    /// `routing.rules`.
+    Routing,
+}
+
+impl Section {
+    /// `sampling` or `routing`, for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Section::Sampling => "sampling",
+            Section::Routing => "routing",
+        }
+    }
+}
+
+/// A rule of the policy, for per-rule metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    /// Its section.
+    pub section: Section,
+    /// Its name, unique within the section.
+    pub name: String,
+}
+
+/// What happened to a span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Sent to `Decision::topics`.
+    Kept,
+    /// Not selected by head sampling.
+    SampledOut,
+    /// Selected, but its service was over its rate limit.
+    RateLimited,
+    /// A routing rule with `action: drop` matched.
+    RoutedToDrop,
+}
+
+impl Outcome {
+    /// `kept`, `sampled_out`, `rate_limited` or `routed_to_drop`, for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Kept => "kept",
+            Outcome::SampledOut => "sampled_out",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::RoutedToDrop => "routed_to_drop",
+        }
+    }
+}
+
+/// The policy's decision for one span. `Copy`, allocation-free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the span is sent (`outcome == Outcome::Kept`).
+    pub keep: bool,
+    /// Why it is kept or dropped.
+    pub outcome: Outcome,
+    /// For a kept span, the threshold its tracestate must record (`ot=th:...`), when that
+    /// differs from what it carries; write it with [`Decision::write_tracestate`]. `None`:
+    /// leave the span's bytes as they are.
+    pub threshold: Option<Threshold>,
+    /// Where a kept span goes ([`Policy::topic_set`]); empty when dropped.
+    pub topics: TopicSet,
+    /// The sampling rule that matched, as an index into [`Policy::rules`]; `None`: the
+    /// default probability applied.
+    pub sampling_rule: Option<u16>,
+    /// The routing rule that matched, as an index into [`Policy::rules`]; `None`: the default
+    /// topic applied, or the span was sampled out before routing.
+    pub routing_rule: Option<u16>,
+}
+
+impl Decision {
+    /// Writes the span's new tracestate into `out` when [`Decision::threshold`] asks for one,
+    /// returning true; returns false (leaving `out` untouched) otherwise.
+    pub fn write_tracestate(&self, old: &str, out: &mut String) -> bool {
+        match &self.threshold {
+            Some(th) => {
+                tracestate_with_threshold(old, th, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn dropped(self, outcome: Outcome) -> Decision {
+        Decision {
+            keep: false,
+            outcome,
+            threshold: None,
+            topics: TopicSet::EMPTY,
+            ..self
+        }
+    }
+}
+
+impl Policy {
+    /// Parses, validates and compiles a policy document (YAML, or JSON, which YAML reads).
+    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        if text.trim().is_empty() {
+            return Err(PolicyError::new(
+                ".",
+                "the document is empty: a policy needs at least `version: N`",
+            ));
+        }
+        let de = serde_yaml::Deserializer::from_str(text);
+        let doc: Document = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // serde_yaml appends " at line L column C", which helps to find the key.
+            PolicyError::new(path.clone(), without_yaml_path(&path, &message))
+        })?;
+        Policy::compile(doc)
+    }
+
+    /// The policy in force when none is configured: version 0, every span kept and sent to
+    /// the gateway's default trace topic.
+    pub fn keep_everything() -> Policy {
+        let mut topics = RoutingBuilder::default();
+        let default = topics.set(&[Topic::Default]).unwrap_or(TopicSet::EMPTY);
+        Policy {
+            version: 0,
+            rules: Box::new([]),
+            sampling: Sampling {
+                mode: SamplingMode::default(),
+                precision: 4,
+                rules: Box::new([]),
+                index: RuleIndex::default(),
+                default: Chance::new(1.0, 4),
+                rate_limit: None,
+            },
+            routing: topics.build(Vec::new(), default),
+            tail: None,
+            uses_service: false,
+        }
+    }
+
+    fn compile(doc: Document) -> Result<Policy, PolicyError> {
+        let s = doc.sampling;
+        let r = doc.routing;
+        unique_names("sampling.rules", s.rules.iter().map(|r| &r.name))?;
+        unique_names("routing.rules", r.rules.iter().map(|r| &r.name))?;
+        if s.rules.len() + r.rules.len() > usize::from(u16::MAX) {
+            return Err(PolicyError::new(
+                ".",
+                "more than 65535 rules: merge rules with `in: [...]` or `any: [...]`",
+            ));
+        }
+
+        let precision = s.precision.0;
+        let mut rules = Vec::with_capacity(s.rules.len() + r.rules.len());
+        let mut sampling_rules = Vec::with_capacity(s.rules.len());
+        for rule in s.rules {
+            rules.push(RuleInfo {
+                section: Section::Sampling,
+                name: rule.name.0,
+            });
+            sampling_rules.push(SamplingRule {
+                condition: rule.condition,
+                chance: Chance::new(rule.probability.0, precision),
+            });
+        }
+        let rate_limit = s.rate_limit.map(rate_limiter).transpose()?;
+
+        let mut topics = RoutingBuilder::default();
+        let routing_error =
+            |path: String| move |reason: String| PolicyError::new(path.clone(), reason);
+        let default = match &r.default_topic {
+            Some(name) => topics.topic(&name.0),
+            None => Ok(Topic::Default),
+        }
+        .and_then(|t| topics.set(&[t]))
+        .map_err(routing_error("routing.default_topic".into()))?;
+        let mut routing_rules = Vec::with_capacity(r.rules.len());
+        for (i, rule) in r.rules.into_iter().enumerate() {
+            let action = match rule.action {
+                Action::Drop => RuleAction::Drop,
+                Action::Topics(names) => {
+                    let at = routing_error(format!("routing.rules[{i}].action"));
+                    let set = names
+                        .iter()
+                        .map(|n| topics.topic(&n.0))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(&at)?;
+                    RuleAction::Send(topics.set(&set).map_err(&at)?)
+                }
+            };
+            rules.push(RuleInfo {
+                section: Section::Routing,
+                name: rule.name.0,
+            });
+            routing_rules.push(RoutingRule {
+                condition: rule.condition,
+                action,
+            });
+        }
+
+        let sampling = Sampling {
+            mode: s.mode,
+            precision,
+            index: RuleIndex::new(sampling_rules.iter().map(|r| &r.condition)),
+            rules: sampling_rules.into(),
+            default: Chance::new(s.default_probability.0, precision),
+            rate_limit,
+        };
+        let routing = topics.build(routing_rules, default);
+        Ok(Policy {
+            version: doc.version.0,
+            rules: rules.into(),
+            uses_service: sampling.index.uses_service()
+                || routing.index.uses_service()
+                || sampling.rate_limit.is_some(),
+            sampling,
+            routing,
+            tail: doc.tail,
+        })
+    }
+
+    /// The document's `version`, a whole number from 1; 0 for [`Policy::keep_everything`].
+    /// Suitable for a gauge of the active version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Decides what happens to `span`. `now_nanos` is the time on a monotonic clock in
+    /// nanoseconds (any origin, the same for every call on this policy and on the policies
+    /// that [`Policy::carry_over_rate_limits`] links), used by rate limits only.
+    pub fn evaluate<S: SpanView + ?Sized>(&self, span: &S, now_nanos: u64) -> Decision {
+        let mut d = Decision {
+            keep: true,
+            outcome: Outcome::Kept,
+            threshold: None,
+            topics: self.routing.default,
+            sampling_rule: None,
+            routing_rule: None,
+        };
+
+        // Looked up once, for the rule indexes and the rate limit.
+        let service = if self.uses_service {
+            match span.resource_attribute(SERVICE_NAME) {
+                Some(AttrValue::Str(s)) => Some(s),
+                _ => None,
+            }
+        } else {
+            None
+        };
+
+        let (rule, chance) = self.sampling.select(span, service);
+        d.sampling_rule = rule.map(|i| i as u16);
+        match self.sampling.sample(chance, span) {
+            Sampled::Out => return d.dropped(Outcome::SampledOut),
+            Sampled::Kept(threshold) => d.threshold = threshold,
+        }
+
+        // Routing before the rate limit, so that spans routed to drop take no tokens.
+        let first_routing = self.sampling.rules.len();
+        if let Some(i) = self.routing.select(span, service) {
+            d.routing_rule = Some((first_routing + i) as u16);
+            match self.routing.rules[i].action {
+                RuleAction::Drop => return d.dropped(Outcome::RoutedToDrop),
+                RuleAction::Send(set) => d.topics = set,
+            }
+        }
+
+        if let Some(limiter) = &self.sampling.rate_limit
+            && !(limiter.exempt_errors && span.status_code() == STATUS_CODE_ERROR)
+            && !limiter.allow(service.unwrap_or(UNKNOWN_SERVICE), now_nanos)
+        {
+            return d.dropped(Outcome::RateLimited);
+        }
+        d
+    }
+
+    /// The sampling rules, then the routing rules, in document order; decisions name rules by
+    /// their index here.
+    pub fn rules(&self) -> &[RuleInfo] {
+        &self.rules
+    }
+
+    /// The distinct topics the policy names; [`Topic::Named`] indexes this.
+    pub fn topics(&self) -> &[String] {
+        &self.routing.topics
+    }
+
+    /// The topics of a decision.
+    pub fn topic_set(&self, set: TopicSet) -> &[Topic] {
+        self.routing.set(set)
+    }
+
+    /// The name of `topic`, with `default` (the gateway's `kafka.traces.topic`) for
+    /// [`Topic::Default`].
+    pub fn topic_name<'a>(&'a self, topic: Topic, default: &'a str) -> &'a str {
+        match topic {
+            Topic::Default => default,
+            Topic::Named(i) => self
+                .routing
+                .topics
+                .get(usize::from(i))
+                .map_or(default, String::as_str),
+        }
+    }
+
+    /// The `sampling.mode`.
+    pub fn sampling_mode(&self) -> SamplingMode {
+        self.sampling.mode
+    }
+
+    /// The `tail` section as written, for the tail sampling stage to validate and compile.
+    pub fn tail(&self) -> Option<&serde_yaml::Value> {
+        self.tail.as_ref()
+    }
+
+    /// Continues the rate-limit buckets of `previous` (the policy this one replaces) whose
+    /// limits did not change. Call it before swapping this policy in, so that a reload does
+    /// not hand every service a fresh burst.
+    pub fn carry_over_rate_limits(&self, previous: &Policy) {
+        if let (Some(new), Some(old)) = (&self.sampling.rate_limit, &previous.sampling.rate_limit) {
+            new.carry_over(old);
+        }
+    }
+}
+
+/// serde_yaml starts some messages with its own (shorter) idea of the path: drop it, the
+/// error has the exact one.
+fn without_yaml_path<'a>(path: &str, message: &'a str) -> &'a str {
+    match message.split_once(": ") {
+        Some((head, rest))
+            if !head.is_empty()
+                && path.starts_with(head)
+                && matches!(path.as_bytes().get(head.len()), None | Some(b'.' | b'[')) =>
+        {
+            rest
+        }
+        _ => message,
+    }
+}
+
+/// Refuses a rule name used twice within a section.
+fn unique_names<'a>(
+    section: &str,
+    names: impl Iterator<Item = &'a RuleName>,
+) -> Result<(), PolicyError> {
+    let names: Vec<&str> = names.map(|n| n.0.as_str()).collect();
+    for (i, name) in names.iter().enumerate() {
+        if let Some(j) = names[..i].iter().position(|n| n == name) {
+            return Err(PolicyError::new(
+                format!("{section}[{i}].name"),
+                format!(
+                    "duplicate rule name `{name}`: {section}[{j}] has it too; names are unique within a section"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Builds the rate limiter of `sampling.rate_limit`.
+fn rate_limiter(doc: RateLimitDoc) -> Result<RateLimiter, PolicyError> {
+    const PATH: &str = "sampling.rate_limit";
+    // One second's worth of spans unless told otherwise.
+    let burst = |rate: f64, burst: Option<document::Burst>| {
+        burst.map_or((rate.ceil() as u64).max(1), |b| b.0)
+    };
+    if doc.spans_per_second.is_none() && doc.burst.is_some() {
+        return Err(PolicyError::new(
+            format!("{PATH}.burst"),
+            "a burst needs `spans_per_second` beside it",
+        ));
+    }
+    if doc.spans_per_second.is_none() && doc.services.is_empty() {
+        return Err(PolicyError::new(
+            PATH,
+            "limits nothing: set `spans_per_second` (each service) or `services` (named ones)",
+        ));
+    }
+    let others = doc.spans_per_second.map(|r| Limit {
+        spans_per_second: r.0,
+        burst: burst(r.0, doc.burst),
+    });
+    let named: Vec<(&str, Limit)> = doc
+        .services
+        .iter()
+        .map(|(name, l)| {
+            (
+                name.0.as_str(),
+                Limit {
+                    spans_per_second: l.spans_per_second.0,
+                    burst: burst(l.spans_per_second.0, l.burst),
+                },
+            )
+        })
+        .collect();
+    Ok(RateLimiter::new(
+        named,
+        others,
+        doc.max_services,
+        doc.exempt_errors,
+    ))
+}
