@@ -21,6 +21,9 @@ pub struct GatewayConfig {
     pub kafka: KafkaConfig,
     /// The admin listener (health, readiness, metrics).
     pub admin: Admin,
+    /// A policy document (sampling, routing), reloaded when it changes and on SIGHUP.
+    /// Without one every span is kept and goes to `kafka.traces.topic`.
+    pub policy_file: Option<PathBuf>,
     /// How long shutdown waits for in-flight requests and the producer's flush.
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -35,6 +38,7 @@ impl Default for GatewayConfig {
             limits: Limits::default(),
             kafka: KafkaConfig::default(),
             admin: Admin::default(),
+            policy_file: None,
             shutdown_timeout: Duration::from_secs(30),
             log: Log::default(),
         }

@@ -7,7 +7,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
 use std::hint::black_box;
 use weir_config::gateway::Encoding;
-use weir_exporters::kafka::traces_batch;
+use weir_exporters::kafka::{TracePlan, traces_batch};
 use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use weir_proto::wire::TraceRequestView;
 
@@ -27,12 +27,26 @@ fn hot_path(c: &mut Criterion) {
     });
     let view = TraceRequestView::parse(&body).unwrap();
     g.bench_function("group_split_encode", |b| {
-        b.iter(|| traces_batch(black_box(&body), &view, Encoding::OtlpProto, 1_000_000))
+        b.iter(|| {
+            traces_batch(
+                black_box(&body),
+                &view,
+                &TracePlan::everything_to("otlp_spans".into(), &view),
+                Encoding::OtlpProto,
+                1_000_000,
+            )
+        })
     });
     g.bench_function("validate_group_split_encode", |b| {
         b.iter(|| {
             let view = TraceRequestView::parse(black_box(&body[..])).unwrap();
-            traces_batch(&body, &view, Encoding::OtlpProto, 1_000_000)
+            traces_batch(
+                &body,
+                &view,
+                &TracePlan::everything_to("otlp_spans".into(), &view),
+                Encoding::OtlpProto,
+                1_000_000,
+            )
         })
     });
     g.finish();

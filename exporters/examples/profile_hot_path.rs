@@ -9,7 +9,7 @@ mod fixture;
 use prost::Message;
 use std::hint::black_box;
 use weir_config::gateway::Encoding;
-use weir_exporters::kafka::traces_batch;
+use weir_exporters::kafka::{TracePlan, traces_batch};
 use weir_proto::wire::TraceRequestView;
 
 fn main() {
@@ -21,9 +21,15 @@ fn main() {
     let mut records = 0;
     for _ in 0..n {
         let view = TraceRequestView::parse(black_box(&body)).expect("the fixture is valid");
-        records += traces_batch(&body, &view, Encoding::OtlpProto, 1_000_000)
-            .records
-            .len();
+        records += traces_batch(
+            &body,
+            &view,
+            &TracePlan::everything_to("otlp_spans".into(), &view),
+            Encoding::OtlpProto,
+            1_000_000,
+        )
+        .records
+        .len();
     }
     println!(
         "{n} requests of {} spans -> {records} records",

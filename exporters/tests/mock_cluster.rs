@@ -9,7 +9,7 @@ use rdkafka::mocking::MockCluster;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use weir_config::gateway::{Encoding, KafkaConfig};
-use weir_exporters::kafka::{KafkaExporter, traces_batch};
+use weir_exporters::kafka::{KafkaExporter, TracePlan, traces_batch};
 use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use weir_proto::otlp::common::v1::{AnyValue, KeyValue, any_value::Value};
 use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
@@ -57,10 +57,16 @@ async fn records_are_keyed_by_trace_and_split_under_the_limit() {
     let max = 16 * 1024;
     let body = request(3, 40, 1000).encode_to_vec();
     let view = TraceRequestView::parse(&body).unwrap();
-    let batch = traces_batch(&body, &view, Encoding::OtlpProto, max);
+    let batch = traces_batch(
+        &body,
+        &view,
+        &TracePlan::everything_to("spans".into(), &view),
+        Encoding::OtlpProto,
+        max,
+    );
     assert_eq!(batch.rejected, 0);
     assert!(batch.records.len() > 3, "the 40 KB traces must be split");
-    exporter.send("spans", &batch.records).await.unwrap();
+    exporter.send(&batch.records).await.unwrap();
 
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap_servers())
@@ -120,9 +126,15 @@ async fn send_fails_in_time_when_the_broker_is_down() {
     cluster.broker_down(1).unwrap();
     let body = request(1, 1, 10).encode_to_vec();
     let view = TraceRequestView::parse(&body).unwrap();
-    let batch = traces_batch(&body, &view, Encoding::OtlpProto, 1 << 20);
+    let batch = traces_batch(
+        &body,
+        &view,
+        &TracePlan::everything_to("spans".into(), &view),
+        Encoding::OtlpProto,
+        1 << 20,
+    );
     let start = Instant::now();
-    let err = exporter.send("spans", &batch.records).await.unwrap_err();
+    let err = exporter.send(&batch.records).await.unwrap_err();
     assert!(
         start.elapsed() < Duration::from_secs(6),
         "took {:?}",

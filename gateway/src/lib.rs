@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod admission;
 pub mod pipeline;
+pub mod policy;
 pub mod receivers;
 pub mod signal;
 pub mod telemetry;
@@ -34,7 +35,12 @@ pub async fn run(
         KafkaExporter::new(&config.kafka, config.limits.export_timeout)
             .context("creating the Kafka producer")?,
     );
-    let pipeline = Arc::new(pipeline::Pipeline::new(config.clone(), exporter.clone()));
+    let policies = Arc::new(policy::PolicyStore::new(config.policy_file.clone())?);
+    let pipeline = Arc::new(pipeline::Pipeline::new(
+        config.clone(),
+        exporter.clone(),
+        policies.clone(),
+    ));
     let readiness = Arc::new(admin::Readiness::default());
 
     // Bind everything first, so a port in use fails the start rather than a later request.
@@ -77,6 +83,7 @@ pub async fn run(
         readiness.clone(),
         admin_stop.clone(),
     ));
+    let policy_task = tokio::spawn(policies.watch(admin_stop.clone()));
 
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -112,6 +119,7 @@ pub async fn run(
     admin_stop.cancel();
     let _ = admin_task.await;
     let _ = probe_task.await;
+    let _ = policy_task.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -28,6 +28,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(path) = &config.policy_file
+        && let Err(e) = weir_gateway::policy::read_policy_file(path)
+    {
+        eprintln!(
+            "weir-gateway: invalid config {}: policy_file: {e}",
+            cli.config.display()
+        );
+        return ExitCode::FAILURE;
+    }
     if cli.check_config {
         println!("{}: valid", cli.config.display());
         return ExitCode::SUCCESS;

@@ -3,7 +3,8 @@
 //! -> answer. The OTLP success reply is built only after Kafka acknowledged every record.
 
 use crate::admission::Admission;
-use crate::signal::Signal;
+use crate::policy::PolicyStore;
+use crate::signal::{Route, Signal};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,16 +63,22 @@ pub struct Pipeline {
     exporter: Arc<KafkaExporter>,
     admission: Admission,
     config: Arc<GatewayConfig>,
+    policies: Arc<PolicyStore>,
 }
 
 impl Pipeline {
     /// A pipeline over an exporter with the limits of `config`.
-    pub fn new(config: Arc<GatewayConfig>, exporter: Arc<KafkaExporter>) -> Self {
+    pub fn new(
+        config: Arc<GatewayConfig>,
+        exporter: Arc<KafkaExporter>,
+        policies: Arc<PolicyStore>,
+    ) -> Self {
         let admission = Admission::new(config.limits.max_in_flight_bytes.as_usize());
         Self {
             exporter,
             admission,
             config,
+            policies,
         }
     }
 
@@ -100,13 +107,18 @@ impl Pipeline {
                 self.config.limits.max_in_flight_bytes.0
             ))
         })?;
-        let topic = S::topic(&self.config.kafka);
-        let max = self.config.kafka.max_message_size.as_usize();
+        // One policy version for the whole request.
+        let policy = self.policies.load();
+        let route = Route {
+            topic: S::topic(&self.config.kafka),
+            max_message_size: self.config.kafka.max_message_size.as_usize(),
+            policy: &policy,
+        };
         // Large bodies take long enough to hold up other requests on this worker thread.
         let prepared = if body.len() > BLOCKING_BODY_BYTES {
-            tokio::task::block_in_place(|| S::records(&body, format, topic, max))
+            tokio::task::block_in_place(|| S::records(&body, format, &route))
         } else {
-            S::records(&body, format, topic, max)
+            S::records(&body, format, &route)
         };
         let prepared = prepared.map_err(|e| {
             self.refused_request(transport, "invalid");
@@ -115,10 +127,13 @@ impl Pipeline {
         drop(body);
         let (batch, items) = (prepared.batch, prepared.items);
         let sent_items: u64 = batch.records.iter().map(|r| r.items).sum();
-        match self.exporter.send(&topic.topic, &batch.records).await {
+        match self.exporter.send(&batch.records).await {
             Ok(()) => {
                 let labels = [("transport", transport.label())];
-                metrics::counter!(S::ACCEPTED_METRIC, &labels).increment(sent_items);
+                // Accepted: everything but what could not be made into records. Spans a policy
+                // dropped were accepted; the policy's own counters say where they went.
+                metrics::counter!(S::ACCEPTED_METRIC, &labels)
+                    .increment(items.saturating_sub(batch.rejected));
                 if batch.rejected > 0 {
                     metrics::counter!(S::REFUSED_METRIC, &labels).increment(batch.rejected);
                 }

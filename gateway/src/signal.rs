@@ -2,6 +2,7 @@
 //! metrics and logs with the same code.
 
 use crate::pipeline::Format;
+use crate::policy::{ActivePolicy, plan_traces};
 use crate::validate;
 use prost::Message;
 use weir_config::gateway::{KafkaConfig, SignalTopic};
@@ -43,14 +44,19 @@ pub trait Signal: Send + Sync + 'static {
     fn topic(cfg: &KafkaConfig) -> &SignalTopic;
     /// Decodes and validates a request body and turns it into records; `Err` says what is
     /// wrong with the body (an INVALID_ARGUMENT).
-    fn records(
-        body: &[u8],
-        format: Format,
-        topic: &SignalTopic,
-        max_message_size: usize,
-    ) -> Result<Prepared, String>;
+    fn records(body: &[u8], format: Format, route: &Route<'_>) -> Result<Prepared, String>;
     /// The response, with `partial_success` when items were rejected.
     fn response(rejected: u64, reason: Option<String>) -> Self::Response;
+}
+
+/// Where a request's records go and how they are bounded.
+pub struct Route<'a> {
+    /// The signal's topic and encoding.
+    pub topic: &'a SignalTopic,
+    /// `kafka.max_message_size`.
+    pub max_message_size: usize,
+    /// The policy version this request follows from start to end.
+    pub policy: &'a ActivePolicy,
 }
 
 /// A request turned into records.
@@ -106,12 +112,7 @@ impl Signal for Traces {
     }
     /// Spans take the byte-level path: validated and grouped without being decoded. JSON is
     /// decoded, then encoded once to protobuf to join the same path.
-    fn records(
-        body: &[u8],
-        format: Format,
-        topic: &SignalTopic,
-        max: usize,
-    ) -> Result<Prepared, String> {
+    fn records(body: &[u8], format: Format, route: &Route<'_>) -> Result<Prepared, String> {
         let encoded;
         let body = match format {
             Format::Protobuf => body,
@@ -130,10 +131,15 @@ impl Signal for Traces {
             }
         })?;
         let items = view.spans.len() as u64;
-        Ok(Prepared {
-            batch: traces_batch(body, &view, topic.encoding, max),
-            items,
-        })
+        let plan = plan_traces(route.policy, body, &view, &route.topic.topic);
+        let batch = traces_batch(
+            body,
+            &view,
+            &plan,
+            route.topic.encoding,
+            route.max_message_size,
+        );
+        Ok(Prepared { batch, items })
     }
     fn response(rejected: u64, reason: Option<String>) -> Self::Response {
         ExportTraceServiceResponse {
@@ -162,12 +168,7 @@ impl Signal for Metrics {
     fn topic(cfg: &KafkaConfig) -> &SignalTopic {
         &cfg.metrics
     }
-    fn records(
-        body: &[u8],
-        format: Format,
-        topic: &SignalTopic,
-        max: usize,
-    ) -> Result<Prepared, String> {
+    fn records(body: &[u8], format: Format, route: &Route<'_>) -> Result<Prepared, String> {
         let req: ExportMetricsServiceRequest = decode(body, format, json::decode_metrics_request)?;
         validate::metrics(&req)?;
         let items = req
@@ -178,7 +179,12 @@ impl Signal for Metrics {
             .map(weir_exporters::kafka::data_points)
             .sum();
         Ok(Prepared {
-            batch: metrics_batch(req, topic.encoding, max),
+            batch: metrics_batch(
+                req,
+                &route.topic.topic.as_str().into(),
+                route.topic.encoding,
+                route.max_message_size,
+            ),
             items,
         })
     }
@@ -208,12 +214,7 @@ impl Signal for Logs {
     fn topic(cfg: &KafkaConfig) -> &SignalTopic {
         &cfg.logs
     }
-    fn records(
-        body: &[u8],
-        format: Format,
-        topic: &SignalTopic,
-        max: usize,
-    ) -> Result<Prepared, String> {
+    fn records(body: &[u8], format: Format, route: &Route<'_>) -> Result<Prepared, String> {
         let req: ExportLogsServiceRequest = decode(body, format, json::decode_logs_request)?;
         validate::logs(&req)?;
         let items = req
@@ -223,7 +224,12 @@ impl Signal for Logs {
             .map(|s| s.log_records.len() as u64)
             .sum();
         Ok(Prepared {
-            batch: logs_batch(req, topic.encoding, max),
+            batch: logs_batch(
+                req,
+                &route.topic.topic.as_str().into(),
+                route.topic.encoding,
+                route.max_message_size,
+            ),
             items,
         })
     }

@@ -161,31 +161,27 @@ impl KafkaExporter {
         }
     }
 
-    /// Produces `records` to `topic` and waits until Kafka acknowledged all of them.
+    /// Produces `records` (each to its topic) and waits until Kafka acknowledged all of them.
     ///
     /// Returns only after every record is acknowledged, or with an error as soon as one fails
     /// or the export timeout passes. Records already handed to librdkafka may still be
     /// delivered after an error: delivery is at least once, never "acknowledged but lost".
-    pub async fn send(&self, topic: &str, records: &[Record]) -> Result<(), ExportError> {
+    pub async fn send(&self, records: &[Record]) -> Result<(), ExportError> {
         let producer = self.producer.load_full();
-        let result = self.send_with(&producer, topic, records).await;
+        let result = self.send_with(&producer, records).await;
         if let Err(e) = &result {
             self.replace_if_broken(&producer, e.is_fenced());
         }
         result
     }
 
-    async fn send_with(
-        &self,
-        producer: &Producer_,
-        topic: &str,
-        records: &[Record],
-    ) -> Result<(), ExportError> {
+    async fn send_with(&self, producer: &Producer_, records: &[Record]) -> Result<(), ExportError> {
         let started = Instant::now();
         let deadline = started + self.export_timeout;
         let total = records.len();
         let mut pending = Vec::with_capacity(total);
         for rec in records {
+            let topic = &*rec.topic;
             let mut fr = FutureRecord::to(topic)
                 .key(&rec.key[..])
                 .payload(&rec.value[..]);
@@ -215,12 +211,12 @@ impl KafkaExporter {
             .record(started.elapsed().as_secs_f64());
         // Report a fencing first: it is the failure that needs a new producer.
         let mut failed: Option<ExportError> = None;
-        for r in results {
+        for (r, rec) in results.into_iter().zip(records) {
             let err = match r {
                 Ok(Ok(_)) => continue,
-                Ok(Err((e, _))) => delivery_error(topic, &e),
+                Ok(Err((e, _))) => delivery_error(&rec.topic, &e),
                 Err(_) => ExportError::Delivery {
-                    topic: topic.to_string(),
+                    topic: rec.topic.to_string(),
                     reason: "the producer was shut down".to_string(),
                     fenced: false,
                 },

@@ -10,6 +10,7 @@
 
 use super::split::{Split, split};
 use prost::Message;
+use std::sync::Arc;
 use weir_config::gateway::Encoding;
 use weir_proto::json;
 use weir_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
@@ -22,6 +23,8 @@ use weir_proto::otlp::resource::v1::Resource;
 /// One Kafka record, ready to produce.
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// The topic.
+    pub topic: Arc<str>,
     /// The record key.
     pub key: Vec<u8>,
     /// The encoded `TracesData`, `MetricsData` or `LogsData`.
@@ -93,6 +96,7 @@ fn budget(max_message_size: usize, key_len: usize) -> usize {
 /// One record per distinct resource (split when too large), keyed by `resource_key`.
 pub fn metrics_batch(
     req: ExportMetricsServiceRequest,
+    topic: &Arc<str>,
     encoding: Encoding,
     max_message_size: usize,
 ) -> Batch {
@@ -104,6 +108,7 @@ pub fn metrics_batch(
         let parts = split(resources, budget);
         push_parts(
             &mut batch,
+            topic,
             key,
             parts,
             budget,
@@ -132,6 +137,7 @@ pub fn metrics_batch(
 /// One record per distinct resource (split when too large), keyed by `resource_key`.
 pub fn logs_batch(
     req: ExportLogsServiceRequest,
+    topic: &Arc<str>,
     encoding: Encoding,
     max_message_size: usize,
 ) -> Batch {
@@ -143,6 +149,7 @@ pub fn logs_batch(
         let parts = split(resources, budget);
         push_parts(
             &mut batch,
+            topic,
             key,
             parts,
             budget,
@@ -186,6 +193,7 @@ fn group_by_resource<R>(
 /// Turns the chunks of one key into records and accounts for what was rejected.
 fn push_parts<R>(
     batch: &mut Batch,
+    topic: &Arc<str>,
     key: Vec<u8>,
     parts: Split<R>,
     budget: usize,
@@ -203,6 +211,7 @@ fn push_parts<R>(
         let (value, items) = encode_chunk(chunk);
         if items > 0 {
             batch.records.push(Record {
+                topic: topic.clone(),
                 key: key.clone(),
                 value,
                 items,

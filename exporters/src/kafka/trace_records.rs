@@ -8,6 +8,8 @@ use prost::Message;
 use prost::encoding::encoded_len_varint;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
+use std::sync::Arc;
 use weir_config::gateway::Encoding;
 use weir_proto::json;
 use weir_proto::otlp::trace::v1::TracesData;
@@ -40,47 +42,88 @@ fn field_len(len: usize) -> usize {
     1 + encoded_len_varint(len as u64) + len
 }
 
-/// One record per trace id (several when a trace is over the budget), in first-seen order.
+/// Where the spans of one request go: decided by the gateway's policy (sampling and routing)
+/// before records are built.
+#[derive(Debug, Default)]
+pub struct TracePlan {
+    /// The topics records go to; `routes` name them by index.
+    pub topics: Vec<Arc<str>>,
+    /// (topic index, span index) for every span sent, in span order; a span routed to several
+    /// topics appears once per topic, a dropped span not at all.
+    pub routes: Vec<(u16, u32)>,
+    /// Spans whose bytes changed (a new `trace_state`): (span index, range in `rewritten`).
+    pub replaced: Vec<(u32, Range<usize>)>,
+    /// The bytes of the changed spans.
+    pub rewritten: Vec<u8>,
+}
+
+impl TracePlan {
+    /// Every span of `view` to `topic`, unchanged: the plan without a policy.
+    pub fn everything_to(topic: Arc<str>, view: &TraceRequestView) -> Self {
+        TracePlan {
+            topics: vec![topic],
+            routes: (0..view.spans.len() as u32).map(|i| (0, i)).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// One record per topic and trace id (several when a trace is over the budget), in
+/// first-seen order.
 pub fn traces_batch(
     body: &[u8],
     view: &TraceRequestView,
+    plan: &TracePlan,
     encoding: Encoding,
     max_message_size: usize,
 ) -> Batch {
-    // Number the traces in order of first appearance, then list span indices trace by trace
-    // (a counting sort: no allocation per trace).
-    let mut ids: HashMap<[u8; 16], u32, BuildHasherDefault<TraceIdHasher>> = HashMap::default();
-    let mut trace_of = Vec::with_capacity(view.spans.len());
-    for s in &view.spans {
+    // Number the (topic, trace) groups in order of first appearance, then list span indices
+    // group by group (a counting sort: no allocation per group).
+    let mut ids: HashMap<(u16, [u8; 16]), u32, BuildHasherDefault<TraceIdHasher>> =
+        HashMap::default();
+    let mut group_of = Vec::with_capacity(plan.routes.len());
+    for &(topic, span) in &plan.routes {
         let next = ids.len() as u32;
-        trace_of.push(*ids.entry(s.trace_id).or_insert(next));
+        group_of.push(
+            *ids.entry((topic, view.spans[span as usize].trace_id))
+                .or_insert(next),
+        );
     }
-    let traces = ids.len();
-    let mut starts = vec![0u32; traces + 1];
-    for &t in &trace_of {
-        starts[t as usize + 1] += 1;
+    let groups = ids.len();
+    let mut starts = vec![0u32; groups + 1];
+    for &g in &group_of {
+        starts[g as usize + 1] += 1;
     }
-    for i in 0..traces {
+    for i in 0..groups {
         starts[i + 1] += starts[i];
     }
-    let mut order = vec![0u32; view.spans.len()];
+    let mut order = vec![0u32; plan.routes.len()];
     let mut fill = starts.clone();
-    for (i, &t) in trace_of.iter().enumerate() {
-        order[fill[t as usize] as usize] = i as u32;
-        fill[t as usize] += 1;
+    for (&g, &(_, span)) in group_of.iter().zip(&plan.routes) {
+        order[fill[g as usize] as usize] = span;
+        fill[g as usize] += 1;
+    }
+    let mut first_route = vec![0usize; groups];
+    for (r, &g) in group_of.iter().enumerate().rev() {
+        first_route[g as usize] = r;
     }
 
+    let mut bytes: Vec<&[u8]> = view.spans.iter().map(|s| &body[s.range()]).collect();
+    for (span, range) in &plan.replaced {
+        bytes[*span as usize] = &plan.rewritten[range.clone()];
+    }
     let mut batch = Batch {
-        records: Vec::with_capacity(traces),
+        records: Vec::with_capacity(groups),
         ..Default::default()
     };
     let mut writer = Writer {
-        body,
+        spans: &bytes,
         view,
         runs: Vec::new(),
     };
-    for t in 0..traces {
-        let spans = &order[starts[t] as usize..starts[t + 1] as usize];
+    for g in 0..groups {
+        let spans = &order[starts[g] as usize..starts[g + 1] as usize];
+        let topic = &plan.topics[usize::from(plan.routes[first_route[g]].0)];
         let key = trace_key(&view.spans[spans[0] as usize].trace_id);
         let budget = max_message_size
             .saturating_sub(key.len() + RECORD_OVERHEAD)
@@ -97,6 +140,7 @@ pub fn traces_batch(
                 }
             };
             batch.records.push(Record {
+                topic: topic.clone(),
                 key: key.clone(),
                 value,
                 items,
@@ -108,7 +152,8 @@ pub fn traces_batch(
 
 /// Writes `TracesData` records from spans of the request body.
 struct Writer<'a> {
-    body: &'a [u8],
+    /// Each span's bytes, as they came or rewritten.
+    spans: &'a [&'a [u8]],
     view: &'a TraceRequestView,
     /// Scratch: (scope-run length, resource-run length) sizes of the record being written.
     runs: Vec<usize>,
@@ -117,6 +162,10 @@ struct Writer<'a> {
 impl Writer<'_> {
     fn span(&self, i: u32) -> &SpanEntry {
         &self.view.spans[i as usize]
+    }
+
+    fn span_len(&self, i: u32) -> usize {
+        self.spans[i as usize].len()
     }
 
     fn scope_head(&self, s: &SpanEntry) -> &[u8] {
@@ -151,7 +200,7 @@ impl Writer<'_> {
         for &si in spans {
             let s = *self.span(si);
             let resource = self.resource_of(&s);
-            let span_len = field_len(s.range().len());
+            let span_len = field_len(self.span_len(si));
             // Upper bounds: each level's head plus the largest length prefix it can get.
             let r_over = self.resource_head(&s).len() + 6;
             let s_over = self.scope_head(&s).len() + 6;
@@ -160,7 +209,7 @@ impl Writer<'_> {
                 batch.reject_reason = Some(format!(
                     "{} span(s) too large for one Kafka record: a span of {} bytes, the record value limit is {budget} bytes (kafka.max_message_size less key and framing)",
                     batch.rejected,
-                    s.range().len()
+                    self.span_len(si)
                 ));
                 continue;
             }
@@ -208,7 +257,7 @@ impl Writer<'_> {
                 self.runs.push(0);
                 let mut s_len = self.view.scopes[scope as usize].head.len();
                 while i < spans.len() && self.span(spans[i]).scope == scope {
-                    s_len += field_len(self.span(spans[i]).range().len());
+                    s_len += field_len(self.span_len(spans[i]));
                     i += 1;
                 }
                 self.runs[s_slot] = s_len;
@@ -240,10 +289,10 @@ impl Writer<'_> {
                 run += 1;
                 out.extend_from_slice(&self.view.scopes[scope as usize].head);
                 while i < spans.len() && self.span(spans[i]).scope == scope {
-                    let r = self.span(spans[i]).range();
+                    let bytes = self.spans[spans[i] as usize];
                     out.push(TAG_SPANS);
-                    put_varint(&mut out, r.len() as u64);
-                    out.extend_from_slice(&self.body[r]);
+                    put_varint(&mut out, bytes.len() as u64);
+                    out.extend_from_slice(bytes);
                     i += 1;
                 }
             }
@@ -389,7 +438,13 @@ mod tests {
         let req = request(30, 10);
         let body = req.encode_to_vec();
         let view = TraceRequestView::parse(&body).unwrap();
-        let batch = traces_batch(&body, &view, Encoding::OtlpProto, 1_000_000);
+        let batch = traces_batch(
+            &body,
+            &view,
+            &TracePlan::everything_to("t".into(), &view),
+            Encoding::OtlpProto,
+            1_000_000,
+        );
         assert_eq!(batch.records.len(), 3);
         assert_eq!(batch.rejected, 0);
         check(&req, &batch, 1_000_000);
@@ -401,7 +456,13 @@ mod tests {
         let body = req.encode_to_vec();
         let view = TraceRequestView::parse(&body).unwrap();
         let max = 20_000;
-        let batch = traces_batch(&body, &view, Encoding::OtlpProto, max);
+        let batch = traces_batch(
+            &body,
+            &view,
+            &TracePlan::everything_to("t".into(), &view),
+            Encoding::OtlpProto,
+            max,
+        );
         assert!(batch.records.len() >= 12, "{} records", batch.records.len());
         assert_eq!(batch.rejected, 0);
         check(&req, &batch, max);
@@ -413,7 +474,13 @@ mod tests {
         req.resource_spans[0].scope_spans[0].spans[2] = span(1, 777, 5000);
         let body = req.encode_to_vec();
         let view = TraceRequestView::parse(&body).unwrap();
-        let batch = traces_batch(&body, &view, Encoding::OtlpProto, 2000);
+        let batch = traces_batch(
+            &body,
+            &view,
+            &TracePlan::everything_to("t".into(), &view),
+            Encoding::OtlpProto,
+            2000,
+        );
         assert_eq!(batch.rejected, 1);
         assert!(
             batch
@@ -433,8 +500,20 @@ mod tests {
         let req = request(4, 10);
         let body = req.encode_to_vec();
         let view = TraceRequestView::parse(&body).unwrap();
-        let proto = traces_batch(&body, &view, Encoding::OtlpProto, 1_000_000);
-        let json = traces_batch(&body, &view, Encoding::OtlpJson, 1_000_000);
+        let proto = traces_batch(
+            &body,
+            &view,
+            &TracePlan::everything_to("t".into(), &view),
+            Encoding::OtlpProto,
+            1_000_000,
+        );
+        let json = traces_batch(
+            &body,
+            &view,
+            &TracePlan::everything_to("t".into(), &view),
+            Encoding::OtlpJson,
+            1_000_000,
+        );
         assert_eq!(proto.records.len(), json.records.len());
         for (p, j) in proto.records.iter().zip(&json.records) {
             assert_eq!(p.key, j.key);

@@ -1,0 +1,427 @@
+//! The active policy (head sampling and routing) and how spans meet it: `PolicyStore` holds
+//! the compiled document behind an `ArcSwap` and reloads it when its file changes or on
+//! SIGHUP; `plan_traces` evaluates every span of a request against one policy version and
+//! says which topics it goes to.
+
+use arc_swap::ArcSwap;
+use metrics::Counter;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+use tokio_util::sync::CancellationToken;
+use weir_config::policy::{AttrValue, Decision, Outcome, Policy, SpanView, Topic};
+use weir_exporters::kafka::TracePlan;
+use weir_proto::wire::{self, SpanFields, TraceRequestView, WireValue};
+
+/// How often the policy file is checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A compiled policy with the metric handles of its rules.
+pub struct ActivePolicy {
+    /// The compiled document.
+    pub policy: Policy,
+    counters: RuleCounters,
+}
+
+/// Counter handles per rule, made once per policy version so evaluation does not look
+/// metrics up by name for every span.
+struct RuleCounters {
+    /// Per rule index, then one slot for "default".
+    matched: Vec<Counter>,
+    sampled: Vec<Counter>,
+    sampled_out: Vec<Counter>,
+    rate_limited: Vec<Counter>,
+    routed_to_drop: Vec<Counter>,
+}
+
+impl RuleCounters {
+    fn new(policy: &Policy) -> Self {
+        let mut labels: Vec<(&'static str, String)> = policy
+            .rules()
+            .iter()
+            .map(|r| (r.section.as_str(), r.name.clone()))
+            .collect();
+        labels.push(("default", "default".to_string()));
+        let make = |name: &'static str| -> Vec<Counter> {
+            labels
+                .iter()
+                .map(|(section, rule)| metrics::counter!(name, "section" => *section, "rule" => rule.clone()))
+                .collect()
+        };
+        Self {
+            matched: make("weir_policy_matched_spans_total"),
+            sampled: make("weir_policy_sampled_spans_total"),
+            sampled_out: make("weir_policy_sampled_out_spans_total"),
+            rate_limited: make("weir_policy_rate_limited_spans_total"),
+            routed_to_drop: make("weir_policy_dropped_spans_total"),
+        }
+    }
+
+    fn count(&self, d: &Decision) {
+        let default = self.matched.len() - 1;
+        let sampling = d.sampling_rule.map_or(default, usize::from);
+        if d.sampling_rule.is_some() {
+            self.matched[sampling].increment(1);
+        }
+        if let Some(r) = d.routing_rule {
+            self.matched[usize::from(r)].increment(1);
+        }
+        match d.outcome {
+            Outcome::SampledOut => self.sampled_out[sampling].increment(1),
+            Outcome::RateLimited => {
+                self.sampled[sampling].increment(1);
+                self.rate_limited[sampling].increment(1);
+            }
+            Outcome::RoutedToDrop => {
+                self.sampled[sampling].increment(1);
+                self.routed_to_drop[d.routing_rule.map_or(default, usize::from)].increment(1);
+            }
+            Outcome::Kept => self.sampled[sampling].increment(1),
+        }
+    }
+}
+
+impl ActivePolicy {
+    fn new(policy: Policy) -> Self {
+        let counters = RuleCounters::new(&policy);
+        Self { policy, counters }
+    }
+}
+
+/// Where the gateway's policy comes from, and the one in force.
+pub struct PolicyStore {
+    current: ArcSwap<ActivePolicy>,
+    file: Option<PathBuf>,
+}
+
+/// Reads and compiles a policy file, naming the file in the error.
+pub fn read_policy_file(path: &Path) -> anyhow::Result<Policy> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read policy file {}: {e}", path.display()))?;
+    Policy::parse(&text).map_err(|e| anyhow::anyhow!("policy file {}: {e}", path.display()))
+}
+
+impl PolicyStore {
+    /// The policy of `file` (which must be valid), or keep-everything without a file.
+    pub fn new(file: Option<PathBuf>) -> anyhow::Result<Self> {
+        let policy = match &file {
+            Some(path) => read_policy_file(path)?,
+            None => Policy::keep_everything(),
+        };
+        metrics::gauge!("weir_policy_version").set(policy.version() as f64);
+        if let Some(path) = &file {
+            tracing::info!(file = %path.display(), version = policy.version(), "policy loaded");
+        }
+        Ok(Self {
+            current: ArcSwap::from_pointee(ActivePolicy::new(policy)),
+            file,
+        })
+    }
+
+    /// The policy in force; a request holds on to it from start to end.
+    pub fn load(&self) -> Arc<ActivePolicy> {
+        self.current.load_full()
+    }
+
+    /// Swaps in a compiled policy, continuing the rate-limit state of the one it replaces.
+    pub fn apply(&self, policy: Policy) {
+        let old = self.current.load();
+        policy.carry_over_rate_limits(&old.policy);
+        let version = policy.version();
+        self.current.store(Arc::new(ActivePolicy::new(policy)));
+        metrics::gauge!("weir_policy_version").set(version as f64);
+        tracing::info!(version, "policy applied");
+    }
+
+    /// Reads the policy file again and applies it; a document that fails validation is
+    /// refused, counted and logged, and the running policy stays.
+    pub fn reload(&self) {
+        let Some(path) = &self.file else { return };
+        match read_policy_file(path) {
+            Ok(policy) => self.apply(policy),
+            Err(e) => {
+                metrics::counter!("weir_policy_documents_refused_total").increment(1);
+                tracing::error!(error = %e, running_version = self.load().policy.version(), "policy refused; the running policy stays");
+            }
+        }
+    }
+
+    /// Reloads when the file changes (checked every second) or on SIGHUP, until `stop`.
+    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        let Some(path) = self.file.clone() else {
+            return;
+        };
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+        };
+        let mut last = stamp(&path);
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; the policy file is still watched");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(WATCH_INTERVAL) => {
+                    let now = stamp(&path);
+                    if now != last {
+                        last = now;
+                        self.reload();
+                    }
+                }
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading the policy");
+                    last = stamp(&path);
+                    self.reload();
+                }
+            }
+        }
+    }
+}
+
+/// Nanoseconds on a monotonic clock, for rate limits.
+fn monotonic_nanos() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// A span as the policy sees it, read from the request bytes.
+struct WireSpan<'a> {
+    trace_id: &'a [u8; 16],
+    fields: SpanFields<'a>,
+    resource_head: &'a [u8],
+    scope_head: &'a [u8],
+}
+
+fn attr(v: WireValue<'_>) -> AttrValue<'_> {
+    match v {
+        WireValue::Str(s) => AttrValue::Str(s),
+        WireValue::Int(i) => AttrValue::Int(i),
+        WireValue::Double(d) => AttrValue::Double(d),
+        WireValue::Bool(b) => AttrValue::Bool(b),
+        WireValue::Other => AttrValue::Other,
+    }
+}
+
+impl SpanView for WireSpan<'_> {
+    fn trace_id(&self) -> &[u8; 16] {
+        self.trace_id
+    }
+    fn name(&self) -> &str {
+        self.fields.name
+    }
+    fn kind(&self) -> i32 {
+        self.fields.kind
+    }
+    fn status_code(&self) -> i32 {
+        self.fields.status_code
+    }
+    fn start_time_unix_nano(&self) -> u64 {
+        self.fields.start_time_unix_nano
+    }
+    fn end_time_unix_nano(&self) -> u64 {
+        self.fields.end_time_unix_nano
+    }
+    fn trace_state(&self) -> &str {
+        self.fields.trace_state
+    }
+    fn is_root(&self) -> bool {
+        self.fields.is_root
+    }
+    fn scope_name(&self) -> &str {
+        wire::scope_name(self.scope_head)
+    }
+    fn span_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        self.fields.attribute(key).map(attr)
+    }
+    fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
+        wire::resource_attribute(self.resource_head, key).map(attr)
+    }
+}
+
+/// Decides, for every span of a trace request, whether it is kept and where it goes.
+/// Without a policy (version 0) every span goes to `default_topic` unchanged, unevaluated.
+pub fn plan_traces(
+    active: &ActivePolicy,
+    body: &[u8],
+    view: &TraceRequestView,
+    default_topic: &str,
+) -> TracePlan {
+    let policy = &active.policy;
+    if policy.version() == 0 {
+        return TracePlan::everything_to(default_topic.into(), view);
+    }
+    let mut plan = TracePlan {
+        topics: vec![default_topic.into()],
+        ..Default::default()
+    };
+    plan.topics
+        .extend(policy.topics().iter().map(|t| Arc::from(t.as_str())));
+    let now = monotonic_nanos();
+    let mut trace_state = String::new();
+    for (i, entry) in view.spans.iter().enumerate() {
+        let scope = &view.scopes[entry.scope as usize];
+        let span = WireSpan {
+            trace_id: &entry.trace_id,
+            fields: SpanFields::read(&body[entry.range()]),
+            resource_head: &view.resources[scope.resource as usize].head,
+            scope_head: &scope.head,
+        };
+        let decision = policy.evaluate(&span, now);
+        active.counters.count(&decision);
+        if !decision.keep {
+            continue;
+        }
+        trace_state.clear();
+        if decision.write_tracestate(span.fields.trace_state, &mut trace_state) {
+            let start = plan.rewritten.len();
+            wire::write_span_with_trace_state(span.fields.bytes, &trace_state, &mut plan.rewritten);
+            plan.replaced.push((i as u32, start..plan.rewritten.len()));
+        }
+        for topic in policy.topic_set(decision.topics) {
+            let index = match topic {
+                Topic::Default => 0,
+                Topic::Named(n) => n + 1,
+            };
+            plan.routes.push((index, i as u32));
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
+    use weir_proto::otlp::common::v1::{AnyValue, KeyValue, any_value::Value};
+    use weir_proto::otlp::resource::v1::Resource;
+    use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request() -> Vec<u8> {
+        let span = |t: u8, name: &str, error: bool| Span {
+            trace_id: vec![t; 16],
+            span_id: vec![t; 8],
+            name: name.into(),
+            status: error.then(|| Status {
+                code: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let resource = |svc: &str, spans: Vec<Span>| ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", svc)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![
+                resource(
+                    "checkout",
+                    vec![span(0xf1, "GET /cart", false), span(2, "POST /pay", true)],
+                ),
+                resource("healthcheck", vec![span(3, "GET /healthz", false)]),
+            ],
+        }
+        .encode_to_vec()
+    }
+
+    const POLICY: &str = r#"
+version: 3
+sampling:
+  default_probability: 1
+  rules:
+    - name: errors-always
+      match: { status: error }
+      probability: 1
+    - name: half-of-checkout
+      match: { resource: service.name, eq: checkout }
+      probability: 0.5
+routing:
+  rules:
+    - name: drop-health
+      match: { resource: service.name, eq: healthcheck }
+      action: drop
+    - name: errors-twice
+      match: { status: error }
+      action: { topics: [errors, otlp_spans] }
+"#;
+
+    #[test]
+    fn without_a_policy_everything_goes_to_the_default_topic() {
+        let body = request();
+        let view = TraceRequestView::parse(&body).unwrap();
+        let active = ActivePolicy::new(Policy::keep_everything());
+        let plan = plan_traces(&active, &body, &view, "spans");
+        assert_eq!(plan.routes, vec![(0, 0), (0, 1), (0, 2)]);
+        assert!(plan.replaced.is_empty());
+    }
+
+    #[test]
+    fn spans_are_sampled_routed_dropped_and_marked() {
+        let body = request();
+        let view = TraceRequestView::parse(&body).unwrap();
+        let active = ActivePolicy::new(Policy::parse(POLICY).unwrap());
+        let plan = plan_traces(&active, &body, &view, "spans");
+        let name = |(t, _): &(u16, u32)| plan.topics[usize::from(*t)].to_string();
+        // The error span goes to both topics of its routing rule; the health check is dropped.
+        let error_routes: Vec<String> = plan.routes.iter().filter(|r| r.1 == 1).map(name).collect();
+        assert_eq!(
+            error_routes,
+            vec!["errors".to_string(), "otlp_spans".to_string()]
+        );
+        assert!(
+            plan.routes.iter().all(|r| r.1 != 2),
+            "the healthcheck span was routed: {:?}",
+            plan.routes
+        );
+        // Span 0 is sampled at p=0.5 by its trace id's randomness (0xf1f1..., above the
+        // threshold 2^55, so kept), the same way every time, and its tracestate records it.
+        let again = plan_traces(&active, &body, &view, "spans");
+        assert_eq!(plan.routes, again.routes);
+        assert_eq!(
+            plan.routes
+                .iter()
+                .filter(|r| r.1 == 0)
+                .map(name)
+                .collect::<Vec<_>>(),
+            vec!["spans".to_string()]
+        );
+        let (_, range) = plan
+            .replaced
+            .iter()
+            .find(|(s, _)| *s == 0)
+            .expect("span 0 gets a threshold");
+        let span = Span::decode(&plan.rewritten[range.clone()]).unwrap();
+        assert_eq!(span.trace_state, "ot=th:8");
+        assert_eq!(span.name, "GET /cart");
+        // The same request with a trace whose randomness is below the threshold: sampled out.
+        let mut low = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+        low.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![0x01; 16];
+        let low = low.encode_to_vec();
+        let view = TraceRequestView::parse(&low).unwrap();
+        let plan = plan_traces(&active, &low, &view, "spans");
+        assert!(plan.routes.iter().all(|r| r.1 != 0), "{:?}", plan.routes);
+    }
+}
