@@ -11,7 +11,9 @@
 # a fresh topic, after a short warm-up whose spans are counted too.
 #
 # Settings (environment):
-#   BENCH_TARGETS       gateways to run, "weir rotel" (default) or one of them
+#   BENCH_TARGETS       gateways to run, "weir rotel" (default), any of them, or weir-rules:
+#                       weir-gateway with a policy of 100 sampling and routing rules that every
+#                       span is tested against (none matches, so every span is still kept)
 #   BENCH_DURATION      seconds per measured run (20)
 #   BENCH_WARMUP        warm-up seconds before each run (3)
 #   BENCH_CONCURRENCY   closed-loop senders (64: enough to reach each gateway's ceiling)
@@ -51,7 +53,7 @@ COUNT_IDLE=5
 COUNT_MAX=900
 
 for t in "${TARGETS[@]}"; do
-  case "$t" in weir | rotel) ;; *) die "BENCH_TARGETS: unknown gateway '$t' (weir, rotel)" ;; esac
+  case "$t" in weir | weir-rules | rotel) ;; *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-rules, rotel)" ;; esac
 done
 for v in DURATION WARMUP CONCURRENCY SPANS_PER_REQUEST SPANS_PER_TRACE ATTRIBUTES MAX_REQUESTS PARTITIONS MAX_MESSAGE; do
   [[ "${!v}" =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || die "BENCH_$v must be a positive integer, got '${!v}'"
@@ -65,14 +67,14 @@ PY="$WEIR_VENV/bin/python"
 
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
   packages=(-p weir-loadgen)
-  has_target weir && packages+=(-p weir-gateway)
+  { has_target weir || has_target weir-rules; } && packages+=(-p weir-gateway)
   log "building ${packages[*]} (release)"
   cargo build --release "${packages[@]}" >&2 || die "cargo build --release ${packages[*]} failed"
 fi
 LOADGEN="$BIN_DIR/weir-loadgen"
 GATEWAY="$BIN_DIR/weir-gateway"
 [ -x "$LOADGEN" ] || die "$LOADGEN is missing"
-if has_target weir; then [ -x "$GATEWAY" ] || die "$GATEWAY is missing"; fi
+if has_target weir || has_target weir-rules; then [ -x "$GATEWAY" ] || die "$GATEWAY is missing"; fi
 ROTEL="$("$PY" -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
 if has_target rotel; then [ -x "$ROTEL" ] || die "rotel-agent not found in the venv ($ROTEL)"; fi
 
@@ -151,6 +153,31 @@ LOAD_SHAPE=(--transport grpc --spans-per-request "$SPANS_PER_REQUEST" --spans-pe
 BYTES_PER_SPAN="$("$LOADGEN" "${LOAD_SHAPE[@]}" --dry-run | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["bytes_per_span"])')"
 ROTEL_BATCH="${BENCH_ROTEL_BATCH:-$("$PY" -c "print(max(1, int($MAX_MESSAGE * 0.8 / $BYTES_PER_SPAN)))")}"
 
+# Writes a policy of 50 sampling and 50 routing rules to $1, routing to topic $2. No rule
+# matches the load (so every span is kept, as without rules), and none is indexed by
+# service.name, so every span is tested against all 100: the cost of rules, not of outcomes.
+write_rules_policy() {
+  local file="$1" topic="$2" i
+  {
+    echo "version: 1"
+    echo "sampling:"
+    echo "  default_probability: 1"
+    echo "  rules:"
+    for ((i = 0; i < 50; i++)); do
+      echo "    - name: sample-$i"
+      echo "      match: { all: [ { span_attribute: http.route, eq: /never/$i }, { duration: { gt: 10s } } ] }"
+      echo "      probability: 0.$((i % 9 + 1))"
+    done
+    echo "routing:"
+    echo "  rules:"
+    for ((i = 0; i < 50; i++)); do
+      echo "    - name: route-$i"
+      echo "      match: { any: [ { span_name: { prefix: never-$i } }, { span_attribute: k$i, gte: $i } ] }"
+      echo "      action: { topic: $topic }"
+    done
+  } >"$file"
+}
+
 # Starts gateway $1 producing to topic $2; sets GW_PIDFILE, GW_LOG, GW_ENDPOINT.
 start_gateway() {
   local gateway="$1" topic="$2" name="$1-$3" grpc_port http_port admin_port i
@@ -160,7 +187,12 @@ start_gateway() {
   GW_ENDPOINT="http://127.0.0.1:$grpc_port"
   STARTED_PIDFILES+=("$GW_PIDFILE")
   case "$gateway" in
-    weir)
+    weir | weir-rules)
+      local policy=""
+      if [ "$gateway" = weir-rules ]; then
+        write_rules_policy "$RUN_DIR/$name.policy.yaml" "$topic"
+        policy="policy_file: $RUN_DIR/$name.policy.yaml"
+      fi
       cat >"$RUN_DIR/$name.yaml" <<EOF
 receivers:
   grpc:
@@ -174,6 +206,7 @@ kafka:
   max_message_size: $MAX_MESSAGE
 admin:
   endpoint: "127.0.0.1:$admin_port"
+$policy
 EOF
       "$GATEWAY" --config "$RUN_DIR/$name.yaml" >"$GW_LOG" 2>&1 &
       echo $! >"$GW_PIDFILE"
@@ -205,7 +238,7 @@ EOF
 run_one() {
   local gateway="$1" load="$2"
   shift 2
-  local out="$RESULTS/$gateway-$load" topic="bench_${gateway}_${load}" pid before after rss
+  local out="$RESULTS/$gateway-$load" topic="bench_${gateway//-/_}_${load}" pid before after rss
   mkdir -p "$out"
   create_topics "$BROKER_PORT" "$PARTITIONS" "$topic"
   start_gateway "$gateway" "$topic" "$load"
@@ -260,7 +293,7 @@ command=""
 for v in $(compgen -e | grep '^BENCH_' | sort); do command+="$v=${!v} "; done
 command+="scripts/bench.sh"
 versions="weir-loadgen and scripts at $(git describe --always --dirty 2>/dev/null || echo 'an uncommitted tree')"
-has_target weir && versions+=", weir-gateway from the same tree (acks=all)"
+{ has_target weir || has_target weir-rules; } && versions+=", weir-gateway from the same tree (acks=all)"
 has_target rotel && versions+=", $("$ROTEL" --version) (PyPI rotel $ROTEL_VERSION, batch $ROTEL_BATCH spans, acks=all)"
 versions+=", $("$TANSU_BIN" --version) (memory engine, $PARTITIONS partitions)"
 settings="OTLP/gRPC, $SPANS_PER_REQUEST spans/request, $SPANS_PER_TRACE spans/trace, $ATTRIBUTES attributes/span"

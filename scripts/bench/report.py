@@ -16,9 +16,9 @@ import json
 import os
 import sys
 
-GATEWAYS = ["weir", "rotel"]
+GATEWAYS = ["weir", "weir-rules", "rotel"]
 LOADS = ["closed", "open"]
-TITLE = {"weir": "Weir", "rotel": "Rotel"}
+TITLE = {"weir": "Weir", "weir-rules": "Weir + 100 rules", "rotel": "Rotel"}
 
 
 def load_json(path):
@@ -90,7 +90,14 @@ def table(runs):
                 f"| {fmt(m['cpu_per_million'], 2)} | {fmt(m['rss_mib'], 1)} | {fmt(m['p50'], 2)} "
                 f"| {fmt(m['p99'], 2)} | {m['acked']:,} | {m['counted']:,} | {diff} | {failed} |"
             )
-        if len(present) == 2:
+        if ("weir", load) in runs and ("weir-rules", load) in runs:
+            w, p = runs[("weir", load)]["metrics"], runs[("weir-rules", load)]["metrics"]
+            lines.append(
+                f"| rules/no rules | {load} | {ratio(p['spans_per_second'], w['spans_per_second'])} "
+                f"| {ratio(p['cpu_per_million'], w['cpu_per_million'])} | {ratio(p['rss_mib'], w['rss_mib'])} "
+                f"| {ratio(p['p50'], w['p50'])} | {ratio(p['p99'], w['p99'])} | | | | |"
+            )
+        if ("weir", load) in runs and ("rotel", load) in runs:
             w, r = runs[("weir", load)]["metrics"], runs[("rotel", load)]["metrics"]
             lines.append(
                 f"| Weir/Rotel | {load} | {ratio(w['spans_per_second'], r['spans_per_second'])} "
