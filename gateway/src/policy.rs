@@ -5,6 +5,7 @@
 
 use arc_swap::ArcSwap;
 use metrics::Counter;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -190,12 +191,22 @@ fn monotonic_nanos() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// A span as the policy sees it, read from the request bytes.
-struct WireSpan<'a> {
+/// Attributes read once for the many lookups a policy makes: (key, value), last one wins.
+type Attrs<'a> = Vec<(&'a str, WireValue<'a>)>;
+
+fn lookup<'a>(attrs: &[(&'a str, WireValue<'a>)], key: &str) -> Option<WireValue<'a>> {
+    attrs.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+/// A span as the policy sees it, read from the request bytes. Its attributes are parsed on the
+/// first lookup into a buffer reused from span to span; the resource's once per request.
+struct WireSpan<'a, 's> {
     trace_id: &'a [u8; 16],
     fields: SpanFields<'a>,
-    resource_head: &'a [u8],
+    resource: &'s [(&'a str, WireValue<'a>)],
     scope_head: &'a [u8],
+    attrs: &'s RefCell<Attrs<'a>>,
+    attrs_read: Cell<bool>,
 }
 
 fn attr(v: WireValue<'_>) -> AttrValue<'_> {
@@ -208,7 +219,7 @@ fn attr(v: WireValue<'_>) -> AttrValue<'_> {
     }
 }
 
-impl SpanView for WireSpan<'_> {
+impl SpanView for WireSpan<'_, '_> {
     fn trace_id(&self) -> &[u8; 16] {
         self.trace_id
     }
@@ -237,10 +248,15 @@ impl SpanView for WireSpan<'_> {
         wire::scope_name(self.scope_head)
     }
     fn span_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
-        self.fields.attribute(key).map(attr)
+        if !self.attrs_read.replace(true) {
+            let mut attrs = self.attrs.borrow_mut();
+            attrs.clear();
+            attrs.extend(self.fields.attributes());
+        }
+        lookup(&self.attrs.borrow(), key).map(attr)
     }
     fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
-        wire::resource_attribute(self.resource_head, key).map(attr)
+        lookup(self.resource, key).map(attr)
     }
 }
 
@@ -264,13 +280,21 @@ pub fn plan_traces(
         .extend(policy.topics().iter().map(|t| Arc::from(t.as_str())));
     let now = monotonic_nanos();
     let mut trace_state = String::new();
+    let resources: Vec<Attrs<'_>> = view
+        .resources
+        .iter()
+        .map(|r| wire::resource_attributes(&r.head).collect())
+        .collect();
+    let attrs = RefCell::new(Attrs::with_capacity(16));
     for (i, entry) in view.spans.iter().enumerate() {
         let scope = &view.scopes[entry.scope as usize];
         let span = WireSpan {
             trace_id: &entry.trace_id,
             fields: SpanFields::read(&body[entry.range()]),
-            resource_head: &view.resources[scope.resource as usize].head,
+            resource: &resources[scope.resource as usize],
             scope_head: &scope.head,
+            attrs: &attrs,
+            attrs_read: Cell::new(false),
         };
         let decision = policy.evaluate(&span, now);
         active.counters.count(&decision);

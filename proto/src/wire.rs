@@ -654,27 +654,37 @@ fn any_value_of(buf: &[u8]) -> WireValue<'_> {
     out
 }
 
+/// The `KeyValue` entries in field `field` of a validated message, in order.
+pub fn attributes(message: &[u8], field: u32) -> impl Iterator<Item = (&str, WireValue<'_>)> {
+    fields(message)
+        .filter(move |f| f.number == field && f.wire == WireType::Len)
+        .map(|f| {
+            let (mut k, mut v) = ("", None);
+            for kv in fields(f.bytes) {
+                match (kv.number, kv.wire) {
+                    (1, WireType::Len) => k = str_of(&kv),
+                    (2, WireType::Len) => v = Some(kv.bytes),
+                    _ => {}
+                }
+            }
+            (k, v.map_or(WireValue::Other, any_value_of))
+        })
+}
+
 /// Looks up `key` among the `KeyValue` entries in field `field` of a validated message.
 /// The last entry with the key wins, as when the message is decoded.
 pub fn find_attribute<'a>(message: &'a [u8], field: u32, key: &str) -> Option<WireValue<'a>> {
-    let mut found = None;
-    for f in fields(message) {
-        if f.number != field || f.wire != WireType::Len {
-            continue;
-        }
-        let (mut k, mut v) = ("", None);
-        for kv in fields(f.bytes) {
-            match (kv.number, kv.wire) {
-                (1, WireType::Len) => k = str_of(&kv),
-                (2, WireType::Len) => v = Some(kv.bytes),
-                _ => {}
-            }
-        }
-        if k == key {
-            found = Some(v.map_or(WireValue::Other, any_value_of));
-        }
-    }
-    found
+    attributes(message, field)
+        .filter(|(k, _)| *k == key)
+        .last()
+        .map(|(_, v)| v)
+}
+
+/// The attributes of a `ResourceEntry::head`, in order.
+pub fn resource_attributes(head: &[u8]) -> impl Iterator<Item = (&str, WireValue<'_>)> {
+    last_len_field(head, 1)
+        .into_iter()
+        .flat_map(|resource| attributes(resource, 1))
 }
 
 /// The payload of the last field `number` of a validated message, if it has one.
@@ -750,6 +760,11 @@ impl<'a> SpanFields<'a> {
     /// The span attribute `key`, if the span has it.
     pub fn attribute(&self, key: &str) -> Option<WireValue<'a>> {
         find_attribute(self.bytes, 9, key)
+    }
+
+    /// The span's attributes, in order.
+    pub fn attributes(&self) -> impl Iterator<Item = (&'a str, WireValue<'a>)> + 'a {
+        attributes(self.bytes, 9)
     }
 }
 
