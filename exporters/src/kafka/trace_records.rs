@@ -391,6 +391,19 @@ mod tests {
         out
     }
 
+    /// Every span of `req` to one topic.
+    fn batch_of(req: &ExportTraceServiceRequest, encoding: Encoding, max: usize) -> Batch {
+        let body = req.encode_to_vec();
+        let view = TraceRequestView::parse(&body).unwrap();
+        traces_batch(
+            &body,
+            &view,
+            &TracePlan::everything_to("t".into(), &view),
+            encoding,
+            max,
+        )
+    }
+
     fn check(req: &ExportTraceServiceRequest, batch: &Batch, max: usize) {
         // Expected: the request's spans, by trace id, in request order.
         let expected = flatten(&TracesData {
@@ -436,15 +449,7 @@ mod tests {
     #[test]
     fn one_record_per_trace_with_resources_and_scopes_intact() {
         let req = request(30, 10);
-        let body = req.encode_to_vec();
-        let view = TraceRequestView::parse(&body).unwrap();
-        let batch = traces_batch(
-            &body,
-            &view,
-            &TracePlan::everything_to("t".into(), &view),
-            Encoding::OtlpProto,
-            1_000_000,
-        );
+        let batch = batch_of(&req, Encoding::OtlpProto, 1_000_000);
         assert_eq!(batch.records.len(), 3);
         assert_eq!(batch.rejected, 0);
         check(&req, &batch, 1_000_000);
@@ -453,16 +458,8 @@ mod tests {
     #[test]
     fn large_traces_are_split_under_the_limit() {
         let req = request(200, 300);
-        let body = req.encode_to_vec();
-        let view = TraceRequestView::parse(&body).unwrap();
         let max = 20_000;
-        let batch = traces_batch(
-            &body,
-            &view,
-            &TracePlan::everything_to("t".into(), &view),
-            Encoding::OtlpProto,
-            max,
-        );
+        let batch = batch_of(&req, Encoding::OtlpProto, max);
         assert!(batch.records.len() >= 12, "{} records", batch.records.len());
         assert_eq!(batch.rejected, 0);
         check(&req, &batch, max);
@@ -472,15 +469,7 @@ mod tests {
     fn a_span_over_the_limit_is_rejected_and_the_rest_kept() {
         let mut req = request(5, 10);
         req.resource_spans[0].scope_spans[0].spans[2] = span(1, 777, 5000);
-        let body = req.encode_to_vec();
-        let view = TraceRequestView::parse(&body).unwrap();
-        let batch = traces_batch(
-            &body,
-            &view,
-            &TracePlan::everything_to("t".into(), &view),
-            Encoding::OtlpProto,
-            2000,
-        );
+        let batch = batch_of(&req, Encoding::OtlpProto, 2000);
         assert_eq!(batch.rejected, 1);
         assert!(
             batch
@@ -498,22 +487,8 @@ mod tests {
     #[test]
     fn json_records_hold_the_same_spans() {
         let req = request(4, 10);
-        let body = req.encode_to_vec();
-        let view = TraceRequestView::parse(&body).unwrap();
-        let proto = traces_batch(
-            &body,
-            &view,
-            &TracePlan::everything_to("t".into(), &view),
-            Encoding::OtlpProto,
-            1_000_000,
-        );
-        let json = traces_batch(
-            &body,
-            &view,
-            &TracePlan::everything_to("t".into(), &view),
-            Encoding::OtlpJson,
-            1_000_000,
-        );
+        let proto = batch_of(&req, Encoding::OtlpProto, 1_000_000);
+        let json = batch_of(&req, Encoding::OtlpJson, 1_000_000);
         assert_eq!(proto.records.len(), json.records.len());
         for (p, j) in proto.records.iter().zip(&json.records) {
             assert_eq!(p.key, j.key);
