@@ -695,11 +695,6 @@ fn last_len_field(message: &[u8], number: u32) -> Option<&[u8]> {
         .map(|f| f.bytes)
 }
 
-/// Looks up a resource attribute in a `ResourceEntry::head`.
-pub fn resource_attribute<'a>(head: &'a [u8], key: &str) -> Option<WireValue<'a>> {
-    find_attribute(last_len_field(head, 1)?, 1, key)
-}
-
 /// The scope name in a `ScopeEntry::head` (empty when absent).
 pub fn scope_name(head: &[u8]) -> &str {
     last_len_field(head, 1)
@@ -1004,7 +999,9 @@ mod tests {
         assert_eq!(f.attribute("ok"), Some(WireValue::Bool(true)));
         assert_eq!(f.attribute("missing"), None);
         assert_eq!(
-            resource_attribute(&view.resources[0].head, "service.name"),
+            resource_attributes(&view.resources[0].head)
+                .find(|(k, _)| *k == "service.name")
+                .map(|(_, v)| v),
             Some(WireValue::Str("svc"))
         );
         assert_eq!(scope_name(&view.scopes[0].head), "lib");
