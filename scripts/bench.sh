@@ -112,16 +112,6 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# The HTTP status of GET http://127.0.0.1:$1$2, or nothing.
-http_status() (
-  exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 0
-  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
-  IFS=' ' read -r -t 2 _ code _ <&3 || true
-  printf '%s' "${code:-}"
-) 2>/dev/null
-
 # json_get FILE KEY: one top-level value of a JSON file.
 json_get() { "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
 

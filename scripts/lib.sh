@@ -79,6 +79,17 @@ wait_port() {
   return 1
 }
 
+# True when something accepts TCP connections on 127.0.0.1:$1.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# The HTTP status of GET http://127.0.0.1:$1$2, or nothing (bash only: no curl needed).
+http_status() (
+  exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 0
+  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
+  IFS=' ' read -r -t 2 _ code _ <&3 || true
+  printf '%s' "${code:-}"
+) 2>/dev/null
+
 # Starts Tansu with the in-memory engine on 127.0.0.1:$1; writes its PID to $2; logs to $3.
 start_tansu() {
   local port="$1" pidfile="$2" logfile="$3"

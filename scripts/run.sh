@@ -16,16 +16,6 @@ HTTP_PORT=4318
 ADMIN_PORT=8888
 TOPICS=(otlp_spans otlp_metrics otlp_logs otlp_spans_cold weir.tail.decisions)
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# The HTTP status of GET http://127.0.0.1:$1$2, or nothing (bash only: no curl needed).
-http_status() (
-  exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 0
-  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
-  IFS=' ' read -r -t 2 _ code _ <&3 || true
-  printf '%s' "${code:-}"
-) 2>/dev/null
-
 ensure_build_deps
 ensure_tansu
 log "building weir-gateway (release)"

@@ -8,7 +8,6 @@ mod fixture;
 
 use prost::Message;
 use std::hint::black_box;
-use weir_config::policy::Policy;
 use weir_gateway::policy::{PolicyStore, plan_traces};
 use weir_proto::wire::TraceRequestView;
 
@@ -26,7 +25,6 @@ fn main() -> anyhow::Result<()> {
             .len();
     }
     let version = active.policy.version();
-    let _ = Policy::keep_everything();
     println!(
         "{n} requests of {} spans -> {routes} routes (policy version {version})",
         fixture::SPANS

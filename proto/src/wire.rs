@@ -671,15 +671,6 @@ pub fn attributes(message: &[u8], field: u32) -> impl Iterator<Item = (&str, Wir
         })
 }
 
-/// Looks up `key` among the `KeyValue` entries in field `field` of a validated message.
-/// The last entry with the key wins, as when the message is decoded.
-pub fn find_attribute<'a>(message: &'a [u8], field: u32, key: &str) -> Option<WireValue<'a>> {
-    attributes(message, field)
-        .filter(|(k, _)| *k == key)
-        .last()
-        .map(|(_, v)| v)
-}
-
 /// The attributes of a `ResourceEntry::head`, in order.
 pub fn resource_attributes(head: &[u8]) -> impl Iterator<Item = (&str, WireValue<'_>)> {
     last_len_field(head, 1)
@@ -750,11 +741,6 @@ impl<'a> SpanFields<'a> {
             }
         }
         out
-    }
-
-    /// The span attribute `key`, if the span has it.
-    pub fn attribute(&self, key: &str) -> Option<WireValue<'a>> {
-        find_attribute(self.bytes, 9, key)
     }
 
     /// The span's attributes, in order.
@@ -993,11 +979,18 @@ mod tests {
             ("s1", 3, 2, "ot=th:8", true)
         );
         assert_eq!((f.start_time_unix_nano, f.end_time_unix_nano), (10, 250));
-        assert_eq!(f.attribute("a"), Some(WireValue::Str("b")));
-        assert_eq!(f.attribute("n"), Some(WireValue::Int(-5)));
-        assert_eq!(f.attribute("ratio"), Some(WireValue::Double(0.5)));
-        assert_eq!(f.attribute("ok"), Some(WireValue::Bool(true)));
-        assert_eq!(f.attribute("missing"), None);
+        // The last entry with a key wins, as when the span is decoded.
+        let attribute = |key: &str| {
+            f.attributes()
+                .filter(|(k, _)| *k == key)
+                .last()
+                .map(|(_, v)| v)
+        };
+        assert_eq!(attribute("a"), Some(WireValue::Str("b")));
+        assert_eq!(attribute("n"), Some(WireValue::Int(-5)));
+        assert_eq!(attribute("ratio"), Some(WireValue::Double(0.5)));
+        assert_eq!(attribute("ok"), Some(WireValue::Bool(true)));
+        assert_eq!(attribute("missing"), None);
         assert_eq!(
             resource_attributes(&view.resources[0].head)
                 .find(|(k, _)| *k == "service.name")

@@ -62,6 +62,12 @@ def ratio(a, b):
     return f"{a / b:.2f}"
 
 
+def ratio_row(label, load, a, b):
+    """A table row of a's figures divided by b's."""
+    cells = [ratio(a[k], b[k]) for k in ("spans_per_second", "cpu_per_million", "rss_mib", "p50", "p99")]
+    return f"| {label} | {load} | " + " | ".join(cells) + " | | | | |"
+
+
 def load_label(load, lg):
     if load == "closed":
         return f"closed, {lg['concurrency']} senders"
@@ -90,20 +96,9 @@ def table(runs):
                 f"| {fmt(m['cpu_per_million'], 2)} | {fmt(m['rss_mib'], 1)} | {fmt(m['p50'], 2)} "
                 f"| {fmt(m['p99'], 2)} | {m['acked']:,} | {m['counted']:,} | {diff} | {failed} |"
             )
-        if ("weir", load) in runs and ("weir-rules", load) in runs:
-            w, p = runs[("weir", load)]["metrics"], runs[("weir-rules", load)]["metrics"]
-            lines.append(
-                f"| rules/no rules | {load} | {ratio(p['spans_per_second'], w['spans_per_second'])} "
-                f"| {ratio(p['cpu_per_million'], w['cpu_per_million'])} | {ratio(p['rss_mib'], w['rss_mib'])} "
-                f"| {ratio(p['p50'], w['p50'])} | {ratio(p['p99'], w['p99'])} | | | | |"
-            )
-        if ("weir", load) in runs and ("rotel", load) in runs:
-            w, r = runs[("weir", load)]["metrics"], runs[("rotel", load)]["metrics"]
-            lines.append(
-                f"| Weir/Rotel | {load} | {ratio(w['spans_per_second'], r['spans_per_second'])} "
-                f"| {ratio(w['cpu_per_million'], r['cpu_per_million'])} | {ratio(w['rss_mib'], r['rss_mib'])} "
-                f"| {ratio(w['p50'], r['p50'])} | {ratio(w['p99'], r['p99'])} | | | | |"
-            )
+        for label, a, b in (("rules/no rules", "weir-rules", "weir"), ("Weir/Rotel", "weir", "rotel")):
+            if (a, load) in runs and (b, load) in runs:
+                lines.append(ratio_row(label, load, runs[(a, load)]["metrics"], runs[(b, load)]["metrics"]))
     return "\n".join(lines)
 
 

@@ -7,12 +7,10 @@ pub enum ExportError {
     #[error("cannot create the Kafka producer: {0}")]
     Config(String),
     /// Kafka did not acknowledge every record in time.
-    #[error("Kafka did not acknowledge {pending} of {total} records within {timeout_ms} ms")]
+    #[error("Kafka did not acknowledge all {records} records within {timeout_ms} ms")]
     Timeout {
-        /// Records still unacknowledged.
-        pending: usize,
         /// Records in the request.
-        total: usize,
+        records: usize,
         /// The configured export timeout.
         timeout_ms: u128,
     },

@@ -194,7 +194,7 @@ impl KafkaExporter {
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         // The local queue is full: wait for it to drain, within the deadline.
                         if Instant::now() >= deadline {
-                            return Err(self.timeout(total, total));
+                            return Err(self.timeout(total));
                         }
                         fr = back;
                         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -205,7 +205,7 @@ impl KafkaExporter {
         }
         let results = match tokio::time::timeout_at(deadline.into(), join_all(pending)).await {
             Ok(results) => results,
-            Err(_) => return Err(self.timeout(total, total)),
+            Err(_) => return Err(self.timeout(total)),
         };
         metrics::histogram!("weir_exporter_produce_latency_seconds", "exporter" => "kafka")
             .record(started.elapsed().as_secs_f64());
@@ -228,10 +228,9 @@ impl KafkaExporter {
         failed.map_or(Ok(()), Err)
     }
 
-    fn timeout(&self, pending: usize, total: usize) -> ExportError {
+    fn timeout(&self, records: usize) -> ExportError {
         ExportError::Timeout {
-            pending,
-            total,
+            records,
             timeout_ms: self.export_timeout.as_millis(),
         }
     }

@@ -8,7 +8,7 @@
 //!
 //! Groups larger than the record budget are split (see `split`).
 
-use super::split::{Split, split};
+use super::split::{Container, Weighted, split};
 use prost::Message;
 use std::sync::Arc;
 use weir_config::gateway::Encoding;
@@ -93,6 +93,45 @@ fn budget(max_message_size: usize, key_len: usize) -> usize {
         .max(1)
 }
 
+/// The resource level of metrics (`ResourceMetrics`) and logs (`ResourceLogs`): what records
+/// are keyed by, and how a chunk of them becomes a record value.
+trait ResourceLevel: Container {
+    /// What one item is called in `partial_success` messages.
+    const ITEM: &'static str;
+    /// The resource, whose attributes key the record.
+    fn resource(&self) -> Option<&Resource>;
+    /// Encodes a chunk as `MetricsData` or `LogsData`.
+    fn encode_chunk(chunk: Vec<Self>, encoding: Encoding) -> Vec<u8>;
+}
+
+impl ResourceLevel for ResourceMetrics {
+    const ITEM: &'static str = "metric data point";
+    fn resource(&self) -> Option<&Resource> {
+        self.resource.as_ref()
+    }
+    fn encode_chunk(resource_metrics: Vec<Self>, encoding: Encoding) -> Vec<u8> {
+        encode(
+            encoding,
+            &MetricsData { resource_metrics },
+            json::encode_metrics_data,
+        )
+    }
+}
+
+impl ResourceLevel for ResourceLogs {
+    const ITEM: &'static str = "log record";
+    fn resource(&self) -> Option<&Resource> {
+        self.resource.as_ref()
+    }
+    fn encode_chunk(resource_logs: Vec<Self>, encoding: Encoding) -> Vec<u8> {
+        encode(
+            encoding,
+            &LogsData { resource_logs },
+            json::encode_logs_data,
+        )
+    }
+}
+
 /// One record per distinct resource (split when too large), keyed by `resource_key`.
 pub fn metrics_batch(
     req: ExportMetricsServiceRequest,
@@ -100,38 +139,7 @@ pub fn metrics_batch(
     encoding: Encoding,
     max_message_size: usize,
 ) -> Batch {
-    let mut batch = Batch::default();
-    for (key, resources) in group_by_resource(req.resource_metrics, |r: &ResourceMetrics| {
-        r.resource.as_ref()
-    }) {
-        let budget = budget(max_message_size, key.len());
-        let parts = split(resources, budget);
-        push_parts(
-            &mut batch,
-            topic,
-            key,
-            parts,
-            budget,
-            "metric data point",
-            |resource_metrics| {
-                let items = resource_metrics
-                    .iter()
-                    .flat_map(|r| &r.scope_metrics)
-                    .flat_map(|s| &s.metrics)
-                    .map(data_points)
-                    .sum();
-                (
-                    encode(
-                        encoding,
-                        &MetricsData { resource_metrics },
-                        json::encode_metrics_data,
-                    ),
-                    items,
-                )
-            },
-        );
-    }
-    batch
+    resource_batch(req.resource_metrics, topic, encoding, max_message_size)
 }
 
 /// One record per distinct resource (split when too large), keyed by `resource_key`.
@@ -141,83 +149,66 @@ pub fn logs_batch(
     encoding: Encoding,
     max_message_size: usize,
 ) -> Batch {
+    resource_batch(req.resource_logs, topic, encoding, max_message_size)
+}
+
+/// Groups `resources` by the key of their resource and splits each group into records of at
+/// most `max_message_size`, counting what cannot fit.
+fn resource_batch<R>(
+    resources: Vec<R>,
+    topic: &Arc<str>,
+    encoding: Encoding,
+    max_message_size: usize,
+) -> Batch
+where
+    R: ResourceLevel,
+    R::Child: Container,
+    <R::Child as Container>::Child: Weighted,
+{
     let mut batch = Batch::default();
-    for (key, resources) in
-        group_by_resource(req.resource_logs, |r: &ResourceLogs| r.resource.as_ref())
-    {
+    for (key, group) in group_by_resource(resources) {
         let budget = budget(max_message_size, key.len());
-        let parts = split(resources, budget);
-        push_parts(
-            &mut batch,
-            topic,
-            key,
-            parts,
-            budget,
-            "log record",
-            |resource_logs| {
-                let items = resource_logs
-                    .iter()
-                    .flat_map(|r| &r.scope_logs)
-                    .map(|s| s.log_records.len() as u64)
-                    .sum();
-                (
-                    encode(
-                        encoding,
-                        &LogsData { resource_logs },
-                        json::encode_logs_data,
-                    ),
+        let parts = split(group, budget);
+        if parts.rejected > 0 {
+            batch.rejected += parts.rejected;
+            batch.reject_reason = Some(format!(
+                "{} {}(s) too large for one Kafka record: the largest is {} bytes, the record value limit is {budget} bytes (kafka.max_message_size less key and framing)",
+                batch.rejected,
+                R::ITEM,
+                parts.largest_rejected,
+            ));
+        }
+        for chunk in parts.chunks {
+            let items: u64 = chunk
+                .iter()
+                .flat_map(|r| r.children())
+                .flat_map(|s| s.children())
+                .map(Weighted::weight)
+                .sum();
+            if items > 0 {
+                batch.records.push(Record {
+                    topic: topic.clone(),
+                    key: key.clone(),
+                    value: R::encode_chunk(chunk, encoding),
                     items,
-                )
-            },
-        );
+                });
+            }
+        }
     }
     batch
 }
 
 /// Groups resource-level entries by the key of their resource, in first-seen order.
-fn group_by_resource<R>(
-    resources: Vec<R>,
-    resource: impl Fn(&R) -> Option<&Resource>,
-) -> Vec<(Vec<u8>, Vec<R>)> {
+fn group_by_resource<R: ResourceLevel>(resources: Vec<R>) -> Vec<(Vec<u8>, Vec<R>)> {
     let mut groups: Vec<(Vec<u8>, Vec<R>)> = Vec::new();
     for r in resources {
-        let key = resource_key(resource(&r));
+        let key = resource_key(r.resource());
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, list)) => list.push(r),
             None => groups.push((key, vec![r])),
         }
     }
     groups
-}
-
-/// Turns the chunks of one key into records and accounts for what was rejected.
-fn push_parts<R>(
-    batch: &mut Batch,
-    topic: &Arc<str>,
-    key: Vec<u8>,
-    parts: Split<R>,
-    budget: usize,
-    what: &str,
-    mut encode_chunk: impl FnMut(Vec<R>) -> (Vec<u8>, u64),
-) {
-    if parts.rejected > 0 {
-        batch.rejected += parts.rejected;
-        batch.reject_reason = Some(format!(
-            "{} {what}(s) too large for one Kafka record: the largest is {} bytes, the record value limit is {budget} bytes (kafka.max_message_size less key and framing)",
-            batch.rejected, parts.largest_rejected,
-        ));
-    }
-    for chunk in parts.chunks {
-        let (value, items) = encode_chunk(chunk);
-        if items > 0 {
-            batch.records.push(Record {
-                topic: topic.clone(),
-                key: key.clone(),
-                value,
-                items,
-            });
-        }
-    }
 }
 
 fn encode<M: Message>(encoding: Encoding, msg: &M, to_json: fn(&M, &mut Vec<u8>)) -> Vec<u8> {

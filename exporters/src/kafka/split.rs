@@ -13,6 +13,8 @@ use prost::encoding::encoded_len_varint;
 pub trait Container: Message + Clone + Sized {
     /// The next level down.
     type Child: Message;
+    /// The children.
+    fn children(&self) -> &[Self::Child];
     /// The children, to be moved out.
     fn children_mut(&mut self) -> &mut Vec<Self::Child>;
     /// A copy of this level without its children.
@@ -123,6 +125,9 @@ mod impls {
         ($t:ty, $head:ident, $children:ident, $child:ty) => {
             impl Container for $t {
                 type Child = $child;
+                fn children(&self) -> &[$child] {
+                    &self.$children
+                }
                 fn children_mut(&mut self) -> &mut Vec<$child> {
                     &mut self.$children
                 }
