@@ -30,7 +30,9 @@ rm -f "$RUN_DIR/tansu.pid" "$RUN_DIR/gateway.pid"
 
 # shellcheck disable=SC2317  # called through the EXIT trap
 cleanup() {
-  trap - EXIT INT TERM
+  # A second Ctrl-C must not cut the stopping short and leave the processes behind.
+  trap - EXIT
+  trap '' INT TERM
   log "stopping"
   stop_pidfile "$RUN_DIR/gateway.pid"
   stop_pidfile "$RUN_DIR/tansu.pid"
