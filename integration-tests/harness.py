@@ -261,6 +261,8 @@ class Record:
     partition: int
     offset: int
     value: bytes
+    # Kafka record headers as (name, value) pairs, in order.
+    headers: list[tuple[str, bytes]] | None = None
 
 
 def consume(
@@ -308,7 +310,7 @@ def consume(
                 if msg.error().code() == KafkaError._PARTITION_EOF:
                     continue
                 raise RuntimeError(f"consuming {topic}: {msg.error()}")
-            rec = Record(msg.key(), msg.partition(), msg.offset(), msg.value())
+            rec = Record(msg.key(), msg.partition(), msg.offset(), msg.value(), msg.headers())
             records.append(rec)
             seen += count(rec)
         records.sort(key=lambda r: (r.partition, r.offset))
@@ -372,6 +374,8 @@ class Gateway:
         self.log_path = workdir / f"{self.name}.log"
         self.proc: subprocess.Popen | None = None
         self.exit_code: int | None = None
+        # Set (an ssl.SSLContext) when the admin listener serves TLS: admin requests use https.
+        self.admin_ssl = None
         if create_topics:
             for t in self.topics.values():
                 broker.create_topic(t)
@@ -390,7 +394,8 @@ class Gateway:
 
     @property
     def admin_base(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        scheme = "https" if self.admin_ssl is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.admin_port}"
 
     def start(self, ready_timeout: float = 30.0) -> "Gateway":
         binary = gateway_bin()
@@ -422,7 +427,7 @@ class Gateway:
         """GET on the admin port: (status, headers (case-insensitive), body)."""
         req = urllib.request.Request(self.admin_base + path)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.admin_ssl) as resp:
                 return resp.status, resp.headers, resp.read()
         except urllib.error.HTTPError as e:
             return e.code, e.headers, e.read()
@@ -728,3 +733,92 @@ def grpc_export_traces(
             return call(request, timeout=timeout), None
         except grpc.RpcError as e:
             return None, e
+
+
+# ---------------------------------------------------------------------------------------------
+# The tail router
+
+
+def tail_router_bin() -> Path:
+    """WEIR_TAIL_ROUTER_BIN, else weir-tail-router beside the gateway binary."""
+    env = os.environ.get("WEIR_TAIL_ROUTER_BIN")
+    return Path(env) if env else gateway_bin().with_name("weir-tail-router")
+
+
+class TailRouter:
+    """weir-tail-router started with a generated config (admin on a free loopback port)."""
+
+    def __init__(self, broker: Broker, workdir: Path, overrides: dict | None = None):
+        self.broker = broker
+        self.workdir = workdir
+        self.name = unique_name("tail-router")
+        self.admin_port = free_ports(1)[0]
+        self.config = {
+            "kafka": {
+                "brokers": [broker.bootstrap],
+                "group_id": unique_name("it-tail-router"),
+                # A SIGKILLed member's partitions move on within seconds, not 45.
+                "consumer_properties": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500},
+            },
+            "admin": {"endpoint": f"127.0.0.1:{self.admin_port}"},
+            "shutdown_timeout": "10s",
+        }
+        for k, v in (overrides or {}).items():
+            _set_dotted(self.config, k, v)
+        self.config_path = workdir / f"{self.name}.yaml"
+        self.log_path = workdir / f"{self.name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def admin_base(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, ready_timeout: float = 60.0) -> "TailRouter":
+        binary = tail_router_bin()
+        if not binary.exists():
+            raise RuntimeError(f"{binary} does not exist: build it (cargo build -p weir-gateway --bins)")
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+        self.proc = spawn([str(binary), "--config", str(self.config_path)], self.log_path)
+        try:
+            wait_until(
+                "tail router /readyz == 200",
+                lambda: self._alive() and self.readyz() == 200,
+                timeout=ready_timeout,
+                interval=0.1,
+            )
+        except (TimeoutError, RuntimeError) as e:
+            self.stop()
+            raise RuntimeError(f"{e}\n--- {self.log_path}:\n{log_tail(self.log_path)}") from None
+        return self
+
+    def _alive(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"weir-tail-router exited with {self.proc.returncode}")
+        return True
+
+    def readyz(self) -> int | None:
+        try:
+            req = urllib.request.Request(self.admin_base + "/readyz")
+            with urllib.request.urlopen(req, timeout=2.0) as resp:
+                return resp.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return None
+
+    def metrics(self) -> list[tuple[str, dict, float]]:
+        with urllib.request.urlopen(self.admin_base + "/metrics", timeout=5.0) as resp:
+            return parse_prometheus(resp.read().decode())
+
+    def kill(self):
+        """SIGKILL: no shutdown, no last commit."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self):
+        if self.proc is not None:
+            stop_process(self.proc, term_timeout=15)
+
+    def log(self, lines: int = 30) -> str:
+        return log_tail(self.log_path, lines)

@@ -13,7 +13,11 @@
 # Settings (environment):
 #   BENCH_TARGETS       gateways to run, "weir rotel" (default), any of them, or weir-rules:
 #                       weir-gateway with a policy of 100 sampling and routing rules that every
-#                       span is tested against (none matches, so every span is still kept)
+#                       span is tested against (none matches, so every span is still kept),
+#                       or weir-tail: weir-gateway with tail sampling on (5 tail rules evaluated
+#                       on every span, marks in a 1M-trace Bloom filter, published every second),
+#                       or weir-policy: the same policy without its tail section (tail marking off,
+#                       the per-span policy path on: what weir-tail is compared with)
 #   BENCH_DURATION      seconds per measured run (20)
 #   BENCH_WARMUP        warm-up seconds before each run (3)
 #   BENCH_CONCURRENCY   closed-loop senders (64: enough to reach each gateway's ceiling)
@@ -53,7 +57,7 @@ COUNT_IDLE=5
 COUNT_MAX=900
 
 for t in "${TARGETS[@]}"; do
-  case "$t" in weir | weir-rules | rotel) ;; *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-rules, rotel)" ;; esac
+  case "$t" in weir | weir-rules | weir-tail | weir-policy | rotel) ;; *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-rules, weir-tail, weir-policy, rotel)" ;; esac
 done
 for v in DURATION WARMUP CONCURRENCY SPANS_PER_REQUEST SPANS_PER_TRACE ATTRIBUTES MAX_REQUESTS PARTITIONS MAX_MESSAGE; do
   [[ "${!v}" =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || die "BENCH_$v must be a positive integer, got '${!v}'"
@@ -67,14 +71,14 @@ PY="$WEIR_VENV/bin/python"
 
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
   packages=(-p weir-loadgen)
-  { has_target weir || has_target weir-rules; } && packages+=(-p weir-gateway)
+  { has_target weir || has_target weir-rules || has_target weir-tail || has_target weir-policy; } && packages+=(-p weir-gateway)
   log "building ${packages[*]} (release)"
   cargo build --release "${packages[@]}" >&2 || die "cargo build --release ${packages[*]} failed"
 fi
 LOADGEN="$BIN_DIR/weir-loadgen"
 GATEWAY="$BIN_DIR/weir-gateway"
 [ -x "$LOADGEN" ] || die "$LOADGEN is missing"
-if has_target weir || has_target weir-rules; then [ -x "$GATEWAY" ] || die "$GATEWAY is missing"; fi
+if has_target weir || has_target weir-rules || has_target weir-tail || has_target weir-policy; then [ -x "$GATEWAY" ] || die "$GATEWAY is missing"; fi
 ROTEL="$("$PY" -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
 if has_target rotel; then [ -x "$ROTEL" ] || die "rotel-agent not found in the venv ($ROTEL)"; fi
 
@@ -168,6 +172,27 @@ write_rules_policy() {
   } >"$file"
 }
 
+# Writes a policy with tail sampling to $1: five tail rules every span meets (errors, slow
+# spans, slow client spans, an attribute predicate, a root-span SLA; some match the load),
+# windows of 10s sized for a million marked traces at 0.1% (1.8 MB), published every second.
+write_tail_policy() {
+  cat >"$1" <<'EOF'
+version: 1
+tail:
+  window: 10s
+  expected_traces: 1000000
+  false_positive_rate: 0.001
+  publish_interval: 1s
+  baseline_probability: 0.01
+  rules:
+    - { name: errors, error: true }
+    - { name: slow, slower_than: 45ms }
+    - { name: slow-client, slower_than: 30ms, span_kind: client }
+    - { name: vip, match: { span_attribute: customer.tier, eq: gold } }
+    - { name: root-sla, root_slower_than: 40ms }
+EOF
+}
+
 # Starts gateway $1 producing to topic $2; sets GW_PIDFILE, GW_LOG, GW_ENDPOINT.
 start_gateway() {
   local gateway="$1" topic="$2" name="$1-$3" grpc_port http_port admin_port i
@@ -177,11 +202,22 @@ start_gateway() {
   GW_ENDPOINT="http://127.0.0.1:$grpc_port"
   STARTED_PIDFILES+=("$GW_PIDFILE")
   case "$gateway" in
-    weir | weir-rules)
+    weir | weir-rules | weir-tail | weir-policy)
       local policy=""
       if [ "$gateway" = weir-rules ]; then
         write_rules_policy "$RUN_DIR/$name.policy.yaml" "$topic"
         policy="policy_file: $RUN_DIR/$name.policy.yaml"
+      fi
+      if [ "$gateway" = weir-policy ]; then
+        echo "version: 1" >"$RUN_DIR/$name.policy.yaml"
+        policy="policy_file: $RUN_DIR/$name.policy.yaml"
+      fi
+      if [ "$gateway" = weir-tail ]; then
+        write_tail_policy "$RUN_DIR/$name.policy.yaml"
+        create_topics "$BROKER_PORT" 1 "${topic}_decisions"
+        policy="policy_file: $RUN_DIR/$name.policy.yaml
+tail:
+  decisions_topic: ${topic}_decisions"
       fi
       cat >"$RUN_DIR/$name.yaml" <<EOF
 receivers:
@@ -283,7 +319,7 @@ command=""
 for v in $(compgen -e | grep '^BENCH_' | sort); do command+="$v=${!v} "; done
 command+="scripts/bench.sh"
 versions="weir-loadgen and scripts at $(git describe --always --dirty 2>/dev/null || echo 'an uncommitted tree')"
-{ has_target weir || has_target weir-rules; } && versions+=", weir-gateway from the same tree (acks=all)"
+{ has_target weir || has_target weir-rules || has_target weir-tail || has_target weir-policy; } && versions+=", weir-gateway from the same tree (acks=all)"
 has_target rotel && versions+=", $("$ROTEL" --version) (PyPI rotel $ROTEL_VERSION, batch $ROTEL_BATCH spans, acks=all)"
 versions+=", $("$TANSU_BIN" --version) (memory engine, $PARTITIONS partitions)"
 settings="OTLP/gRPC, $SPANS_PER_REQUEST spans/request, $SPANS_PER_TRACE spans/trace, $ATTRIBUTES attributes/span"

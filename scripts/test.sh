@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything CI checks, on a fresh machine or a used one: installs what the tests need (build
 # packages, Tansu, the Python venv), builds the workspace, then runs rustfmt, clippy, the Rust
-# tests and the black-box integration suite (integration-tests/, pytest). Every step runs even
+# tests, a fuzz smoke run (scripts/fuzz.sh, WEIR_FUZZ_SECONDS per target, default 60) and the
+# black-box integration suite (integration-tests/, pytest). Every step runs even
 # when an earlier one failed (except the integration suite, which needs the build); the exit
 # status is non-zero if any step failed.
 #
@@ -36,16 +37,22 @@ step() {
 ensure_build_deps
 ensure_tansu
 ensure_venv
+ensure_helm
+ensure_postgres
 
 built=1
 step "cargo build" cargo build --workspace --bins || built=0
 step "cargo fmt --check" cargo fmt --all -- --check || true
 step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings || true
-step "cargo test" cargo test --workspace || true
+# A throwaway PostgreSQL cluster for the control plane's storage tests (WEIR_TEST_POSTGRES_DSN).
+step "cargo test" with_postgres cargo test --workspace || true
+# A minute per fuzz target over the committed seeds (gateway/fuzz; docs/fuzzing.md).
+step "fuzz smoke run" scripts/fuzz.sh -t "${WEIR_FUZZ_SECONDS:-60}" || true
 
 if [ "$built" -eq 1 ]; then
   export WEIR_GATEWAY_BIN="${WEIR_GATEWAY_BIN:-$WEIR_ROOT/target/debug/weir-gateway}"
   export TANSU_BIN
+  export WEIR_HELM_BIN
   # SIGINT first: pytest then runs the fixtures' teardown, which stops the processes it started.
   step "integration tests" timeout -s INT --kill-after=60 "$PYTEST_TIMEOUT_S" \
     "$WEIR_VENV/bin/python" -m pytest integration-tests -v "$@" || true

@@ -2,12 +2,16 @@
 //! Read once at start-up; policies (sampling, routing) come separately.
 
 use crate::error::{ConfigError, from_yaml};
+use crate::tls::ServerTls;
 use crate::units::{ByteSize, duration};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub mod control_plane;
+pub use control_plane::GatewayControlPlane;
 
 /// The whole bootstrap config of `weir-gateway`.
 #[derive(Clone, Debug, Deserialize)]
@@ -24,6 +28,11 @@ pub struct GatewayConfig {
     /// A policy document (sampling, routing), reloaded when it changes and on SIGHUP.
     /// Without one every span is kept and goes to `kafka.traces.topic`.
     pub policy_file: Option<PathBuf>,
+    /// The control plane that pushes policies to this gateway; absent: `policy_file` only.
+    /// Once it has pushed a policy, that policy wins over `policy_file`.
+    pub control_plane: Option<GatewayControlPlane>,
+    /// Where tail sampling decisions (the policy's `tail` section) are published.
+    pub tail: TailDecisions,
     /// How long shutdown waits for in-flight requests and the producer's flush.
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -39,6 +48,8 @@ impl Default for GatewayConfig {
             kafka: KafkaConfig::default(),
             admin: Admin::default(),
             policy_file: None,
+            control_plane: None,
+            tail: TailDecisions::default(),
             shutdown_timeout: Duration::from_secs(30),
             log: Log::default(),
         }
@@ -53,24 +64,21 @@ pub struct Receivers {
     pub grpc: Listener,
     /// OTLP/HTTP, default 0.0.0.0:4318.
     pub http: Listener,
+    /// Who may send: bearer tokens or API keys mapped to tenants. Absent: anyone may send.
+    pub auth: Option<crate::auth::Auth>,
 }
 
 impl Default for Receivers {
     fn default() -> Self {
         Self {
-            grpc: Listener {
-                enabled: true,
-                endpoint: "0.0.0.0:4317".into(),
-            },
-            http: Listener {
-                enabled: true,
-                endpoint: "0.0.0.0:4318".into(),
-            },
+            grpc: Listener::new("0.0.0.0:4317"),
+            http: Listener::new("0.0.0.0:4318"),
+            auth: None,
         }
     }
 }
 
-/// One listener: whether it runs and the address it binds.
+/// One listener: whether it runs, the address it binds, TLS, and its connection limits.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
@@ -79,10 +87,89 @@ pub struct Listener {
     pub enabled: bool,
     /// `host:port` to bind.
     pub endpoint: String,
+    /// TLS (and mTLS with a client CA); absent: plaintext.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    /// Connections served at once; past it new connections are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// HTTP/2 streams (concurrent requests) per connection.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// A connection with no request in progress for this long is closed.
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// The TLS handshake and a request's headers (the first request's, on HTTP/2) must
+    /// arrive within this time, or the connection is closed (slow-loris).
+    #[serde(default = "default_header_read_timeout", deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+}
+
+impl Listener {
+    /// An enabled listener on `endpoint` with the default limits and no TLS.
+    pub fn new(endpoint: &str) -> Self {
+        Self {
+            enabled: true,
+            endpoint: endpoint.into(),
+            tls: None,
+            max_connections: default_max_connections(),
+            max_concurrent_streams: default_max_concurrent_streams(),
+            idle_timeout: default_idle_timeout(),
+            header_read_timeout: default_header_read_timeout(),
+        }
+    }
+
+    /// Checks the limits and the TLS section; `key` is the listener's path.
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        parse_addr(&format!("{key}.endpoint"), &self.endpoint)?;
+        if let Some(tls) = &self.tls {
+            tls.validate(&format!("{key}.tls"))?;
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                format!("{key}.max_connections"),
+                "must be at least 1",
+            ));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(ConfigError::invalid(
+                format!("{key}.max_concurrent_streams"),
+                "must be at least 1",
+            ));
+        }
+        for (name, d) in [
+            ("idle_timeout", self.idle_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+        ] {
+            if d < Duration::from_millis(10) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.{name}"),
+                    "must be at least 10ms",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn yes() -> bool {
     true
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_max_concurrent_streams() -> u32 {
+    256
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Limits that keep the gateway's memory and latency bounded.
@@ -99,6 +186,25 @@ pub struct Limits {
     /// The delay clients are asked to wait before retrying (Retry-After, RetryInfo).
     #[serde(deserialize_with = "duration")]
     pub retry_after: Duration,
+    /// The most attributes a span may carry; absent: no cap.
+    pub max_span_attributes: Option<u32>,
+    /// The largest string or bytes attribute value of a span (arrays and maps: their encoded
+    /// size); absent: no cap.
+    pub max_attribute_value_size: Option<ByteSize>,
+    /// What happens to a span over either cap.
+    pub attribute_limit_action: AttributeLimitAction,
+}
+
+/// What the gateway does with a span over `max_span_attributes` or `max_attribute_value_size`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributeLimitAction {
+    /// Keep the span: drop the attributes past the count (adding to its
+    /// `dropped_attributes_count`), cut long strings and bytes, drop long arrays and maps.
+    #[default]
+    Truncate,
+    /// Refuse the span (reported in `partial_success`); the rest of the request goes on.
+    Reject,
 }
 
 impl Default for Limits {
@@ -108,6 +214,9 @@ impl Default for Limits {
             max_in_flight_bytes: ByteSize(256 << 20),
             export_timeout: Duration::from_secs(10),
             retry_after: Duration::from_secs(1),
+            max_span_attributes: None,
+            max_attribute_value_size: None,
+            attribute_limit_action: AttributeLimitAction::Truncate,
         }
     }
 }
@@ -139,6 +248,9 @@ pub struct KafkaConfig {
     pub security: KafkaSecurity,
     /// Raw librdkafka producer properties; they win over the keys above.
     pub properties: BTreeMap<String, ScalarString>,
+    /// Request headers (gRPC metadata) copied to every record of the request as record
+    /// headers, like the Collector's `include_metadata_keys`. Matched case-insensitively.
+    pub include_metadata_keys: Vec<String>,
 }
 
 impl Default for KafkaConfig {
@@ -155,6 +267,7 @@ impl Default for KafkaConfig {
             linger: Duration::from_millis(5),
             security: KafkaSecurity::default(),
             properties: BTreeMap::new(),
+            include_metadata_keys: Vec::new(),
         }
     }
 }
@@ -378,12 +491,34 @@ pub struct KafkaTls {
 pub struct Admin {
     /// `host:port` to bind, default 0.0.0.0:8888.
     pub endpoint: String,
+    /// TLS (and mTLS with a client CA); absent: plaintext.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Self {
             endpoint: "0.0.0.0:8888".into(),
+            tls: None,
+        }
+    }
+}
+
+/// Where the gateway publishes the Bloom filters of its tail sampling decision windows.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TailDecisions {
+    /// The topic of decision records, default `weir.tail.decisions`.
+    pub decisions_topic: String,
+    /// This gateway's id in its decision records; default: the host name and the process id.
+    pub gateway_id: Option<String>,
+}
+
+impl Default for TailDecisions {
+    fn default() -> Self {
+        Self {
+            decisions_topic: "weir.tail.decisions".into(),
+            gateway_id: None,
         }
     }
 }
@@ -481,8 +616,14 @@ impl GatewayConfig {
             ("receivers.http", &self.receivers.http),
         ] {
             if l.enabled {
-                parse_addr(&format!("{key}.endpoint"), &l.endpoint)?;
+                l.validate(key)?;
             }
+        }
+        if let Some(auth) = &self.receivers.auth {
+            auth.validate("receivers.auth")?;
+        }
+        if let Some(cp) = &self.control_plane {
+            cp.validate()?;
         }
         if !self.receivers.grpc.enabled && !self.receivers.http.enabled {
             return Err(ConfigError::invalid(
@@ -491,6 +632,9 @@ impl GatewayConfig {
             ));
         }
         parse_addr("admin.endpoint", &self.admin.endpoint)?;
+        if let Some(tls) = &self.admin.tls {
+            tls.validate("admin.tls")?;
+        }
 
         let l = &self.limits;
         if l.max_message_size.0 < 1024 || l.max_message_size.0 > u32::MAX as u64 {
@@ -508,6 +652,18 @@ impl GatewayConfig {
                 ),
             ));
         }
+        if l.max_span_attributes == Some(0) {
+            return Err(ConfigError::invalid(
+                "limits.max_span_attributes",
+                "must be at least 1, or left out for no cap",
+            ));
+        }
+        if l.max_attribute_value_size.is_some_and(|s| s.0 == 0) {
+            return Err(ConfigError::invalid(
+                "limits.max_attribute_value_size",
+                "must be at least 1 byte, or left out for no cap",
+            ));
+        }
         if l.export_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "limits.export_timeout",
@@ -518,6 +674,26 @@ impl GatewayConfig {
             return Err(ConfigError::invalid(
                 "shutdown_timeout",
                 "must be greater than zero",
+            ));
+        }
+        if !is_topic_name(&self.tail.decisions_topic) {
+            return Err(ConfigError::invalid(
+                "tail.decisions_topic",
+                format!(
+                    "`{}` is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)",
+                    self.tail.decisions_topic
+                ),
+            ));
+        }
+        if self
+            .tail
+            .gateway_id
+            .as_ref()
+            .is_some_and(|id| id.is_empty() || id.len() > 255)
+        {
+            return Err(ConfigError::invalid(
+                "tail.gateway_id",
+                "must be 1 to 255 bytes, or left out for the host name and process id",
             ));
         }
 
@@ -544,6 +720,34 @@ impl GatewayConfig {
             ("kafka.logs", &k.logs),
         ] {
             check_topic(&format!("{key}.topic"), &t.topic)?;
+        }
+        let api_key_header = self
+            .receivers
+            .auth
+            .as_ref()
+            .and_then(|a| a.api_key_header.as_deref())
+            .map(str::to_ascii_lowercase);
+        for (i, name) in k.include_metadata_keys.iter().enumerate() {
+            let key = format!("kafka.include_metadata_keys[{i}]");
+            let Some(lower) = http_header_name(name) else {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{name}` is not an HTTP header name"),
+                ));
+            };
+            // Credentials must never be copied into Kafka.
+            if lower == "authorization" || Some(&lower) == api_key_header.as_ref() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{name}` carries credentials and is never copied to records"),
+                ));
+            }
+            if lower.starts_with("weir.") {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("`{name}`: header names starting with `weir.` are Weir's own"),
+                ));
+            }
         }
         if k.max_message_size.0 < 1024 || k.max_message_size.0 > KAFKA_MAX_MESSAGE {
             return Err(ConfigError::invalid(
@@ -607,6 +811,15 @@ impl GatewayConfig {
     }
 }
 
+/// `name` lower-cased when it is a valid HTTP header (gRPC metadata) name (RFC 9110 token).
+pub fn http_header_name(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    ok.then(|| name.to_ascii_lowercase())
+}
+
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| {
         ConfigError::invalid(
@@ -633,6 +846,17 @@ fn check_topic(key: &str, name: &str) -> Result<(), ConfigError> {
             format!("`{name}` is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"),
         ))
     }
+}
+
+/// True for a valid Kafka topic name: 1 to 249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`.
+pub fn is_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -691,6 +915,46 @@ mod tests {
         assert_eq!(e.key(), Some("kafka.security.sasl"), "{e}");
         let e = err("kafka:\n  acks: 2\n");
         assert_eq!(e.key(), Some("kafka.acks"), "{e}");
+    }
+
+    #[test]
+    fn listener_limits_tls_and_metadata_keys_are_checked() {
+        let cfg = GatewayConfig::from_yaml(
+            "receivers:\n  grpc:\n    endpoint: 127.0.0.1:1\n    max_connections: 10\n    idle_timeout: 30s\n    tls: {cert_file: c, key_file: k, min_version: '1.3'}\nkafka:\n  include_metadata_keys: [X-Tenant-Id]\nlimits:\n  max_span_attributes: 64\n  max_attribute_value_size: 1KiB\n  attribute_limit_action: reject\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.receivers.grpc.max_connections, 10);
+        assert_eq!(
+            cfg.receivers.grpc.header_read_timeout,
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            cfg.receivers.grpc.tls.unwrap().min_version,
+            crate::TlsVersion::Tls13
+        );
+        assert_eq!(cfg.limits.max_attribute_value_size, Some(ByteSize(1024)));
+        assert_eq!(
+            cfg.limits.attribute_limit_action,
+            AttributeLimitAction::Reject
+        );
+        let e = err("receivers:\n  http:\n    endpoint: 127.0.0.1:1\n    max_connections: 0\n");
+        assert_eq!(e.key(), Some("receivers.http.max_connections"), "{e}");
+        let e = err(
+            "receivers:\n  http:\n    endpoint: 127.0.0.1:1\n    tls: {cert_file: c, key_file: k, reload_interval: 1ms}\n",
+        );
+        assert_eq!(e.key(), Some("receivers.http.tls.reload_interval"), "{e}");
+        let e = err("kafka:\n  include_metadata_keys: [Authorization]\n");
+        assert_eq!(e.key(), Some("kafka.include_metadata_keys[0]"), "{e}");
+        let e = err("kafka:\n  include_metadata_keys: [ok, 'bad key']\n");
+        assert_eq!(e.key(), Some("kafka.include_metadata_keys[1]"), "{e}");
+        let e = err("kafka:\n  include_metadata_keys: [weir.tenant]\n");
+        assert_eq!(e.key(), Some("kafka.include_metadata_keys[0]"), "{e}");
+        let e = err(
+            "receivers:\n  auth:\n    api_key_header: X-Key\n    tokens: [{tenant: a, env: V}]\nkafka:\n  include_metadata_keys: [x-key]\n",
+        );
+        assert_eq!(e.key(), Some("kafka.include_metadata_keys[0]"), "{e}");
+        let e = err("limits:\n  max_span_attributes: 0\n");
+        assert_eq!(e.key(), Some("limits.max_span_attributes"), "{e}");
     }
 
     #[test]

@@ -2,10 +2,16 @@
 //! admin), how it is read, and how it is validated. Every key is documented in the commented
 //! example `config/gateway.yaml` and in `docs/configuration.md`.
 
+pub mod auth;
+pub mod control_plane;
 mod error;
 pub mod gateway;
 pub mod policy;
+pub mod tail_router;
+pub mod tls;
 pub mod units;
 
+pub use control_plane::ControlPlaneConfig;
 pub use error::ConfigError;
 pub use gateway::GatewayConfig;
+pub use tls::{ServerTls, TlsVersion};

@@ -1,6 +1,7 @@
 //! The admin listener (8888): `/healthz` (the process serves), `/readyz` (ready to take
 //! traffic: the broker answers and shutdown has not begun) and `/metrics` (Prometheus).
 
+use crate::listener::{self, ServeOptions};
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -59,9 +60,27 @@ struct AdminState {
     prometheus: PrometheusHandle,
 }
 
-/// Serves the admin routes until `shutdown` is cancelled.
+/// Serves the admin routes in plaintext with the default connection limits until `shutdown`
+/// is cancelled.
 pub async fn serve(
     listener: TcpListener,
+    readiness: Arc<Readiness>,
+    prometheus: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let options = ServeOptions {
+        name: "admin",
+        limits: listener::ConnLimits::default(),
+        tls: None,
+        protocols: listener::Protocols::Http1And2,
+    };
+    serve_with(listener, options, readiness, prometheus, shutdown).await
+}
+
+/// Serves the admin routes with the TLS and limits of `options` until `shutdown` is cancelled.
+pub async fn serve_with(
+    listener: TcpListener,
+    options: ServeOptions,
     readiness: Arc<Readiness>,
     prometheus: PrometheusHandle,
     shutdown: CancellationToken,
@@ -88,8 +107,5 @@ pub async fn serve(
             readiness,
             prometheus,
         });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-    Ok(())
+    listener::serve(listener, options, app, shutdown).await
 }

@@ -4,11 +4,17 @@
 
 pub mod admin;
 pub mod admission;
+pub mod auth;
+pub mod control_plane;
+pub mod listener;
 pub mod pipeline;
 pub mod policy;
 pub mod receivers;
 pub mod signal;
+pub mod tail;
+pub mod tail_router;
 pub mod telemetry;
+pub mod tls;
 pub mod validate;
 
 use anyhow::Context;
@@ -35,13 +41,51 @@ pub async fn run(
         KafkaExporter::new(&config.kafka, config.limits.export_timeout)
             .context("creating the Kafka producer")?,
     );
-    let policies = Arc::new(policy::PolicyStore::new(config.policy_file.clone())?);
+    // With a control plane, the last policy it pushed comes first (see control_plane.rs).
+    let (policies, control_plane_state) = match &config.control_plane {
+        Some(cp) => {
+            let (store, state) =
+                control_plane::initial_policy_store(cp, config.policy_file.clone())?;
+            (Arc::new(store), Some((cp, state)))
+        }
+        None => (
+            Arc::new(policy::PolicyStore::new(config.policy_file.clone())?),
+            None,
+        ),
+    };
+    let control_plane = control_plane_state
+        .map(|(cp, state)| {
+            control_plane::ControlPlaneClient::new(cp, state, policies.clone(), exporter.clone())
+        })
+        .transpose()
+        .context("control_plane")?;
     let pipeline = Arc::new(pipeline::Pipeline::new(
         config.clone(),
         exporter.clone(),
         policies.clone(),
     ));
     let readiness = Arc::new(admin::Readiness::default());
+    let ingress = Arc::new(
+        receivers::Ingress::new(&config).context("reading the receivers' credentials")?,
+    );
+    // TLS files are loaded now, so a bad certificate fails the start, not the first client.
+    let tls_of = |name: &'static str, section: Option<&weir_config::ServerTls>, alpn| {
+        section
+            .map(|t| tls::ReloadingTls::new(name, t, alpn))
+            .transpose()
+            .with_context(|| format!("loading the TLS files of the {name} listener"))
+    };
+    let grpc_tls = tls_of("grpc", config.receivers.grpc.tls.as_ref(), tls::ALPN_H2)?;
+    let http_tls = tls_of("http", config.receivers.http.tls.as_ref(), tls::ALPN_H2_HTTP1)?;
+    let admin_tls = tls_of("admin", config.admin.tls.as_ref(), tls::ALPN_H2_HTTP1)?;
+    let options = |name, listener: &weir_config::gateway::Listener, tls, protocols| {
+        listener::ServeOptions {
+            name,
+            limits: listener::ConnLimits::of(listener),
+            tls,
+            protocols,
+        }
+    };
 
     // Bind everything first, so a port in use fails the start rather than a later request.
     let bind = |endpoint: String, what: &'static str| async move {
@@ -64,16 +108,49 @@ pub async fn run(
     let mut servers = tokio::task::JoinSet::new();
     if let Some(l) = grpc_listener {
         tracing::info!(endpoint = %l.local_addr()?, "OTLP/gRPC receiver listening");
-        servers.spawn(receivers::grpc::serve(l, pipeline.clone(), stop.clone()));
+        servers.spawn(receivers::grpc::serve(
+            l,
+            options(
+                "grpc",
+                &config.receivers.grpc,
+                grpc_tls.clone(),
+                listener::Protocols::Http2,
+            ),
+            pipeline.clone(),
+            ingress.clone(),
+            stop.clone(),
+        ));
     }
     if let Some(l) = http_listener {
         tracing::info!(endpoint = %l.local_addr()?, "OTLP/HTTP receiver listening");
-        servers.spawn(receivers::http::serve(l, pipeline.clone(), stop.clone()));
+        servers.spawn(receivers::http::serve(
+            l,
+            options(
+                "http",
+                &config.receivers.http,
+                http_tls.clone(),
+                listener::Protocols::Http1And2,
+            ),
+            receivers::http::Receiver {
+                pipeline: pipeline.clone(),
+                ingress: ingress.clone(),
+            },
+            stop.clone(),
+        ));
     }
     tracing::info!(endpoint = %admin_listener.local_addr()?, "admin listening (/healthz, /readyz, /metrics)");
     let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(
+    for t in [&grpc_tls, &http_tls, &admin_tls].into_iter().flatten() {
+        tokio::spawn(t.clone().watch(admin_stop.clone()));
+    }
+    let admin_task = tokio::spawn(admin::serve_with(
         admin_listener,
+        listener::ServeOptions {
+            name: "admin",
+            limits: listener::ConnLimits::default(),
+            tls: admin_tls,
+            protocols: listener::Protocols::Http1And2,
+        },
         readiness.clone(),
         prometheus,
         admin_stop.clone(),
@@ -83,7 +160,25 @@ pub async fn run(
         readiness.clone(),
         admin_stop.clone(),
     ));
+    // Tail sampling decisions: published until the receivers have drained, then sealed.
+    let tail_stop = CancellationToken::new();
+    let tail_task = tokio::spawn(
+        tail::publish::Publisher::new(
+            exporter.clone(),
+            policies.clone(),
+            &config.tail.decisions_topic,
+            config
+                .tail
+                .gateway_id
+                .clone()
+                .unwrap_or_else(tail::publish::Publisher::default_gateway_id),
+            config.kafka.max_message_size.as_usize(),
+        )
+        .run(tail_stop.clone()),
+    );
     let policy_task = tokio::spawn(policies.watch(admin_stop.clone()));
+    // The gateway serves whether or not the control plane answers; this task only reconnects.
+    let control_plane_task = control_plane.map(|c| tokio::spawn(c.run(admin_stop.clone())));
 
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -109,6 +204,13 @@ pub async fn run(
         tracing::warn!("shutdown_timeout passed with requests still in flight; stopping anyway");
         servers.abort_all();
     }
+    tail_stop.cancel();
+    if tokio::time::timeout_at(deadline.into(), tail_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown_timeout passed before the last decision window was published");
+    }
     let remaining = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
@@ -120,6 +222,9 @@ pub async fn run(
     let _ = admin_task.await;
     let _ = probe_task.await;
     let _ = policy_task.await;
+    if let Some(t) = control_plane_task {
+        let _ = t.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 use weir_config::GatewayConfig;
-use weir_exporters::kafka::KafkaExporter;
+use weir_config::gateway::AttributeLimitAction;
+use weir_exporters::kafka::{KafkaExporter, RecordHeaders};
+use weir_proto::wire::AttributeLimits;
 
 /// Bodies larger than this are turned into records off the async worker's hot loop.
 const BLOCKING_BODY_BYTES: usize = 512 * 1024;
@@ -33,12 +35,23 @@ pub enum Transport {
 }
 
 impl Transport {
-    fn label(self) -> &'static str {
+    /// The `transport` metric label.
+    pub fn label(self) -> &'static str {
         match self {
             Transport::Grpc => "grpc",
             Transport::Http => "http",
         }
     }
+}
+
+/// What the receiver learnt about a request besides its body.
+#[derive(Clone, Debug, Default)]
+pub struct RequestMeta {
+    /// The authenticated tenant, when `receivers.auth` is configured.
+    pub tenant: Option<std::sync::Arc<str>>,
+    /// Headers for every record of the request: `weir.tenant` and the copied request
+    /// metadata (`kafka.include_metadata_keys`).
+    pub record_headers: Option<RecordHeaders>,
 }
 
 /// Why a request was refused, each with the OTLP status it maps to.
@@ -64,6 +77,7 @@ pub struct Pipeline {
     admission: Admission,
     config: Arc<GatewayConfig>,
     policies: Arc<PolicyStore>,
+    attribute_limits: Option<(AttributeLimits, AttributeLimitAction)>,
 }
 
 impl Pipeline {
@@ -74,11 +88,23 @@ impl Pipeline {
         policies: Arc<PolicyStore>,
     ) -> Self {
         let admission = Admission::new(config.limits.max_in_flight_bytes.as_usize());
+        let l = &config.limits;
+        let attribute_limits =
+            (l.max_span_attributes.is_some() || l.max_attribute_value_size.is_some()).then(|| {
+                let limits = AttributeLimits {
+                    max_count: l.max_span_attributes.unwrap_or(u32::MAX),
+                    max_value_size: l
+                        .max_attribute_value_size
+                        .map_or(usize::MAX, |s| s.as_usize()),
+                };
+                (limits, l.attribute_limit_action)
+            });
         Self {
             exporter,
             admission,
             config,
             policies,
+            attribute_limits,
         }
     }
 
@@ -98,6 +124,7 @@ impl Pipeline {
         body: Bytes,
         format: Format,
         transport: Transport,
+        meta: &RequestMeta,
     ) -> Result<S::Response, PipelineError> {
         let _admitted = self.admission.try_admit(body.len()).ok_or_else(|| {
             metrics::counter!("weir_receiver_refused_requests_total", "transport" => transport.label(), "reason" => "in_flight_limit")
@@ -113,6 +140,8 @@ impl Pipeline {
             topic: S::topic(&self.config.kafka),
             max_message_size: self.config.kafka.max_message_size.as_usize(),
             policy: &policy,
+            tenant: meta.tenant.as_deref(),
+            attribute_limits: self.attribute_limits,
         };
         // Large bodies take long enough to hold up other requests on this worker thread.
         let prepared = if body.len() > BLOCKING_BODY_BYTES {
@@ -125,7 +154,12 @@ impl Pipeline {
             PipelineError::InvalidArgument(e)
         })?;
         drop(body);
-        let (batch, items) = (prepared.batch, prepared.items);
+        let (mut batch, items) = (prepared.batch, prepared.items);
+        if let Some(headers) = &meta.record_headers {
+            for r in &mut batch.records {
+                r.headers = Some(headers.clone());
+            }
+        }
         let sent_items: u64 = batch.records.iter().map(|r| r.items).sum();
         match self.exporter.send(&batch.records).await {
             Ok(()) => {

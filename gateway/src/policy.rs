@@ -5,14 +5,16 @@
 
 use arc_swap::ArcSwap;
 use metrics::Counter;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
-use weir_config::policy::{AttrValue, Decision, Outcome, Policy, SpanView, Topic};
+use weir_config::policy::{
+    AttrValue, Decision, Outcome, Policy, ResourceCandidates, SpanView, Topic,
+};
 use weir_exporters::kafka::TracePlan;
-use weir_proto::wire::{self, SpanFields, TraceRequestView, WireValue};
+use weir_proto::wire::{self, SpanEntry, SpanFields, TraceRequestView, WireValue};
 
 /// How often the policy file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -93,6 +95,8 @@ impl ActivePolicy {
 pub struct PolicyStore {
     current: ArcSwap<ActivePolicy>,
     file: Option<PathBuf>,
+    /// Set once the policy in force came from the control plane: `file` no longer overrides it.
+    pushed: std::sync::atomic::AtomicBool,
 }
 
 /// Reads and compiles a policy file, naming the file in the error.
@@ -116,7 +120,35 @@ impl PolicyStore {
         Ok(Self {
             current: ArcSwap::from_pointee(ActivePolicy::new(policy)),
             file,
+            pushed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Starts with a policy the control plane pushed earlier (the last-known-good one kept on
+    /// disk); changes of `file` are ignored while it is in force.
+    pub fn from_control_plane(policy: Policy, file: Option<PathBuf>) -> Self {
+        metrics::gauge!("weir_policy_version").set(policy.version() as f64);
+        tracing::info!(
+            version = policy.version(),
+            "policy loaded from the last one the control plane pushed"
+        );
+        Self {
+            current: ArcSwap::from_pointee(ActivePolicy::new(policy)),
+            file,
+            pushed: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// Swaps in a policy the control plane pushed; from now on it wins over `file`.
+    pub fn apply_pushed(&self, policy: Policy) {
+        self.pushed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.apply(policy);
+    }
+
+    /// True when the policy in force came from the control plane.
+    pub fn is_pushed(&self) -> bool {
+        self.pushed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The policy in force; a request holds on to it from start to end.
@@ -138,6 +170,10 @@ impl PolicyStore {
     /// refused, counted and logged, and the running policy stays.
     pub fn reload(&self) {
         let Some(path) = &self.file else { return };
+        if self.is_pushed() {
+            tracing::warn!(file = %path.display(), "the policy file changed, but the control plane's policy is in force and stays");
+            return;
+        }
         match read_policy_file(path) {
             Ok(policy) => self.apply(policy),
             Err(e) => {
@@ -198,15 +234,34 @@ fn lookup<'a>(attrs: &[(&'a str, WireValue<'a>)], key: &str) -> Option<WireValue
     attrs.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| *v)
 }
 
-/// A span as the policy sees it, read from the request bytes. Its attributes are parsed on the
-/// first lookup into a buffer reused from span to span; the resource's once per request.
+/// A span as the policy sees it, read from the request bytes as the policy asks: its name and
+/// attributes where validation found them, its other fields in one pass on first use. Its
+/// attributes are parsed for lookups into a buffer reused from span to span; the resource's
+/// once per request.
 struct WireSpan<'a, 's> {
-    trace_id: &'a [u8; 16],
-    fields: SpanFields<'a>,
+    entry: &'s SpanEntry,
+    bytes: &'a [u8],
+    fields: OnceCell<SpanFields<'a>>,
     resource: &'s [(&'a str, WireValue<'a>)],
     scope_head: &'a [u8],
     attrs: &'s RefCell<Attrs<'a>>,
     attrs_read: Cell<bool>,
+    /// The request's authenticated tenant.
+    tenant: Option<&'s str>,
+}
+
+impl<'a> WireSpan<'a, '_> {
+    fn fields(&self) -> &SpanFields<'a> {
+        self.fields.get_or_init(|| SpanFields::read(self.bytes))
+    }
+}
+
+/// A string value's bytes, as the rule index looks values up.
+fn text(v: WireValue<'_>) -> Option<&[u8]> {
+    match v {
+        WireValue::Str(s) => Some(s.as_bytes()),
+        _ => None,
+    }
 }
 
 fn attr(v: WireValue<'_>) -> AttrValue<'_> {
@@ -221,42 +276,58 @@ fn attr(v: WireValue<'_>) -> AttrValue<'_> {
 
 impl SpanView for WireSpan<'_, '_> {
     fn trace_id(&self) -> &[u8; 16] {
-        self.trace_id
+        &self.entry.trace_id
     }
     fn name(&self) -> &str {
-        self.fields.name
+        self.fields().name
+    }
+    fn name_bytes(&self) -> &[u8] {
+        self.entry.name(self.bytes)
     }
     fn kind(&self) -> i32 {
-        self.fields.kind
+        self.fields().kind
     }
     fn status_code(&self) -> i32 {
-        self.fields.status_code
+        self.fields().status_code
     }
     fn start_time_unix_nano(&self) -> u64 {
-        self.fields.start_time_unix_nano
+        self.fields().start_time_unix_nano
     }
     fn end_time_unix_nano(&self) -> u64 {
-        self.fields.end_time_unix_nano
+        self.fields().end_time_unix_nano
     }
     fn trace_state(&self) -> &str {
-        self.fields.trace_state
+        self.fields().trace_state
     }
     fn is_root(&self) -> bool {
-        self.fields.is_root
+        self.fields().is_root
     }
     fn scope_name(&self) -> &str {
         wire::scope_name(self.scope_head)
+    }
+    fn tenant(&self) -> Option<&str> {
+        self.tenant
     }
     fn span_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
         if !self.attrs_read.replace(true) {
             let mut attrs = self.attrs.borrow_mut();
             attrs.clear();
-            attrs.extend(self.fields.attributes());
+            attrs.extend(self.fields().attributes());
         }
         lookup(&self.attrs.borrow(), key).map(attr)
     }
     fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
         lookup(self.resource, key).map(attr)
+    }
+    fn for_each_span_attribute(&self, f: &mut dyn FnMut(&[u8], Option<&[u8]>)) {
+        for (k, v) in self.entry.raw_attributes(self.bytes) {
+            f(k, v);
+        }
+    }
+    fn for_each_resource_attribute(&self, f: &mut dyn FnMut(&[u8], Option<&[u8]>)) {
+        for (k, v) in self.resource {
+            f(k.as_bytes(), text(*v));
+        }
     }
 }
 
@@ -267,6 +338,17 @@ pub fn plan_traces(
     body: &[u8],
     view: &TraceRequestView,
     default_topic: &str,
+) -> TracePlan {
+    plan_traces_for(active, body, view, default_topic, None)
+}
+
+/// `plan_traces` for a request authenticated as `tenant`, which rules can match.
+pub fn plan_traces_for(
+    active: &ActivePolicy,
+    body: &[u8],
+    view: &TraceRequestView,
+    default_topic: &str,
+    tenant: Option<&str>,
 ) -> TracePlan {
     let policy = &active.policy;
     if policy.version() == 0 {
@@ -285,26 +367,40 @@ pub fn plan_traces(
         .iter()
         .map(|r| wire::resource_attributes(&r.head).collect())
         .collect();
+    let candidates: Vec<ResourceCandidates> = resources
+        .iter()
+        .map(|attrs| {
+            policy.resource_candidates(attrs.iter().map(|(k, v)| (k.as_bytes(), text(*v))))
+        })
+        .collect();
     let attrs = RefCell::new(Attrs::with_capacity(16));
+    // Tail rules mark trace ids in the decision window (set when `tail` drops).
+    let mut tail = crate::tail::TailMarker::new(policy);
     for (i, entry) in view.spans.iter().enumerate() {
         let scope = &view.scopes[entry.scope as usize];
         let span = WireSpan {
-            trace_id: &entry.trace_id,
-            fields: SpanFields::read(&body[entry.range()]),
+            entry,
+            bytes: &body[entry.range()],
+            fields: OnceCell::new(),
             resource: &resources[scope.resource as usize],
             scope_head: &scope.head,
             attrs: &attrs,
             attrs_read: Cell::new(false),
+            tenant,
         };
-        let decision = policy.evaluate(&span, now);
+        tail.observe(&span);
+        let decision = policy.evaluate_in(&candidates[scope.resource as usize], &span, now);
         active.counters.count(&decision);
         if !decision.keep {
             continue;
         }
         trace_state.clear();
-        if decision.write_tracestate(span.fields.trace_state, &mut trace_state) {
+        // Only a sampled-below-1 span has a threshold to record (and its fields to read).
+        if decision.threshold.is_some()
+            && decision.write_tracestate(span.fields().trace_state, &mut trace_state)
+        {
             let start = plan.rewritten.len();
-            wire::write_span_with_trace_state(span.fields.bytes, &trace_state, &mut plan.rewritten);
+            wire::write_span_with_trace_state(span.bytes, &trace_state, &mut plan.rewritten);
             plan.replaced.push((i as u32, start..plan.rewritten.len()));
         }
         for topic in policy.topic_set(decision.topics) {

@@ -2,6 +2,8 @@
 //! OTLP/JSON codec the OTLP/HTTP receiver and the `otlp_json` Kafka encoding use, and the
 //! `google.rpc` status types that carry errors back to OTLP clients.
 
+pub mod controlplane;
+pub mod decision;
 pub mod json;
 pub mod rpc;
 pub mod wire;

@@ -153,8 +153,12 @@ impl<'a> Reader<'a> {
         }
         let start = self.pos;
         let tag = self.varint()?;
-        let number =
-            u32::try_from(tag >> 3).map_err(|_| WireError::new("field number out of range"))?;
+        // A key is at most 32 bits (field numbers end at 2^29 - 1), as prost checks: a longer
+        // one in an unknown field would pass here and break decoding of the records built
+        // from these bytes (found by fuzzing).
+        let number = u32::try_from(tag)
+            .map(|key| key >> 3)
+            .map_err(|_| WireError::new("field number out of range"))?;
         if number == 0 {
             return Err(WireError::new("field number 0 is invalid"));
         }
@@ -442,18 +446,39 @@ const SPAN_FIELDS: &[(u32, &str, Kind)] = &[
 ];
 
 /// Checks a span and returns its trace id.
-fn span(buf: &[u8], depth: u32) -> Result<[u8; 16]> {
+/// What validating a span learns for later readers: its trace id, and where its name and
+/// its attributes are (offsets into the span's bytes).
+struct SpanLayout {
+    trace_id: [u8; 16],
+    name: (u32, u32),
+    attributes: (u32, u32),
+}
+
+fn span(buf: &[u8], depth: u32) -> Result<SpanLayout> {
     let (mut trace_id, mut span_id, mut parent) = (&[][..], &[][..], &[][..]);
+    let (mut name, mut attributes) = ((0, 0), (u32::MAX, 0));
+    // Payloads are subslices of `buf`: their offsets are pointer differences.
+    let offset = |b: &[u8]| (b.as_ptr() as usize - buf.as_ptr() as usize) as u32;
     walk(buf, depth, SPAN_FIELDS, |n, b| match n {
         1 => trace_id = b,
         2 => span_id = b,
         4 => parent = b,
+        5 => name = (offset(b), offset(b) + b.len() as u32),
+        9 => {
+            // Field 9's tag is one byte, then the length.
+            let field_start = offset(b) - 1 - varint_len(b.len() as u64) as u32;
+            attributes = (attributes.0.min(field_start), offset(b) + b.len() as u32);
+        }
         _ => {}
     })?;
     check_id(trace_id, "trace_id", 16, true)?;
     check_id(span_id, "span_id", 8, true)?;
     check_id(parent, "parent_span_id", 8, false)?;
-    Ok(trace_id.try_into().expect("length checked above"))
+    Ok(SpanLayout {
+        trace_id: trace_id.try_into().expect("length checked above"),
+        name,
+        attributes: (attributes.0.min(attributes.1), attributes.1),
+    })
 }
 
 /// A `ResourceSpans` of the request: its fields other than `scope_spans`, as they came.
@@ -483,12 +508,32 @@ pub struct SpanEntry {
     pub end: u32,
     /// The span's trace id.
     pub trace_id: [u8; 16],
+    /// Where the name's bytes are, as offsets into the span's bytes (start, end).
+    pub name: (u32, u32),
+    /// Where the span's attribute fields are, from the first one's tag to the last one's end,
+    /// as offsets into the span's bytes.
+    pub attributes: (u32, u32),
 }
 
 impl SpanEntry {
     /// The span's range in the request body.
     pub fn range(&self) -> Range<usize> {
         self.start as usize..self.end as usize
+    }
+
+    /// The name's bytes (UTF-8, as validated), given the span's bytes.
+    pub fn name<'a>(&self, span: &'a [u8]) -> &'a [u8] {
+        span.get(self.name.0 as usize..self.name.1 as usize)
+            .unwrap_or(&[])
+    }
+
+    /// The span's attributes as bytes (see [`raw_attributes`]), given the span's bytes: reads
+    /// only where validation found them.
+    pub fn raw_attributes<'a>(&self, span: &'a [u8]) -> RawAttributes<'a> {
+        let region = span
+            .get(self.attributes.0 as usize..self.attributes.1 as usize)
+            .unwrap_or(&[]);
+        raw_attributes(region, 9)
     }
 }
 
@@ -576,14 +621,16 @@ impl TraceRequestView {
                     if f.wire != WireType::Len {
                         return Err(WireError::new("wire type is not Len").within(&seg()));
                     }
-                    let trace_id = span(f.bytes, depth + 1).map_err(|e| e.within(&seg()))?;
+                    let layout = span(f.bytes, depth + 1).map_err(|e| e.within(&seg()))?;
                     // The payload is a subslice of `body`: its offset is a pointer difference.
                     let start = f.bytes.as_ptr() as usize - body.as_ptr() as usize;
                     self.spans.push(SpanEntry {
                         scope: scope_index,
                         start: start as u32,
                         end: (start + f.bytes.len()) as u32,
-                        trace_id,
+                        trace_id: layout.trace_id,
+                        name: layout.name,
+                        attributes: layout.attributes,
                     });
                     i += 1;
                     continue;
@@ -619,20 +666,102 @@ fn fields(buf: &[u8]) -> impl Iterator<Item = Field<'_>> {
     std::iter::from_fn(move || r.next().ok().flatten())
 }
 
+/// A field of bytes that validation accepted, read by [`Validated`].
+#[derive(Clone, Copy)]
+struct Raw<'a> {
+    number: u32,
+    wire: u8,
+    /// A LEN field's payload, or a fixed field's little-endian bytes.
+    bytes: &'a [u8],
+    /// A varint field's value.
+    value: u64,
+}
+
+/// Reads the fields of validated bytes with no error reporting (the hot path's reader:
+/// validation already said what was wrong); stops at anything malformed.
+struct Validated<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+const VARINT: u8 = 0;
+const I64: u8 = 1;
+const LEN: u8 = 2;
+
+impl<'a> Validated<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    #[inline(always)]
+    fn varint(&mut self) -> Option<u64> {
+        let b = *self.buf.get(self.pos)?;
+        self.pos += 1;
+        if b < 0x80 {
+            return Some(u64::from(b));
+        }
+        let mut value = u64::from(b & 0x7f);
+        for i in 1..10 {
+            let b = *self.buf.get(self.pos)?;
+            self.pos += 1;
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    #[inline(always)]
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let out = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(out)
+    }
+}
+
+impl<'a> Iterator for Validated<'a> {
+    type Item = Raw<'a>;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<Raw<'a>> {
+        let tag = self.varint()?;
+        let wire = (tag & 7) as u8;
+        let (bytes, value) = match wire {
+            VARINT => (&[][..], self.varint()?),
+            I64 => (self.take(8)?, 0),
+            LEN => {
+                let n = usize::try_from(self.varint()?).ok()?;
+                (self.take(n)?, 0)
+            }
+            5 => (self.take(4)?, 0),
+            _ => return None,
+        };
+        Some(Raw {
+            number: (tag >> 3) as u32,
+            wire,
+            bytes,
+            value,
+        })
+    }
+}
+
+/// The little-endian u64 of a fixed64 field read by [`Validated`].
+fn fixed64_of(f: &Raw<'_>) -> u64 {
+    f.bytes.try_into().map_or(0, u64::from_le_bytes)
+}
+
+/// A validated string read by [`Validated`] (non-UTF-8 cannot occur; it reads as empty).
+fn text_of<'a>(f: &Raw<'a>) -> &'a str {
+    std::str::from_utf8(f.bytes).unwrap_or("")
+}
+
 /// The value of a varint field, read again from its bytes.
 fn varint_at(buf: &[u8], f: &Field<'_>) -> u64 {
     let mut r = Reader::new(&buf[f.span.clone()]);
     let _ = r.varint();
     r.varint().unwrap_or(0)
-}
-
-/// The 8 bytes of a fixed64 field, little-endian.
-fn fixed64_at(buf: &[u8], f: &Field<'_>) -> u64 {
-    let end = f.span.end;
-    buf.get(end - 8..end)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-        .unwrap_or(0)
 }
 
 /// A validated string field (non-UTF-8 cannot occur after validation; it reads as empty).
@@ -642,33 +771,118 @@ fn str_of<'a>(f: &Field<'a>) -> &'a str {
 
 fn any_value_of(buf: &[u8]) -> WireValue<'_> {
     let mut out = WireValue::Other;
-    for f in fields(buf) {
+    for f in Validated::new(buf) {
         out = match (f.number, f.wire) {
-            (1, WireType::Len) => WireValue::Str(str_of(&f)),
-            (2, WireType::Varint) => WireValue::Bool(varint_at(buf, &f) != 0),
-            (3, WireType::Varint) => WireValue::Int(varint_at(buf, &f) as i64),
-            (4, WireType::I64) => WireValue::Double(f64::from_bits(fixed64_at(buf, &f))),
+            (1, LEN) => WireValue::Str(text_of(&f)),
+            (2, VARINT) => WireValue::Bool(f.value != 0),
+            (3, VARINT) => WireValue::Int(f.value as i64),
+            (4, I64) => WireValue::Double(f64::from_bits(fixed64_of(&f))),
             _ => WireValue::Other,
         };
     }
     out
 }
 
+/// A `KeyValue`'s key and value bytes.
+#[inline]
+fn key_and_value(kv: &[u8]) -> (&[u8], Option<&[u8]>) {
+    // The usual layout, key then value, each shorter than 128 bytes, read without a loop.
+    if let [0x0a, key_len, rest @ ..] = kv
+        && *key_len < 0x80
+        && let Some((k, rest)) = rest.split_at_checked(usize::from(*key_len))
+        && let [0x12, value_len, v @ ..] = rest
+        && *value_len < 0x80
+        && usize::from(*value_len) == v.len()
+    {
+        return (k, Some(v));
+    }
+    let (mut k, mut v) = (&[][..], None);
+    for f in Validated::new(kv) {
+        match (f.number, f.wire) {
+            (1, LEN) => k = f.bytes,
+            (2, LEN) => v = Some(f.bytes),
+            _ => {}
+        }
+    }
+    (k, v)
+}
+
 /// The `KeyValue` entries in field `field` of a validated message, in order.
 pub fn attributes(message: &[u8], field: u32) -> impl Iterator<Item = (&str, WireValue<'_>)> {
-    fields(message)
-        .filter(move |f| f.number == field && f.wire == WireType::Len)
+    Validated::new(message)
+        .filter(move |f| f.number == field && f.wire == LEN)
         .map(|f| {
-            let (mut k, mut v) = ("", None);
-            for kv in fields(f.bytes) {
-                match (kv.number, kv.wire) {
-                    (1, WireType::Len) => k = str_of(&kv),
-                    (2, WireType::Len) => v = Some(kv.bytes),
-                    _ => {}
-                }
-            }
+            let (k, v) = key_and_value(f.bytes);
+            let k = std::str::from_utf8(k).unwrap_or("");
             (k, v.map_or(WireValue::Other, any_value_of))
         })
+}
+
+/// The `KeyValue` entries in field `field` of a validated message as bytes: the key, and the
+/// value when it is a string. No UTF-8 check and no number decoding, for lookups by bytes.
+pub fn raw_attributes(message: &[u8], field: u32) -> RawAttributes<'_> {
+    RawAttributes {
+        fields: Validated::new(message),
+        // Fields below 16 have one-byte tags, which the fast path compares directly.
+        tag: if field < 16 {
+            (field << 3) as u8 | LEN
+        } else {
+            0
+        },
+        field,
+    }
+}
+
+/// The iterator of [`raw_attributes`].
+pub struct RawAttributes<'a> {
+    fields: Validated<'a>,
+    tag: u8,
+    field: u32,
+}
+
+impl<'a> Iterator for RawAttributes<'a> {
+    type Item = (&'a [u8], Option<&'a [u8]>);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            // The usual entry: a one-byte tag and a one-byte length, read without the loop.
+            let rest = self.fields.buf.get(self.fields.pos..)?;
+            if let [tag, len, entry @ ..] = rest
+                && *tag == self.tag
+                && *len < 0x80
+                && let Some(kv) = entry.get(..usize::from(*len))
+            {
+                self.fields.pos += 2 + kv.len();
+                return Some(key_and_text(kv));
+            }
+            let f = self.fields.next()?;
+            if f.number == self.field && f.wire == LEN {
+                return Some(key_and_text(f.bytes));
+            }
+        }
+    }
+}
+
+/// A `KeyValue`'s key, and its value when that is a string.
+#[inline]
+fn key_and_text(kv: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let (k, v) = key_and_value(kv);
+    let text = v.and_then(|v| {
+        // A short string value alone in its AnyValue, the usual case, without a loop.
+        if let [0x0a, len, s @ ..] = v
+            && *len < 0x80
+            && usize::from(*len) == s.len()
+        {
+            return Some(s);
+        }
+        let mut text = None;
+        for f in Validated::new(v) {
+            text = (f.number == 1 && f.wire == LEN).then_some(f.bytes);
+        }
+        text
+    });
+    (k, text)
 }
 
 /// The attributes of a `ResourceEntry::head`, in order.
@@ -723,19 +937,23 @@ impl<'a> SpanFields<'a> {
             is_root: true,
             ..Default::default()
         };
-        for f in fields(bytes) {
+        for f in Validated::new(bytes) {
             match (f.number, f.wire) {
-                (3, WireType::Len) => out.trace_state = str_of(&f),
-                (4, WireType::Len) => out.is_root = f.bytes.is_empty(),
-                (5, WireType::Len) => out.name = str_of(&f),
-                (6, WireType::Varint) => out.kind = varint_at(bytes, &f) as i32,
-                (7, WireType::I64) => out.start_time_unix_nano = fixed64_at(bytes, &f),
-                (8, WireType::I64) => out.end_time_unix_nano = fixed64_at(bytes, &f),
-                (15, WireType::Len) => {
-                    out.status_code = fields(f.bytes)
-                        .filter(|s| s.number == 3 && s.wire == WireType::Varint)
+                (3, LEN) => out.trace_state = text_of(&f),
+                (4, LEN) => out.is_root = f.bytes.is_empty(),
+                (5, LEN) => out.name = text_of(&f),
+                (6, VARINT) => out.kind = f.value as i32,
+                (7, I64) => out.start_time_unix_nano = fixed64_of(&f),
+                (8, I64) => out.end_time_unix_nano = fixed64_of(&f),
+                // A repeated message field merges: a later `status` without a code keeps the
+                // earlier code, as prost and every consumer read it (found by fuzzing).
+                (15, LEN) => {
+                    if let Some(code) = Validated::new(f.bytes)
+                        .filter(|s| s.number == 3 && s.wire == VARINT)
                         .last()
-                        .map_or(0, |s| varint_at(f.bytes, &s) as i32)
+                    {
+                        out.status_code = code.value as i32;
+                    }
                 }
                 _ => {}
             }
@@ -746,6 +964,11 @@ impl<'a> SpanFields<'a> {
     /// The span's attributes, in order.
     pub fn attributes(&self) -> impl Iterator<Item = (&'a str, WireValue<'a>)> + 'a {
         attributes(self.bytes, 9)
+    }
+
+    /// The span's attributes as bytes (see [`raw_attributes`]), in order.
+    pub fn raw_attributes(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        raw_attributes(self.bytes, 9)
     }
 }
 
@@ -790,6 +1013,153 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 /// The bytes `put_varint` writes for `v`.
 pub fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Caps on a span's attributes (`limits.max_span_attributes`,
+/// `limits.max_attribute_value_size`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttributeLimits {
+    /// The most attributes a span keeps (`u32::MAX`: no cap).
+    pub max_count: u32,
+    /// The largest string or bytes value; arrays and maps count their encoded size
+    /// (`usize::MAX`: no cap).
+    pub max_value_size: usize,
+}
+
+/// How far a span goes past its `AttributeLimits`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttributeExcess {
+    /// Attributes past the count, and array or map values over the size: dropped on truncation.
+    pub dropped: u32,
+    /// String and bytes values over the size: cut on truncation.
+    pub truncated: u32,
+}
+
+impl AttributeExcess {
+    /// True when the span is within its limits.
+    pub fn is_empty(&self) -> bool {
+        self.dropped == 0 && self.truncated == 0
+    }
+}
+
+/// What to do with one attribute under the limits.
+enum AttrFate<'a> {
+    Keep,
+    Drop,
+    /// Keep the key field (its whole bytes) and a cut value: (AnyValue field tag, bytes).
+    Cut(&'a [u8], u8, &'a [u8]),
+}
+
+/// Decides the fate of the `KeyValue` `kv` when `kept` attributes are already kept.
+fn attribute_fate<'a>(kv: &'a [u8], kept: u32, limits: &AttributeLimits) -> AttrFate<'a> {
+    let (mut key, mut value) = (&[][..], None);
+    for f in fields(kv) {
+        match (f.number, f.wire) {
+            (1, WireType::Len) => key = &kv[f.span.clone()],
+            (2, WireType::Len) => value = Some(f.bytes),
+            _ => {}
+        }
+    }
+    // The last field of an AnyValue is its value (a oneof: the last one wins).
+    let last = value.and_then(|v| fields(v).last());
+    if let Some(v) = &last
+        && v.wire == WireType::Len
+        && v.bytes.len() > limits.max_value_size
+    {
+        match v.number {
+            1 => {
+                let s = str_of(v);
+                let mut n = limits.max_value_size;
+                while !s.is_char_boundary(n) {
+                    n -= 1;
+                }
+                if kept >= limits.max_count {
+                    return AttrFate::Drop;
+                }
+                return AttrFate::Cut(key, 0x0a, &s.as_bytes()[..n]);
+            }
+            7 => {
+                if kept >= limits.max_count {
+                    return AttrFate::Drop;
+                }
+                return AttrFate::Cut(key, 0x3a, &v.bytes[..limits.max_value_size]);
+            }
+            _ => return AttrFate::Drop,
+        }
+    }
+    if kept >= limits.max_count {
+        AttrFate::Drop
+    } else {
+        AttrFate::Keep
+    }
+}
+
+/// How far the validated span `bytes` goes past `limits` (its attributes only; events' and
+/// links' attributes are not capped).
+pub fn attribute_excess(bytes: &[u8], limits: &AttributeLimits) -> AttributeExcess {
+    let mut out = AttributeExcess::default();
+    let mut kept = 0u32;
+    for f in fields(bytes) {
+        if f.number != 9 || f.wire != WireType::Len {
+            continue;
+        }
+        match attribute_fate(f.bytes, kept, limits) {
+            AttrFate::Keep => kept += 1,
+            AttrFate::Drop => out.dropped += 1,
+            AttrFate::Cut(..) => {
+                kept += 1;
+                out.truncated += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Writes the validated span `bytes` within `limits`: attributes past the count and array or
+/// map values over the size are left out (and added to `dropped_attributes_count`, which
+/// goes last), long string and bytes values are cut (strings on a character boundary).
+/// Every other field is copied as it came.
+pub fn write_span_within_limits(
+    bytes: &[u8],
+    limits: &AttributeLimits,
+    out: &mut Vec<u8>,
+) -> AttributeExcess {
+    let mut excess = AttributeExcess::default();
+    let mut kept = 0u32;
+    let mut dropped_before = 0u64;
+    for f in fields(bytes) {
+        match (f.number, f.wire) {
+            (9, WireType::Len) => match attribute_fate(f.bytes, kept, limits) {
+                AttrFate::Keep => {
+                    kept += 1;
+                    out.extend_from_slice(&bytes[f.span.clone()]);
+                }
+                AttrFate::Drop => excess.dropped += 1,
+                AttrFate::Cut(key, tag, value) => {
+                    kept += 1;
+                    excess.truncated += 1;
+                    let any_len = 1 + varint_len(value.len() as u64) + value.len();
+                    let kv_len = key.len() + 1 + varint_len(any_len as u64) + any_len;
+                    out.push(0x4a);
+                    put_varint(out, kv_len as u64);
+                    out.extend_from_slice(key);
+                    out.push(0x12);
+                    put_varint(out, any_len as u64);
+                    out.push(tag);
+                    put_varint(out, value.len() as u64);
+                    out.extend_from_slice(value);
+                }
+            },
+            (10, WireType::Varint) => dropped_before = varint_at(bytes, &f),
+            _ => out.extend_from_slice(&bytes[f.span.clone()]),
+        }
+    }
+    let dropped = (dropped_before as u32).saturating_add(excess.dropped);
+    if dropped > 0 {
+        out.push(0x50);
+        put_varint(out, u64::from(dropped));
+    }
+    excess
 }
 
 #[cfg(test)]
@@ -924,6 +1294,44 @@ mod tests {
         }
     }
 
+    /// Fuzzing regression (gateway/fuzz, otlp_proto_traces): a key over 32 bits, in a field
+    /// the validator skips, was accepted while prost refuses it; records copied from such a
+    /// body did not decode (a panic in the otlp_json encoding).
+    #[test]
+    fn keys_over_32_bits_are_refused() {
+        let body = [0xd0, 0xfe, 0xc6, 0x93, 0x75, 0x00];
+        assert!(ExportTraceServiceRequest::decode(&body[..]).is_err());
+        let e = TraceRequestView::parse(&body).unwrap_err();
+        assert_eq!(e.reason(), "field number out of range");
+        // The largest valid field number still reads, as an unknown field.
+        let mut body = Vec::new();
+        put_varint(&mut body, ((1u64 << 29) - 1) << 3); // wire type 0, varint
+        body.push(0);
+        assert!(ExportTraceServiceRequest::decode(&body[..]).is_ok());
+        assert!(TraceRequestView::parse(&body).unwrap().spans.is_empty());
+    }
+
+    /// Fuzzing regression (gateway/fuzz, otlp_proto_traces): a span with two `status` fields,
+    /// the second without a code, read as UNSET while prost (and consumers) merge them into
+    /// ERROR, so a policy's `status: error` missed it.
+    #[test]
+    fn a_later_status_without_code_keeps_the_code() {
+        let body = hex::decode(
+            "0a2c122a12280a100102030405060708090a0b0c0d0e0f10120801020304050607082a01737a0218027a03120178",
+        )
+        .unwrap();
+        let decoded = ExportTraceServiceRequest::decode(&body[..]).unwrap();
+        let status = decoded.resource_spans[0].scope_spans[0].spans[0]
+            .status
+            .clone();
+        assert_eq!(status.map(|s| (s.code, s.message)), Some((2, "x".into())));
+        let view = TraceRequestView::parse(&body).unwrap();
+        assert_eq!(
+            SpanFields::read(&body[view.spans[0].range()]).status_code,
+            2
+        );
+    }
+
     #[test]
     fn invalid_utf8_and_deep_nesting_are_refused() {
         let mut s = span(1, 1);
@@ -1025,5 +1433,101 @@ mod tests {
             put_varint(&mut b, v);
             assert_eq!(b.len(), varint_len(v), "{v}");
         }
+    }
+}
+
+#[cfg(test)]
+mod attribute_limit_tests {
+    use super::*;
+    use crate::otlp::common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value};
+    use crate::otlp::trace::v1::Span;
+    use prost::Message;
+
+    fn kv(k: &str, v: Value) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
+    }
+
+    fn span(attributes: Vec<KeyValue>, dropped: u32) -> Vec<u8> {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: "op".into(),
+            attributes,
+            dropped_attributes_count: dropped,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn limit(bytes: &[u8], max_count: u32, max_value_size: usize) -> (Span, AttributeExcess) {
+        let limits = AttributeLimits {
+            max_count,
+            max_value_size,
+        };
+        let mut out = Vec::new();
+        let excess = write_span_within_limits(bytes, &limits, &mut out);
+        assert_eq!(excess, attribute_excess(bytes, &limits));
+        (Span::decode(&out[..]).expect("a valid span"), excess)
+    }
+
+    #[test]
+    fn spans_within_the_limits_are_unchanged() {
+        let bytes = span(vec![kv("a", Value::StringValue("abc".into()))], 0);
+        let (s, excess) = limit(&bytes, 1, 3);
+        assert!(excess.is_empty());
+        assert_eq!(s, Span::decode(&bytes[..]).unwrap());
+    }
+
+    #[test]
+    fn counts_past_the_cap_are_dropped_and_recorded() {
+        let attrs = (0..5)
+            .map(|i| kv(&format!("k{i}"), Value::IntValue(i)))
+            .collect();
+        let (s, excess) = limit(&span(attrs, 2), 3, usize::MAX);
+        assert_eq!(
+            excess,
+            AttributeExcess {
+                dropped: 2,
+                truncated: 0
+            }
+        );
+        let keys: Vec<_> = s.attributes.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(keys, ["k0", "k1", "k2"]);
+        assert_eq!(s.dropped_attributes_count, 4, "2 before + 2 now");
+        assert_eq!(s.name, "op");
+    }
+
+    #[test]
+    fn long_values_are_cut_on_char_boundaries_and_long_arrays_dropped() {
+        let attrs = vec![
+            kv("s", Value::StringValue("héllo".into())),
+            kv("b", Value::BytesValue(vec![7; 10])),
+            kv(
+                "arr",
+                Value::ArrayValue(ArrayValue {
+                    values: vec![AnyValue {
+                        value: Some(Value::StringValue("long enough".into())),
+                    }],
+                }),
+            ),
+            kv("i", Value::IntValue(1)),
+        ];
+        let (s, excess) = limit(&span(attrs, 0), 100, 2);
+        assert_eq!(
+            excess,
+            AttributeExcess {
+                dropped: 1,
+                truncated: 2
+            }
+        );
+        // "hé" is three bytes: the cut falls back to "h".
+        assert_eq!(s.attributes[0], kv("s", Value::StringValue("h".into())));
+        assert_eq!(s.attributes[1], kv("b", Value::BytesValue(vec![7; 2])));
+        assert_eq!(s.attributes[2], kv("i", Value::IntValue(1)));
+        assert_eq!(s.dropped_attributes_count, 1);
     }
 }

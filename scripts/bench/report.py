@@ -16,9 +16,9 @@ import json
 import os
 import sys
 
-GATEWAYS = ["weir", "weir-rules", "rotel"]
+GATEWAYS = ["weir", "weir-rules", "weir-policy", "weir-tail", "rotel"]
 LOADS = ["closed", "open"]
-TITLE = {"weir": "Weir", "weir-rules": "Weir + 100 rules", "rotel": "Rotel"}
+TITLE = {"weir": "Weir", "weir-rules": "Weir + 100 rules", "weir-policy": "Weir + empty policy", "weir-tail": "Weir + policy with tail", "rotel": "Rotel"}
 
 
 def load_json(path):
@@ -96,7 +96,11 @@ def table(runs):
                 f"| {fmt(m['cpu_per_million'], 2)} | {fmt(m['rss_mib'], 1)} | {fmt(m['p50'], 2)} "
                 f"| {fmt(m['p99'], 2)} | {m['acked']:,} | {m['counted']:,} | {diff} | {failed} |"
             )
-        for label, a, b in (("rules/no rules", "weir-rules", "weir"), ("Weir/Rotel", "weir", "rotel")):
+        for label, a, b in (
+            ("rules/no rules", "weir-rules", "weir"),
+            ("tail/no tail", "weir-tail", "weir-policy"),
+            ("Weir/Rotel", "weir", "rotel"),
+        ):
             if (a, load) in runs and (b, load) in runs:
                 lines.append(ratio_row(label, load, runs[(a, load)]["metrics"], runs[(b, load)]["metrics"]))
     return "\n".join(lines)

@@ -19,9 +19,9 @@ pub(crate) struct Document {
     pub sampling: SamplingDoc,
     #[serde(default)]
     pub routing: RoutingDoc,
-    /// Tail sampling policies: kept as written until the tail sampling work defines them.
+    /// Tail sampling policies (`tail.rs`).
     #[serde(default)]
-    pub tail: Option<serde_yaml::Value>,
+    pub tail: Option<super::tail::TailDoc>,
 }
 
 /// `version`: a whole number from 1; 0 is the built-in keep-everything policy.

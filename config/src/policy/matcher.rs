@@ -8,11 +8,11 @@
 //!   with OP one of `eq`, `in`, `prefix`, `regex`, `exists`, or `gt`/`gte`/`lt`/`lte` (a
 //!   lower and an upper bound may be combined);
 //! - a span field test, the value being what to compare with (equality) or a map of operators:
-//!   `{ span_name: .. }`, `{ scope_name: .. }` (`eq`, `in`, `prefix`, `regex`),
+//!   `{ span_name: .. }`, `{ scope_name: .. }`, `{ tenant: .. }` (`eq`, `in`, `prefix`,
+//!   `regex`; a span without a tenant matches no tenant test),
 //!   `{ span_kind: .. }`, `{ status: .. }` (`eq`, `in`), `{ duration: { gt: 200ms } }`
 //!   (`gt`, `gte`, `lt`, `lte`), `{ root: true }`.
 
-use super::SERVICE_NAME;
 use super::span::{AttrValue, SpanView};
 use regex::Regex;
 use serde::Deserialize;
@@ -31,6 +31,8 @@ pub(crate) enum Condition {
     SpanAttribute(Box<str>, ValueTest),
     SpanName(TextTest),
     ScopeName(TextTest),
+    /// The authenticated tenant of the span's request.
+    Tenant(TextTest),
     SpanKind(CodeSet),
     Status(CodeSet),
     /// Inclusive bounds in nanoseconds.
@@ -49,6 +51,7 @@ impl Condition {
             Condition::SpanAttribute(key, test) => test.test(span.span_attribute(key)),
             Condition::SpanName(test) => test.test(span.name()),
             Condition::ScopeName(test) => test.test(span.scope_name()),
+            Condition::Tenant(test) => span.tenant().is_some_and(|t| test.test(t)),
             Condition::SpanKind(set) => set.contains(span.kind()),
             Condition::Status(set) => set.contains(span.status_code()),
             Condition::Duration(min, max) => {
@@ -61,32 +64,75 @@ impl Condition {
         }
     }
 
-    /// The `service.name` values a span must have to match, when the condition requires one:
-    /// an `eq` or an all-string `in` on `service.name`, alone, within `all`, or in every
-    /// branch of `any`. `None` when spans of any service may match.
-    pub(crate) fn required_services(&self) -> Option<Vec<&str>> {
+    /// Facts one of which a span must show to match (see `rule_index.rs`), or `None` when
+    /// no cheap fact is necessary (a regex on the name, a duration, a negation...).
+    pub(crate) fn guard(&self) -> Option<Vec<Atom<'_>>> {
         match self {
-            Condition::Resource(key, test) if &**key == SERVICE_NAME => match test {
-                ValueTest::Eq(Scalar::Str(s)) => Some(vec![&**s]),
-                ValueTest::In(set) if set.nums.is_empty() && set.bools == [false; 2] => {
-                    Some(set.strs.iter().map(|s| &**s).collect())
-                }
-                _ => None,
-            },
+            Condition::Resource(key, test) => test.guard(Subject::Resource, key),
+            Condition::SpanAttribute(key, test) => test.guard(Subject::Span, key),
+            Condition::SpanName(TextTest::Eq(name)) => Some(vec![Atom::Name(name)]),
+            Condition::SpanName(TextTest::In(names)) => {
+                Some(names.iter().map(|n| Atom::Name(n)).collect())
+            }
+            Condition::SpanName(TextTest::Prefix(p)) if !p.is_empty() => {
+                Some(vec![Atom::NamePrefix(p)])
+            }
+            Condition::SpanKind(codes) => Some(vec![Atom::Kind(*codes)]),
+            Condition::Status(codes) => Some(vec![Atom::Status(*codes)]),
+            // Any one part's guard is necessary for all of them: take the most selective.
             Condition::All(all) => all
                 .iter()
-                .filter_map(Condition::required_services)
-                .min_by_key(Vec::len),
-            Condition::Any(any) if !any.is_empty() => {
-                let mut services = Vec::new();
+                .filter_map(Condition::guard)
+                .min_by_key(|g| (g.iter().map(Atom::breadth).max().unwrap_or(0), g.len())),
+            // Each branch could be the one that matches: all their guards are needed, and
+            // a branch without one leaves the whole without one. `any: []` never matches.
+            Condition::Any(any) => {
+                let mut atoms = Vec::new();
                 for c in any {
-                    services.extend(c.required_services()?);
+                    atoms.extend(c.guard()?);
                 }
-                services.sort_unstable();
-                services.dedup();
-                Some(services)
+                Some(atoms)
             }
             _ => None,
+        }
+    }
+}
+
+/// Which attributes an attribute fact is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Subject {
+    Resource = 0,
+    Span = 1,
+}
+
+/// A fact about a span that rule lookups can test cheaply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Atom<'c> {
+    /// The attribute `key` is present, with the string `value` when one is given.
+    Attribute {
+        on: Subject,
+        key: &'c str,
+        value: Option<&'c str>,
+    },
+    /// The span's name is this.
+    Name(&'c str),
+    /// The span's name starts with this (never empty).
+    NamePrefix(&'c str),
+    /// The span's kind is one of these.
+    Kind(CodeSet),
+    /// The span's status code is one of these.
+    Status(CodeSet),
+}
+
+impl Atom<'_> {
+    /// How many spans the fact lets through, roughly: a value or a name is narrower than a
+    /// prefix, which is narrower than presence, a kind or a status.
+    fn breadth(&self) -> u8 {
+        match self {
+            Atom::Attribute { value: Some(_), .. } | Atom::Name(_) => 0,
+            Atom::NamePrefix(_) => 1,
+            Atom::Attribute { value: None, .. } => 2,
+            Atom::Kind(_) | Atom::Status(_) => 3,
         }
     }
 }
@@ -113,10 +159,15 @@ impl TextTest {
 }
 
 /// A set of small enum codes (span kinds, status codes) as a bit mask.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct CodeSet(u64);
 
 impl CodeSet {
+    /// The codes in the set, ascending.
+    pub(crate) fn codes(self) -> impl Iterator<Item = u32> {
+        (0..64).filter(move |c| self.0 & (1 << c) != 0)
+    }
+
     fn contains(self, code: i32) -> bool {
         (0..64).contains(&code) && self.0 & (1 << code) != 0
     }
@@ -134,6 +185,20 @@ pub(crate) enum ValueTest {
 }
 
 impl ValueTest {
+    /// The facts of an attribute test on `key`: one of the string values, or presence
+    /// (every test but `exists: false` fails on a missing attribute).
+    fn guard<'c>(&'c self, on: Subject, key: &'c str) -> Option<Vec<Atom<'c>>> {
+        let attribute = |value| Atom::Attribute { on, key, value };
+        match self {
+            ValueTest::Exists(false) => None,
+            ValueTest::Eq(Scalar::Str(s)) => Some(vec![attribute(Some(s))]),
+            ValueTest::In(set) if set.nums.is_empty() && set.bools == [false; 2] => {
+                Some(set.strs.iter().map(|s| attribute(Some(s))).collect())
+            }
+            _ => Some(vec![attribute(None)]),
+        }
+    }
+
     fn test(&self, value: Option<AttrValue<'_>>) -> bool {
         let Some(v) = value else {
             return matches!(self, ValueTest::Exists(false));
@@ -532,6 +597,7 @@ struct RawCondition {
     exists: Option<bool>,
     span_name: Option<Spec<String, TextOps>>,
     scope_name: Option<Spec<String, TextOps>>,
+    tenant: Option<Spec<String, TextOps>>,
     span_kind: Option<Spec<SpanKind, CodeOps<SpanKind>>>,
     status: Option<Spec<StatusCode, CodeOps<StatusCode>>>,
     duration: Option<Spec<NoBareDuration, DurationOps>>,
@@ -571,6 +637,7 @@ impl RawCondition {
             ("exists", self.exists.is_some()),
             ("span_name", self.span_name.is_some()),
             ("scope_name", self.scope_name.is_some()),
+            ("tenant", self.tenant.is_some()),
             ("span_kind", self.span_kind.is_some()),
             ("status", self.status.is_some()),
             ("duration", self.duration.is_some()),
@@ -621,6 +688,9 @@ impl RawCondition {
                 scope_name: Some(spec),
                 ..
             } => Condition::ScopeName(text_test("scope_name", spec)?),
+            RawCondition {
+                tenant: Some(spec), ..
+            } => Condition::Tenant(text_test("tenant", spec)?),
             RawCondition {
                 span_kind: Some(spec),
                 ..
@@ -889,6 +959,22 @@ mod tests {
     }
 
     #[test]
+    fn tenant() {
+        let mut s = span();
+        s.tenant = Some("team-payments".into());
+        for (yaml, want) in [
+            ("{ tenant: team-payments }", true),
+            ("{ tenant: { eq: team-search } }", false),
+            ("{ tenant: { in: [team-search, team-payments] } }", true),
+            ("{ tenant: { prefix: team- } }", true),
+            ("{ tenant: { regex: '^team-p' } }", true),
+            ("{ not: { tenant: team-payments } }", false),
+        ] {
+            assert_eq!(cond(yaml).matches(&s), want, "{yaml}");
+        }
+    }
+
+    #[test]
     fn span_fields() {
         check("{ span_name: GET /cart }", true);
         check("{ span_name: { eq: GET /carts } }", false);
@@ -897,6 +983,8 @@ mod tests {
         check("{ span_name: { regex: '/c[a-z]+t$' } }", true);
         check("{ scope_name: { prefix: io.opentelemetry } }", true);
         check("{ scope_name: other }", false);
+        // Without authentication a span has no tenant: no tenant test matches, not even `.*`.
+        check("{ tenant: { regex: '.*' } }", false);
         check("{ span_kind: server }", true);
         check("{ span_kind: SPAN_KIND_SERVER }", true);
         check("{ span_kind: 2 }", true);

@@ -13,8 +13,9 @@
 //! 3. rate limiting: a kept span takes a token from its service's bucket (`rate_limit.rs`),
 //!    unless it is an error span and `exempt_errors` is set.
 //!
-//! Rules that require a `service.name` are indexed by it (`rule_index.rs`), so a span meets
-//! only the rules of its service and those that name none. Evaluation allocates nothing,
+//! Rules are indexed by the facts a span must show to match them (`rule_index.rs`): an
+//! attribute value, a name prefix, a kind...; a span is tested only against the rules whose
+//! facts it shows, and those that have none. Evaluation allocates nothing (up to 512 rules),
 //! except the first time a rate-limited policy sees a service it does not name. A `Policy` is
 //! immutable apart from its rate-limit buckets, and `Send + Sync`: the gateway shares one
 //! behind an `ArcSwap` and swaps in a new one when the document changes.
@@ -28,6 +29,7 @@ mod routing;
 mod rule_index;
 mod sampling;
 mod span;
+mod tail;
 mod threshold;
 
 #[cfg(test)]
@@ -37,6 +39,10 @@ pub use document::SamplingMode;
 pub use error::PolicyError;
 pub use routing::{Topic, TopicSet};
 pub use span::{AttrValue, STATUS_CODE_ERROR, SpanView};
+pub use tail::{
+    FilterParams, MAX_TAIL_FILTER_BYTES, TailPolicy, bitmap_bytes, expand_seed, hash_count,
+    in_baseline,
+};
 pub use threshold::{
     MIN_PROBABILITY, OtSampling, Randomness, ThValue, Threshold, tracestate_with_threshold,
 };
@@ -54,6 +60,14 @@ const SERVICE_NAME: &str = "service.name";
 /// SDKs name them.
 const UNKNOWN_SERVICE: &str = "unknown_service";
 
+/// The span's `service.name`, or `unknown_service` when its resource has no such string.
+fn service_name<S: SpanView + ?Sized>(span: &S) -> &str {
+    match span.resource_attribute(SERVICE_NAME) {
+        Some(AttrValue::Str(s)) => s,
+        _ => UNKNOWN_SERVICE,
+    }
+}
+
 /// A compiled policy document.
 #[derive(Debug)]
 pub struct Policy {
@@ -61,10 +75,16 @@ pub struct Policy {
     rules: Box<[RuleInfo]>,
     sampling: Sampling,
     routing: routing::Routing,
-    tail: Option<serde_yaml::Value>,
-    /// Whether evaluation looks `service.name` up (rules indexed by it, or rate limits).
-    uses_service: bool,
+    tail: Option<TailPolicy>,
+    /// Every rule (sampling, then routing) indexed by the facts a span needs to match it.
+    index: RuleIndex,
 }
+
+/// The rules a resource's attributes make candidates, computed once per resource by
+/// [`Policy::resource_candidates`] and passed to [`Policy::evaluate_in`] for each of its
+/// spans.
+#[derive(Clone, Debug)]
+pub struct ResourceCandidates(rule_index::RuleBits);
 
 /// Which section a rule belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -195,13 +215,12 @@ impl Policy {
                 mode: SamplingMode::default(),
                 precision: 4,
                 rules: Box::new([]),
-                index: RuleIndex::default(),
                 default: Chance::new(1.0, 4),
                 rate_limit: None,
             },
             routing: topics.build(Vec::new(), default),
             tail: None,
-            uses_service: false,
+            index: RuleIndex::default(),
         }
     }
 
@@ -268,7 +287,6 @@ impl Policy {
         let sampling = Sampling {
             mode: s.mode,
             precision,
-            index: RuleIndex::new(sampling_rules.iter().map(|r| &r.condition)),
             rules: sampling_rules.into(),
             default: Chance::new(s.default_probability.0, precision),
             rate_limit,
@@ -277,12 +295,16 @@ impl Policy {
         Ok(Policy {
             version: doc.version.0,
             rules: rules.into(),
-            uses_service: sampling.index.uses_service()
-                || routing.index.uses_service()
-                || sampling.rate_limit.is_some(),
+            index: RuleIndex::new(
+                sampling
+                    .rules
+                    .iter()
+                    .map(|r| &r.condition)
+                    .chain(routing.rules.iter().map(|r| &r.condition)),
+            ),
             sampling,
             routing,
-            tail: doc.tail,
+            tail: doc.tail.map(TailPolicy::compile).transpose()?,
         })
     }
 
@@ -296,6 +318,28 @@ impl Policy {
     /// nanoseconds (any origin, the same for every call on this policy and on the policies
     /// that [`Policy::carry_over_rate_limits`] links), used by rate limits only.
     pub fn evaluate<S: SpanView + ?Sized>(&self, span: &S, now_nanos: u64) -> Decision {
+        let resource = ResourceCandidates(self.index.resource_candidates_of(span));
+        self.evaluate_in(&resource, span, now_nanos)
+    }
+
+    /// The candidates of a resource with these attributes, for [`Policy::evaluate_in`]: the
+    /// resource-level part of evaluation, done once for all the spans of a resource.
+    /// Attributes are given as [`SpanView::for_each_resource_attribute`] gives them.
+    pub fn resource_candidates<'a>(
+        &self,
+        attributes: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    ) -> ResourceCandidates {
+        ResourceCandidates(self.index.resource_candidates(attributes))
+    }
+
+    /// [`Policy::evaluate`] for a span of a resource whose candidates were computed by
+    /// [`Policy::resource_candidates`] on this policy.
+    pub fn evaluate_in<S: SpanView + ?Sized>(
+        &self,
+        resource: &ResourceCandidates,
+        span: &S,
+        now_nanos: u64,
+    ) -> Decision {
         let mut d = Decision {
             keep: true,
             outcome: Outcome::Kept,
@@ -305,17 +349,8 @@ impl Policy {
             routing_rule: None,
         };
 
-        // Looked up once, for the rule indexes and the rate limit.
-        let service = if self.uses_service {
-            match span.resource_attribute(SERVICE_NAME) {
-                Some(AttrValue::Str(s)) => Some(s),
-                _ => None,
-            }
-        } else {
-            None
-        };
-
-        let (rule, chance) = self.sampling.select(span, service);
+        let candidates = self.index.candidates(&resource.0, span);
+        let (rule, chance) = self.sampling.select(span, &candidates);
         d.sampling_rule = rule.map(|i| i as u16);
         match self.sampling.sample(chance, span) {
             Sampled::Out => return d.dropped(Outcome::SampledOut),
@@ -324,7 +359,7 @@ impl Policy {
 
         // Routing before the rate limit, so that spans routed to drop take no tokens.
         let first_routing = self.sampling.rules.len();
-        if let Some(i) = self.routing.select(span, service) {
+        if let Some(i) = self.routing.select(span, &candidates, first_routing) {
             d.routing_rule = Some((first_routing + i) as u16);
             match self.routing.rules[i].action {
                 RuleAction::Drop => return d.dropped(Outcome::RoutedToDrop),
@@ -334,7 +369,7 @@ impl Policy {
 
         if let Some(limiter) = &self.sampling.rate_limit
             && !(limiter.exempt_errors && span.status_code() == STATUS_CODE_ERROR)
-            && !limiter.allow(service.unwrap_or(UNKNOWN_SERVICE), now_nanos)
+            && !limiter.allow(service_name(span), now_nanos)
         {
             return d.dropped(Outcome::RateLimited);
         }
@@ -375,8 +410,8 @@ impl Policy {
         self.sampling.mode
     }
 
-    /// The `tail` section as written, for the tail sampling stage to validate and compile.
-    pub fn tail(&self) -> Option<&serde_yaml::Value> {
+    /// The compiled `tail` section: tail sampling rules and decision-window parameters.
+    pub fn tail(&self) -> Option<&TailPolicy> {
         self.tail.as_ref()
     }
 

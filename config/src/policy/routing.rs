@@ -2,7 +2,7 @@
 //! spans no rule matches go to the default topic.
 
 use super::matcher::Condition;
-use super::rule_index::RuleIndex;
+use super::rule_index::first_match;
 use super::span::SpanView;
 
 /// A destination topic.
@@ -40,7 +40,6 @@ impl TopicSet {
 #[derive(Debug)]
 pub(crate) struct Routing {
     pub(crate) rules: Box<[RoutingRule]>,
-    pub(crate) index: RuleIndex,
     /// Distinct topic names, in order of first mention.
     pub(crate) topics: Box<[String]>,
     /// The topic sets, end to end.
@@ -64,14 +63,18 @@ pub(crate) enum RuleAction {
 }
 
 impl Routing {
-    /// The index of the first rule that matches; `service` is the span's `service.name`.
+    /// The index of the first rule that matches. `candidates` are the policy's rules that can
+    /// match, numbered from the first sampling rule: routing rules start at `first`.
     pub(crate) fn select<S: SpanView + ?Sized>(
         &self,
         span: &S,
-        service: Option<&str>,
+        candidates: &[u64],
+        first: usize,
     ) -> Option<usize> {
-        self.index
-            .first(service, |i| self.rules[i].condition.matches(span))
+        first_match(candidates, first..first + self.rules.len(), |i| {
+            self.rules[i - first].condition.matches(span)
+        })
+        .map(|i| i - first)
     }
 
     /// The topics of `set`.
@@ -119,7 +122,6 @@ impl RoutingBuilder {
 
     pub(crate) fn build(self, rules: Vec<RoutingRule>, default: TopicSet) -> Routing {
         Routing {
-            index: RuleIndex::new(rules.iter().map(|r| &r.condition)),
             rules: rules.into(),
             topics: self.topics.into(),
             sets: self.sets.into(),

@@ -1,133 +1,436 @@
-//! Which rules can match a span, by its `service.name`: most rules name the services they are
-//! for, so a span is only tested against the rules of its own service and the rules that
-//! name none, still in document order. With 100 per-service rules a span meets one or two
-//! conditions instead of 100.
+//! Which rules can match a span, found by lookups rather than by testing every rule in turn.
+//!
+//! When a policy is compiled, each rule's condition yields a *guard* (`Condition::guard`): a
+//! few facts, one of which a span must show for the rule to match at all — an attribute with a
+//! given string value, an attribute that is present, a span name or name prefix, a span kind
+//! or status code. The index maps every such fact to the rules it guards. Per span it reads
+//! the span's attributes once, its name and codes, and collects the rules whose facts hold
+//! into a bit set; the rules with no guard are always in it. Evaluation then tests only those
+//! candidates, in document order, so the first rule that matches is the same as a plain scan
+//! would find. A resource's attributes are looked up once per resource, not once per span.
+//!
+//! With 100 rules that a span's attributes do not mention, a span costs a hash lookup per
+//! attribute and per distinct name-prefix length, instead of 100 condition tests.
 
-use super::matcher::Condition;
+use super::matcher::{Atom, Condition};
+use super::span::SpanView;
+use smallvec::SmallVec;
 use std::collections::HashMap;
 
-/// The rules of one section, indexed by the services they require.
+/// Rule sets up to this many words (64 rules each) live on the stack.
+const INLINE_WORDS: usize = 8;
+
+type Map<V> = HashMap<Box<[u8]>, V, foldhash::fast::RandomState>;
+
+/// A set of rule numbers, one bit each.
+pub(crate) type RuleBits = SmallVec<[u64; INLINE_WORDS]>;
+
+/// The rules guarded by facts about one attribute key.
+#[derive(Debug, Default)]
+struct KeyRules {
+    /// Rules that need the key to be present.
+    present: Box<[u16]>,
+    /// Rules that need the key to hold one of these string values.
+    values: Map<Box<[u16]>>,
+}
+
+/// Attribute facts of one subject (resource or span), by key.
+#[derive(Debug, Default)]
+struct AttributeIndex {
+    keys: Map<KeyRules>,
+    /// A bit per (key length, last byte) of the keys, checked before hashing: most of a
+    /// span's attributes are not in any rule, and this tells so in a few instructions.
+    filter: [u64; 4],
+}
+
+/// A key's bit in `AttributeIndex::filter`.
+fn filter_bit(key: &[u8]) -> (usize, u64) {
+    let h = key.len().wrapping_mul(31) + usize::from(key.last().copied().unwrap_or(0));
+    ((h / 64) % 4, 1 << (h % 64))
+}
+
+impl AttributeIndex {
+    fn add(&self, bits: &mut [u64], key: &[u8], text: Option<&[u8]>) {
+        let (word, bit) = filter_bit(key);
+        if self.filter[word] & bit == 0 {
+            return;
+        }
+        let Some(rules) = self.keys.get(key) else {
+            return;
+        };
+        set(bits, &rules.present);
+        if let Some(text) = text
+            && let Some(rules) = rules.values.get(text)
+        {
+            set(bits, rules);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// The rules of a policy (sampling rules, then routing rules), indexed by their guards.
 #[derive(Debug, Default)]
 pub(crate) struct RuleIndex {
-    /// Rules any service can match, ascending.
-    any_service: Box<[u16]>,
-    /// Rules only the given service can match, ascending.
-    by_service: HashMap<Box<str>, Vec<u16>>,
+    /// Words per rule set.
+    words: usize,
+    /// Rules without a guard: candidates for every span.
+    always: RuleBits,
+    resource: AttributeIndex,
+    span: AttributeIndex,
+    names: Map<Box<[u16]>>,
+    name_prefixes: Map<Box<[u16]>>,
+    /// The distinct lengths of `name_prefixes`' keys, ascending.
+    prefix_lengths: Box<[usize]>,
+    /// Rules by span kind code, then by status code (codes below 64).
+    kinds: Box<[Box<[u16]>]>,
+    statuses: Box<[Box<[u16]>]>,
+}
+
+/// Collects `(fact, rule)` pairs into rule lists.
+#[derive(Default)]
+struct Lists(HashMap<String, Vec<u16>>);
+
+impl Lists {
+    fn push(&mut self, key: &str, rule: u16) {
+        let rules = self.0.entry(key.to_string()).or_default();
+        if rules.last() != Some(&rule) {
+            rules.push(rule);
+        }
+    }
+
+    fn build(self) -> Map<Box<[u16]>> {
+        self.0
+            .into_iter()
+            .map(|(k, v)| (k.into_bytes().into(), v.into_boxed_slice()))
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct KeyLists {
+    present: Vec<u16>,
+    values: Lists,
+}
+
+fn attribute_index(lists: HashMap<String, KeyLists>) -> AttributeIndex {
+    let mut filter = [0; 4];
+    for key in lists.keys() {
+        let (word, bit) = filter_bit(key.as_bytes());
+        filter[word] |= bit;
+    }
+    AttributeIndex {
+        filter,
+        keys: lists
+            .into_iter()
+            .map(|(k, l)| {
+                let rules = KeyRules {
+                    present: l.present.into(),
+                    values: l.values.build(),
+                };
+                (k.into_bytes().into(), rules)
+            })
+            .collect(),
+    }
+}
+
+fn code_lists(lists: Vec<Vec<u16>>) -> Box<[Box<[u16]>]> {
+    let used = lists
+        .iter()
+        .rposition(|l| !l.is_empty())
+        .map_or(0, |i| i + 1);
+    lists
+        .into_iter()
+        .take(used)
+        .map(Vec::into_boxed_slice)
+        .collect()
 }
 
 impl RuleIndex {
-    /// Indexes rules given their conditions in document order.
+    /// Indexes rules given their conditions in document order (at most 65536 of them).
     pub(crate) fn new<'a>(conditions: impl IntoIterator<Item = &'a Condition>) -> Self {
-        let mut any_service = Vec::new();
-        let mut by_service: HashMap<Box<str>, Vec<u16>> = HashMap::new();
-        for (i, c) in conditions.into_iter().enumerate() {
-            // Compilation caps a section at 65535 rules.
-            let i = i as u16;
-            match c.required_services() {
-                None => any_service.push(i),
-                Some(services) => {
-                    for s in services {
-                        let rules = by_service.entry(s.into()).or_default();
-                        if rules.last() != Some(&i) {
-                            rules.push(i);
+        let mut count = 0;
+        let mut always = Vec::new();
+        let mut attrs: [HashMap<String, KeyLists>; 2] = Default::default();
+        let (mut names, mut prefixes) = (Lists::default(), Lists::default());
+        let mut kinds = vec![Vec::new(); 64];
+        let mut statuses = vec![Vec::new(); 64];
+        for (i, condition) in conditions.into_iter().enumerate() {
+            count = i + 1;
+            // Compilation caps a policy at 65535 rules.
+            let rule = i as u16;
+            let Some(guard) = condition.guard() else {
+                always.push(rule);
+                continue;
+            };
+            for atom in guard {
+                match atom {
+                    Atom::Attribute { on, key, value } => {
+                        let lists = attrs[on as usize].entry(key.to_string()).or_default();
+                        match value {
+                            Some(v) => lists.values.push(v, rule),
+                            None if lists.present.last() != Some(&rule) => lists.present.push(rule),
+                            None => {}
+                        }
+                    }
+                    Atom::Name(name) => names.push(name, rule),
+                    Atom::NamePrefix(prefix) => prefixes.push(prefix, rule),
+                    Atom::Kind(codes) | Atom::Status(codes) => {
+                        let lists = match atom {
+                            Atom::Kind(_) => &mut kinds,
+                            _ => &mut statuses,
+                        };
+                        for code in codes.codes() {
+                            let l = &mut lists[code as usize];
+                            if l.last() != Some(&rule) {
+                                l.push(rule);
+                            }
                         }
                     }
                 }
             }
         }
+        let words = count.div_ceil(64);
+        let mut always_bits = RuleBits::from_elem(0, words);
+        set(&mut always_bits, &always);
+        let name_prefixes = prefixes.build();
+        let mut prefix_lengths: Vec<usize> = name_prefixes.keys().map(|k| k.len()).collect();
+        prefix_lengths.sort_unstable();
+        prefix_lengths.dedup();
+        let [resource, span] = attrs;
         Self {
-            any_service: any_service.into(),
-            by_service,
+            words,
+            always: always_bits,
+            resource: attribute_index(resource),
+            span: attribute_index(span),
+            names: names.build(),
+            name_prefixes,
+            prefix_lengths: prefix_lengths.into(),
+            kinds: code_lists(kinds),
+            statuses: code_lists(statuses),
         }
     }
 
-    /// True when some rule requires a service, so evaluation must look `service.name` up.
-    pub(crate) fn uses_service(&self) -> bool {
-        !self.by_service.is_empty()
-    }
-
-    /// The first rule, in document order, that a span of `service` can match and for which
-    /// `matches` says it does.
-    pub(crate) fn first(
+    /// The candidates that a resource's attributes make: the rules without a guard, and those
+    /// guarded by one of these attributes. Computed once per resource.
+    pub(crate) fn resource_candidates<'a>(
         &self,
-        service: Option<&str>,
-        mut matches: impl FnMut(usize) -> bool,
-    ) -> Option<usize> {
-        let own: &[u16] = service
-            .and_then(|s| self.by_service.get(s))
-            .map_or(&[], Vec::as_slice);
-        let any = &self.any_service;
-        let (mut i, mut j) = (0, 0);
-        loop {
-            // Merge the two ascending lists; no rule is in both.
-            let next = match (any.get(i), own.get(j)) {
-                (Some(&a), Some(&b)) if a < b => {
-                    i += 1;
-                    a
-                }
-                (_, Some(&b)) => {
-                    j += 1;
-                    b
-                }
-                (Some(&a), None) => {
-                    i += 1;
-                    a
-                }
-                (None, None) => return None,
-            };
-            if matches(usize::from(next)) {
-                return Some(usize::from(next));
+        attributes: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    ) -> RuleBits {
+        let mut bits = self.always.clone();
+        if !self.resource.is_empty() {
+            for (key, value) in attributes {
+                self.resource.add(&mut bits, key, value);
             }
         }
+        bits
     }
+
+    /// Like [`RuleIndex::resource_candidates`], reading the attributes through a span.
+    pub(crate) fn resource_candidates_of<S: SpanView + ?Sized>(&self, span: &S) -> RuleBits {
+        let mut bits = self.always.clone();
+        if !self.resource.is_empty() {
+            span.for_each_resource_attribute(&mut |key, value| {
+                self.resource.add(&mut bits, key, value)
+            });
+        }
+        bits
+    }
+
+    /// The rules that can match `span`, given its resource's candidates.
+    pub(crate) fn candidates<S: SpanView + ?Sized>(
+        &self,
+        resource: &RuleBits,
+        span: &S,
+    ) -> RuleBits {
+        if resource.len() != self.words {
+            // Candidates made by another policy's index: try every rule rather than guess.
+            return RuleBits::from_elem(u64::MAX, self.words);
+        }
+        let mut bits = resource.clone();
+        if !self.span.is_empty() {
+            span.for_each_span_attribute(&mut |key, value| self.span.add(&mut bits, key, value));
+        }
+        if !self.names.is_empty() || !self.prefix_lengths.is_empty() {
+            let name = span.name_bytes();
+            if let Some(rules) = self.names.get(name) {
+                set(&mut bits, rules);
+            }
+            for &len in self.prefix_lengths.iter() {
+                if len > name.len() {
+                    break;
+                }
+                // A prefix of the bytes that cuts a character matches no (UTF-8) key.
+                if let Some(rules) = self.name_prefixes.get(&name[..len]) {
+                    set(&mut bits, rules);
+                }
+            }
+        }
+        // Kind and status are read only when some rule needs them: reading them may cost
+        // a pass over the span.
+        if !self.kinds.is_empty() {
+            set_code(&mut bits, &self.kinds, span.kind());
+        }
+        if !self.statuses.is_empty() {
+            set_code(&mut bits, &self.statuses, span.status_code());
+        }
+        bits
+    }
+}
+
+fn set_code(bits: &mut [u64], lists: &[Box<[u16]>], code: i32) {
+    if let Some(rules) = usize::try_from(code).ok().and_then(|c| lists.get(c)) {
+        set(bits, rules);
+    }
+}
+
+fn set(bits: &mut [u64], rules: &[u16]) {
+    for &r in rules {
+        let r = usize::from(r);
+        bits[r / 64] |= 1 << (r % 64);
+    }
+}
+
+/// The first rule in `range` (document order) that is a candidate and for which `matches`
+/// says it matches.
+pub(crate) fn first_match(
+    bits: &[u64],
+    range: std::ops::Range<usize>,
+    mut matches: impl FnMut(usize) -> bool,
+) -> Option<usize> {
+    let (start, end) = (range.start, range.end.min(bits.len() * 64));
+    let mut w = start / 64;
+    while w * 64 < end {
+        let mut word = bits[w];
+        if w == start / 64 {
+            word &= u64::MAX << (start % 64);
+        }
+        while word != 0 {
+            let i = w * 64 + word.trailing_zeros() as usize;
+            if i >= end {
+                return None;
+            }
+            if matches(i) {
+                return Some(i);
+            }
+            word &= word - 1;
+        }
+        w += 1;
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::span::testing::{TestSpan, Val};
 
-    fn conditions(yaml: &[&str]) -> Vec<Condition> {
-        yaml.iter()
+    fn index(yaml: &[&str]) -> (Vec<Condition>, RuleIndex) {
+        let cs: Vec<Condition> = yaml
+            .iter()
             .map(|y| serde_yaml::from_str(y).unwrap())
-            .collect()
+            .collect();
+        let idx = RuleIndex::new(&cs);
+        (cs, idx)
+    }
+
+    fn candidates(idx: &RuleIndex, s: &TestSpan) -> Vec<usize> {
+        let bits = idx.candidates(&idx.resource_candidates_of(s), s);
+        let mut seen = Vec::new();
+        first_match(&bits, 0..usize::MAX, |i| {
+            seen.push(i);
+            false
+        });
+        seen
     }
 
     #[test]
-    fn services_are_read_from_conditions() {
-        let cs = conditions(&[
+    fn guards_select_the_rules_a_span_can_match() {
+        let (_, idx) = index(&[
             "{ resource: service.name, eq: a }",
             "{ all: [ { span_kind: server }, { resource: service.name, in: [a, b] } ] }",
-            "{ any: [ { resource: service.name, eq: c }, { resource: service.name, eq: a } ] }",
-            "{ any: [ { resource: service.name, eq: c }, { span_kind: client } ] }",
+            "{ any: [ { span_name: { prefix: GET } }, { span_attribute: http.route, eq: /x } ] }",
+            "{ any: [ { resource: service.name, eq: c }, { duration: { gt: 1s } } ] }",
             "{ not: { resource: service.name, eq: a } }",
-            "{ resource: service.name, in: [a, 5] }",
-            "{ resource: service.name, prefix: a }",
-            "{ resource: other, eq: a }",
+            "{ span_attribute: retries, gte: 3 }",
+            "{ status: error }",
+            "{ span_attribute: k, exists: false }",
+            "{ any: [] }",
+            "{ span_name: { in: [PUT, POST] } }",
         ]);
-        let idx = RuleIndex::new(&cs);
-        assert!(idx.uses_service());
-        let tried = |service: Option<&str>| {
+        let s = TestSpan::new("a", "op");
+        assert_eq!(candidates(&idx, &s), [0, 1, 3, 4, 7]);
+        let s = TestSpan::new("b", "GET /a").attr("http.route", Val::Str("/y".into()));
+        assert_eq!(candidates(&idx, &s), [1, 2, 3, 4, 7]);
+        let mut s = TestSpan::new("z", "POST").attr("retries", Val::Int(1));
+        s.status = 2;
+        assert_eq!(candidates(&idx, &s), [3, 4, 5, 6, 7, 9]);
+        let s = TestSpan::new("z", "x").attr("http.route", Val::Str("/x".into()));
+        assert_eq!(candidates(&idx, &s), [2, 3, 4, 7]);
+    }
+
+    #[test]
+    fn candidates_are_a_superset_of_matches() {
+        let (cs, idx) = index(&[
+            "{ all: [ { span_attribute: a, eq: x }, { span_name: { prefix: ab } } ] }",
+            "{ any: [ { span_name: { prefix: abc } }, { span_attribute: b, lt: 2 } ] }",
+            "{ span_name: { regex: \"^a.c$\" } }",
+            "{ all: [ { span_kind: { in: [client] } }, { status: { in: [error, ok] } } ] }",
+            "{ resource: tier, in: [gold, silver] }",
+            "{ span_name: \"\" }",
+            "{ span_name: { prefix: \"\" } }",
+        ]);
+        let names = ["", "a", "ab", "abc", "abd", "é", "aé"];
+        let values = [None, Some(Val::Str("x".into())), Some(Val::Int(1))];
+        for name in names {
+            for a in &values {
+                for b in &values {
+                    for kind in 0..6 {
+                        for tier in ["gold", "lead"] {
+                            let mut s =
+                                TestSpan::new("svc", name).res("tier", Val::Str(tier.into()));
+                            s.kind = kind;
+                            s.status = kind % 3;
+                            if let Some(v) = a {
+                                s = s.attr("a", v.clone());
+                            }
+                            if let Some(v) = b {
+                                s = s.attr("b", v.clone());
+                            }
+                            let cands = candidates(&idx, &s);
+                            for (i, c) in cs.iter().enumerate() {
+                                if c.matches(&s) {
+                                    assert!(
+                                        cands.contains(&i),
+                                        "rule {i} matches {s:?} but is not a candidate"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn first_match_keeps_document_order_within_a_range() {
+        let mut bits = RuleBits::from_elem(0, 3);
+        set(&mut bits, &[1, 63, 64, 130]);
+        let all = |range| {
             let mut seen = Vec::new();
-            idx.first(service, |i| {
+            first_match(&bits, range, |i| {
                 seen.push(i);
                 false
             });
             seen
         };
-        assert_eq!(tried(Some("a")), [0, 1, 2, 3, 4, 5, 6, 7]);
-        assert_eq!(tried(Some("b")), [1, 3, 4, 5, 6, 7]);
-        assert_eq!(tried(Some("c")), [2, 3, 4, 5, 6, 7]);
-        assert_eq!(tried(Some("z")), [3, 4, 5, 6, 7]);
-        assert_eq!(tried(None), [3, 4, 5, 6, 7]);
-        assert_eq!(idx.first(Some("a"), |i| i >= 2), Some(2));
-        assert_eq!(idx.first(Some("b"), |i| i == 0), None);
-    }
-
-    #[test]
-    fn no_service_rules_no_lookup() {
-        let cs = conditions(&["{ span_kind: server }", "{ root: true }"]);
-        let idx = RuleIndex::new(&cs);
-        assert!(!idx.uses_service());
-        assert_eq!(idx.first(None, |i| i == 1), Some(1));
+        assert_eq!(all(0..200), [1, 63, 64, 130]);
+        assert_eq!(all(2..130), [63, 64]);
+        assert_eq!(all(64..65), [64]);
+        assert_eq!(all(131..200), Vec::<usize>::new());
+        assert_eq!(first_match(&bits, 0..200, |i| i > 60), Some(63));
     }
 }

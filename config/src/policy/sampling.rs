@@ -5,7 +5,7 @@
 use super::document::SamplingMode;
 use super::matcher::Condition;
 use super::rate_limit::RateLimiter;
-use super::rule_index::RuleIndex;
+use super::rule_index::first_match;
 use super::span::SpanView;
 use super::threshold::{OtSampling, Randomness, Threshold};
 
@@ -15,7 +15,6 @@ pub(crate) struct Sampling {
     pub(crate) mode: SamplingMode,
     pub(crate) precision: u8,
     pub(crate) rules: Box<[SamplingRule]>,
-    pub(crate) index: RuleIndex,
     pub(crate) default: Chance,
     pub(crate) rate_limit: Option<RateLimiter>,
 }
@@ -54,15 +53,16 @@ pub(crate) enum Sampled {
 
 impl Sampling {
     /// The index of the first rule that matches, and its chance; the default when none does.
-    /// `service` is the span's `service.name`, looked up once by the caller.
+    /// `candidates` are the policy's rules that can match (sampling rules first).
     pub(crate) fn select<S: SpanView + ?Sized>(
         &self,
         span: &S,
-        service: Option<&str>,
+        candidates: &[u64],
     ) -> (Option<usize>, Chance) {
-        self.index
-            .first(service, |i| self.rules[i].condition.matches(span))
-            .map_or((None, self.default), |i| (Some(i), self.rules[i].chance))
+        first_match(candidates, 0..self.rules.len(), |i| {
+            self.rules[i].condition.matches(span)
+        })
+        .map_or((None, self.default), |i| (Some(i), self.rules[i].chance))
     }
 
     /// Applies `chance` to `span`.

@@ -3,14 +3,19 @@
 
 /// Read-only access to one span and its resource and scope.
 ///
-/// Policies call the attribute lookups once per condition that tests an attribute, so
-/// implementations should make them cheap (for example, resolve the resource's attributes
-/// once per resource rather than once per span).
+/// The rule index reads each span's attributes once through `for_each_span_attribute`; the
+/// conditions of the few rules it selects then call the lookups, once per attribute test, so
+/// implementations should make those cheap too (for example, resolve the resource's
+/// attributes once per resource rather than once per span).
 pub trait SpanView {
     /// The trace id (16 bytes).
     fn trace_id(&self) -> &[u8; 16];
     /// The span name.
     fn name(&self) -> &str;
+    /// The span name's bytes, for lookups (implementations may skip the UTF-8 check).
+    fn name_bytes(&self) -> &[u8] {
+        self.name().as_bytes()
+    }
     /// The `SpanKind` value (0 unspecified, 1 internal, 2 server, 3 client, 4 producer,
     /// 5 consumer).
     fn kind(&self) -> i32;
@@ -26,10 +31,19 @@ pub trait SpanView {
     fn is_root(&self) -> bool;
     /// The instrumentation scope's name (empty when absent).
     fn scope_name(&self) -> &str;
+    /// The tenant the request was authenticated as (`receivers.auth`); `None` without auth.
+    fn tenant(&self) -> Option<&str> {
+        None
+    }
     /// The span attribute `key`, if the span has it.
     fn span_attribute(&self, key: &str) -> Option<AttrValue<'_>>;
     /// The resource attribute `key`, if the span's resource has it.
     fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>>;
+    /// Calls `f` with every span attribute's key and, when its value is a string, the value:
+    /// as bytes, because the rule index only looks them up (no UTF-8 check needed).
+    fn for_each_span_attribute(&self, f: &mut dyn FnMut(&[u8], Option<&[u8]>));
+    /// Calls `f` with every resource attribute like [`SpanView::for_each_span_attribute`].
+    fn for_each_resource_attribute(&self, f: &mut dyn FnMut(&[u8], Option<&[u8]>));
 }
 
 /// An attribute value as conditions see it. Arrays, maps and bytes are `Other`: they exist,
@@ -67,6 +81,13 @@ pub(crate) mod testing {
     }
 
     impl Val {
+        fn text(&self) -> Option<&[u8]> {
+            match self {
+                Val::Str(s) => Some(s.as_bytes()),
+                _ => None,
+            }
+        }
+
         fn view(&self) -> AttrValue<'_> {
             match self {
                 Val::Str(s) => AttrValue::Str(s),
@@ -92,6 +113,7 @@ pub(crate) mod testing {
         pub scope: String,
         pub attrs: Vec<(String, Val)>,
         pub resource: Vec<(String, Val)>,
+        pub tenant: Option<String>,
     }
 
     impl TestSpan {
@@ -148,6 +170,9 @@ pub(crate) mod testing {
         fn scope_name(&self) -> &str {
             &self.scope
         }
+        fn tenant(&self) -> Option<&str> {
+            self.tenant.as_deref()
+        }
         fn span_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
             self.attrs
                 .iter()
@@ -159,6 +184,16 @@ pub(crate) mod testing {
                 .iter()
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.view())
+        }
+        fn for_each_span_attribute(&self, f: &mut dyn FnMut(&[u8], Option<&[u8]>)) {
+            self.attrs
+                .iter()
+                .for_each(|(k, v)| f(k.as_bytes(), v.text()));
+        }
+        fn for_each_resource_attribute(&self, f: &mut dyn FnMut(&[u8], Option<&[u8]>)) {
+            self.resource
+                .iter()
+                .for_each(|(k, v)| f(k.as_bytes(), v.text()));
         }
     }
 }

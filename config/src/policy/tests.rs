@@ -553,10 +553,10 @@ fn reloads_carry_rate_limits_over() {
 }
 
 #[test]
-fn tail_is_kept_as_written() {
-    let p = policy("version: 1\ntail:\n  policies:\n    - { name: errors, status: error }\n");
+fn tail_is_compiled() {
+    let p = policy("version: 1\ntail:\n  rules:\n    - { name: errors, error: true }\n");
     let tail = p.tail().unwrap();
-    assert_eq!(tail["policies"][0]["name"].as_str(), Some("errors"));
+    assert_eq!(tail.rule_names().collect::<Vec<_>>(), ["errors"]);
     assert!(policy("version: 1").tail().is_none());
 }
 

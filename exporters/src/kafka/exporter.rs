@@ -8,6 +8,7 @@ use futures::future::join_all;
 use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use std::sync::{Arc, Mutex};
@@ -185,6 +186,9 @@ impl KafkaExporter {
             let mut fr = FutureRecord::to(topic)
                 .key(&rec.key[..])
                 .payload(&rec.value[..]);
+            if let Some(headers) = &rec.headers {
+                fr = fr.headers(owned_headers(headers));
+            }
             loop {
                 match producer.send_result(fr) {
                     Ok(delivery) => {
@@ -249,6 +253,34 @@ impl KafkaExporter {
             .is_ok()
     }
 
+    /// Which of `topics` the brokers' metadata does not know (sorted, each once), asked within
+    /// `timeout`. Asks for every topic's metadata rather than the named ones, so a broker with
+    /// `auto.create.topics.enable` does not create them by being asked. Blocking.
+    pub fn missing_topics<'a>(
+        &self,
+        topics: impl IntoIterator<Item = &'a str>,
+        timeout: Duration,
+    ) -> Result<Vec<String>, KafkaError> {
+        let producer = self.producer.load_full();
+        let metadata = producer
+            .client()
+            .fetch_metadata(None, Timeout::After(timeout))?;
+        let known: std::collections::HashSet<&str> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.name())
+            .collect();
+        let mut missing: Vec<String> = topics
+            .into_iter()
+            .filter(|t| !known.contains(t))
+            .map(str::to_string)
+            .collect();
+        missing.sort();
+        missing.dedup();
+        Ok(missing)
+    }
+
     /// Waits for every queued record to be delivered, at most `timeout`. Blocking.
     pub fn flush(&self, timeout: Duration) -> Result<(), ExportError> {
         let producer = self.producer.load_full();
@@ -263,6 +295,19 @@ impl KafkaExporter {
                 fenced: false,
             })
     }
+}
+
+/// librdkafka's copy of a record's headers (it takes ownership of them on produce).
+fn owned_headers(headers: &[(String, Vec<u8>)]) -> OwnedHeaders {
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(value.as_slice()),
+            })
+        },
+    )
 }
 
 /// An `ExportError` for a librdkafka error, noting whether the broker fenced the producer.

@@ -9,6 +9,8 @@ mod trace_records;
 
 pub use errors::ExportError;
 pub use exporter::{KafkaExporter, producer_config};
-pub use records::{Batch, Record, data_points, logs_batch, metrics_batch, resource_key, trace_key};
+pub use records::{
+    Batch, Record, RecordHeaders, data_points, logs_batch, metrics_batch, resource_key, trace_key,
+};
 pub use split::{Container, split};
 pub use trace_records::{TracePlan, traces_batch};

@@ -31,7 +31,12 @@ pub struct Record {
     pub value: Vec<u8>,
     /// Spans, data points or log records in the value.
     pub items: u64,
+    /// Record headers (the tenant, copied request metadata), shared by the request's records.
+    pub headers: Option<RecordHeaders>,
 }
+
+/// Kafka record headers as (name, value) pairs, in order; a name may repeat.
+pub type RecordHeaders = Arc<[(String, Vec<u8>)]>;
 
 /// The records of one request, and what of it could not be made into records.
 #[derive(Debug, Default)]
@@ -191,6 +196,7 @@ where
                     key: key.clone(),
                     value: R::encode_chunk(chunk, encoding),
                     items,
+                    headers: None,
                 });
             }
         }

@@ -144,6 +144,7 @@ pub fn traces_batch(
                 key: key.clone(),
                 value,
                 items,
+                headers: None,
             });
         });
     }

@@ -4,7 +4,10 @@
 //! `grpc-encoding`, and the size limit, measured after decompression), so decode errors are
 //! ours to report as INVALID_ARGUMENT and the pipeline sees one body type for both receivers.
 
-use crate::pipeline::{Format, Pipeline, PipelineError, Transport};
+use super::Ingress;
+use crate::auth::AuthError;
+use crate::listener::{self, ServeOptions};
+use crate::pipeline::{Format, Pipeline, PipelineError, RequestMeta, Transport};
 use crate::signal::{Logs, Metrics, Signal, Traces};
 use bytes::{Buf, Bytes};
 use prost::Message;
@@ -21,21 +24,36 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Status};
 use weir_proto::rpc;
 
-/// Serves the three Export services on `listener` until `shutdown` is cancelled, then lets
-/// in-flight requests finish.
+/// Serves the three Export services on `listener` (with the TLS and connection limits of
+/// `options`) until `shutdown` is cancelled, then lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
+    options: ServeOptions,
     pipeline: Arc<Pipeline>,
+    ingress: Arc<Ingress>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .add_service(ExportServer::<Traces>::new(pipeline.clone()))
-        .add_service(ExportServer::<Metrics>::new(pipeline.clone()))
-        .add_service(ExportServer::<Logs>::new(pipeline))
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await?;
-    Ok(())
+    let routes = tonic::service::Routes::new(ExportServer::<Traces>::new(
+        pipeline.clone(),
+        ingress.clone(),
+    ))
+    .add_service(ExportServer::<Metrics>::new(
+        pipeline.clone(),
+        ingress.clone(),
+    ))
+    .add_service(ExportServer::<Logs>::new(pipeline, ingress));
+    listener::serve(listener, options, routes, shutdown).await
+}
+
+/// UNAUTHENTICATED, with the `google.rpc.Status` in the details as the other errors carry it.
+fn unauthenticated(err: AuthError) -> Status {
+    let message = err.to_string();
+    let details = rpc::Status::new(Code::Unauthenticated as i32, message.clone());
+    Status::with_details(
+        Code::Unauthenticated,
+        message,
+        Bytes::from(details.encode_to_vec()),
+    )
 }
 
 /// The gRPC status for a pipeline error, with `RetryInfo` on the retryable ones.
@@ -57,13 +75,15 @@ pub fn status_of(err: &PipelineError, retry_after: std::time::Duration) -> Statu
 /// A tower service for one signal's `Export` method.
 pub struct ExportServer<S> {
     pipeline: Arc<Pipeline>,
+    ingress: Arc<Ingress>,
     signal: PhantomData<fn() -> S>,
 }
 
 impl<S> ExportServer<S> {
-    fn new(pipeline: Arc<Pipeline>) -> Self {
+    fn new(pipeline: Arc<Pipeline>, ingress: Arc<Ingress>) -> Self {
         Self {
             pipeline,
+            ingress,
             signal: PhantomData,
         }
     }
@@ -71,7 +91,7 @@ impl<S> ExportServer<S> {
 
 impl<S> Clone for ExportServer<S> {
     fn clone(&self) -> Self {
-        Self::new(self.pipeline.clone())
+        Self::new(self.pipeline.clone(), self.ingress.clone())
     }
 }
 
@@ -101,6 +121,11 @@ where
                 Ok(Status::unimplemented("only the Export method is served").into_http())
             });
         }
+        // Credentials first: an unauthenticated request's body is never read.
+        let meta = match self.ingress.admit(req.headers(), Transport::Grpc) {
+            Ok(meta) => meta,
+            Err(e) => return Box::pin(async move { Ok(unauthenticated(e).into_http()) }),
+        };
         let pipeline = self.pipeline.clone();
         Box::pin(async move {
             let max = pipeline.max_message_size();
@@ -114,6 +139,7 @@ where
                 .unary(
                     ExportMethod::<S> {
                         pipeline,
+                        meta,
                         signal: PhantomData,
                     },
                     req,
@@ -145,6 +171,7 @@ fn oversize_is_resource_exhausted(resp: &mut http::Response<tonic::body::Body>) 
 
 struct ExportMethod<S> {
     pipeline: Arc<Pipeline>,
+    meta: RequestMeta,
     signal: PhantomData<fn() -> S>,
 }
 
@@ -154,10 +181,11 @@ impl<S: Signal> UnaryService<Bytes> for ExportMethod<S> {
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let pipeline = self.pipeline.clone();
+        let meta = std::mem::take(&mut self.meta);
         Box::pin(async move {
             let body = request.into_inner();
             match pipeline
-                .export::<S>(body, Format::Protobuf, Transport::Grpc)
+                .export::<S>(body, Format::Protobuf, Transport::Grpc, &meta)
                 .await
             {
                 Ok(resp) => Ok(tonic::Response::new(resp)),

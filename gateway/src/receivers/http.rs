@@ -1,11 +1,13 @@
 //! OTLP/HTTP: `POST /v1/traces`, `/v1/metrics`, `/v1/logs` with protobuf or JSON bodies.
 //!
 //! Errors follow the OTLP specification: a `google.rpc.Status` body in the request's own
-//! format; 405 for other methods, 415 for other content types or encodings, 400 for bodies
+//! format; 401 without a valid credential (when authentication is on), 405 for other methods, 415 for other content types or encodings, 400 for bodies
 //! that do not decode, 413 past the size limit (after decompression), 429 and 503 with
 //! `Retry-After` for the retryable ones.
 
+use super::Ingress;
 use super::decompress::{ContentEncoding, DecompressError, decompress};
+use crate::listener::{self, ServeOptions};
 use crate::pipeline::{Format, Pipeline, PipelineError, Transport};
 use crate::signal::{Logs, Metrics, Signal, Traces};
 use axum::Router;
@@ -27,8 +29,17 @@ use weir_proto::rpc::{self, code};
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
 
+/// What every OTLP/HTTP handler needs.
+#[derive(Clone)]
+pub struct Receiver {
+    /// Where requests go.
+    pub pipeline: Arc<Pipeline>,
+    /// Authentication and metadata.
+    pub ingress: Arc<Ingress>,
+}
+
 /// The OTLP/HTTP routes.
-pub fn router(pipeline: Arc<Pipeline>) -> Router {
+pub fn router(receiver: Receiver) -> Router {
     Router::new()
         .route(Traces::HTTP_PATH, any(export::<Traces>))
         .route(Metrics::HTTP_PATH, any(export::<Metrics>))
@@ -45,20 +56,18 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
                 format,
             )
         })
-        .with_state(pipeline)
+        .with_state(receiver)
 }
 
-/// Serves the routes on `listener` until `shutdown` is cancelled, then lets in-flight
-/// requests finish.
+/// Serves the routes on `listener` (with the TLS and connection limits of `options`) until
+/// `shutdown` is cancelled, then lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
-    pipeline: Arc<Pipeline>,
+    options: ServeOptions,
+    receiver: Receiver,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(pipeline))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-    Ok(())
+    listener::serve(listener, options, router(receiver), shutdown).await
 }
 
 /// The body format a request declares in `Content-Type`, if it is one OTLP allows.
@@ -77,8 +86,24 @@ fn request_format(req: &Request) -> Option<Format> {
     }
 }
 
-async fn export<S: Signal>(State(pipeline): State<Arc<Pipeline>>, req: Request) -> Response {
+async fn export<S: Signal>(State(receiver): State<Receiver>, req: Request) -> Response {
     let format = request_format(&req);
+    // Credentials first: an unauthenticated request learns nothing else and its body is
+    // never read.
+    let meta = match receiver.ingress.admit(req.headers(), Transport::Http) {
+        Ok(meta) => meta,
+        Err(e) => {
+            let mut resp = status_response(
+                StatusCode::UNAUTHORIZED,
+                rpc::Status::new(code::UNAUTHENTICATED, e.to_string()),
+                format.unwrap_or(Format::Protobuf),
+            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    };
+    let pipeline = receiver.pipeline;
     if req.method() != Method::POST {
         let msg = format!(
             "{} is not allowed on {}: OTLP/HTTP takes POST",
@@ -145,7 +170,10 @@ async fn export<S: Signal>(State(pipeline): State<Arc<Pipeline>>, req: Request) 
             );
         }
     };
-    match pipeline.export::<S>(body, format, Transport::Http).await {
+    match pipeline
+        .export::<S>(body, format, Transport::Http, &meta)
+        .await
+    {
         Ok(resp) => {
             let mut out = Vec::new();
             let content_type = match format {

@@ -1,0 +1,488 @@
+//! The control plane's bootstrap config: its two listeners (REST API, gRPC watch stream),
+//! storage (SQLite or PostgreSQL), access tokens and logging. Read once at start-up; every key
+//! is documented in `config/control-plane.yaml` and `docs/control-plane.md`.
+
+use crate::auth::{TokenHash, hash_token};
+use crate::error::{ConfigError, from_yaml};
+use crate::gateway::Log;
+use crate::tls::ServerTls;
+use crate::units::duration;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole bootstrap config of `weir-control-plane`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// The REST API listener (`/api/v1`), default 0.0.0.0:8080.
+    #[serde(default = "default_api")]
+    pub api: CpListener,
+    /// The gRPC watch-stream listener gateways connect to, default 0.0.0.0:8081.
+    #[serde(default = "default_watch")]
+    pub watch: CpListener,
+    /// Where policies, rollouts, gateways and the audit log are kept.
+    #[serde(default)]
+    pub storage: Storage,
+    /// Bearer tokens and their roles.
+    pub auth: Auth,
+    /// How long shutdown waits for in-flight requests.
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Logging.
+    #[serde(default)]
+    pub log: Log,
+}
+
+fn default_api() -> CpListener {
+    CpListener {
+        endpoint: "0.0.0.0:8080".into(),
+        tls: None,
+    }
+}
+
+fn default_watch() -> CpListener {
+    CpListener {
+        endpoint: "0.0.0.0:8081".into(),
+        tls: None,
+    }
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// One listener of the control plane: the address it binds and, optionally, TLS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpListener {
+    /// `host:port` to bind.
+    pub endpoint: String,
+    /// Serve TLS with these files instead of plain text.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+}
+
+/// The storage backend: exactly one of `sqlite` and `postgres` (SQLite when neither is given).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// An embedded SQLite database file: one control-plane process.
+    #[serde(default)]
+    pub sqlite: Option<Sqlite>,
+    /// A PostgreSQL database: one or several control-plane replicas.
+    #[serde(default)]
+    pub postgres: Option<Postgres>,
+    /// How often a replica checks the database for changes made by other replicas, so that
+    /// gateways connected to any replica see them. Default 500ms.
+    #[serde(default = "default_poll_interval", deserialize_with = "duration")]
+    pub poll_interval: Duration,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            sqlite: None,
+            postgres: None,
+            poll_interval: default_poll_interval(),
+        }
+    }
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_millis(500)
+}
+
+/// The SQLite backend.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sqlite {
+    /// The database file; created with its directory's permissions when missing.
+    pub path: PathBuf,
+}
+
+impl Default for Sqlite {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("weir-control-plane.db"),
+        }
+    }
+}
+
+/// The PostgreSQL backend: exactly one of `dsn` and `dsn_env`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Postgres {
+    /// A connection URL, `postgres://user:password@host:port/database`.
+    #[serde(default)]
+    pub dsn: Option<String>,
+    /// The name of an environment variable holding the connection URL (keeps the password
+    /// out of the file).
+    #[serde(default)]
+    pub dsn_env: Option<String>,
+    /// Connections in the pool, default 10.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    10
+}
+
+/// The resolved storage choice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL and pool size.
+    Postgres {
+        /// The connection URL.
+        dsn: String,
+        /// Connections in the pool.
+        max_connections: u32,
+    },
+}
+
+impl Storage {
+    /// The backend to use; reads `postgres.dsn_env` when that is how the DSN is given.
+    pub fn backend(&self) -> Result<Backend, ConfigError> {
+        match (&self.sqlite, &self.postgres) {
+            (Some(_), Some(_)) => Err(ConfigError::invalid(
+                "storage",
+                "give either sqlite or postgres, not both",
+            )),
+            (None, Some(pg)) => {
+                let dsn = match (&pg.dsn, &pg.dsn_env) {
+                    (Some(dsn), None) => dsn.clone(),
+                    (None, Some(var)) => std::env::var(var).map_err(|_| {
+                        ConfigError::invalid(
+                            "storage.postgres.dsn_env",
+                            format!("environment variable {var} is not set"),
+                        )
+                    })?,
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "storage.postgres",
+                            "give exactly one of dsn and dsn_env",
+                        ));
+                    }
+                };
+                if !(dsn.starts_with("postgres://") || dsn.starts_with("postgresql://")) {
+                    return Err(ConfigError::invalid(
+                        "storage.postgres.dsn",
+                        "must be a URL starting with postgres:// or postgresql://",
+                    ));
+                }
+                Ok(Backend::Postgres {
+                    dsn,
+                    max_connections: pg.max_connections,
+                })
+            }
+            (sqlite, None) => Ok(Backend::Sqlite(
+                sqlite.clone().unwrap_or_default().path.clone(),
+            )),
+        }
+    }
+}
+
+/// Access control: the bearer tokens the control plane accepts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// The tokens; at least one `admin`.
+    pub tokens: Vec<Token>,
+}
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read and write through the REST API.
+    Admin,
+    /// Read through the REST API.
+    Viewer,
+    /// Open the watch stream as a gateway.
+    Gateway,
+}
+
+impl Role {
+    /// `admin`, `viewer` or `gateway`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Viewer => "viewer",
+            Self::Gateway => "gateway",
+        }
+    }
+}
+
+/// One token: a name for the audit log, a role, and exactly one of `sha256`, `file`, `env`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Token {
+    /// Who holds it; the audit log records this name.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The SHA-256 of the token, 64 hex digits (`printf %s TOKEN | sha256sum`).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// A file holding the token itself (surrounding whitespace ignored).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// An environment variable holding the token itself.
+    #[serde(default)]
+    pub env: Option<String>,
+}
+
+/// Where a token's secret comes from, after validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSource<'a> {
+    /// The SHA-256 digest of the token.
+    Sha256([u8; 32]),
+    /// A file holding the token.
+    File(&'a Path),
+    /// An environment variable holding the token.
+    Env(&'a str),
+}
+
+impl Token {
+    /// Where the secret comes from; `key` is this token's path, e.g. `auth.tokens[0]`.
+    pub fn source(&self, key: &str) -> Result<TokenSource<'_>, ConfigError> {
+        match (&self.sha256, &self.file, &self.env) {
+            (Some(hex), None, None) => {
+                let digest = parse_sha256(hex).ok_or_else(|| {
+                    ConfigError::invalid(
+                        format!("{key}.sha256"),
+                        "must be 64 hex digits, the SHA-256 of the token",
+                    )
+                })?;
+                Ok(TokenSource::Sha256(digest))
+            }
+            (None, Some(path), None) => Ok(TokenSource::File(path)),
+            (None, None, Some(var)) => Ok(TokenSource::Env(var)),
+            _ => Err(ConfigError::invalid(
+                key,
+                "give exactly one of sha256, file and env",
+            )),
+        }
+    }
+}
+
+impl Token {
+    /// The SHA-256 of the token, reading the file or environment variable when that is where
+    /// it is. Errors name the key but never the value.
+    pub fn resolve(&self, key: &str) -> Result<TokenHash, ConfigError> {
+        let secret = match self.source(key)? {
+            TokenSource::Sha256(digest) => return Ok(digest),
+            TokenSource::File(path) => std::fs::read(path).map_err(|e| {
+                ConfigError::invalid(
+                    format!("{key}.file"),
+                    format!("cannot read {}: {}", path.display(), e.kind()),
+                )
+            })?,
+            TokenSource::Env(var) => std::env::var_os(var)
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        format!("{key}.env"),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?
+                .into_encoded_bytes(),
+        };
+        let secret = secret.trim_ascii();
+        if secret.is_empty() {
+            return Err(ConfigError::invalid(key, "the token is empty"));
+        }
+        Ok(hash_token(secret))
+    }
+}
+
+impl Auth {
+    /// Every token's name, role and SHA-256, in config order.
+    pub fn resolve(&self) -> Result<Vec<(String, Role, TokenHash)>, ConfigError> {
+        let mut out = Vec::with_capacity(self.tokens.len());
+        for (i, t) in self.tokens.iter().enumerate() {
+            let key = format!("auth.tokens[{i}]");
+            let hash = t.resolve(&key)?;
+            if let Some((other, _, _)) = out.iter().find(|(_, _, h)| *h == hash) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("the same token is also given to `{other}`"),
+                ));
+            }
+            out.push((t.name.clone(), t.role, hash));
+        }
+        Ok(out)
+    }
+}
+
+fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl ControlPlaneConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Parses and validates a config document.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: ControlPlaneConfig = from_yaml(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, l) in [("api", &self.api), ("watch", &self.watch)] {
+            l.endpoint.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::invalid(
+                    format!("{key}.endpoint"),
+                    format!("`{}` is not host:port ({e})", l.endpoint),
+                )
+            })?;
+            if let Some(tls) = &l.tls {
+                tls.validate(&format!("{key}.tls"))?;
+            }
+        }
+        if let Some(pg) = &self.storage.postgres {
+            if pg.max_connections == 0 {
+                return Err(ConfigError::invalid(
+                    "storage.postgres.max_connections",
+                    "must be at least 1",
+                ));
+            }
+            if pg.dsn.is_some() == pg.dsn_env.is_some() {
+                return Err(ConfigError::invalid(
+                    "storage.postgres",
+                    "give exactly one of dsn and dsn_env",
+                ));
+            }
+        }
+        if self.storage.sqlite.is_some() && self.storage.postgres.is_some() {
+            return Err(ConfigError::invalid(
+                "storage",
+                "give either sqlite or postgres, not both",
+            ));
+        }
+        if self.storage.poll_interval < Duration::from_millis(50) {
+            return Err(ConfigError::invalid(
+                "storage.poll_interval",
+                "must be at least 50ms",
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            let key = format!("auth.tokens[{i}]");
+            if t.name.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    "must not be empty",
+                ));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!("`{}` is used by another token", t.name),
+                ));
+            }
+            t.source(&key)?;
+        }
+        if !self.auth.tokens.iter().any(|t| t.role == Role::Admin) {
+            return Err(ConfigError::invalid(
+                "auth.tokens",
+                "at least one token must have role admin",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str =
+        "auth:\n  tokens:\n    - name: ops\n      role: admin\n      env: WEIR_TEST_ADMIN\n";
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = ControlPlaneConfig::from_yaml(MINIMAL).unwrap();
+        assert_eq!(c.api.endpoint, "0.0.0.0:8080");
+        assert_eq!(c.watch.endpoint, "0.0.0.0:8081");
+        assert_eq!(
+            c.storage.backend().unwrap(),
+            Backend::Sqlite(PathBuf::from("weir-control-plane.db"))
+        );
+        assert_eq!(c.storage.poll_interval, Duration::from_millis(500));
+        assert_eq!(
+            c.auth.tokens[0].source("t").unwrap(),
+            TokenSource::Env("WEIR_TEST_ADMIN")
+        );
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../control-plane.yaml");
+        let c = ControlPlaneConfig::from_yaml(text).unwrap();
+        assert!(c.auth.tokens.iter().any(|t| t.role == Role::Gateway));
+    }
+
+    #[test]
+    fn errors_name_their_key() {
+        let e = ControlPlaneConfig::from_yaml(&format!("{MINIMAL}api:\n  endpoint: nowhere\n"))
+            .unwrap_err();
+        assert_eq!(e.key(), Some("api.endpoint"), "{e}");
+        let e =
+            ControlPlaneConfig::from_yaml(&format!("{MINIMAL}storage:\n  sqlite:\n    file: x\n"))
+                .unwrap_err();
+        assert_eq!(e.key(), Some("storage.sqlite.file"), "{e}");
+        let e = ControlPlaneConfig::from_yaml(
+            "auth:\n  tokens:\n    - name: a\n      role: admin\n      sha256: abc\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key(), Some("auth.tokens[0].sha256"), "{e}");
+        let e = ControlPlaneConfig::from_yaml(
+            "auth:\n  tokens:\n    - name: a\n      role: viewer\n      env: X\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key(), Some("auth.tokens"), "{e}");
+        let e = ControlPlaneConfig::from_yaml(
+            "auth:\n  tokens:\n    - name: a\n      role: admin\n      env: X\n      file: y\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key(), Some("auth.tokens[0]"), "{e}");
+        let e = ControlPlaneConfig::from_yaml(&format!(
+            "{MINIMAL}storage:\n  sqlite: {{path: a}}\n  postgres: {{dsn: 'postgres://x'}}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key(), Some("storage"), "{e}");
+        let e = ControlPlaneConfig::from_yaml(&format!("{MINIMAL}auth2: 1\n")).unwrap_err();
+        assert!(e.to_string().contains("auth2"), "{e}");
+    }
+
+    #[test]
+    fn postgres_dsn_must_be_a_url() {
+        let c = ControlPlaneConfig::from_yaml(&format!(
+            "{MINIMAL}storage:\n  postgres:\n    dsn: 'host=x'\n"
+        ))
+        .unwrap();
+        let e = c.storage.backend().unwrap_err();
+        assert_eq!(e.key(), Some("storage.postgres.dsn"), "{e}");
+    }
+}

@@ -1,0 +1,25 @@
+//! The Weir control plane: stores versioned policy documents, releases them to gateways through
+//! rollouts (label selectors, stable-hash percentages, instance lists, stages), serves the REST
+//! API on 8080 and the gRPC watch stream on 8081, and keeps an audit log of every change.
+//!
+//! - `state.rs`: [`ControlPlane`], what both listeners work through;
+//! - `store.rs`: storage (SQLite or PostgreSQL) and migrations;
+//! - `targeting.rs`: which gateways a rollout stage reaches;
+//! - `auth.rs`: bearer tokens and roles;
+//! - `api.rs` + `openapi.json`: the REST API; `server.rs`: its HTTP(S) listener;
+//! - `tls.rs`: loading certificates for both listeners;
+//! - `watch.rs`: the gRPC watch stream.
+
+pub mod api;
+pub mod auth;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod targeting;
+pub mod tls;
+pub mod watch;
+
+#[cfg(test)]
+mod tests;
+
+pub use state::{ControlPlane, Error, GatewayHello, PolicyVersion};

@@ -1,0 +1,364 @@
+//! The shared state of a control-plane process: storage, the configured tokens and change
+//! notification. The REST API and the watch stream both work through [`ControlPlane`].
+//!
+//! What a gateway should run is computed from a [`Release`] (the rollouts that decide it, and
+//! their documents), cached per value of the change counter: a change wakes every watch
+//! stream at once, and they then share one read of the database instead of one each.
+
+use crate::auth::{Caller, Tokens};
+use crate::store::{
+    Actor, AuditEntry, GatewayRecord, PolicyMeta, PolicyRecord, Release, Rollout, RolloutOp, Store,
+};
+use crate::targeting::Target;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, watch};
+use tokio_util::sync::CancellationToken;
+use weir_config::control_plane::{Backend, Role};
+use weir_config::policy::Policy;
+
+/// Shared state of a control-plane process: storage plus change notification.
+pub struct ControlPlane {
+    store: Store,
+    tokens: Tokens,
+    changes: watch::Sender<u64>,
+    release: Mutex<Option<(u64, Arc<Release>)>>,
+}
+
+/// What a gateway said when it connected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayHello {
+    /// Stable per gateway.
+    pub instance_id: String,
+    /// The gateway's labels, matched by rollout selectors.
+    pub labels: BTreeMap<String, String>,
+    /// The version it runs (0 = the built-in keep-everything policy).
+    pub current_version: u64,
+    /// The weir-gateway version.
+    pub build: String,
+}
+
+/// A policy version to push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyVersion {
+    /// The document's `version:`.
+    pub version: u64,
+    /// The document as submitted (YAML or JSON text).
+    pub document: String,
+}
+
+/// Why a control-plane operation failed; each variant maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The storage backend failed (500).
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The request is malformed or the document invalid (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The request conflicts with the stored state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// What the request names does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// A policy document that passed the gateway's validator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validated {
+    /// Its `version:`.
+    pub version: u64,
+    /// `yaml` or `json`.
+    pub format: &'static str,
+}
+
+/// Runs the gateway's own validator on a document.
+pub fn validate_document(document: &str) -> Result<Validated, Error> {
+    let policy = Policy::parse(document).map_err(|e| Error::Invalid(e.to_string()))?;
+    let format = if document.trim_start().starts_with('{') {
+        "json"
+    } else {
+        "yaml"
+    };
+    Ok(Validated {
+        version: policy.version(),
+        format,
+    })
+}
+
+impl ControlPlane {
+    /// Connects to storage (running migrations) and sets up change notification.
+    pub async fn open(backend: &Backend, tokens: Tokens) -> Result<Arc<Self>, Error> {
+        let store = Store::connect(backend).await?;
+        if store.kind() == crate::store::Kind::Sqlite {
+            // One process owns a SQLite file: streams counted open before a restart are gone.
+            store.reset_connections().await?;
+        }
+        let counter = store.counter().await?;
+        let (changes, _) = watch::channel(counter);
+        Ok(Arc::new(Self {
+            store,
+            tokens,
+            changes,
+            release: Mutex::new(None),
+        }))
+    }
+
+    /// The storage.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The configured tokens.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// Publishes a change counter value read from or written to the database.
+    fn publish(&self, counter: u64) {
+        self.changes.send_if_modified(|v| {
+            if counter > *v {
+                *v = counter;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Polls the database's change counter every `interval` until `shutdown`, so that changes
+    /// made by other replicas sharing the database reach this replica's watch streams.
+    pub fn spawn_change_poller(self: &Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        let cp = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match cp.store.counter().await {
+                    Ok(c) => cp.publish(c),
+                    Err(e) => tracing::warn!(error = %e, "cannot read the change counter"),
+                }
+            }
+        });
+    }
+
+    /// The current release, read again only when the change counter moved.
+    pub async fn release(&self) -> Result<Arc<Release>, Error> {
+        let counter = *self.changes.borrow();
+        let mut cached = self.release.lock().await;
+        if let Some((at, release)) = cached.as_ref()
+            && *at == counter
+        {
+            return Ok(Arc::clone(release));
+        }
+        let release = Arc::new(self.store.release().await?);
+        *cached = Some((counter, Arc::clone(&release)));
+        Ok(release)
+    }
+
+    /// Records the instance (labels, version, last seen = now, connected = true).
+    pub async fn gateway_connected(&self, hello: &GatewayHello) -> Result<(), Error> {
+        self.store
+            .gateway_connected(
+                &hello.instance_id,
+                &hello.labels,
+                &hello.build,
+                hello.current_version,
+            )
+            .await
+    }
+
+    /// Marks the instance disconnected (last seen = now).
+    pub async fn gateway_disconnected(&self, instance_id: &str) -> Result<(), Error> {
+        self.store.gateway_disconnected(instance_id).await
+    }
+
+    /// The version this instance should run now (rollout targets: labels, stable-hash percent,
+    /// explicit list, stages), or None when no policy was ever released to it.
+    pub async fn desired_policy(
+        &self,
+        instance_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Option<PolicyVersion>, Error> {
+        let release = self.release().await?;
+        let Some(version) = release.desired(instance_id, labels) else {
+            return Ok(None);
+        };
+        let document = release.documents.get(&version).cloned().ok_or_else(|| {
+            Error::Storage(format!("the document of version {version} is missing"))
+        })?;
+        Ok(Some(PolicyVersion { version, document }))
+    }
+
+    /// ACK: the instance runs `version`.
+    pub async fn record_ack(&self, instance_id: &str, version: u64) -> Result<(), Error> {
+        self.store.record_ack(instance_id, version).await
+    }
+
+    /// NACK: the instance refused `version` with `error`; pauses every active rollout of that
+    /// version.
+    pub async fn record_nack(
+        &self,
+        instance_id: &str,
+        version: u64,
+        error: &str,
+    ) -> Result<(), Error> {
+        let (paused, counter) = self.store.record_nack(instance_id, version, error).await?;
+        for id in &paused {
+            tracing::warn!(
+                rollout = id,
+                version,
+                instance_id,
+                error,
+                "NACK: rollout paused"
+            );
+        }
+        self.publish(counter);
+        Ok(())
+    }
+
+    /// A receiver that changes whenever any instance's desired version may have changed
+    /// (policy released, rollout started/promoted/paused/resumed/rolled back). With several
+    /// replicas on one database, the poller also publishes other replicas' changes.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Checks a gateway token (constant-time compare against the configured ones).
+    pub fn gateway_token_ok(&self, presented: Option<&str>) -> bool {
+        // Accept both the bare token and an `authorization` header value.
+        let Some(presented) = presented else {
+            return false;
+        };
+        let caller = self
+            .tokens
+            .identify_header(Some(presented))
+            .or_else(|| self.tokens.identify(presented.trim()));
+        caller.is_some_and(|c| c.role == Role::Gateway)
+    }
+
+    // The REST API's operations.
+
+    /// Validates and stores a new policy version.
+    pub async fn submit_policy(&self, document: &str, by: &Caller) -> Result<PolicyMeta, Error> {
+        let v = validate_document(document)?;
+        let sha = hex::encode(Sha256::digest(document.as_bytes()));
+        let (meta, counter) = self
+            .store
+            .insert_policy(v.version, document, v.format, &sha, &actor(by))
+            .await?;
+        self.publish(counter);
+        Ok(meta)
+    }
+
+    /// Every stored version.
+    pub async fn policies(&self) -> Result<Vec<PolicyMeta>, Error> {
+        self.store.policies().await
+    }
+
+    /// One stored version.
+    pub async fn policy(&self, version: u64) -> Result<PolicyRecord, Error> {
+        self.store
+            .policy(version)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("policy version {version} does not exist")))
+    }
+
+    /// A unified diff from version `from` to version `to`.
+    pub async fn diff(&self, from: u64, to: u64) -> Result<String, Error> {
+        let a = self.policy(from).await?;
+        let b = self.policy(to).await?;
+        let diff = similar::TextDiff::from_lines(&a.document, &b.document);
+        Ok(diff
+            .unified_diff()
+            .context_radius(3)
+            .header(&format!("version {from}"), &format!("version {to}"))
+            .to_string())
+    }
+
+    /// Starts a rollout.
+    pub async fn start_rollout(
+        &self,
+        version: u64,
+        target: Target,
+        by: &Caller,
+    ) -> Result<Rollout, Error> {
+        let stages = target.into_stages().map_err(Error::Invalid)?;
+        let (rollout, counter) = self
+            .store
+            .start_rollout(version, stages, &actor(by))
+            .await?;
+        tracing::info!(
+            rollout = rollout.id,
+            version,
+            by = by.name,
+            "rollout started"
+        );
+        self.publish(counter);
+        Ok(rollout)
+    }
+
+    /// Promotes, pauses, resumes or rolls back a rollout.
+    pub async fn change_rollout(
+        &self,
+        id: i64,
+        op: RolloutOp,
+        by: &Caller,
+    ) -> Result<Rollout, Error> {
+        let (rollout, counter) = self.store.change_rollout(id, op, &actor(by)).await?;
+        tracing::info!(
+            rollout = id,
+            op = op.as_str(),
+            state = rollout.state.as_str(),
+            by = by.name,
+            "rollout changed"
+        );
+        self.publish(counter);
+        Ok(rollout)
+    }
+
+    /// Every rollout, newest first.
+    pub async fn rollouts(&self) -> Result<Vec<Rollout>, Error> {
+        self.store.rollouts().await
+    }
+
+    /// One rollout.
+    pub async fn rollout(&self, id: i64) -> Result<Rollout, Error> {
+        self.store
+            .rollout_by_id(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("rollout {id} does not exist")))
+    }
+
+    /// Every gateway seen, with the version it should run now.
+    pub async fn gateways(&self) -> Result<Vec<(GatewayRecord, Option<u64>)>, Error> {
+        let release = self.release().await?;
+        let list = self.store.gateways().await?;
+        Ok(list
+            .into_iter()
+            .map(|g| {
+                let desired = release.desired(&g.instance_id, &g.labels);
+                (g, desired)
+            })
+            .collect())
+    }
+
+    /// The newest audit entries.
+    pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, Error> {
+        self.store.audit_log(limit).await
+    }
+}
+
+fn actor(c: &Caller) -> Actor {
+    Actor {
+        name: c.name.clone(),
+        role: c.role.as_str().to_string(),
+    }
+}

@@ -1,0 +1,326 @@
+//! Tail sampling in the gateway: marking valuable trace ids in time-windowed Bloom filters,
+//! and publishing the filters to Kafka for the tail router (see `docs/tail-sampling.md`).
+//!
+//! - `plan_traces` runs a [`TailMarker`] over every span of a request: the first tail rule a
+//!   span matches marks its trace id. Marks are buffered on the stack and set in the open
+//!   window's filter under one lock per request (or per 64 marks), never per span.
+//! - [`DecisionWindows`] holds the open window's filter (parameters from the policy's `tail`
+//!   section) and the windows sealed but not yet published.
+//! - `publish.rs` publishes a snapshot of the open window every `publish_interval` and each
+//!   sealed window once, as decision records (`weir_proto::decision`).
+
+pub mod filter;
+pub mod publish;
+
+use filter::WindowFilter;
+use std::sync::{Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+use weir_config::policy::{FilterParams, Policy, SpanView, TailPolicy};
+
+/// Marks buffered before they are set in the filter.
+const MARK_BUFFER: usize = 64;
+
+/// Sealed windows kept for publishing at most; older ones are dropped (and counted) when the
+/// broker is unreachable for that long.
+const MAX_SEALED_PENDING: usize = 16;
+
+/// Milliseconds since the Unix epoch, by the wall clock (windows are wall-clock aligned so
+/// that every gateway and the tail router agree on them).
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One decision window: its filter and what has been published of it.
+pub struct Window {
+    /// The window's start, ms since the epoch.
+    pub start: u64,
+    /// Its filter.
+    pub filter: WindowFilter,
+    /// The baseline threshold of the policy that opened it.
+    pub baseline: Option<u64>,
+    /// Bumped by every mark that set a new bit; compared with `published` to skip
+    /// unchanged snapshots.
+    pub generation: u64,
+    /// Traces marked that were new to the filter.
+    pub items: u64,
+    /// The generation last published; `None`: never published.
+    pub published: Option<u64>,
+}
+
+impl Window {
+    fn new(start: u64, params: &FilterParams, baseline: Option<u64>) -> Option<Window> {
+        let filter = WindowFilter::new(params)?;
+        Some(Window {
+            start,
+            filter,
+            baseline,
+            generation: 0,
+            items: 0,
+            published: None,
+        })
+    }
+}
+
+#[derive(Default)]
+struct State {
+    open: Option<Window>,
+    sealed: Vec<Window>,
+}
+
+/// The gateway's decision windows, shared by every request.
+#[derive(Default)]
+pub struct DecisionWindows {
+    state: Mutex<State>,
+}
+
+impl DecisionWindows {
+    /// The process's decision windows.
+    pub fn global() -> &'static DecisionWindows {
+        static WINDOWS: OnceLock<DecisionWindows> = OnceLock::new();
+        WINDOWS.get_or_init(DecisionWindows::default)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets `marks` (trace id, rule index) in the window of `now_millis`, counting each
+    /// trace new to the filter under its rule's name.
+    pub fn mark(&self, tail: &TailPolicy, marks: &[([u8; 16], u16)], now_millis: u64) {
+        let mut state = self.lock();
+        let Some(window) = rotate(&mut state, tail, now_millis) else {
+            return;
+        };
+        let mut new = false;
+        for (trace_id, rule) in marks {
+            if window.filter.insert(trace_id) {
+                new = true;
+                window.items += 1;
+                let name = tail.rule_names().nth(usize::from(*rule)).unwrap_or("?");
+                metrics::counter!("weir_tail_traces_marked_total", "rule" => name.to_string())
+                    .increment(1);
+            }
+        }
+        if new {
+            window.generation += 1;
+        }
+    }
+
+    /// Seals the open window when `now_millis` is past it (or the filter parameters
+    /// changed), and opens the current one. Called by the publisher on every tick, so that
+    /// windows without marks are published too (the tail router learns the baseline from them).
+    pub fn rotate(&self, tail: &TailPolicy, now_millis: u64) {
+        let mut state = self.lock();
+        rotate(&mut state, tail, now_millis);
+    }
+
+    /// Seals the open window whatever the time (at shutdown, or when the policy lost its
+    /// `tail` section).
+    pub fn seal_open(&self) {
+        let mut state = self.lock();
+        if let Some(w) = state.open.take() {
+            push_sealed(&mut state, w);
+        }
+    }
+
+    /// Runs `f` on the open window and the sealed ones, under the lock.
+    pub fn with<R>(&self, f: impl FnOnce(Option<&mut Window>, &mut Vec<Window>) -> R) -> R {
+        let mut state = self.lock();
+        let State { open, sealed } = &mut *state;
+        f(open.as_mut(), sealed)
+    }
+}
+
+fn push_sealed(state: &mut State, w: Window) {
+    state.sealed.push(w);
+    if state.sealed.len() > MAX_SEALED_PENDING {
+        state.sealed.remove(0);
+        metrics::counter!("weir_tail_windows_dropped_total").increment(1);
+        tracing::error!(
+            "a sealed decision window could not be published for {MAX_SEALED_PENDING} windows; dropped the oldest"
+        );
+    }
+}
+
+/// The open window for `now_millis`, after sealing the previous one if it ended or its
+/// parameters differ from the policy's.
+fn rotate<'s>(state: &'s mut State, tail: &TailPolicy, now_millis: u64) -> Option<&'s mut Window> {
+    let params = tail.filter();
+    let start = params.window_start(now_millis);
+    let current = state
+        .open
+        .as_ref()
+        .is_some_and(|w| w.start == start && w.filter.params() == params);
+    if !current {
+        if let Some(old) = state.open.take() {
+            push_sealed(state, old);
+        }
+        let baseline = tail.baseline().map(|t| t.rejection());
+        match Window::new(start, params, baseline) {
+            Some(w) => state.open = Some(w),
+            None => {
+                tracing::error!(?params, "cannot build a decision window filter");
+                return None;
+            }
+        }
+    }
+    state.open.as_mut()
+}
+
+/// Marks the trace ids of a request's spans that tail rules match; evaluates nothing when
+/// the policy has no tail rules. Marks are set when the marker is dropped (or its buffer
+/// fills), under one lock.
+pub struct TailMarker<'p> {
+    tail: Option<&'p TailPolicy>,
+    marks: [([u8; 16], u16); MARK_BUFFER],
+    len: usize,
+}
+
+impl<'p> TailMarker<'p> {
+    /// A marker for the tail rules of `policy`.
+    pub fn new(policy: &'p Policy) -> Self {
+        Self {
+            tail: policy.tail().filter(|t| t.has_rules()),
+            marks: [([0; 16], 0); MARK_BUFFER],
+            len: 0,
+        }
+    }
+
+    /// Evaluates the tail rules on `span`, buffering a mark when one matches.
+    #[inline]
+    pub fn observe<S: SpanView + ?Sized>(&mut self, span: &S) {
+        let Some(tail) = self.tail else { return };
+        let Some(rule) = tail.first_marking_rule(span) else {
+            return;
+        };
+        let id = span.trace_id();
+        // Spans of one trace usually travel together: skip the repeat.
+        if self.len > 0 && self.marks[self.len - 1].0 == *id {
+            return;
+        }
+        if self.len == MARK_BUFFER {
+            self.flush();
+        }
+        self.marks[self.len] = (*id, rule as u16);
+        self.len += 1;
+    }
+
+    fn flush(&mut self) {
+        if let Some(tail) = self.tail
+            && self.len > 0
+        {
+            DecisionWindows::global().mark(tail, &self.marks[..self.len], unix_millis());
+        }
+        self.len = 0;
+    }
+}
+
+impl Drop for TailMarker<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(window: &str) -> Policy {
+        Policy::parse(&format!(
+            "version: 1\ntail:\n  window: {window}\n  expected_traces: 1000\n  seed: 3\n  publish_interval: 1s\n  rules:\n    - {{ name: errors, error: true }}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn windows_rotate_and_seal() {
+        let p = policy("10s");
+        let tail = p.tail().unwrap();
+        let w = DecisionWindows::default();
+        w.mark(tail, &[([1; 16], 0)], 1_000_005_000);
+        w.mark(tail, &[([2; 16], 0)], 1_000_009_999);
+        w.with(|open, sealed| {
+            let open = open.unwrap();
+            assert_eq!(open.start, 1_000_000_000);
+            assert!(open.filter.contains(&[1; 16]));
+            assert!(open.filter.contains(&[2; 16]));
+            assert_eq!(open.generation, 2);
+            assert!(sealed.is_empty());
+        });
+        // The next window: the first is sealed, the new one is empty.
+        w.rotate(tail, 1_000_010_000);
+        w.with(|open, sealed| {
+            let open = open.unwrap();
+            assert_eq!(open.start, 1_000_010_000);
+            assert!(!open.filter.contains(&[1; 16]));
+            assert_eq!(sealed.len(), 1);
+            assert!(sealed[0].filter.contains(&[1; 16]));
+        });
+        // A policy with other filter parameters seals the open window at once.
+        let other = policy("20s");
+        w.rotate(other.tail().unwrap(), 1_000_010_001);
+        w.with(|open, sealed| {
+            assert_eq!(open.unwrap().filter.params().window_millis, 20_000);
+            assert_eq!(sealed.len(), 2);
+        });
+    }
+
+    #[test]
+    fn plan_traces_marks_the_traces_tail_rules_match() {
+        use prost::Message;
+        use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
+        use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+        use weir_proto::wire::TraceRequestView;
+
+        let span = |t: u8, error: bool| Span {
+            trace_id: vec![t; 16],
+            span_id: vec![t; 8],
+            name: "op".into(),
+            status: error.then(|| Status {
+                code: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let body = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span(0xa7, false), span(0xa7, true), span(0xb7, false)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec();
+        let store = crate::policy::PolicyStore::new(None).unwrap();
+        store.apply(
+            Policy::parse(
+                "version: 1\ntail:\n  window: 1h\n  publish_interval: 1s\n  expected_traces: 1000\n  rules: [ { name: errors, error: true } ]\n",
+            )
+            .unwrap(),
+        );
+        let view = TraceRequestView::parse(&body).unwrap();
+        let plan = crate::policy::plan_traces(&store.load(), &body, &view, "spans");
+        assert_eq!(plan.routes.len(), 3, "marking keeps every span");
+        DecisionWindows::global().with(|open, _| {
+            let w = open.expect("a window was opened");
+            assert!(
+                w.filter.contains(&[0xa7; 16]),
+                "the error span's trace is marked"
+            );
+            assert!(!w.filter.contains(&[0xb7; 16]));
+        });
+    }
+
+    #[test]
+    fn a_mark_already_in_the_filter_changes_nothing() {
+        let p = policy("10s");
+        let tail = p.tail().unwrap();
+        let w = DecisionWindows::default();
+        w.mark(tail, &[([1; 16], 0)], 5_000);
+        w.mark(tail, &[([1; 16], 0)], 6_000);
+        w.with(|open, _| assert_eq!(open.unwrap().generation, 1));
+    }
+}

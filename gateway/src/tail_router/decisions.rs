@@ -1,0 +1,458 @@
+//! The tail router's view of the decision windows: every gateway's records of a window,
+//! merged with a bitwise OR into one filter per window (per parameter set: a policy change
+//! mid-window gives a second filter, and a trace is kept when either holds it), and the
+//! consumer that reads `weir.tail.decisions` from the beginning of its retention.
+//!
+//! Which windows decide a hot record: the record's timestamp `t` falls in window `W(t)`; the
+//! router asks `W(t)` and its two neighbours (every window that overlaps `t` ± one window
+//! length), because the span that marked the trace may have passed a gateway up to a window
+//! earlier or later than this span was produced.
+
+use crate::tail::filter::WindowFilter;
+use rdkafka::Message;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use weir_config::policy::{FilterParams, in_baseline};
+use weir_config::policy::{MAX_TAIL_FILTER_BYTES, Threshold};
+use weir_proto::decision::{self, DecisionHeader};
+
+/// What the windows say about a trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A window's filter holds it (a tail rule marked it, or a false positive).
+    Marked,
+    /// It is in the baseline share.
+    Baseline,
+    /// Windows exist for its time, and none holds it.
+    Unmarked,
+    /// No decision record covers its time (too old, or no gateway published yet).
+    NoWindow,
+}
+
+impl Verdict {
+    /// Whether the record goes to the cold topic.
+    pub fn keep(self) -> bool {
+        matches!(self, Verdict::Marked | Verdict::Baseline)
+    }
+
+    /// A metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Marked => "kept_marked",
+            Verdict::Baseline => "kept_baseline",
+            Verdict::Unmarked => "passed",
+            Verdict::NoWindow => "passed_no_window",
+        }
+    }
+}
+
+/// One window's merged filter for one parameter set.
+struct MergedWindow {
+    filter: WindowFilter,
+    baseline: Option<u64>,
+    gateways: BTreeSet<String>,
+    sealed_by: BTreeSet<String>,
+}
+
+/// The merged decision windows, by start time.
+#[derive(Default)]
+pub struct DecisionStore {
+    windows: RwLock<BTreeMap<u64, Vec<MergedWindow>>>,
+    /// The longest window length seen, to bound lookups.
+    longest: std::sync::atomic::AtomicU64,
+}
+
+/// Why a decision record was not merged.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// It could not be decoded.
+    Malformed(String),
+    /// Its window ended before the retention cutoff.
+    Expired,
+}
+
+impl DecisionStore {
+    /// Merges one decision record. `cutoff_millis`: windows ending before it are not kept.
+    pub fn apply(&self, record: &[u8], cutoff_millis: u64) -> Result<(), Refused> {
+        let (h, bits) = decision::decode(record).map_err(|e| Refused::Malformed(e.to_string()))?;
+        if h.window_start_millis.saturating_add(h.window_millis) < cutoff_millis {
+            return Err(Refused::Expired);
+        }
+        if h.bitmap_bytes > MAX_TAIL_FILTER_BYTES {
+            return Err(Refused::Malformed(format!(
+                "a filter of {} bytes is over the limit of {}",
+                h.bitmap_bytes, MAX_TAIL_FILTER_BYTES
+            )));
+        }
+        let params = params_of(&h);
+        let mut windows = self.windows.write().unwrap_or_else(|p| p.into_inner());
+        let list = windows.entry(h.window_start_millis).or_default();
+        let at = match list.iter().position(|w| *w.filter.params() == params) {
+            Some(i) => i,
+            None => {
+                let filter = WindowFilter::new(&params).ok_or_else(|| {
+                    Refused::Malformed("the filter parameters cannot be built".into())
+                })?;
+                if filter.hashes() != h.hashes {
+                    return Err(Refused::Malformed(format!(
+                        "the record says {} hash functions, its size and item count give {}: incompatible filter",
+                        h.hashes,
+                        filter.hashes()
+                    )));
+                }
+                list.push(MergedWindow {
+                    filter,
+                    baseline: h.baseline_rejection,
+                    gateways: BTreeSet::new(),
+                    sealed_by: BTreeSet::new(),
+                });
+                list.len() - 1
+            }
+        };
+        let w = &mut list[at];
+        if !w.filter.merge(h.segment_offset, bits) {
+            return Err(Refused::Malformed(
+                "the segment runs past the filter".into(),
+            ));
+        }
+        if w.baseline.is_none() {
+            w.baseline = h.baseline_rejection;
+        }
+        if h.sealed {
+            w.sealed_by.insert(h.gateway_id.clone());
+        }
+        w.gateways.insert(h.gateway_id);
+        self.longest
+            .fetch_max(h.window_millis, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!("weir_tail_router_window_fill_ratio").set(w.filter.fill_ratio());
+        Ok(())
+    }
+
+    /// What the windows around `ts_millis` say about `trace_id`.
+    pub fn verdict(&self, trace_id: &[u8; 16], ts_millis: u64) -> Verdict {
+        let longest = self.longest.load(std::sync::atomic::Ordering::Relaxed);
+        if longest == 0 {
+            return Verdict::NoWindow;
+        }
+        let windows = self.windows.read().unwrap_or_else(|p| p.into_inner());
+        let from = ts_millis.saturating_sub(2 * longest);
+        let to = ts_millis.saturating_add(longest);
+        let mut any = false;
+        let mut baseline = false;
+        for (&start, list) in windows.range(from..=to) {
+            for w in list {
+                let len = w.filter.params().window_millis;
+                // W(t) and its neighbours: windows overlapping [t - len, t + len].
+                let overlaps = start <= ts_millis.saturating_add(len)
+                    && start.saturating_add(2 * len) > ts_millis;
+                if !overlaps {
+                    continue;
+                }
+                any = true;
+                if w.filter.contains(trace_id) {
+                    return Verdict::Marked;
+                }
+                baseline |= in_baseline(w.baseline.and_then(Threshold::from_rejection), trace_id);
+            }
+        }
+        match (any, baseline) {
+            (_, true) => Verdict::Baseline,
+            (true, false) => Verdict::Unmarked,
+            (false, false) => Verdict::NoWindow,
+        }
+    }
+
+    /// Frees the windows that ended before `cutoff_millis`; returns how many are held.
+    pub fn free_before(&self, cutoff_millis: u64) -> usize {
+        let mut windows = self.windows.write().unwrap_or_else(|p| p.into_inner());
+        windows.retain(|&start, list| {
+            list.retain(|w| start.saturating_add(w.filter.params().window_millis) >= cutoff_millis);
+            !list.is_empty()
+        });
+        let held: usize = windows.values().map(Vec::len).sum();
+        metrics::gauge!("weir_tail_router_windows_held").set(held as f64);
+        let bytes: u64 = windows
+            .values()
+            .flatten()
+            .map(|w| w.filter.params().bitmap_bytes)
+            .sum();
+        metrics::gauge!("weir_tail_router_window_bytes").set(bytes as f64);
+        held
+    }
+
+    /// The gateways that published the window starting at `start`, and those that sealed it.
+    pub fn gateways(&self, start: u64) -> (Vec<String>, Vec<String>) {
+        let windows = self.windows.read().unwrap_or_else(|p| p.into_inner());
+        let mut all = BTreeSet::new();
+        let mut sealed = BTreeSet::new();
+        for w in windows.get(&start).into_iter().flatten() {
+            all.extend(w.gateways.iter().cloned());
+            sealed.extend(w.sealed_by.iter().cloned());
+        }
+        (all.into_iter().collect(), sealed.into_iter().collect())
+    }
+}
+
+fn params_of(h: &DecisionHeader) -> FilterParams {
+    FilterParams {
+        window_millis: h.window_millis,
+        expected_traces: h.expected_items,
+        bitmap_bytes: h.bitmap_bytes,
+        hashes: h.hashes,
+        seed: h.seed,
+    }
+}
+
+/// Reads every partition of the decisions topic from its beginning into `store`, forever.
+/// Sets `caught_up` once it has read up to the high watermarks found at the start.
+pub async fn consume(
+    consumer: StreamConsumer<super::RouterContext>,
+    topic: String,
+    store: std::sync::Arc<DecisionStore>,
+    retention: Duration,
+    caught_up: std::sync::Arc<AtomicBool>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer = std::sync::Arc::new(consumer);
+    // Partitions and their high watermarks, read off the async workers.
+    let c = consumer.clone();
+    let t = topic.clone();
+    let targets: Vec<(i32, i64)> = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let md = c.fetch_metadata(Some(&t), Duration::from_secs(10))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|m| m.name() == t)
+            .flat_map(|m| m.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            anyhow::bail!("the decisions topic `{t}` has no partitions (does it exist?)");
+        }
+        let mut out = Vec::new();
+        for p in partitions {
+            let (_, high) = c.fetch_watermarks(&t, p, Duration::from_secs(10))?;
+            out.push((p, high));
+        }
+        Ok(out)
+    })
+    .await??;
+    let mut tpl = TopicPartitionList::new();
+    for (p, _) in &targets {
+        tpl.add_partition_offset(&topic, *p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut remaining: BTreeMap<i32, i64> = targets.into_iter().filter(|(_, h)| *h > 0).collect();
+    if remaining.is_empty() {
+        caught_up.store(true, Ordering::Release);
+    }
+    tracing::info!(
+        topic,
+        partitions = tpl.count(),
+        "reading decision records from the beginning"
+    );
+    // Old windows are freed (and the window gauges set) every few seconds, records or not.
+    let mut free = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = free.tick() => {
+                store.free_before(cutoff(retention));
+                continue;
+            }
+            m = consumer.recv() => m,
+        };
+        let cutoff = cutoff(retention);
+        match msg {
+            Ok(m) => {
+                let result = match m.payload() {
+                    Some(p) => store.apply(p, cutoff),
+                    None => Err(Refused::Malformed("empty record".into())),
+                };
+                let label = match &result {
+                    Ok(()) => "merged",
+                    Err(Refused::Expired) => "expired",
+                    Err(Refused::Malformed(why)) => {
+                        tracing::warn!(
+                            partition = m.partition(),
+                            offset = m.offset(),
+                            why,
+                            "decision record refused"
+                        );
+                        "refused"
+                    }
+                };
+                metrics::counter!("weir_tail_router_decision_records_total", "result" => label)
+                    .increment(1);
+                if let Some(high) = remaining.get(&m.partition())
+                    && m.offset() + 1 >= *high
+                {
+                    remaining.remove(&m.partition());
+                    if remaining.is_empty() {
+                        tracing::info!("decision records caught up");
+                        caught_up.store(true, Ordering::Release);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading decision records");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Windows that ended before this (ms since the epoch) are freed.
+pub fn cutoff(retention: Duration) -> u64 {
+    crate::tail::unix_millis().saturating_sub(retention.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_config::policy::{bitmap_bytes, expand_seed, hash_count};
+    use weir_proto::decision::HASH_SCHEME_BLOOMFILTER3;
+
+    const LEN: u64 = 10_000;
+
+    fn params(seed: u64) -> FilterParams {
+        let n = 1000;
+        let bytes = bitmap_bytes(n, 0.001);
+        FilterParams {
+            window_millis: LEN,
+            expected_traces: n,
+            bitmap_bytes: bytes,
+            hashes: hash_count(bytes * 8, n),
+            seed: expand_seed(seed),
+        }
+    }
+
+    /// A gateway's record of window `start` holding `ids`, in `segments` pieces.
+    fn records(
+        start: u64,
+        gateway: &str,
+        ids: &[[u8; 16]],
+        seed: u64,
+        baseline: Option<u64>,
+        segments: usize,
+    ) -> Vec<Vec<u8>> {
+        let p = params(seed);
+        let mut f = WindowFilter::new(&p).unwrap();
+        for id in ids {
+            f.insert(id);
+        }
+        let size = f.bits().len().div_ceil(segments);
+        f.bits()
+            .chunks(size)
+            .enumerate()
+            .map(|(i, seg)| {
+                let h = DecisionHeader {
+                    window_start_millis: start,
+                    window_millis: LEN,
+                    bitmap_bytes: p.bitmap_bytes,
+                    hashes: f.hashes(),
+                    seed: p.seed,
+                    hash_scheme: HASH_SCHEME_BLOOMFILTER3,
+                    expected_items: p.expected_traces,
+                    item_estimate: ids.len() as u64,
+                    baseline_rejection: baseline,
+                    sealed: false,
+                    sequence: i as u64,
+                    segment_offset: (i * size) as u64,
+                    gateway_id: gateway.into(),
+                };
+                let mut out = Vec::new();
+                decision::encode(&h, seg, &mut out);
+                out
+            })
+            .collect()
+    }
+
+    fn id(n: u8) -> [u8; 16] {
+        let mut id = [n; 16];
+        id[9..].copy_from_slice(&[0; 7]); // randomness 0: never in a baseline below 1
+        id
+    }
+
+    #[test]
+    fn windows_of_all_gateways_merge() {
+        let store = DecisionStore::default();
+        for r in records(100_000, "a", &[id(1)], 1, None, 3) {
+            store.apply(&r, 0).unwrap();
+        }
+        for r in records(100_000, "b", &[id(2)], 1, None, 1) {
+            store.apply(&r, 0).unwrap();
+        }
+        assert_eq!(store.verdict(&id(1), 105_000), Verdict::Marked);
+        assert_eq!(store.verdict(&id(2), 105_000), Verdict::Marked);
+        assert_eq!(store.verdict(&id(3), 105_000), Verdict::Unmarked);
+        assert_eq!(
+            store.gateways(100_000).0,
+            vec!["a".to_string(), "b".to_string()]
+        );
+    }
+
+    #[test]
+    fn neighbouring_windows_are_asked() {
+        let store = DecisionStore::default();
+        for r in records(100_000, "a", &[id(1)], 1, None, 1) {
+            store.apply(&r, 0).unwrap();
+        }
+        // A span of the window before, and of the window after, find the mark.
+        assert_eq!(store.verdict(&id(1), 95_000), Verdict::Marked);
+        assert_eq!(store.verdict(&id(1), 119_999), Verdict::Marked);
+        // Two windows away: not asked.
+        assert_eq!(store.verdict(&id(1), 120_000), Verdict::NoWindow);
+        assert_eq!(store.verdict(&id(1), 89_999), Verdict::NoWindow);
+    }
+
+    #[test]
+    fn a_policy_change_mid_window_keeps_both_filters() {
+        let store = DecisionStore::default();
+        for r in records(100_000, "a", &[id(1)], 1, None, 1) {
+            store.apply(&r, 0).unwrap();
+        }
+        for r in records(100_000, "b", &[id(2)], 2, None, 1) {
+            store.apply(&r, 0).unwrap();
+        }
+        assert_eq!(store.verdict(&id(1), 101_000), Verdict::Marked);
+        assert_eq!(store.verdict(&id(2), 101_000), Verdict::Marked);
+    }
+
+    #[test]
+    fn the_baseline_comes_from_the_records() {
+        let store = DecisionStore::default();
+        let half = Threshold::from_probability(0.5, 14).unwrap().rejection();
+        for r in records(100_000, "a", &[], 1, Some(half), 1) {
+            store.apply(&r, 0).unwrap();
+        }
+        let mut high = [0u8; 16];
+        high[9] = 0xf0;
+        assert_eq!(store.verdict(&high, 101_000), Verdict::Baseline);
+        assert_eq!(store.verdict(&id(7), 101_000), Verdict::Unmarked);
+    }
+
+    #[test]
+    fn old_windows_are_freed_and_refused() {
+        let store = DecisionStore::default();
+        for r in records(100_000, "a", &[id(1)], 1, None, 1) {
+            store.apply(&r, 0).unwrap();
+        }
+        for r in records(200_000, "a", &[id(1)], 1, None, 1) {
+            store.apply(&r, 0).unwrap();
+        }
+        assert_eq!(store.free_before(150_000), 1);
+        assert_eq!(store.verdict(&id(1), 105_000), Verdict::NoWindow);
+        assert_eq!(store.verdict(&id(1), 205_000), Verdict::Marked);
+        let old = records(100_000, "a", &[id(1)], 1, None, 1);
+        assert_eq!(store.apply(&old[0], 150_000), Err(Refused::Expired));
+        assert!(matches!(
+            store.apply(b"junk", 0),
+            Err(Refused::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,437 @@
+//! The delayed hot consumer: hot records are held until their timestamp is `delay` old,
+//! then decided against the merged decision windows; kept ones are produced to the cold
+//! topic, and a batch's offsets are committed only after every cold record of it was
+//! acknowledged (a restart re-reads from the last commit: duplicates, never a loss).
+//!
+//! Holding: a partition whose oldest held record is not due yet is paused, so the consumer
+//! fetches nothing more from it; the loop sleeps until the earliest due time (or a new
+//! record) and resumes the partition once its held records are decided. Records keep their
+//! partition order.
+
+use super::RouterContext;
+use super::decisions::{DecisionStore, Verdict};
+use futures::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use weir_exporters::kafka::{KafkaExporter, Record, RecordHeaders};
+
+/// The longest the loop sleeps without looking at the clock again.
+const MAX_SLEEP: Duration = Duration::from_millis(500);
+
+/// A hot record waiting for its due time.
+#[derive(Debug)]
+pub struct Held {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its timestamp, ms since the epoch.
+    pub ts_millis: u64,
+    /// The record key (the trace id in hex).
+    pub key: Option<Vec<u8>>,
+    /// The record value, copied as it is.
+    pub value: Option<Vec<u8>>,
+    /// The record headers, copied as they are.
+    pub headers: Option<RecordHeaders>,
+}
+
+/// Hot records held per partition, in offset order, until they are due.
+#[derive(Default)]
+pub struct DelayQueue {
+    parts: BTreeMap<i32, VecDeque<Held>>,
+    delay_millis: u64,
+    len: usize,
+}
+
+impl DelayQueue {
+    /// A queue that holds records `delay_millis` past their timestamp.
+    pub fn new(delay_millis: u64) -> Self {
+        Self {
+            delay_millis,
+            ..Default::default()
+        }
+    }
+
+    /// When a record with timestamp `ts_millis` becomes due.
+    pub fn due_at(&self, ts_millis: u64) -> u64 {
+        ts_millis.saturating_add(self.delay_millis)
+    }
+
+    /// Holds `h` behind the records of its partition.
+    pub fn push(&mut self, h: Held) {
+        self.parts.entry(h.partition).or_default().push_back(h);
+        self.len += 1;
+    }
+
+    /// Records held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Takes up to `max` due records (at `now_millis`), each partition's in order.
+    pub fn take_due(&mut self, now_millis: u64, max: usize) -> Vec<Held> {
+        let mut out = Vec::new();
+        let delay = self.delay_millis;
+        for q in self.parts.values_mut() {
+            while out.len() < max
+                && q.front()
+                    .is_some_and(|h| h.ts_millis.saturating_add(delay) <= now_millis)
+            {
+                out.extend(q.pop_front());
+            }
+        }
+        self.len -= out.len();
+        self.parts.retain(|_, q| !q.is_empty());
+        out
+    }
+
+    /// The earliest due time of a held record.
+    pub fn next_due(&self) -> Option<u64> {
+        self.parts
+            .values()
+            .filter_map(|q| q.front())
+            .map(|h| self.due_at(h.ts_millis))
+            .min()
+    }
+
+    /// Partitions that must not be fetched from: their oldest record is not due, or they
+    /// hold `cap` records already.
+    pub fn to_pause(&self, now_millis: u64, cap: usize) -> BTreeSet<i32> {
+        self.parts
+            .iter()
+            .filter(|(_, q)| {
+                q.len() >= cap
+                    || q.front()
+                        .is_some_and(|h| self.due_at(h.ts_millis) > now_millis)
+            })
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Forgets the records of partitions this consumer no longer owns.
+    pub fn revoke(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            if let Some(q) = self.parts.remove(p) {
+                self.len -= q.len();
+            }
+        }
+    }
+}
+
+/// The hot loop's parts.
+pub struct HotLoop {
+    /// The group consumer on the hot topic.
+    pub consumer: Arc<StreamConsumer<RouterContext>>,
+    /// Produces to the cold topic and waits for acknowledgement.
+    pub exporter: Arc<KafkaExporter>,
+    /// The merged decision windows.
+    pub store: Arc<DecisionStore>,
+    /// The hot topic.
+    pub hot_topic: String,
+    /// The cold topic.
+    pub cold_topic: Arc<str>,
+    /// D, in milliseconds.
+    pub delay_millis: u64,
+    /// Records decided per batch.
+    pub batch_size: usize,
+}
+
+impl HotLoop {
+    /// Runs until `stop`. Records held when it stops are not committed: the next owner of
+    /// their partition reads them again.
+    pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
+        let mut queue = DelayQueue::new(self.delay_millis);
+        let mut paused: BTreeSet<i32> = BTreeSet::new();
+        let cap = self.batch_size.max(1);
+        loop {
+            let revoked = self.consumer.context().take_revoked();
+            if !revoked.is_empty() {
+                queue.revoke(&revoked);
+                for p in &revoked {
+                    paused.remove(p);
+                }
+            }
+            let now = crate::tail::unix_millis();
+            let batch = queue.take_due(now, self.batch_size);
+            if !batch.is_empty() {
+                if !self.decide(batch, &stop).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            self.sync_pauses(&queue.to_pause(now, cap), &mut paused);
+            metrics::gauge!("weir_tail_router_held_records").set(queue.len() as f64);
+            if let Some(due) = queue.next_due() {
+                metrics::gauge!("weir_tail_router_delay_held_seconds")
+                    .set(due.saturating_sub(now) as f64 / 1000.0);
+            }
+            let sleep = queue
+                .next_due()
+                .map_or(MAX_SLEEP, |d| Duration::from_millis(d.saturating_sub(now)))
+                .min(MAX_SLEEP);
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                m = self.consumer.recv() => {
+                    self.hold(m, &mut queue);
+                    // Take what is already fetched without waiting, so a backlog is decided
+                    // in full batches.
+                    while queue.len() < 4 * cap {
+                        match self.consumer.recv().now_or_never() {
+                            Some(m) => self.hold(m, &mut queue),
+                            None => break,
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    fn hold(
+        &self,
+        m: Result<BorrowedMessage<'_>, rdkafka::error::KafkaError>,
+        queue: &mut DelayQueue,
+    ) {
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the hot topic");
+                return;
+            }
+        };
+        // A record without a timestamp is held from when it is read.
+        let ts = m
+            .timestamp()
+            .to_millis()
+            .and_then(|t| u64::try_from(t).ok())
+            .unwrap_or_else(crate::tail::unix_millis);
+        let headers = m.headers().map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                .collect::<Vec<_>>()
+                .into()
+        });
+        queue.push(Held {
+            partition: m.partition(),
+            offset: m.offset(),
+            ts_millis: ts,
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+    }
+
+    fn sync_pauses(&self, want: &BTreeSet<i32>, paused: &mut BTreeSet<i32>) {
+        let tpl = |parts: &mut dyn Iterator<Item = &i32>| {
+            let mut t = TopicPartitionList::new();
+            for p in parts {
+                t.add_partition(&self.hot_topic, *p);
+            }
+            t
+        };
+        let pause: Vec<i32> = want.difference(paused).copied().collect();
+        let resume: Vec<i32> = paused.difference(want).copied().collect();
+        if !pause.is_empty() {
+            match self.consumer.pause(&tpl(&mut pause.iter())) {
+                Ok(()) => paused.extend(pause),
+                Err(e) => tracing::warn!(error = %e, "pausing hot partitions"),
+            }
+        }
+        if !resume.is_empty() {
+            match self.consumer.resume(&tpl(&mut resume.iter())) {
+                Ok(()) => {
+                    for p in resume {
+                        paused.remove(&p);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "resuming hot partitions"),
+            }
+        }
+    }
+
+    /// Decides a batch, produces its kept records until they are acknowledged, then commits
+    /// its offsets. False when `stop` came first (nothing committed).
+    async fn decide(&self, batch: Vec<Held>, stop: &CancellationToken) -> bool {
+        let now = crate::tail::unix_millis();
+        let mut records = Vec::new();
+        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut oldest = u64::MAX;
+        for h in batch {
+            // A key that is not a trace id cannot be decided: the record stays hot only.
+            let verdict = h
+                .key
+                .as_deref()
+                .and_then(trace_id_of_key)
+                .map(|id| self.store.verdict(&id, h.ts_millis));
+            *counts
+                .entry(verdict.map_or("bad_key", Verdict::as_str))
+                .or_default() += 1;
+            let n = next.entry(h.partition).or_insert(h.offset + 1);
+            *n = (*n).max(h.offset + 1);
+            oldest = oldest.min(h.ts_millis);
+            if verdict.is_some_and(Verdict::keep) {
+                records.push(Record {
+                    topic: self.cold_topic.clone(),
+                    key: h.key.unwrap_or_default(),
+                    value: h.value.unwrap_or_default(),
+                    items: 1,
+                    headers: h.headers,
+                });
+            }
+        }
+        let mut attempt = 0u32;
+        while !records.is_empty() {
+            match self.exporter.send(&records).await {
+                Ok(()) => {
+                    metrics::counter!("weir_tail_router_cold_records_total")
+                        .increment(records.len() as u64);
+                    break;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    metrics::counter!("weir_tail_router_cold_produce_failures_total").increment(1);
+                    tracing::warn!(error = %e, records = records.len(), attempt, "producing to the cold topic failed; retrying before committing");
+                    let backoff = Duration::from_millis(200 * u64::from(attempt.min(25)));
+                    tokio::select! {
+                        _ = stop.cancelled() => return false,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                }
+            }
+        }
+        for (label, n) in counts {
+            metrics::counter!("weir_tail_router_records_total", "outcome" => label).increment(n);
+        }
+        if oldest != u64::MAX {
+            metrics::gauge!("weir_tail_router_record_age_seconds")
+                .set(now.saturating_sub(oldest) as f64 / 1000.0);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (p, offset) in next {
+            if let Err(e) = tpl.add_partition_offset(&self.hot_topic, p, Offset::Offset(offset)) {
+                tracing::warn!(error = %e, "building the commit");
+            }
+        }
+        // Asynchronous: a commit lost to a crash only means the batch is read again.
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::warn!(error = %e, "committing hot offsets");
+        }
+        true
+    }
+}
+
+/// The trace id a hot record's key names: 32 hex characters.
+pub fn trace_id_of_key(key: &[u8]) -> Option<[u8; 16]> {
+    let mut id = [0u8; 16];
+    hex::decode_to_slice(key, &mut id).ok()?;
+    Some(id)
+}
+
+/// Sums `high watermark - position` over the assigned hot partitions, every few seconds.
+pub async fn report_lag(consumer: Arc<StreamConsumer<RouterContext>>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let c = consumer.clone();
+        let lag = tokio::task::spawn_blocking(move || -> Option<i64> {
+            let positions = c.position().ok()?;
+            let mut lag = 0i64;
+            for e in positions.elements() {
+                let Offset::Offset(pos) = e.offset() else {
+                    continue;
+                };
+                if let Ok((_, high)) =
+                    c.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(2))
+                {
+                    lag += (high - pos).max(0);
+                }
+            }
+            Some(lag)
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(lag) = lag {
+            metrics::gauge!("weir_tail_router_consumer_lag_records").set(lag as f64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(partition: i32, offset: i64, ts: u64) -> Held {
+        Held {
+            partition,
+            offset,
+            ts_millis: ts,
+            key: None,
+            value: None,
+            headers: None,
+        }
+    }
+
+    #[test]
+    fn records_are_due_after_the_delay_in_partition_order() {
+        let mut q = DelayQueue::new(3000);
+        q.push(held(0, 10, 1000));
+        q.push(held(0, 11, 900)); // older timestamp behind a newer one: waits its turn
+        q.push(held(1, 5, 2000));
+        assert_eq!(q.next_due(), Some(4000));
+        assert!(q.take_due(3999, 100).is_empty());
+        assert_eq!(q.to_pause(3999, 100), BTreeSet::from([0, 1]));
+        let due = q.take_due(4000, 100);
+        assert_eq!(
+            due.iter()
+                .map(|h| (h.partition, h.offset))
+                .collect::<Vec<_>>(),
+            vec![(0, 10), (0, 11)]
+        );
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.to_pause(4000, 100), BTreeSet::from([1]));
+        assert_eq!(q.next_due(), Some(5000));
+        let due = q.take_due(6000, 100);
+        assert_eq!(due.len(), 1);
+        assert!(q.is_empty());
+        assert_eq!(q.next_due(), None);
+        assert!(q.to_pause(6000, 100).is_empty());
+    }
+
+    #[test]
+    fn batches_are_bounded_and_full_partitions_pause() {
+        let mut q = DelayQueue::new(0);
+        for i in 0..10 {
+            q.push(held(2, i, 0));
+        }
+        assert_eq!(q.to_pause(1, 5), BTreeSet::from([2]), "over the cap");
+        assert_eq!(q.take_due(1, 4).len(), 4);
+        assert_eq!(q.len(), 6);
+        q.revoke(&[2]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn keys_are_trace_ids_in_hex() {
+        let key = b"0102030405060708090a0b0c0d0e0f10";
+        assert_eq!(
+            trace_id_of_key(key),
+            Some([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16])
+        );
+        assert_eq!(trace_id_of_key(b"0102"), None);
+        assert_eq!(trace_id_of_key(b"zz02030405060708090a0b0c0d0e0f10"), None);
+    }
+}

@@ -1,0 +1,260 @@
+"""Tail sampling end to end: two gateways mark trace ids in Bloom-filter windows and publish
+them to the decisions topic; weir-tail-router reads the hot topic D seconds behind real time and
+copies the spans of marked (and baseline) traces to the cold topic. Everything is checked with
+the independent consumer (confluent-kafka + opentelemetry-proto)."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from harness import (
+    TRACE_PATH,
+    Gateway,
+    TailRouter,
+    consume,
+    decode_traces,
+    metric_value,
+    post,
+    spans_of,
+    traces_request,
+    unique_name,
+    wait_until,
+)
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+DELAY_S = 3
+FALSE_POSITIVE_RATE = 0.01
+BASELINE = 0.05
+# The baseline's rejection threshold, as the OpenTelemetry probability sampling spec computes it
+# (precision 14: exact): a trace is in the baseline when its randomness (the trace id's last 7
+# bytes) is at least this.
+BASELINE_THRESHOLD = 2**56 - round(BASELINE * 2**56)
+
+POLICY = f"""
+version: 1
+tail:
+  window: 5s
+  expected_traces: 10000
+  false_positive_rate: {FALSE_POSITIVE_RATE}
+  seed: 11
+  publish_interval: 500ms
+  baseline_probability: {BASELINE}
+  rules:
+    - name: errors
+      error: true
+    - name: slow
+      slower_than: 200ms
+"""
+
+
+def in_baseline(trace_id: bytes) -> bool:
+    return int.from_bytes(trace_id[9:], "big") >= BASELINE_THRESHOLD
+
+
+def span(trace_id: bytes, name: str, error: bool = False, millis: int = 1) -> trace_pb2.Span:
+    now = time.time_ns()
+    s = trace_pb2.Span(
+        trace_id=trace_id,
+        span_id=random.randbytes(8),
+        parent_span_id=random.randbytes(8),
+        name=name,
+        kind=trace_pb2.Span.SPAN_KIND_SERVER,
+        start_time_unix_nano=now - millis * 1_000_000,
+        end_time_unix_nano=now,
+    )
+    if error:
+        s.status.code = trace_pb2.Status.STATUS_CODE_ERROR
+    return s
+
+
+class Setup:
+    """Topics, the policy, two gateways and the router's overrides."""
+
+    def __init__(self, broker, workdir):
+        self.broker = broker
+        self.hot = unique_name("it-hot")
+        self.cold = unique_name("it-cold")
+        self.decisions = unique_name("it-decisions")
+        broker.create_topic(self.hot, 3)
+        broker.create_topic(self.cold, 3)
+        broker.create_topic(self.decisions, 1)
+        policy = workdir / f"{unique_name('tail-policy')}.yaml"
+        policy.write_text(POLICY)
+        self.gateways = []
+        for gid in ("gw-a", "gw-b"):
+            gw = Gateway(
+                broker,
+                workdir,
+                {
+                    "kafka.traces.topic": self.hot,
+                    "policy_file": str(policy),
+                    "tail.decisions_topic": self.decisions,
+                    "tail.gateway_id": gid,
+                },
+                create_topics=False,
+            )
+            self.gateways.append(gw)
+            gw.start()
+        self.router_overrides = {
+            "kafka.hot_topic": self.hot,
+            "kafka.cold_topic": self.cold,
+            "kafka.decisions_topic": self.decisions,
+            "kafka.group_id": unique_name("it-tail-router"),
+            "delay": f"{DELAY_S}s",
+            "window_retention": "10m",
+            "batch_size": 200,
+        }
+        self.routers: list[TailRouter] = []
+        self.workdir = workdir
+
+    def router(self) -> TailRouter:
+        r = TailRouter(self.broker, self.workdir, self.router_overrides)
+        self.routers.append(r)
+        return r.start()
+
+    def send(self, per_gateway: list[list[trace_pb2.Span]]):
+        for gw, spans in zip(self.gateways, per_gateway):
+            if spans:
+                r = post(gw, TRACE_PATH, traces_request(spans, {"service.name": "shop"}).SerializeToString())
+                assert r.status_code == 200, r.text
+
+    def cold_spans(self, want: set[bytes], timeout: float) -> list[tuple[bytes, bytes]]:
+        """(trace id, span id) of every span in the cold topic (duplicates included), read until
+        every span id in `want` is there or `timeout` passes."""
+        found: list[tuple[bytes, bytes]] = []
+
+        def complete():
+            nonlocal found
+            recs = consume(self.broker.bootstrap, self.cold, want=1 << 30, timeout=3, settle=0)
+            found = [(s.trace_id, s.span_id) for r in recs for _, _, s in spans_of(decode_traces(r.value))]
+            return want <= {sid for _, sid in found}
+
+        try:
+            wait_until("every kept span in the cold topic", complete, timeout=timeout, interval=1)
+        except TimeoutError:
+            pass
+        return found
+
+    def close(self, failed: bool):
+        for r in self.routers:
+            r.stop()
+            if failed:
+                print(f"--- {r.name} log:\n{r.log(60)}")
+        for gw in self.gateways:
+            gw.stop()
+            if failed:
+                print(f"--- {gw.name} log:\n{gw.log()}")
+
+
+@pytest.fixture
+def tail(request, broker, workdir):
+    s = Setup(broker, workdir)
+    yield s
+    rep = getattr(request.node, "rep_call", None)
+    s.close(rep is None or rep.failed)
+
+
+def trace_id(baseline: bool | None = None) -> bytes:
+    """A random trace id; in the baseline share or not, when asked."""
+    for _ in range(10_000):
+        t = random.randbytes(16)
+        if baseline is None or in_baseline(t) == baseline:
+            return t
+    raise AssertionError("no trace id found")
+
+
+def test_every_span_of_a_marked_trace_reaches_cold_across_gateways_and_a_router_kill(tail):
+    router = tail.router()
+    marked: dict[bytes, set[bytes]] = {}
+    unmarked: dict[bytes, set[bytes]] = {}
+    rounds, marked_per_round, unmarked_per_round = 8, 8, 40
+    for rnd in range(rounds):
+        per_gw: list[list[trace_pb2.Span]] = [[], []]
+        for i in range(marked_per_round + unmarked_per_round):
+            t = trace_id()
+            is_marked = i < marked_per_round
+            # Three spans over both gateways; a marked trace has exactly one valuable span, on
+            # either gateway: an error, or a slow span.
+            spans = [span(t, "GET /cart"), span(t, "SELECT items", millis=20), span(t, "render")]
+            if is_marked:
+                v = random.randrange(3)
+                spans[v] = span(t, "POST /pay", error=True) if i % 2 else span(t, "slow call", millis=450)
+            for j, s in enumerate(spans):
+                per_gw[(j + i) % 2].append(s)
+            (marked if is_marked else unmarked)[t] = {s.span_id for s in spans}
+        tail.send(per_gw)
+        if rnd == 3:
+            # Killed mid-stream: the first rounds decided and committed, the last ones held
+            # in memory, uncommitted.
+            router.kill()
+        if rnd == 5:
+            router = tail.router()
+        time.sleep(1)
+
+    want = set().union(*marked.values())
+    found = tail.cold_spans(want, timeout=90)
+    cold_ids = [sid for _, sid in found]
+    cold_set = set(cold_ids)
+    missing = want - cold_set
+    assert not missing, (
+        f"{len(missing)} of {len(want)} spans of marked traces are not in the cold topic; "
+        f"router log:\n{router.log(40)}"
+    )
+    duplicates = len(cold_ids) - len(cold_set)
+
+    # Unmarked traces: the baseline share reaches cold in full; the others only as false
+    # positives, at no more than twice the configured rate.
+    baseline_traces = [t for t in unmarked if in_baseline(t)]
+    for t in baseline_traces:
+        assert unmarked[t] <= cold_set, "a baseline trace is missing spans in cold"
+    cold_traces = {tid for tid, _ in found}
+    false_positives = [t for t in unmarked if not in_baseline(t) and t in cold_traces]
+    others = len(unmarked) - len(baseline_traces)
+    assert len(false_positives) <= 2 * FALSE_POSITIVE_RATE * others, (
+        f"{len(false_positives)} of {others} unmarked traces reached cold"
+    )
+    unmarked_in_cold = sum(1 for t in unmarked if t in cold_traces)
+    assert unmarked_in_cold == len(baseline_traces) + len(false_positives)
+    print(
+        f"marked spans {len(want)} all in cold; duplicates {duplicates}; unmarked traces "
+        f"{len(unmarked)}: baseline {len(baseline_traces)}, false positives {len(false_positives)}"
+    )
+
+    # The router's own accounting.
+    samples = router.metrics()
+    assert metric_value(samples, "weir_tail_router_records_total", outcome="kept_marked") > 0
+    assert metric_value(samples, "weir_tail_router_windows_held") >= 1
+    # Both gateways marked traces and published their windows.
+    for gw in tail.gateways:
+        m = gw.metrics()
+        marked_total = sum(
+            metric_value(m, "weir_tail_traces_marked_total", rule=r) for r in ("errors", "slow")
+        )
+        assert marked_total > 0, gw.log()
+        assert metric_value(m, "weir_tail_decision_records_published_total", kind="snapshot") > 0
+
+
+def test_a_span_arriving_after_the_delay_stays_hot(tail):
+    tail.router()
+    late = trace_id(baseline=False)
+    control = trace_id(baseline=False)
+    early_spans = [span(late, "GET /cart"), span(late, "render")]
+    control_spans = [span(control, "GET /cart"), span(control, "POST /pay", error=True)]
+    tail.send([early_spans, control_spans[1:]])
+    tail.send([control_spans[:1], []])
+    # The router decides the early spans D seconds after they were produced: unmarked.
+    time.sleep(DELAY_S + 3)
+    error_span = span(late, "POST /pay", error=True)
+    tail.send([[], [error_span]])
+    want = {s.span_id for s in control_spans} | {error_span.span_id}
+    found = tail.cold_spans(want, timeout=60)
+    cold = {sid for _, sid in found}
+    assert want <= cold, "the control trace and the late error span itself are copied"
+    for s in early_spans:
+        assert s.span_id not in cold, "a span decided before its trace's mark stays hot only"
+    # ...and it is in the hot topic.
+    hot = consume(tail.broker.bootstrap, tail.hot, want=1 << 30, timeout=3, settle=0)
+    hot_ids = {s.span_id for r in hot for _, _, s in spans_of(decode_traces(r.value))}
+    assert {s.span_id for s in early_spans} <= hot_ids

@@ -1,0 +1,355 @@
+#!/usr/bin/env bash
+# Benchmarks weir-gateway against Rotel (a Rust collector with a Kafka exporter) on this
+# machine: the same OTLP/gRPC load from weir-loadgen into each, one after the other, both
+# producing to the same Tansu broker. Per run it records acknowledged spans/s, the gateway's
+# CPU-seconds per million spans, its peak RSS, p50/p99 latency, and the spans an independent
+# consumer (scripts/bench/count_spans.py) counts back out of Kafka. Prints one table and
+# appends it to docs/BENCHMARKS.md.
+#
+# Runs: a closed loop (BENCH_CONCURRENCY senders) against each gateway, then an open loop at
+# half of Rotel's closed-loop spans/s against each. Every run gets a fresh gateway process and
+# a fresh topic, after a short warm-up whose spans are counted too.
+#
+# Settings (environment):
+#   BENCH_TARGETS       gateways to run, "weir rotel" (default), any of them, or weir-rules:
+#                       weir-gateway with a policy of 100 sampling and routing rules that every
+#                       span is tested against (none matches, so every span is still kept),
+#                       or weir-tail: weir-gateway with tail sampling on (5 tail rules evaluated
+#                       on every span, marks in a 1M-trace Bloom filter, published every second),
+#                       or weir-policy: the same policy without its tail section (tail marking off,
+#                       the per-span policy path on: what weir-tail is compared with)
+#   BENCH_DURATION      seconds per measured run (20)
+#   BENCH_WARMUP        warm-up seconds before each run (3)
+#   BENCH_CONCURRENCY   closed-loop senders (64: enough to reach each gateway's ceiling)
+#   BENCH_OPEN_RATE     open-loop spans/s (default: half of Rotel's closed-loop spans/s)
+#   BENCH_SPANS_PER_REQUEST 100, BENCH_SPANS_PER_TRACE 10, BENCH_ATTRIBUTES 5
+#   BENCH_MAX_REQUESTS  count bound of every load run (1000000)
+#   BENCH_PARTITIONS    partitions of each topic (4)
+#   BENCH_MAX_MESSAGE   largest Kafka record both gateways may produce, bytes (1000000)
+#   BENCH_ROTEL_BATCH   Rotel's trace batch size in spans (default: fits BENCH_MAX_MESSAGE)
+#   BENCH_BROKER_PORT   Tansu's port (19192; a free one is used if it is taken)
+#   BENCH_RECORD        1 (default) appends to docs/BENCHMARKS.md; 0 only prints
+#   BENCH_SKIP_BUILD    1 uses the binaries in BENCH_BIN_DIR (default target/release) as they are
+#   BENCH_KEEP          1 keeps the run directory (logs, per-run JSON) even on success
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$WEIR_ROOT"
+
+ROTEL_VERSION="0.0.1a15"
+read -r -a TARGETS <<<"${BENCH_TARGETS:-weir rotel}"
+DURATION="${BENCH_DURATION:-20}"
+WARMUP="${BENCH_WARMUP:-3}"
+CONCURRENCY="${BENCH_CONCURRENCY:-64}"
+SPANS_PER_REQUEST="${BENCH_SPANS_PER_REQUEST:-100}"
+SPANS_PER_TRACE="${BENCH_SPANS_PER_TRACE:-10}"
+ATTRIBUTES="${BENCH_ATTRIBUTES:-5}"
+MAX_REQUESTS="${BENCH_MAX_REQUESTS:-1000000}"
+PARTITIONS="${BENCH_PARTITIONS:-4}"
+MAX_MESSAGE="${BENCH_MAX_MESSAGE:-1000000}"
+BROKER_PORT="${BENCH_BROKER_PORT:-19192}"
+BIN_DIR="${BENCH_BIN_DIR:-$WEIR_ROOT/target/release}"
+# Seconds to let a gateway finish exporting after the load stops, before CPU is read.
+SETTLE=3
+# Bounds of the Kafka count: stop after this long without a new record, or in all.
+COUNT_IDLE=5
+COUNT_MAX=900
+
+for t in "${TARGETS[@]}"; do
+  case "$t" in weir | weir-rules | weir-tail | weir-policy | rotel) ;; *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-rules, weir-tail, weir-policy, rotel)" ;; esac
+done
+for v in DURATION WARMUP CONCURRENCY SPANS_PER_REQUEST SPANS_PER_TRACE ATTRIBUTES MAX_REQUESTS PARTITIONS MAX_MESSAGE; do
+  [[ "${!v}" =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || die "BENCH_$v must be a positive integer, got '${!v}'"
+done
+has_target() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
+
+ensure_build_deps
+ensure_tansu
+ensure_venv "rotel==$ROTEL_VERSION"
+PY="$WEIR_VENV/bin/python"
+
+if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+  packages=(-p weir-loadgen)
+  { has_target weir || has_target weir-rules || has_target weir-tail || has_target weir-policy; } && packages+=(-p weir-gateway)
+  log "building ${packages[*]} (release)"
+  cargo build --release "${packages[@]}" >&2 || die "cargo build --release ${packages[*]} failed"
+fi
+LOADGEN="$BIN_DIR/weir-loadgen"
+GATEWAY="$BIN_DIR/weir-gateway"
+[ -x "$LOADGEN" ] || die "$LOADGEN is missing"
+if has_target weir || has_target weir-rules || has_target weir-tail || has_target weir-policy; then [ -x "$GATEWAY" ] || die "$GATEWAY is missing"; fi
+ROTEL="$("$PY" -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
+if has_target rotel; then [ -x "$ROTEL" ] || die "rotel-agent not found in the venv ($ROTEL)"; fi
+
+LOADAVG_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/weir-bench.XXXXXX")"
+RESULTS="$RUN_DIR/results"
+mkdir -p "$RESULTS"
+STARTED_PIDFILES=()
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local p
+  for p in "${STARTED_PIDFILES[@]}"; do stop_pidfile "$p"; done
+  if [ "$rc" -eq 0 ] && [ "${BENCH_KEEP:-0}" != 1 ]; then
+    rm -rf "$RUN_DIR"
+  else
+    log "run directory kept: $RUN_DIR"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Prints N free loopback TCP ports (bound together, so they are distinct).
+free_ports() {
+  "$PY" - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# json_get FILE KEY: one top-level value of a JSON file.
+json_get() { "$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+
+# utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat, counted
+# after the command name, which may hold spaces).
+cpu_ticks() {
+  local stat rest f
+  stat="$(cat "/proc/$1/stat")" || return 1
+  rest="${stat##*) }"
+  read -r -a f <<<"$rest"
+  echo $((f[11] + f[12]))
+}
+
+peak_rss_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+
+if port_in_use "$BROKER_PORT"; then
+  BROKER_PORT="$(free_ports 1)"
+  log "port ${BENCH_BROKER_PORT:-19192} is taken; the broker uses $BROKER_PORT"
+fi
+log "run directory: $RUN_DIR"
+log "starting tansu on 127.0.0.1:$BROKER_PORT"
+STARTED_PIDFILES+=("$RUN_DIR/tansu.pid")
+start_tansu "$BROKER_PORT" "$RUN_DIR/tansu.pid" "$RUN_DIR/tansu.log"
+
+LOAD_SHAPE=(--transport grpc --spans-per-request "$SPANS_PER_REQUEST" --spans-per-trace "$SPANS_PER_TRACE"
+  --attributes "$ATTRIBUTES" --services 5 --json)
+
+# Rotel batches by span count: size its batches so that one fits in a Kafka record.
+BYTES_PER_SPAN="$("$LOADGEN" "${LOAD_SHAPE[@]}" --dry-run | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["bytes_per_span"])')"
+ROTEL_BATCH="${BENCH_ROTEL_BATCH:-$("$PY" -c "print(max(1, int($MAX_MESSAGE * 0.8 / $BYTES_PER_SPAN)))")}"
+
+# Writes a policy of 50 sampling and 50 routing rules to $1, routing to topic $2. No rule
+# matches the load (so every span is kept, as without rules), and none is indexed by
+# service.name, so every span is tested against all 100: the cost of rules, not of outcomes.
+write_rules_policy() {
+  local file="$1" topic="$2" i
+  {
+    echo "version: 1"
+    echo "sampling:"
+    echo "  default_probability: 1"
+    echo "  rules:"
+    for ((i = 0; i < 50; i++)); do
+      echo "    - name: sample-$i"
+      echo "      match: { all: [ { span_attribute: http.route, eq: /never/$i }, { duration: { gt: 10s } } ] }"
+      echo "      probability: 0.$((i % 9 + 1))"
+    done
+    echo "routing:"
+    echo "  rules:"
+    for ((i = 0; i < 50; i++)); do
+      echo "    - name: route-$i"
+      echo "      match: { any: [ { span_name: { prefix: never-$i } }, { span_attribute: k$i, gte: $i } ] }"
+      echo "      action: { topic: $topic }"
+    done
+  } >"$file"
+}
+
+# Writes a policy with tail sampling to $1: five tail rules every span meets (errors, slow
+# spans, slow client spans, an attribute predicate, a root-span SLA; some match the load),
+# windows of 10s sized for a million marked traces at 0.1% (1.8 MB), published every second.
+write_tail_policy() {
+  cat >"$1" <<'EOF'
+version: 1
+tail:
+  window: 10s
+  expected_traces: 1000000
+  false_positive_rate: 0.001
+  publish_interval: 1s
+  baseline_probability: 0.01
+  rules:
+    - { name: errors, error: true }
+    - { name: slow, slower_than: 45ms }
+    - { name: slow-client, slower_than: 30ms, span_kind: client }
+    - { name: root-sla, root_slower_than: 40ms }
+EOF
+}
+
+# Starts gateway $1 producing to topic $2; sets GW_PIDFILE, GW_LOG, GW_ENDPOINT.
+start_gateway() {
+  local gateway="$1" topic="$2" name="$1-$3" grpc_port http_port admin_port i
+  read -r grpc_port http_port admin_port <<<"$(free_ports 3)"
+  GW_PIDFILE="$RUN_DIR/$name.pid"
+  GW_LOG="$RUN_DIR/$name.log"
+  GW_ENDPOINT="http://127.0.0.1:$grpc_port"
+  STARTED_PIDFILES+=("$GW_PIDFILE")
+  case "$gateway" in
+    weir | weir-rules | weir-tail | weir-policy)
+      local policy=""
+      if [ "$gateway" = weir-rules ]; then
+        write_rules_policy "$RUN_DIR/$name.policy.yaml" "$topic"
+        policy="policy_file: $RUN_DIR/$name.policy.yaml"
+      fi
+      if [ "$gateway" = weir-policy ]; then
+        echo "version: 1" >"$RUN_DIR/$name.policy.yaml"
+        policy="policy_file: $RUN_DIR/$name.policy.yaml"
+      fi
+      if [ "$gateway" = weir-tail ]; then
+        write_tail_policy "$RUN_DIR/$name.policy.yaml"
+        create_topics "$BROKER_PORT" 1 "${topic}_decisions"
+        policy="policy_file: $RUN_DIR/$name.policy.yaml
+tail:
+  decisions_topic: ${topic}_decisions"
+      fi
+      cat >"$RUN_DIR/$name.yaml" <<EOF
+receivers:
+  grpc:
+    endpoint: "127.0.0.1:$grpc_port"
+  http:
+    endpoint: "127.0.0.1:$http_port"
+kafka:
+  brokers: ["127.0.0.1:$BROKER_PORT"]
+  traces:
+    topic: $topic
+  max_message_size: $MAX_MESSAGE
+admin:
+  endpoint: "127.0.0.1:$admin_port"
+$policy
+EOF
+      "$GATEWAY" --config "$RUN_DIR/$name.yaml" >"$GW_LOG" 2>&1 &
+      echo $! >"$GW_PIDFILE"
+      for ((i = 0; i < 300; i++)); do
+        kill -0 "$(cat "$GW_PIDFILE")" 2>/dev/null || break
+        [ "$(http_status "$admin_port" /readyz)" = "200" ] && return 0
+        sleep 0.1
+      done
+      ;;
+    rotel)
+      # acks=all like Weir (Rotel's default is one); metrics and logs receivers are off.
+      "$ROTEL" start \
+        --otlp-grpc-endpoint "127.0.0.1:$grpc_port" --otlp-http-endpoint "127.0.0.1:$http_port" \
+        --otlp-receiver-metrics-disabled --otlp-receiver-logs-disabled \
+        --exporter kafka --kafka-exporter-brokers "127.0.0.1:$BROKER_PORT" \
+        --kafka-exporter-traces-topic "$topic" --kafka-exporter-acks all \
+        --kafka-exporter-max-message-bytes "$MAX_MESSAGE" --traces-batch-max-size "$ROTEL_BATCH" \
+        --pid-file "$RUN_DIR/$name.agent.pid" --log-file "$RUN_DIR/$name.agent.log" \
+        >"$GW_LOG" 2>&1 &
+      echo $! >"$GW_PIDFILE"
+      wait_port 127.0.0.1 "$grpc_port" 30 && kill -0 "$(cat "$GW_PIDFILE")" 2>/dev/null && return 0
+      ;;
+  esac
+  tail -n 30 "$GW_LOG" >&2 || true
+  die "$gateway did not become ready in 30 s (log above, full log: $GW_LOG)"
+}
+
+# run_one GATEWAY LOAD LOADGEN-ARGS...: one measured run into its own topic.
+run_one() {
+  local gateway="$1" load="$2"
+  shift 2
+  local out="$RESULTS/$gateway-$load" topic="bench_${gateway//-/_}_${load}" pid before after rss
+  mkdir -p "$out"
+  create_topics "$BROKER_PORT" "$PARTITIONS" "$topic"
+  start_gateway "$gateway" "$topic" "$load"
+  pid="$(cat "$GW_PIDFILE")"
+
+  log "$gateway $load: warm-up ${WARMUP}s"
+  timeout $((WARMUP + 60)) "$LOADGEN" "${LOAD_SHAPE[@]}" --endpoint "$GW_ENDPOINT" \
+    --concurrency 2 --duration "$WARMUP" --requests "$MAX_REQUESTS" >"$out/warmup.json" \
+    || die "$gateway $load: the warm-up failed"
+
+  log "$gateway $load: ${DURATION}s, $*"
+  before="$(cpu_ticks "$pid")" || die "$gateway exited (log: $GW_LOG)"
+  timeout $((DURATION + 90)) "$LOADGEN" "${LOAD_SHAPE[@]}" --endpoint "$GW_ENDPOINT" \
+    --duration "$DURATION" --requests "$MAX_REQUESTS" "$@" >"$out/loadgen.json" \
+    || die "$gateway $load: weir-loadgen failed"
+  sleep "$SETTLE"
+  after="$(cpu_ticks "$pid")" || die "$gateway exited during the run (log: $GW_LOG)"
+  rss="$(peak_rss_kb "$pid")"
+  stop_pidfile "$GW_PIDFILE"
+
+  local size_errors error_lines
+  size_errors="$(grep -c 'MessageSizeTooLarge' "$GW_LOG" || true)"
+  error_lines="$(grep -c 'ERROR' "$GW_LOG" || true)"
+  printf '{"cpu_ticks": %d, "clk_tck": %d, "vmhwm_kb": %d, "size_errors": %d, "error_lines": %d}\n' \
+    "$((after - before))" "$(getconf CLK_TCK)" "$rss" "$size_errors" "$error_lines" >"$out/proc.json"
+
+  log "$gateway $load: counting spans in Kafka topic $topic"
+  "$PY" "$WEIR_ROOT/scripts/bench/count_spans.py" --broker "127.0.0.1:$BROKER_PORT" --topic "$topic" \
+    --idle "$COUNT_IDLE" --max-seconds "$COUNT_MAX" >"$out/kafka.json" \
+    || die "$gateway $load: counting the spans in Kafka failed"
+  log "$gateway $load: $(json_get "$out/loadgen.json" spans_per_second) spans/s acknowledged;" \
+    "$(json_get "$out/kafka.json" spans) spans in Kafka"
+}
+
+for gateway in "${TARGETS[@]}"; do
+  run_one "$gateway" closed --concurrency "$CONCURRENCY"
+done
+
+if [ -n "${BENCH_OPEN_RATE:-}" ]; then
+  OPEN_RATE="$BENCH_OPEN_RATE"
+else
+  base="rotel"
+  has_target rotel || base="weir"
+  OPEN_RATE="$("$PY" -c "print(int($(json_get "$RESULTS/$base-closed/loadgen.json" spans_per_second) / 2))")"
+  log "open loop at $OPEN_RATE spans/s (half of $base's closed-loop spans/s)"
+fi
+for gateway in "${TARGETS[@]}"; do
+  run_one "$gateway" open --rate "$OPEN_RATE"
+done
+
+command=""
+for v in $(compgen -e | grep '^BENCH_' | sort); do command+="$v=${!v} "; done
+command+="scripts/bench.sh"
+versions="weir-loadgen and scripts at $(git describe --always --dirty 2>/dev/null || echo 'an uncommitted tree')"
+{ has_target weir || has_target weir-rules || has_target weir-tail || has_target weir-policy; } && versions+=", weir-gateway from the same tree (acks=all)"
+has_target rotel && versions+=", $("$ROTEL" --version) (PyPI rotel $ROTEL_VERSION, batch $ROTEL_BATCH spans, acks=all)"
+versions+=", $("$TANSU_BIN" --version) (memory engine, $PARTITIONS partitions)"
+settings="OTLP/gRPC, $SPANS_PER_REQUEST spans/request, $SPANS_PER_TRACE spans/trace, $ATTRIBUTES attributes/span"
+settings+=" (~${BYTES_PER_SPAN%.*} bytes/span), ${DURATION}s per run after ${WARMUP}s warm-up;"
+settings+=" closed loop $CONCURRENCY senders, open loop $OPEN_RATE spans/s"
+
+report_args=(--command "$command" --versions "$versions" --settings "$settings"
+  --loadavg "$LOADAVG_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after")
+if [ "${BENCH_RECORD:-1}" = 1 ]; then
+  doc="$WEIR_ROOT/docs/BENCHMARKS.md"
+  if [ ! -f "$doc" ]; then
+    cat >"$doc" <<'EOF'
+# Benchmarks
+
+Results of `scripts/bench.sh`, newest last. Each run sends the same OTLP/gRPC load from
+`weir-loadgen` to one gateway at a time, producing to a local Tansu broker.
+
+- acked spans/s: spans the gateway acknowledged, per second of the measured run.
+- CPU-s per M spans: utime + stime of the gateway process alone over the measured run (and a
+  few seconds after it, to include deferred exporting), per million acknowledged spans.
+- peak RSS: VmHWM of the gateway process, read just before it is stopped.
+- p50 / p99: request latency; closed loop from send to reply, open loop from the scheduled
+  send time (so a stalled server cannot hide its stall; includes up to ~1 ms timer granularity).
+- acked / counted in Kafka: acknowledged spans (warm-up included) against the spans an
+  independent consumer (`scripts/bench/count_spans.py`, confluent-kafka + opentelemetry-proto)
+  reads back from the run's own topic. Any difference is a loss or a duplicate.
+EOF
+  fi
+  report_args+=(--append "$doc")
+fi
+echo
+"$PY" "$WEIR_ROOT/scripts/bench/report.py" "$RESULTS" "${report_args[@]}"
+[ "${BENCH_RECORD:-1}" = 1 ] && log "appended to docs/BENCHMARKS.md"
+exit 0
