@@ -113,6 +113,46 @@ def test_head_sampling_is_consistent_and_recorded(gateway_factory, workdir):
     assert metric_value(samples, "weir_policy_sampled_out_spans_total", rule="default") == 400 - len(expected)
 
 
+def test_two_gateways_decide_alike(broker, gateway_factory, workdir):
+    """Two gateway processes given the same spans keep the same ones and route them alike:
+    sampling depends on the trace id only, never on the process."""
+    errors = unique_name("it-errors")
+    broker.create_topic(errors)
+    policy = workdir / f"{unique_name('policy')}.yaml"
+    write(
+        policy,
+        f"""version: 1
+sampling:
+  default_probability: 0.3
+  rules:
+    - {{ name: checkout, match: {{ resource: service.name, eq: checkout }}, probability: 0.6 }}
+routing:
+  rules:
+    - {{ name: errors, match: {{ span_name: {{ prefix: error- }} }}, action: {{ topic: {errors} }} }}
+""",
+    )
+    gws = [gateway_factory({"policy_file": str(policy)}) for _ in range(2)]
+    spans = {
+        svc: [make_span(new_trace_id(), name=f"{'error' if i % 5 == 0 else 'ok'}-{svc}-{i}") for i in range(300)]
+        for svc in ("checkout", "cart")
+    }
+    body = request_of(spans).SerializeToString()
+    # Independently of Weir: randomness = the trace id's last 7 bytes, kept iff it is at least
+    # the threshold (1 - p) * 2^56 (0.6 -> 0x666..., 0.3 -> 0xb33..., 4 hex digits of precision).
+    thresholds = {"checkout": 0x6666 << 40, "cart": 0xB333 << 40}
+    kept = {s.name for svc, ss in spans.items() for s in ss if int.from_bytes(s.trace_id[9:], "big") >= thresholds[svc]}
+    routed = {n for n in kept if n.startswith("error-")}
+    assert 150 < len(kept) < 390 and routed
+    for gw in gws:
+        r = post(gw, TRACE_PATH, body)
+        assert r.status_code == 200, r.text
+    for gw in gws:
+        assert {s.name for _, _, s in sent_spans(gw, gw.topics["traces"], len(kept) - len(routed))} == kept - routed
+    # Both gateways sent the same spans to the shared errors topic: each name exactly twice.
+    got = [s.name for _, _, s in sent_spans(gws[0], errors, 2 * len(routed))]
+    assert sorted(got) == sorted(list(routed) * 2)
+
+
 def test_hot_swap_under_load_each_request_follows_one_version(broker, gateway_factory, workdir):
     a, b = unique_name("it-a"), unique_name("it-b")
     for t in (a, b):

@@ -18,6 +18,8 @@
 #                       on every span, marks in a 1M-trace Bloom filter, published every second),
 #                       or weir-policy: the same policy without its tail section (tail marking off,
 #                       the per-span policy path on: what weir-tail is compared with)
+#   BENCH_TAIL_ATTRIBUTE_RULE 1 (default) includes weir-tail's attribute-predicate rule; 0 leaves
+#                       it out (it makes every span's attributes parsed)
 #   BENCH_DURATION      seconds per measured run (20)
 #   BENCH_WARMUP        warm-up seconds before each run (3)
 #   BENCH_CONCURRENCY   closed-loop senders (64: enough to reach each gateway's ceiling)
@@ -188,9 +190,11 @@ tail:
     - { name: errors, error: true }
     - { name: slow, slower_than: 45ms }
     - { name: slow-client, slower_than: 30ms, span_kind: client }
-    - { name: vip, match: { span_attribute: customer.tier, eq: gold } }
     - { name: root-sla, root_slower_than: 40ms }
 EOF
+  if [ "${BENCH_TAIL_ATTRIBUTE_RULE:-1}" = 1 ]; then
+    echo "    - { name: vip, match: { span_attribute: customer.tier, eq: gold } }" >>"$1"
+  fi
 }
 
 # Starts gateway $1 producing to topic $2; sets GW_PIDFILE, GW_LOG, GW_ENDPOINT.

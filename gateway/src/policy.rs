@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use weir_config::policy::{
-    AttrValue, Decision, Outcome, Policy, ResourceCandidates, SpanView, Topic,
+    AttrValue, AttributeVisitor, Decision, Outcome, Policy, ResourceCandidates, SpanView, Topic,
 };
 use weir_exporters::kafka::TracePlan;
 use weir_proto::wire::{self, SpanEntry, SpanFields, TraceRequestView, WireValue};
@@ -319,12 +319,12 @@ impl SpanView for WireSpan<'_, '_> {
     fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
         lookup(self.resource, key).map(attr)
     }
-    fn for_each_span_attribute(&self, f: &mut dyn FnMut(&[u8], Option<&[u8]>)) {
+    fn for_each_span_attribute(&self, f: &mut AttributeVisitor<'_>) {
         for (k, v) in self.entry.raw_attributes(self.bytes) {
             f(k, v);
         }
     }
-    fn for_each_resource_attribute(&self, f: &mut dyn FnMut(&[u8], Option<&[u8]>)) {
+    fn for_each_resource_attribute(&self, f: &mut AttributeVisitor<'_>) {
         for (k, v) in self.resource {
             f(k.as_bytes(), text(*v));
         }

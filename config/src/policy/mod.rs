@@ -38,7 +38,7 @@ mod tests;
 pub use document::SamplingMode;
 pub use error::PolicyError;
 pub use routing::{Topic, TopicSet};
-pub use span::{AttrValue, STATUS_CODE_ERROR, SpanView};
+pub use span::{AttrValue, AttributeVisitor, STATUS_CODE_ERROR, SpanView};
 pub use tail::{
     FilterParams, MAX_TAIL_FILTER_BYTES, TailPolicy, bitmap_bytes, expand_seed, hash_count,
     in_baseline,

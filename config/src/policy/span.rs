@@ -1,6 +1,10 @@
 //! What a policy reads from a span: the gateway implements [`SpanView`] over the span's
 //! protobuf bytes, so evaluation never needs a decoded span.
 
+/// What [`SpanView::for_each_span_attribute`] calls with each attribute: its key, and its
+/// value when that is a string, as bytes.
+pub type AttributeVisitor<'v> = dyn FnMut(&[u8], Option<&[u8]>) + 'v;
+
 /// Read-only access to one span and its resource and scope.
 ///
 /// The rule index reads each span's attributes once through `for_each_span_attribute`; the
@@ -41,9 +45,9 @@ pub trait SpanView {
     fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>>;
     /// Calls `f` with every span attribute's key and, when its value is a string, the value:
     /// as bytes, because the rule index only looks them up (no UTF-8 check needed).
-    fn for_each_span_attribute(&self, f: &mut dyn FnMut(&[u8], Option<&[u8]>));
+    fn for_each_span_attribute(&self, f: &mut AttributeVisitor<'_>);
     /// Calls `f` with every resource attribute like [`SpanView::for_each_span_attribute`].
-    fn for_each_resource_attribute(&self, f: &mut dyn FnMut(&[u8], Option<&[u8]>));
+    fn for_each_resource_attribute(&self, f: &mut AttributeVisitor<'_>);
 }
 
 /// An attribute value as conditions see it. Arrays, maps and bytes are `Other`: they exist,
@@ -68,7 +72,7 @@ pub const STATUS_CODE_ERROR: i32 = 2;
 /// A span built in memory, for tests of this module and of its users.
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::{AttrValue, SpanView};
+    use super::{AttrValue, AttributeVisitor, SpanView};
 
     /// An owned attribute value.
     #[derive(Clone, Debug)]
@@ -185,12 +189,12 @@ pub(crate) mod testing {
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.view())
         }
-        fn for_each_span_attribute(&self, f: &mut dyn FnMut(&[u8], Option<&[u8]>)) {
+        fn for_each_span_attribute(&self, f: &mut AttributeVisitor<'_>) {
             self.attrs
                 .iter()
                 .for_each(|(k, v)| f(k.as_bytes(), v.text()));
         }
-        fn for_each_resource_attribute(&self, f: &mut dyn FnMut(&[u8], Option<&[u8]>)) {
+        fn for_each_resource_attribute(&self, f: &mut AttributeVisitor<'_>) {
             self.resource
                 .iter()
                 .for_each(|(k, v)| f(k.as_bytes(), v.text()));

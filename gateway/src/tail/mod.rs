@@ -192,14 +192,15 @@ impl<'p> TailMarker<'p> {
     #[inline]
     pub fn observe<S: SpanView + ?Sized>(&mut self, span: &S) {
         let Some(tail) = self.tail else { return };
-        let Some(rule) = tail.first_marking_rule(span) else {
-            return;
-        };
         let id = span.trace_id();
-        // Spans of one trace usually travel together: skip the repeat.
+        // Spans of one trace usually travel together: once one marked it, the rest of the run
+        // need not be evaluated.
         if self.len > 0 && self.marks[self.len - 1].0 == *id {
             return;
         }
+        let Some(rule) = tail.first_marking_rule(span) else {
+            return;
+        };
         if self.len == MARK_BUFFER {
             self.flush();
         }
