@@ -97,6 +97,9 @@ pub struct PolicyStore {
     file: Option<PathBuf>,
     /// Set once the policy in force came from the control plane: `file` no longer overrides it.
     pushed: std::sync::atomic::AtomicBool,
+    /// Held while a policy is swapped in, so that a file reload cannot slip in between a push
+    /// and its swap, and rate-limit state carries over from the policy actually replaced.
+    swap: std::sync::Mutex<()>,
 }
 
 /// Reads and compiles a policy file, naming the file in the error.
@@ -121,6 +124,7 @@ impl PolicyStore {
             current: ArcSwap::from_pointee(ActivePolicy::new(policy)),
             file,
             pushed: std::sync::atomic::AtomicBool::new(false),
+            swap: std::sync::Mutex::new(()),
         })
     }
 
@@ -136,14 +140,21 @@ impl PolicyStore {
             current: ArcSwap::from_pointee(ActivePolicy::new(policy)),
             file,
             pushed: std::sync::atomic::AtomicBool::new(true),
+            swap: std::sync::Mutex::new(()),
         }
     }
 
     /// Swaps in a policy the control plane pushed; from now on it wins over `file`.
     pub fn apply_pushed(&self, policy: Policy) {
+        let _swap = self.swap_lock();
         self.pushed
             .store(true, std::sync::atomic::Ordering::Release);
-        self.apply(policy);
+        self.swap_in(policy);
+    }
+
+    fn swap_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
+        self.swap.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// True when the policy in force came from the control plane.
@@ -158,6 +169,11 @@ impl PolicyStore {
 
     /// Swaps in a compiled policy, continuing the rate-limit state of the one it replaces.
     pub fn apply(&self, policy: Policy) {
+        let _swap = self.swap_lock();
+        self.swap_in(policy);
+    }
+
+    fn swap_in(&self, policy: Policy) {
         let old = self.current.load();
         policy.carry_over_rate_limits(&old.policy);
         let version = policy.version();
@@ -175,7 +191,15 @@ impl PolicyStore {
             return;
         }
         match read_policy_file(path) {
-            Ok(policy) => self.apply(policy),
+            Ok(policy) => {
+                let _swap = self.swap_lock();
+                // Checked again under the lock: a push may have landed while the file was read.
+                if self.is_pushed() {
+                    tracing::warn!(file = %path.display(), "the policy file changed, but the control plane's policy is in force and stays");
+                    return;
+                }
+                self.swap_in(policy)
+            }
             Err(e) => {
                 metrics::counter!("weir_policy_documents_refused_total").increment(1);
                 tracing::error!(error = %e, running_version = self.load().policy.version(), "policy refused; the running policy stays");
