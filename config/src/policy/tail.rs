@@ -19,6 +19,7 @@
 use super::PolicyError;
 use super::document::{Probability, RuleName};
 use super::matcher::Condition;
+use super::rule_index::{RuleIndex, first_match};
 use super::span::SpanView;
 use super::threshold::{Randomness, Threshold};
 use serde::Deserialize;
@@ -129,6 +130,8 @@ impl FilterParams {
 #[derive(Debug)]
 pub struct TailPolicy {
     rules: Box<[TailRule]>,
+    /// The rules indexed by their guards, as the sampling and routing rules are.
+    index: RuleIndex,
     filter: FilterParams,
     false_positive_rate: f64,
     publish_interval: Duration,
@@ -205,6 +208,7 @@ impl TailPolicy {
             .map(|(i, r)| compile_rule(i, r))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(TailPolicy {
+            index: RuleIndex::new(rules.iter().map(|r| &r.condition)),
             rules: rules.into(),
             filter: FilterParams {
                 window_millis: window.as_millis() as u64,
@@ -222,7 +226,11 @@ impl TailPolicy {
     /// The index of the first rule that `span` satisfies: the rule that marks its trace.
     /// Allocation-free.
     pub fn first_marking_rule<S: SpanView + ?Sized>(&self, span: &S) -> Option<usize> {
-        self.rules.iter().position(|r| r.condition.matches(span))
+        let resource = self.index.resource_candidates_of(span);
+        let candidates = self.index.candidates(&resource, span);
+        first_match(&candidates, 0..self.rules.len(), |i| {
+            self.rules[i].condition.matches(span)
+        })
     }
 
     /// True when the section has rules (a baseline alone marks nothing in the gateway).
