@@ -65,9 +65,8 @@ pub async fn run(
         policies.clone(),
     ));
     let readiness = Arc::new(admin::Readiness::default());
-    let ingress = Arc::new(
-        receivers::Ingress::new(&config).context("reading the receivers' credentials")?,
-    );
+    let ingress =
+        Arc::new(receivers::Ingress::new(&config).context("reading the receivers' credentials")?);
     // TLS files are loaded now, so a bad certificate fails the start, not the first client.
     let tls_of = |name: &'static str, section: Option<&weir_config::ServerTls>, alpn| {
         section
@@ -76,16 +75,19 @@ pub async fn run(
             .with_context(|| format!("loading the TLS files of the {name} listener"))
     };
     let grpc_tls = tls_of("grpc", config.receivers.grpc.tls.as_ref(), tls::ALPN_H2)?;
-    let http_tls = tls_of("http", config.receivers.http.tls.as_ref(), tls::ALPN_H2_HTTP1)?;
+    let http_tls = tls_of(
+        "http",
+        config.receivers.http.tls.as_ref(),
+        tls::ALPN_H2_HTTP1,
+    )?;
     let admin_tls = tls_of("admin", config.admin.tls.as_ref(), tls::ALPN_H2_HTTP1)?;
-    let options = |name, listener: &weir_config::gateway::Listener, tls, protocols| {
-        listener::ServeOptions {
+    let options =
+        |name, listener: &weir_config::gateway::Listener, tls, protocols| listener::ServeOptions {
             name,
             limits: listener::ConnLimits::of(listener),
             tls,
             protocols,
-        }
-    };
+        };
 
     // Bind everything first, so a port in use fails the start rather than a later request.
     let bind = |endpoint: String, what: &'static str| async move {
