@@ -310,8 +310,10 @@ done
 if [ -n "${BENCH_OPEN_RATE:-}" ]; then
   OPEN_RATE="$BENCH_OPEN_RATE"
 else
-  base="rotel"
-  has_target rotel || base="weir"
+  # Rotel's pace when it runs, else Weir's, else the first target's.
+  base="${TARGETS[0]}"
+  has_target weir && base="weir"
+  has_target rotel && base="rotel"
   OPEN_RATE="$("$PY" -c "print(int($(json_get "$RESULTS/$base-closed/loadgen.json" spans_per_second) / 2))")"
   log "open loop at $OPEN_RATE spans/s (half of $base's closed-loop spans/s)"
 fi

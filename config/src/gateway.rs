@@ -698,22 +698,7 @@ impl GatewayConfig {
         }
 
         let k = &self.kafka;
-        if k.brokers.is_empty() {
-            return Err(ConfigError::invalid(
-                "kafka.brokers",
-                "list at least one broker as host:port",
-            ));
-        }
-        for (i, b) in k.brokers.iter().enumerate() {
-            if b.rsplit_once(':')
-                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-            {
-                return Err(ConfigError::invalid(
-                    format!("kafka.brokers[{i}]"),
-                    format!("`{b}` is not host:port"),
-                ));
-            }
-        }
+        check_brokers(&k.brokers)?;
         for (key, t) in [
             ("kafka.traces", &k.traces),
             ("kafka.metrics", &k.metrics),
@@ -827,6 +812,27 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
             format!("`{value}` is not an address such as 0.0.0.0:4317"),
         )
     })
+}
+
+/// Checks `kafka.brokers`: at least one, each `host:port`.
+pub(crate) fn check_brokers(brokers: &[String]) -> Result<(), ConfigError> {
+    if brokers.is_empty() {
+        return Err(ConfigError::invalid(
+            "kafka.brokers",
+            "list at least one broker as host:port",
+        ));
+    }
+    for (i, b) in brokers.iter().enumerate() {
+        if b.rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(ConfigError::invalid(
+                format!("kafka.brokers[{i}]"),
+                format!("`{b}` is not host:port"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Kafka topic names: 1 to 249 characters of `[a-zA-Z0-9._-]`.

@@ -167,22 +167,7 @@ impl TailRouterConfig {
     /// Checks values that parse but cannot work, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let k = &self.kafka;
-        if k.brokers.is_empty() {
-            return Err(ConfigError::invalid(
-                "kafka.brokers",
-                "list at least one broker as host:port",
-            ));
-        }
-        for (i, b) in k.brokers.iter().enumerate() {
-            if b.rsplit_once(':')
-                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-            {
-                return Err(ConfigError::invalid(
-                    format!("kafka.brokers[{i}]"),
-                    format!("`{b}` is not host:port"),
-                ));
-            }
-        }
+        crate::gateway::check_brokers(&k.brokers)?;
         for (key, name) in [
             ("kafka.hot_topic", &k.hot_topic),
             ("kafka.cold_topic", &k.cold_topic),

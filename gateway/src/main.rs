@@ -1,10 +1,8 @@
 //! The `weir-gateway` binary: reads the bootstrap config, then runs until SIGTERM or SIGINT.
 
-use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tokio_util::sync::CancellationToken;
 use weir_config::GatewayConfig;
 
 /// OTLP gateway: OpenTelemetry SDKs in, Kafka out.
@@ -51,32 +49,8 @@ fn main() -> ExitCode {
 }
 
 fn start(config: GatewayConfig) -> anyhow::Result<()> {
-    weir_gateway::telemetry::init_logs(&config.log)?;
-    let prometheus = weir_gateway::telemetry::init_metrics()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = wait_for_signal().await {
-                tracing::error!(error = %e, "cannot listen for signals");
-            }
-            signals.cancel();
-        });
-        weir_gateway::run(config, prometheus, shutdown).await
+    let log = config.log.clone();
+    weir_gateway::telemetry::run_until_signal(&log, |prometheus, shutdown| {
+        weir_gateway::run(config, prometheus, shutdown)
     })
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    Ok(())
 }

@@ -117,3 +117,38 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     );
     Ok(handle)
 }
+
+/// Runs a binary's main task: sets up logs and metrics, starts a multi-threaded runtime and
+/// runs `main` on it with a token that SIGTERM or SIGINT cancels.
+pub fn run_until_signal<F, Fut>(log: &Log, main: F) -> anyhow::Result<()>
+where
+    F: FnOnce(PrometheusHandle, tokio_util::sync::CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    init_logs(log)?;
+    let prometheus = init_metrics()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                },
+                (Err(e), _) | (_, Err(e)) => {
+                    // Running on is better than stopping at once: SIGKILL still ends it.
+                    tracing::error!(error = %e, "cannot listen for signals; stop the process with SIGKILL");
+                    std::future::pending::<()>().await;
+                }
+            }
+            signals.cancel();
+        });
+        main(prometheus, shutdown).await
+    })
+}

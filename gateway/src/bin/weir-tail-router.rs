@@ -1,11 +1,9 @@
 //! The `weir-tail-router` binary: reads its bootstrap config, then copies the spans of marked
 //! traces from the hot topic to the cold topic until SIGTERM or SIGINT.
 
-use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tokio_util::sync::CancellationToken;
 use weir_config::tail_router::TailRouterConfig;
 
 /// Tail sampling's cold path: hot topic in (D behind real time), cold topic out.
@@ -46,34 +44,8 @@ fn main() -> ExitCode {
 }
 
 fn start(config: TailRouterConfig) -> anyhow::Result<()> {
-    weir_gateway::telemetry::init_logs(&config.log)?;
-    let prometheus = weir_gateway::telemetry::init_metrics()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            match (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => tracing::info!("SIGTERM received"),
-                        _ = int.recv() => tracing::info!("SIGINT received"),
-                    }
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::error!(error = %e, "cannot listen for signals");
-                    std::future::pending::<()>().await;
-                }
-            }
-            signals.cancel();
-        });
-        weir_gateway::tail_router::run(config, prometheus, shutdown).await
+    let log = config.log.clone();
+    weir_gateway::telemetry::run_until_signal(&log, |prometheus, shutdown| {
+        weir_gateway::tail_router::run(config, prometheus, shutdown)
     })
 }
