@@ -14,7 +14,7 @@ use rdkafka::util::Timeout;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_config::ConfigError;
-use weir_config::gateway::KafkaConfig;
+use weir_config::gateway::{KafkaConfig, KafkaSecurity};
 
 /// Routes librdkafka's own log lines and errors into `tracing`.
 pub struct TracingContext;
@@ -76,14 +76,24 @@ pub fn producer_config(
             (cfg.max_message_size.0 + 64 * 1024)
                 .max(1_000_000)
                 .to_string(),
-        )
-        .set("security.protocol", cfg.security.protocol.as_librdkafka());
-    if let Some(sasl) = &cfg.security.sasl {
+        );
+    set_security(&mut c, &cfg.security)?;
+    for (k, v) in &cfg.properties {
+        c.set(k, &v.0);
+    }
+    Ok(c)
+}
+
+/// Sets a client's `security.protocol`, SASL and TLS settings from `security`, for every
+/// Kafka client Weir makes (the exporter's producer, the tail router's consumers).
+pub fn set_security(c: &mut ClientConfig, security: &KafkaSecurity) -> Result<(), ConfigError> {
+    c.set("security.protocol", security.protocol.as_librdkafka());
+    if let Some(sasl) = &security.sasl {
         c.set("sasl.mechanism", sasl.mechanism.as_librdkafka())
             .set("sasl.username", &sasl.username)
             .set("sasl.password", sasl.resolve_password()?);
     }
-    if let Some(tls) = &cfg.security.tls {
+    if let Some(tls) = &security.tls {
         for (key, path) in [
             ("ssl.ca.location", &tls.ca_file),
             ("ssl.certificate.location", &tls.cert_file),
@@ -94,10 +104,7 @@ pub fn producer_config(
             }
         }
     }
-    for (k, v) in &cfg.properties {
-        c.set(k, &v.0);
-    }
-    Ok(c)
+    Ok(())
 }
 
 type Producer_ = FutureProducer<TracingContext>;

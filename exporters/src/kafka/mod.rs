@@ -8,7 +8,7 @@ mod split;
 mod trace_records;
 
 pub use errors::ExportError;
-pub use exporter::{KafkaExporter, producer_config};
+pub use exporter::{KafkaExporter, producer_config, set_security};
 pub use records::{
     Batch, Record, RecordHeaders, data_points, logs_batch, metrics_batch, resource_key, trace_key,
 };

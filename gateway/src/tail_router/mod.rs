@@ -90,24 +90,8 @@ pub fn consumer_config(k: &RouterKafka, group_id: &str) -> anyhow::Result<Client
         .set(
             "fetch.message.max.bytes",
             (k.max_message_size.0 + 64 * 1024).to_string(),
-        )
-        .set("security.protocol", k.security.protocol.as_librdkafka());
-    if let Some(sasl) = &k.security.sasl {
-        c.set("sasl.mechanism", sasl.mechanism.as_librdkafka())
-            .set("sasl.username", &sasl.username)
-            .set("sasl.password", sasl.resolve_password()?);
-    }
-    if let Some(tls) = &k.security.tls {
-        for (key, path) in [
-            ("ssl.ca.location", &tls.ca_file),
-            ("ssl.certificate.location", &tls.cert_file),
-            ("ssl.key.location", &tls.key_file),
-        ] {
-            if let Some(p) = path {
-                c.set(key, p.display().to_string());
-            }
-        }
-    }
+        );
+    weir_exporters::kafka::set_security(&mut c, &k.security)?;
     for (key, v) in &k.consumer_properties {
         c.set(key, &v.0);
     }
