@@ -5,16 +5,17 @@
 
 use arc_swap::ArcSwap;
 use metrics::Counter;
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use weir_config::policy::{
-    AttrValue, AttributeVisitor, Decision, Outcome, Policy, ResourceCandidates, SpanView, Topic,
+    AttrValue, AttributeVisitor, Decision, KeyFilter, Outcome, Policy, ResourceCandidates,
+    SpanView, Topic,
 };
 use weir_exporters::kafka::TracePlan;
-use weir_proto::wire::{self, SpanEntry, SpanFields, TraceRequestView, WireValue};
+use weir_proto::wire::{self, SpanEntry, TraceRequestView, WireValue};
 
 /// How often the policy file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -60,26 +61,76 @@ impl RuleCounters {
         }
     }
 
-    fn count(&self, d: &Decision) {
+    /// Counts `n` spans that met decision `d`.
+    fn count(&self, d: &Counted, n: u64) {
         let default = self.matched.len() - 1;
         let sampling = d.sampling_rule.map_or(default, usize::from);
         if d.sampling_rule.is_some() {
-            self.matched[sampling].increment(1);
+            self.matched[sampling].increment(n);
         }
         if let Some(r) = d.routing_rule {
-            self.matched[usize::from(r)].increment(1);
+            self.matched[usize::from(r)].increment(n);
         }
         match d.outcome {
-            Outcome::SampledOut => self.sampled_out[sampling].increment(1),
+            Outcome::SampledOut => self.sampled_out[sampling].increment(n),
             Outcome::RateLimited => {
-                self.sampled[sampling].increment(1);
-                self.rate_limited[sampling].increment(1);
+                self.sampled[sampling].increment(n);
+                self.rate_limited[sampling].increment(n);
             }
             Outcome::RoutedToDrop => {
-                self.sampled[sampling].increment(1);
-                self.routed_to_drop[d.routing_rule.map_or(default, usize::from)].increment(1);
+                self.sampled[sampling].increment(n);
+                self.routed_to_drop[d.routing_rule.map_or(default, usize::from)].increment(n);
             }
-            Outcome::Kept => self.sampled[sampling].increment(1),
+            Outcome::Kept => self.sampled[sampling].increment(n),
+        }
+    }
+}
+
+/// The part of a decision the rule counters count.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Counted {
+    sampling_rule: Option<u16>,
+    routing_rule: Option<u16>,
+    outcome: Outcome,
+}
+
+/// A request's decisions, counted as runs of equal ones: the shared (atomic) counters are
+/// touched once per run and at the end, not once per span.
+struct Tally<'c> {
+    counters: &'c RuleCounters,
+    run: Option<(Counted, u64)>,
+}
+
+impl<'c> Tally<'c> {
+    fn new(counters: &'c RuleCounters) -> Self {
+        Self {
+            counters,
+            run: None,
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, d: &Decision) {
+        let counted = Counted {
+            sampling_rule: d.sampling_rule,
+            routing_rule: d.routing_rule,
+            outcome: d.outcome,
+        };
+        match &mut self.run {
+            Some((c, n)) if *c == counted => *n += 1,
+            run => {
+                if let Some((c, n)) = run.replace((counted, 1)) {
+                    self.counters.count(&c, n);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Tally<'_> {
+    fn drop(&mut self) {
+        if let Some((c, n)) = self.run.take() {
+            self.counters.count(&c, n);
         }
     }
 }
@@ -265,7 +316,6 @@ fn lookup<'a>(attrs: &[(&'a str, WireValue<'a>)], key: &str) -> Option<WireValue
 struct WireSpan<'a, 's> {
     entry: &'s SpanEntry,
     bytes: &'a [u8],
-    fields: OnceCell<SpanFields<'a>>,
     resource: &'s [(&'a str, WireValue<'a>)],
     scope_head: &'a [u8],
     attrs: &'s RefCell<Attrs<'a>>,
@@ -274,9 +324,10 @@ struct WireSpan<'a, 's> {
     tenant: Option<&'s str>,
 }
 
-impl<'a> WireSpan<'a, '_> {
-    fn fields(&self) -> &SpanFields<'a> {
-        self.fields.get_or_init(|| SpanFields::read(self.bytes))
+impl WireSpan<'_, '_> {
+    /// The span's `trace_state` (UTF-8, as validated).
+    fn trace_state_str(&self) -> &str {
+        std::str::from_utf8(self.entry.trace_state(self.bytes)).unwrap_or("")
     }
 }
 
@@ -303,28 +354,28 @@ impl SpanView for WireSpan<'_, '_> {
         &self.entry.trace_id
     }
     fn name(&self) -> &str {
-        self.fields().name
+        std::str::from_utf8(self.entry.name(self.bytes)).unwrap_or("")
     }
     fn name_bytes(&self) -> &[u8] {
         self.entry.name(self.bytes)
     }
     fn kind(&self) -> i32 {
-        self.fields().kind
+        self.entry.kind
     }
     fn status_code(&self) -> i32 {
-        self.fields().status_code
+        self.entry.status_code
     }
     fn start_time_unix_nano(&self) -> u64 {
-        self.fields().start_time_unix_nano
+        self.entry.start_time_unix_nano
     }
     fn end_time_unix_nano(&self) -> u64 {
-        self.fields().end_time_unix_nano
+        self.entry.end_time_unix_nano
     }
     fn trace_state(&self) -> &str {
-        self.fields().trace_state
+        self.trace_state_str()
     }
     fn is_root(&self) -> bool {
-        self.fields().is_root
+        self.entry.is_root
     }
     fn scope_name(&self) -> &str {
         wire::scope_name(self.scope_head)
@@ -336,17 +387,16 @@ impl SpanView for WireSpan<'_, '_> {
         if !self.attrs_read.replace(true) {
             let mut attrs = self.attrs.borrow_mut();
             attrs.clear();
-            attrs.extend(self.fields().attributes());
+            attrs.extend(self.entry.attributes(self.bytes));
         }
         lookup(&self.attrs.borrow(), key).map(attr)
     }
     fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>> {
         lookup(self.resource, key).map(attr)
     }
-    fn for_each_span_attribute(&self, f: &mut AttributeVisitor<'_>) {
-        for (k, v) in self.entry.raw_attributes(self.bytes) {
-            f(k, v);
-        }
+    fn for_each_span_attribute(&self, keys: &KeyFilter, f: &mut AttributeVisitor<'_>) {
+        self.entry
+            .scan_attributes(self.bytes, |k| keys.may_contain(k), f);
     }
     fn for_each_resource_attribute(&self, f: &mut AttributeVisitor<'_>) {
         for (k, v) in self.resource {
@@ -400,28 +450,29 @@ pub fn plan_traces_for(
     let attrs = RefCell::new(Attrs::with_capacity(16));
     // Tail rules mark trace ids in the decision window (set when `tail` drops).
     let mut tail = crate::tail::TailMarker::new(policy);
+    let mut tally = Tally::new(&active.counters);
     for (i, entry) in view.spans.iter().enumerate() {
         let scope = &view.scopes[entry.scope as usize];
         let span = WireSpan {
             entry,
             bytes: &body[entry.range()],
-            fields: OnceCell::new(),
             resource: &resources[scope.resource as usize],
             scope_head: &scope.head,
             attrs: &attrs,
             attrs_read: Cell::new(false),
             tenant,
         };
-        tail.observe(&span);
-        let decision = policy.evaluate_in(&candidates[scope.resource as usize], &span, now);
-        active.counters.count(&decision);
+        let resource = &candidates[scope.resource as usize];
+        tail.observe(resource, &span);
+        let decision = policy.evaluate_in(resource, &span, now);
+        tally.add(&decision);
         if !decision.keep {
             continue;
         }
         trace_state.clear();
         // Only a sampled-below-1 span has a threshold to record (and its fields to read).
         if decision.threshold.is_some()
-            && decision.write_tracestate(span.fields().trace_state, &mut trace_state)
+            && decision.write_tracestate(span.trace_state_str(), &mut trace_state)
         {
             let start = plan.rewritten.len();
             wire::write_span_with_trace_state(span.bytes, &trace_state, &mut plan.rewritten);

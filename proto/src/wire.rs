@@ -85,6 +85,8 @@ struct Field<'a> {
     wire: WireType,
     /// The payload of a LEN field (empty for the others).
     bytes: &'a [u8],
+    /// The value of a VARINT field, or the little-endian value of a fixed-width one (0 for LEN).
+    value: u64,
     /// Where the whole field (tag included) starts and ends in the buffer being read.
     span: Range<usize>,
 }
@@ -162,24 +164,23 @@ impl<'a> Reader<'a> {
         if number == 0 {
             return Err(WireError::new("field number 0 is invalid"));
         }
-        let (wire, bytes) = match tag & 7 {
-            0 => {
-                self.varint()?;
-                (WireType::Varint, &[][..])
-            }
+        let (wire, bytes, value) = match tag & 7 {
+            0 => (WireType::Varint, &[][..], self.varint()?),
             1 => {
-                self.take(8)?;
-                (WireType::I64, &[][..])
+                let b = self.take(8)?;
+                let value = u64::from_le_bytes(b.try_into().expect("8 bytes taken"));
+                (WireType::I64, &[][..], value)
             }
             2 => {
                 let len = self.varint()?;
                 let len =
                     usize::try_from(len).map_err(|_| WireError::new("length out of range"))?;
-                (WireType::Len, self.take(len)?)
+                (WireType::Len, self.take(len)?, 0)
             }
             5 => {
-                self.take(4)?;
-                (WireType::I32, &[][..])
+                let b = self.take(4)?;
+                let value = u32::from_le_bytes(b.try_into().expect("4 bytes taken"));
+                (WireType::I32, &[][..], u64::from(value))
             }
             3 | 4 => {
                 return Err(WireError::new(format!(
@@ -196,6 +197,7 @@ impl<'a> Reader<'a> {
             number,
             wire,
             bytes,
+            value,
             span: start..self.pos,
         }))
     }
@@ -254,12 +256,13 @@ fn segment(name: &str, kind: Kind, index: u32) -> String {
 }
 
 /// Validates a message against a table of its known fields; unknown fields are skipped.
-/// Calls `seen` with each known field, so callers can pick values out in the same pass.
+/// Calls `seen` with each known field (number, LEN payload, scalar value), so callers can pick
+/// values out in the same pass.
 fn walk<'a>(
     buf: &'a [u8],
     depth: u32,
     fields: &[(u32, &str, Kind)],
-    mut seen: impl FnMut(u32, &'a [u8]),
+    mut seen: impl FnMut(u32, &'a [u8], u64),
 ) -> Result<()> {
     if depth > MAX_DEPTH {
         return Err(WireError::new(format!(
@@ -284,13 +287,13 @@ fn walk<'a>(
             *c += 1;
         }
         check_field(&f, kind, depth).map_err(|e| e.within(&segment(name, kind, index)))?;
-        seen(f.number, f.bytes);
+        seen(f.number, f.bytes, f.value);
     }
     Ok(())
 }
 
 fn check_message(buf: &[u8], depth: u32, fields: &[(u32, &str, Kind)]) -> Result<()> {
-    walk(buf, depth, fields, |_, _| {})
+    walk(buf, depth, fields, |_, _, _| {})
 }
 
 fn any_value(buf: &[u8], depth: u32) -> Result<()> {
@@ -415,7 +418,7 @@ fn link(buf: &[u8], depth: u32) -> Result<()> {
             (5, "dropped_attributes_count", Kind::Varint),
             (6, "flags", Kind::Fixed32),
         ],
-        |n, b| match n {
+        |n, b, _| match n {
             1 => trace_id = b,
             2 => span_id = b,
             _ => {}
@@ -445,40 +448,48 @@ const SPAN_FIELDS: &[(u32, &str, Kind)] = &[
     (16, "flags", Kind::Fixed32),
 ];
 
-/// Checks a span and returns its trace id.
-/// What validating a span learns for later readers: its trace id, and where its name and
-/// its attributes are (offsets into the span's bytes).
-struct SpanLayout {
-    trace_id: [u8; 16],
-    name: (u32, u32),
-    attributes: (u32, u32),
-}
-
-fn span(buf: &[u8], depth: u32) -> Result<SpanLayout> {
+/// Validates a span and records what later readers need, so that they never walk its bytes
+/// again: its trace id, its scalar fields, and where its name, trace state and attributes are.
+fn span(buf: &[u8], depth: u32, entry: &mut SpanEntry) -> Result<()> {
     let (mut trace_id, mut span_id, mut parent) = (&[][..], &[][..], &[][..]);
-    let (mut name, mut attributes) = ((0, 0), (u32::MAX, 0));
+    let mut attributes = (u32::MAX, 0);
     // Payloads are subslices of `buf`: their offsets are pointer differences.
     let offset = |b: &[u8]| (b.as_ptr() as usize - buf.as_ptr() as usize) as u32;
-    walk(buf, depth, SPAN_FIELDS, |n, b| match n {
+    let range = |b: &[u8]| (offset(b), offset(b) + b.len() as u32);
+    walk(buf, depth, SPAN_FIELDS, |n, b, value| match n {
         1 => trace_id = b,
         2 => span_id = b,
+        3 => entry.trace_state = range(b),
         4 => parent = b,
-        5 => name = (offset(b), offset(b) + b.len() as u32),
+        5 => entry.name = range(b),
+        // An enum is an int32: a negative value is sign-extended to 64 bits on the wire.
+        6 => entry.kind = value as i32,
+        7 => entry.start_time_unix_nano = value,
+        8 => entry.end_time_unix_nano = value,
         9 => {
             // Field 9's tag is one byte, then the length.
             let field_start = offset(b) - 1 - varint_len(b.len() as u64) as u32;
             attributes = (attributes.0.min(field_start), offset(b) + b.len() as u32);
+        }
+        // A repeated message field merges: a later `status` without a code keeps the earlier
+        // code, as prost and every consumer read it (found by fuzzing).
+        15 => {
+            if let Some(code) = Validated::new(b)
+                .filter(|s| s.number == 3 && s.wire == VARINT)
+                .last()
+            {
+                entry.status_code = code.value as i32;
+            }
         }
         _ => {}
     })?;
     check_id(trace_id, "trace_id", 16, true)?;
     check_id(span_id, "span_id", 8, true)?;
     check_id(parent, "parent_span_id", 8, false)?;
-    Ok(SpanLayout {
-        trace_id: trace_id.try_into().expect("length checked above"),
-        name,
-        attributes: (attributes.0.min(attributes.1), attributes.1),
-    })
+    entry.trace_id = trace_id.try_into().expect("length checked above");
+    entry.is_root = parent.is_empty();
+    entry.attributes = (attributes.0.min(attributes.1), attributes.1);
+    Ok(())
 }
 
 /// A `ResourceSpans` of the request: its fields other than `scope_spans`, as they came.
@@ -497,8 +508,9 @@ pub struct ScopeEntry {
     pub head: Vec<u8>,
 }
 
-/// A span of the request: where its bytes are and which trace it belongs to.
-#[derive(Debug, Clone, Copy)]
+/// A span of the request: where its bytes are, which trace it belongs to, and the fields a
+/// policy reads, as validation found them.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct SpanEntry {
     /// Index into `TraceRequestView::scopes`.
     pub scope: u32,
@@ -513,6 +525,18 @@ pub struct SpanEntry {
     /// Where the span's attribute fields are, from the first one's tag to the last one's end,
     /// as offsets into the span's bytes.
     pub attributes: (u32, u32),
+    /// Where the `trace_state` bytes are, as offsets into the span's bytes.
+    pub trace_state: (u32, u32),
+    /// `kind` (0 when absent).
+    pub kind: i32,
+    /// `status.code` (0 when absent).
+    pub status_code: i32,
+    /// `start_time_unix_nano`.
+    pub start_time_unix_nano: u64,
+    /// `end_time_unix_nano`.
+    pub end_time_unix_nano: u64,
+    /// True when `parent_span_id` is empty.
+    pub is_root: bool,
 }
 
 impl SpanEntry {
@@ -527,6 +551,12 @@ impl SpanEntry {
             .unwrap_or(&[])
     }
 
+    /// The `trace_state` bytes (UTF-8, as validated), given the span's bytes.
+    pub fn trace_state<'a>(&self, span: &'a [u8]) -> &'a [u8] {
+        span.get(self.trace_state.0 as usize..self.trace_state.1 as usize)
+            .unwrap_or(&[])
+    }
+
     /// The span's attributes as bytes (see [`raw_attributes`]), given the span's bytes: reads
     /// only where validation found them.
     pub fn raw_attributes<'a>(&self, span: &'a [u8]) -> RawAttributes<'a> {
@@ -534,6 +564,61 @@ impl SpanEntry {
             .get(self.attributes.0 as usize..self.attributes.1 as usize)
             .unwrap_or(&[]);
         raw_attributes(region, 9)
+    }
+
+    /// The span's attributes, in order, given the span's bytes: reads only where validation
+    /// found them.
+    pub fn attributes<'a>(
+        &self,
+        span: &'a [u8],
+    ) -> impl Iterator<Item = (&'a str, WireValue<'a>)> + 'a {
+        let region = span
+            .get(self.attributes.0 as usize..self.attributes.1 as usize)
+            .unwrap_or(&[]);
+        attributes(region, 9)
+    }
+
+    /// Calls `visit` with the key and string value (see [`raw_attributes`]) of each attribute
+    /// whose key `wanted` accepts, given the span's bytes. A key is read before its value, and
+    /// the value only when the key is wanted: most keys are not, and cost a few comparisons.
+    #[inline]
+    pub fn scan_attributes<'a>(
+        &self,
+        span: &'a [u8],
+        wanted: impl Fn(&[u8]) -> bool,
+        mut visit: impl FnMut(&'a [u8], Option<&'a [u8]>),
+    ) {
+        let region = span
+            .get(self.attributes.0 as usize..self.attributes.1 as usize)
+            .unwrap_or(&[]);
+        let mut pos = 0;
+        while let Some(rest) = region.get(pos..)
+            && !rest.is_empty()
+        {
+            // The usual entry: tag 9 LEN, a one-byte length, the key first with a one-byte
+            // length.
+            if let [0x4a, len, entry @ ..] = rest
+                && *len < 0x80
+                && let Some(kv) = entry.get(..usize::from(*len))
+                && let [0x0a, key_len, key_rest @ ..] = kv
+                && *key_len < 0x80
+                && let Some(key) = key_rest.get(..usize::from(*key_len))
+            {
+                pos += 2 + kv.len();
+                if wanted(key) {
+                    let (k, text) = key_and_text(kv);
+                    visit(k, text);
+                }
+                continue;
+            }
+            // Anything else: the general reader, from here to the end.
+            for (k, text) in raw_attributes(rest, 9) {
+                if wanted(k) {
+                    visit(k, text);
+                }
+            }
+            return;
+        }
     }
 }
 
@@ -621,17 +706,16 @@ impl TraceRequestView {
                     if f.wire != WireType::Len {
                         return Err(WireError::new("wire type is not Len").within(&seg()));
                     }
-                    let layout = span(f.bytes, depth + 1).map_err(|e| e.within(&seg()))?;
                     // The payload is a subslice of `body`: its offset is a pointer difference.
                     let start = f.bytes.as_ptr() as usize - body.as_ptr() as usize;
-                    self.spans.push(SpanEntry {
+                    let mut entry = SpanEntry {
                         scope: scope_index,
                         start: start as u32,
                         end: (start + f.bytes.len()) as u32,
-                        trace_id: layout.trace_id,
-                        name: layout.name,
-                        attributes: layout.attributes,
-                    });
+                        ..SpanEntry::default()
+                    };
+                    span(f.bytes, depth + 1, &mut entry).map_err(|e| e.within(&seg()))?;
+                    self.spans.push(entry);
                     i += 1;
                     continue;
                 }
@@ -1329,6 +1413,104 @@ mod tests {
         assert_eq!(
             SpanFields::read(&body[view.spans[0].range()]).status_code,
             2
+        );
+        assert_eq!(view.spans[0].status_code, 2, "as validation recorded it");
+    }
+
+    #[test]
+    fn validation_records_the_span_fields() {
+        use crate::otlp::trace::v1::Status;
+        let mut sp = span(1, 1);
+        sp.kind = 3;
+        sp.start_time_unix_nano = 10;
+        sp.end_time_unix_nano = u64::MAX;
+        sp.trace_state = "ot=th:8".into();
+        sp.parent_span_id = vec![7; 8];
+        sp.status = Some(Status {
+            code: 2,
+            message: "boom".into(),
+        });
+        let mut negative = span(2, 2);
+        negative.kind = -3;
+        let body = request(vec![sp, negative]).encode_to_vec();
+        let view = TraceRequestView::parse(&body).unwrap();
+        let (e, bytes) = (&view.spans[0], &body[view.spans[0].range()]);
+        assert_eq!(
+            (e.name(bytes), e.trace_state(bytes), e.kind, e.status_code),
+            (&b"s1"[..], &b"ot=th:8"[..], 3, 2)
+        );
+        assert_eq!(
+            (e.start_time_unix_nano, e.end_time_unix_nano),
+            (10, u64::MAX)
+        );
+        assert!(!e.is_root);
+        let other = &view.spans[1];
+        assert_eq!(
+            (other.kind, other.status_code, other.is_root),
+            (-3, 0, true)
+        );
+        assert_eq!(other.trace_state(&body[other.range()]), b"");
+    }
+
+    #[test]
+    fn scanning_attributes_reads_only_wanted_keys_in_any_layout() {
+        let long_key = "k".repeat(200);
+        let mut sp = span(1, 1);
+        sp.attributes = vec![
+            kv("a", Value::StringValue("b".into())),
+            kv(&long_key, Value::StringValue("long".into())),
+            kv("n", Value::IntValue(-5)),
+            kv("c", Value::StringValue("x".repeat(300))),
+        ];
+        let body = request(vec![sp]).encode_to_vec();
+        let view = TraceRequestView::parse(&body).unwrap();
+        let (e, bytes) = (&view.spans[0], &body[view.spans[0].range()]);
+        let scan = |wanted: &dyn Fn(&[u8]) -> bool| {
+            let mut out = Vec::new();
+            e.scan_attributes(bytes, wanted, |k, v| {
+                out.push((k.to_vec(), v.map(<[u8]>::to_vec)))
+            });
+            out
+        };
+        let all = scan(&|_| true);
+        let expected: Vec<_> = e
+            .raw_attributes(bytes)
+            .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(all, expected);
+        assert_eq!(all.len(), 4);
+        let x300 = "x".repeat(300).into_bytes();
+        assert_eq!(
+            scan(&|k| k != b"a"),
+            vec![
+                (long_key.clone().into_bytes(), Some(b"long".to_vec())),
+                (b"n".to_vec(), None),
+                (b"c".to_vec(), Some(x300)),
+            ]
+        );
+        assert_eq!(
+            scan(&|k| k == b"a"),
+            vec![(b"a".to_vec(), Some(b"b".to_vec()))]
+        );
+        // A key-value with its value first and its key second, and another field between
+        // attributes: read by the general reader.
+        let mut odd = Vec::new();
+        odd.extend_from_slice(&[0x4a, 7, 0x12, 2, 0x0a, 0, 0x0a, 1, b'z']);
+        odd.extend_from_slice(&[0x50, 1]); // dropped_attributes_count
+        odd.extend_from_slice(&[0x4a, 3, 0x0a, 1, b'y']);
+        let region_entry = SpanEntry {
+            attributes: (0, odd.len() as u32),
+            ..SpanEntry::default()
+        };
+        let mut got = Vec::new();
+        region_entry.scan_attributes(
+            &odd,
+            |_| true,
+            |k, v| got.push((k.to_vec(), v.map(<[u8]>::to_vec))),
+        );
+        assert_eq!(
+            got,
+            vec![(b"z".to_vec(), Some(Vec::new())), (b"y".to_vec(), None)]
         );
     }
 

@@ -38,7 +38,7 @@ mod tests;
 pub use document::SamplingMode;
 pub use error::PolicyError;
 pub use routing::{Topic, TopicSet};
-pub use span::{AttrValue, AttributeVisitor, STATUS_CODE_ERROR, SpanView};
+pub use span::{AttrValue, AttributeVisitor, KeyFilter, STATUS_CODE_ERROR, SpanView};
 pub use tail::{
     FilterParams, MAX_TAIL_FILTER_BYTES, TailPolicy, bitmap_bytes, expand_seed, hash_count,
     in_baseline,
@@ -81,10 +81,14 @@ pub struct Policy {
 }
 
 /// The rules a resource's attributes make candidates, computed once per resource by
-/// [`Policy::resource_candidates`] and passed to [`Policy::evaluate_in`] for each of its
-/// spans.
+/// [`Policy::resource_candidates`] and passed to [`Policy::evaluate_in`] (and
+/// [`TailPolicy::first_marking_rule_in`]) for each of its spans.
 #[derive(Clone, Debug)]
-pub struct ResourceCandidates(rule_index::RuleBits);
+pub struct ResourceCandidates {
+    rules: rule_index::RuleBits,
+    /// The tail rules' candidates, when the policy has a `tail` section.
+    tail: Option<rule_index::RuleBits>,
+}
 
 /// Which section a rule belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -318,18 +322,29 @@ impl Policy {
     /// nanoseconds (any origin, the same for every call on this policy and on the policies
     /// that [`Policy::carry_over_rate_limits`] links), used by rate limits only.
     pub fn evaluate<S: SpanView + ?Sized>(&self, span: &S, now_nanos: u64) -> Decision {
-        let resource = ResourceCandidates(self.index.resource_candidates_of(span));
+        let resource = ResourceCandidates {
+            rules: self.index.resource_candidates_of(span),
+            tail: None,
+        };
         self.evaluate_in(&resource, span, now_nanos)
     }
 
     /// The candidates of a resource with these attributes, for [`Policy::evaluate_in`]: the
     /// resource-level part of evaluation, done once for all the spans of a resource.
     /// Attributes are given as [`SpanView::for_each_resource_attribute`] gives them.
-    pub fn resource_candidates<'a>(
-        &self,
-        attributes: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
-    ) -> ResourceCandidates {
-        ResourceCandidates(self.index.resource_candidates(attributes))
+    pub fn resource_candidates<'a, I>(&self, attributes: I) -> ResourceCandidates
+    where
+        I: IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+        I::IntoIter: Clone,
+    {
+        let attributes = attributes.into_iter();
+        ResourceCandidates {
+            rules: self.index.resource_candidates(attributes.clone()),
+            tail: self
+                .tail
+                .as_ref()
+                .map(|t| t.index().resource_candidates(attributes)),
+        }
     }
 
     /// [`Policy::evaluate`] for a span of a resource whose candidates were computed by
@@ -349,8 +364,14 @@ impl Policy {
             routing_rule: None,
         };
 
-        let candidates = self.index.candidates(&resource.0, span);
-        let (rule, chance) = self.sampling.select(span, &candidates);
+        let candidates = self.index.candidates(&resource.rules, span);
+        // Usually no rule is a candidate at all: one test instead of a scan per section.
+        let any = candidates.iter().any(|&w| w != 0);
+        let (rule, chance) = if any {
+            self.sampling.select(span, &candidates)
+        } else {
+            (None, self.sampling.default)
+        };
         d.sampling_rule = rule.map(|i| i as u16);
         match self.sampling.sample(chance, span) {
             Sampled::Out => return d.dropped(Outcome::SampledOut),
@@ -359,7 +380,7 @@ impl Policy {
 
         // Routing before the rate limit, so that spans routed to drop take no tokens.
         let first_routing = self.sampling.rules.len();
-        if let Some(i) = self.routing.select(span, &candidates, first_routing) {
+        if any && let Some(i) = self.routing.select(span, &candidates, first_routing) {
             d.routing_rule = Some((first_routing + i) as u16);
             match self.routing.rules[i].action {
                 RuleAction::Drop => return d.dropped(Outcome::RoutedToDrop),

@@ -13,7 +13,7 @@
 //! attribute and per distinct name-prefix length, instead of 100 condition tests.
 
 use super::matcher::{Atom, Condition};
-use super::span::SpanView;
+use super::span::{KeyFilter, SpanView};
 use smallvec::SmallVec;
 use std::collections::HashMap;
 
@@ -38,21 +38,15 @@ struct KeyRules {
 #[derive(Debug, Default)]
 struct AttributeIndex {
     keys: Map<KeyRules>,
-    /// A bit per (key length, last byte) of the keys, checked before hashing: most of a
-    /// span's attributes are not in any rule, and this tells so in a few instructions.
-    filter: [u64; 4],
-}
-
-/// A key's bit in `AttributeIndex::filter`.
-fn filter_bit(key: &[u8]) -> (usize, u64) {
-    let h = key.len().wrapping_mul(31) + usize::from(key.last().copied().unwrap_or(0));
-    ((h / 64) % 4, 1 << (h % 64))
+    /// The keys, checked before hashing: most of a span's attributes are not in any rule,
+    /// and this tells so in a few instructions, before their values are even read.
+    filter: KeyFilter,
 }
 
 impl AttributeIndex {
+    #[inline]
     fn add(&self, bits: &mut [u64], key: &[u8], text: Option<&[u8]>) {
-        let (word, bit) = filter_bit(key);
-        if self.filter[word] & bit == 0 {
+        if !self.filter.may_contain(key) {
             return;
         }
         let Some(rules) = self.keys.get(key) else {
@@ -81,7 +75,11 @@ pub(crate) struct RuleIndex {
     resource: AttributeIndex,
     span: AttributeIndex,
     names: Map<Box<[u16]>>,
+    /// `names`' keys, checked before hashing a span's name.
+    names_filter: KeyFilter,
     name_prefixes: Map<Box<[u16]>>,
+    /// A bit per first byte of `name_prefixes`' keys, checked before hashing prefixes.
+    prefix_first_bytes: [u64; 4],
     /// The distinct lengths of `name_prefixes`' keys, ascending.
     prefix_lengths: Box<[usize]>,
     /// Rules by span kind code, then by status code (codes below 64).
@@ -116,10 +114,9 @@ struct KeyLists {
 }
 
 fn attribute_index(lists: HashMap<String, KeyLists>) -> AttributeIndex {
-    let mut filter = [0; 4];
+    let mut filter = KeyFilter::default();
     for key in lists.keys() {
-        let (word, bit) = filter_bit(key.as_bytes());
-        filter[word] |= bit;
+        filter.insert(key.as_bytes());
     }
     AttributeIndex {
         filter,
@@ -196,6 +193,17 @@ impl RuleIndex {
         let mut always_bits = RuleBits::from_elem(0, words);
         set(&mut always_bits, &always);
         let name_prefixes = prefixes.build();
+        let mut prefix_first_bytes = [0u64; 4];
+        for key in name_prefixes.keys() {
+            if let Some(&b) = key.first() {
+                prefix_first_bytes[usize::from(b / 64)] |= 1 << (b % 64);
+            }
+        }
+        let names = names.build();
+        let mut names_filter = KeyFilter::default();
+        for key in names.keys() {
+            names_filter.insert(key);
+        }
         let mut prefix_lengths: Vec<usize> = name_prefixes.keys().map(|k| k.len()).collect();
         prefix_lengths.sort_unstable();
         prefix_lengths.dedup();
@@ -205,8 +213,10 @@ impl RuleIndex {
             always: always_bits,
             resource: attribute_index(resource),
             span: attribute_index(span),
-            names: names.build(),
+            names,
+            names_filter,
             name_prefixes,
+            prefix_first_bytes,
             prefix_lengths: prefix_lengths.into(),
             kinds: code_lists(kinds),
             statuses: code_lists(statuses),
@@ -219,7 +229,7 @@ impl RuleIndex {
         &self,
         attributes: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     ) -> RuleBits {
-        let mut bits = self.always.clone();
+        let mut bits = RuleBits::from_slice(&self.always);
         if !self.resource.is_empty() {
             for (key, value) in attributes {
                 self.resource.add(&mut bits, key, value);
@@ -230,7 +240,7 @@ impl RuleIndex {
 
     /// Like [`RuleIndex::resource_candidates`], reading the attributes through a span.
     pub(crate) fn resource_candidates_of<S: SpanView + ?Sized>(&self, span: &S) -> RuleBits {
-        let mut bits = self.always.clone();
+        let mut bits = RuleBits::from_slice(&self.always);
         if !self.resource.is_empty() {
             span.for_each_resource_attribute(&mut |key, value| {
                 self.resource.add(&mut bits, key, value)
@@ -249,22 +259,32 @@ impl RuleIndex {
             // Candidates made by another policy's index: try every rule rather than guess.
             return RuleBits::from_elem(u64::MAX, self.words);
         }
-        let mut bits = resource.clone();
+        let mut bits = RuleBits::from_slice(resource);
         if !self.span.is_empty() {
-            span.for_each_span_attribute(&mut |key, value| self.span.add(&mut bits, key, value));
+            span.for_each_span_attribute(&self.span.filter, &mut |key, value| {
+                self.span.add(&mut bits, key, value)
+            });
         }
         if !self.names.is_empty() || !self.prefix_lengths.is_empty() {
             let name = span.name_bytes();
-            if let Some(rules) = self.names.get(name) {
+            if self.names_filter.may_contain(name)
+                && let Some(rules) = self.names.get(name)
+            {
                 set(&mut bits, rules);
             }
-            for &len in self.prefix_lengths.iter() {
-                if len > name.len() {
-                    break;
-                }
-                // A prefix of the bytes that cuts a character matches no (UTF-8) key.
-                if let Some(rules) = self.name_prefixes.get(&name[..len]) {
-                    set(&mut bits, rules);
+            // An empty prefix has no first byte: it is a guard no name escapes, kept apart.
+            let first_may_match = name.first().is_none_or(|&b| {
+                self.prefix_first_bytes[usize::from(b / 64)] & (1 << (b % 64)) != 0
+            }) || self.prefix_lengths.first() == Some(&0);
+            if first_may_match {
+                for &len in self.prefix_lengths.iter() {
+                    if len > name.len() {
+                        break;
+                    }
+                    // A prefix of the bytes that cuts a character matches no (UTF-8) key.
+                    if let Some(rules) = self.name_prefixes.get(&name[..len]) {
+                        set(&mut bits, rules);
+                    }
                 }
             }
         }

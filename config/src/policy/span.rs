@@ -5,6 +5,36 @@
 /// value when that is a string, as bytes.
 pub type AttributeVisitor<'v> = dyn FnMut(&[u8], Option<&[u8]>) + 'v;
 
+/// A cheap pre-check of attribute keys: one bit per (key length, last byte) of the keys some
+/// rule looks up. A key whose bit is clear is in no rule, which a span's attribute walk can
+/// tell before it reads the value; a set bit only means "maybe".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyFilter([u64; 4]);
+
+impl KeyFilter {
+    /// A filter that lets every key through.
+    pub const ALL: KeyFilter = KeyFilter([u64::MAX; 4]);
+
+    #[inline]
+    fn bit(key: &[u8]) -> (usize, u64) {
+        let h = key.len().wrapping_mul(31) + usize::from(key.last().copied().unwrap_or(0));
+        ((h / 64) % 4, 1 << (h % 64))
+    }
+
+    /// Lets `key` through from now on.
+    pub fn insert(&mut self, key: &[u8]) {
+        let (word, bit) = Self::bit(key);
+        self.0[word] |= bit;
+    }
+
+    /// False when no key inserted can be `key`.
+    #[inline]
+    pub fn may_contain(&self, key: &[u8]) -> bool {
+        let (word, bit) = Self::bit(key);
+        self.0[word] & bit != 0
+    }
+}
+
 /// Read-only access to one span and its resource and scope.
 ///
 /// The rule index reads each span's attributes once through `for_each_span_attribute`; the
@@ -43,9 +73,10 @@ pub trait SpanView {
     fn span_attribute(&self, key: &str) -> Option<AttrValue<'_>>;
     /// The resource attribute `key`, if the span's resource has it.
     fn resource_attribute(&self, key: &str) -> Option<AttrValue<'_>>;
-    /// Calls `f` with every span attribute's key and, when its value is a string, the value:
-    /// as bytes, because the rule index only looks them up (no UTF-8 check needed).
-    fn for_each_span_attribute(&self, f: &mut AttributeVisitor<'_>);
+    /// Calls `f` with the key and, when its value is a string, the value of every span
+    /// attribute whose key `keys` may contain (others may be passed too): as bytes, because
+    /// the rule index only looks them up (no UTF-8 check needed).
+    fn for_each_span_attribute(&self, keys: &KeyFilter, f: &mut AttributeVisitor<'_>);
     /// Calls `f` with every resource attribute like [`SpanView::for_each_span_attribute`].
     fn for_each_resource_attribute(&self, f: &mut AttributeVisitor<'_>);
 }
@@ -72,7 +103,7 @@ pub const STATUS_CODE_ERROR: i32 = 2;
 /// A span built in memory, for tests of this module and of its users.
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::{AttrValue, AttributeVisitor, SpanView};
+    use super::{AttrValue, AttributeVisitor, KeyFilter, SpanView};
 
     /// An owned attribute value.
     #[derive(Clone, Debug)]
@@ -189,9 +220,10 @@ pub(crate) mod testing {
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.view())
         }
-        fn for_each_span_attribute(&self, f: &mut AttributeVisitor<'_>) {
+        fn for_each_span_attribute(&self, keys: &KeyFilter, f: &mut AttributeVisitor<'_>) {
             self.attrs
                 .iter()
+                .filter(|(k, _)| keys.may_contain(k.as_bytes()))
                 .for_each(|(k, v)| f(k.as_bytes(), v.text()));
         }
         fn for_each_resource_attribute(&self, f: &mut AttributeVisitor<'_>) {

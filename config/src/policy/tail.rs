@@ -19,7 +19,7 @@
 use super::PolicyError;
 use super::document::{Probability, RuleName};
 use super::matcher::Condition;
-use super::rule_index::{RuleIndex, first_match};
+use super::rule_index::{RuleBits, RuleIndex, first_match};
 use super::span::SpanView;
 use super::threshold::{Randomness, Threshold};
 use serde::Deserialize;
@@ -227,10 +227,37 @@ impl TailPolicy {
     /// Allocation-free.
     pub fn first_marking_rule<S: SpanView + ?Sized>(&self, span: &S) -> Option<usize> {
         let resource = self.index.resource_candidates_of(span);
-        let candidates = self.index.candidates(&resource, span);
+        self.first_marking_rule_from(&resource, span)
+    }
+
+    /// [`TailPolicy::first_marking_rule`] for a span of a resource whose candidates
+    /// [`Policy::resource_candidates`](super::Policy::resource_candidates) computed, on the
+    /// policy this section belongs to.
+    pub fn first_marking_rule_in<S: SpanView + ?Sized>(
+        &self,
+        resource: &super::ResourceCandidates,
+        span: &S,
+    ) -> Option<usize> {
+        match &resource.tail {
+            Some(bits) => self.first_marking_rule_from(bits, span),
+            None => self.first_marking_rule(span),
+        }
+    }
+
+    fn first_marking_rule_from<S: SpanView + ?Sized>(
+        &self,
+        resource: &RuleBits,
+        span: &S,
+    ) -> Option<usize> {
+        let candidates = self.index.candidates(resource, span);
         first_match(&candidates, 0..self.rules.len(), |i| {
             self.rules[i].condition.matches(span)
         })
+    }
+
+    /// The rule index, for the resource part of evaluation.
+    pub(crate) fn index(&self) -> &RuleIndex {
+        &self.index
     }
 
     /// True when the section has rules (a baseline alone marks nothing in the gateway).

@@ -90,6 +90,21 @@ pub fn trace_path(body: &[u8]) {
         );
         assert_eq!(&entry.trace_id[..], &span.trace_id[..]);
         assert_eq!(fields.attributes().count(), span.attributes.len());
+        // What validation recorded agrees with the decoded span too.
+        let bytes = &body[entry.range()];
+        assert_eq!(entry.name(bytes), span.name.as_bytes(), "recorded name");
+        assert_eq!(entry.kind, span.kind, "recorded kind");
+        assert_eq!(entry.trace_state(bytes), span.trace_state.as_bytes());
+        assert_eq!(entry.start_time_unix_nano, span.start_time_unix_nano);
+        assert_eq!(entry.end_time_unix_nano, span.end_time_unix_nano);
+        assert_eq!(entry.is_root, span.parent_span_id.is_empty());
+        assert_eq!(entry.status_code, span.status.as_ref().map_or(0, |s| s.code));
+        assert_eq!(entry.attributes(bytes).count(), span.attributes.len());
+        let mut scanned = Vec::new();
+        entry.scan_attributes(bytes, |_| true, |k, v| scanned.push((k, v)));
+        assert_eq!(scanned, entry.raw_attributes(bytes).collect::<Vec<_>>());
+        let keys: Vec<&[u8]> = span.attributes.iter().map(|a| a.key.as_bytes()).collect();
+        assert_eq!(scanned.iter().map(|(k, _)| *k).collect::<Vec<_>>(), keys);
     }
 
     let plain = TracePlan::everything_to("traces".into(), &view);

@@ -15,7 +15,7 @@ pub mod publish;
 use filter::WindowFilter;
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
-use weir_config::policy::{FilterParams, Policy, SpanView, TailPolicy};
+use weir_config::policy::{FilterParams, Policy, ResourceCandidates, SpanView, TailPolicy};
 
 /// Marks buffered before they are set in the filter.
 const MARK_BUFFER: usize = 64;
@@ -93,18 +93,30 @@ impl DecisionWindows {
         let Some(window) = rotate(&mut state, tail, now_millis) else {
             return;
         };
-        let mut new = false;
+        // New traces per rule, counted here and added to the (registry-looked-up) counters
+        // once per rule after the loop: the first rules get a slot each, the rest share one
+        // pass each.
+        let mut per_rule = [0u64; 8];
+        let mut new = 0;
         for (trace_id, rule) in marks {
             if window.filter.insert(trace_id) {
-                new = true;
-                window.items += 1;
-                let name = tail.rule_names().nth(usize::from(*rule)).unwrap_or("?");
-                metrics::counter!("weir_tail_traces_marked_total", "rule" => name.to_string())
-                    .increment(1);
+                new += 1;
+                if let Some(n) = per_rule.get_mut(usize::from(*rule)) {
+                    *n += 1;
+                } else {
+                    count_marked(tail, *rule, 1);
+                }
             }
         }
-        if new {
+        if new > 0 {
+            window.items += new;
             window.generation += 1;
+        }
+        drop(state);
+        for (rule, n) in per_rule.iter().enumerate() {
+            if *n > 0 {
+                count_marked(tail, rule as u16, *n);
+            }
         }
     }
 
@@ -131,6 +143,12 @@ impl DecisionWindows {
         let State { open, sealed } = &mut *state;
         f(open.as_mut(), sealed)
     }
+}
+
+/// Adds `n` to the count of traces rule `rule` marked.
+fn count_marked(tail: &TailPolicy, rule: u16, n: u64) {
+    let name = tail.rule_names().nth(usize::from(rule)).unwrap_or("?");
+    metrics::counter!("weir_tail_traces_marked_total", "rule" => name.to_string()).increment(n);
 }
 
 fn push_sealed(state: &mut State, w: Window) {
@@ -188,9 +206,10 @@ impl<'p> TailMarker<'p> {
         }
     }
 
-    /// Evaluates the tail rules on `span`, buffering a mark when one matches.
+    /// Evaluates the tail rules on `span` (of a resource with candidates `resource`, from the
+    /// marker's policy), buffering a mark when one matches.
     #[inline]
-    pub fn observe<S: SpanView + ?Sized>(&mut self, span: &S) {
+    pub fn observe<S: SpanView + ?Sized>(&mut self, resource: &ResourceCandidates, span: &S) {
         let Some(tail) = self.tail else { return };
         let id = span.trace_id();
         // Spans of one trace usually travel together: once one marked it, the rest of the run
@@ -198,7 +217,7 @@ impl<'p> TailMarker<'p> {
         if self.len > 0 && self.marks[self.len - 1].0 == *id {
             return;
         }
-        let Some(rule) = tail.first_marking_rule(span) else {
+        let Some(rule) = tail.first_marking_rule_in(resource, span) else {
             return;
         };
         if self.len == MARK_BUFFER {
