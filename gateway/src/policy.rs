@@ -441,10 +441,13 @@ pub fn plan_traces_for(
         .iter()
         .map(|r| wire::resource_attributes(&r.head).collect())
         .collect();
+    // Whether any span of the request can have an attribute a rule names, found once.
+    let hints = policy.request_hints(body);
     let candidates: Vec<ResourceCandidates> = resources
         .iter()
         .map(|attrs| {
-            policy.resource_candidates(attrs.iter().map(|(k, v)| (k.as_bytes(), text(*v))))
+            policy
+                .resource_candidates_in(hints, attrs.iter().map(|(k, v)| (k.as_bytes(), text(*v))))
         })
         .collect();
     let attrs = RefCell::new(Attrs::with_capacity(16));
@@ -571,6 +574,53 @@ routing:
         let plan = plan_traces(&active, &body, &view, "spans");
         assert_eq!(plan.routes, vec![(0, 0), (0, 1), (0, 2)]);
         assert!(plan.replaced.is_empty());
+    }
+
+    #[test]
+    fn span_attribute_rules_route_by_the_span_that_has_the_attribute() {
+        let span = |t: u8, attrs: Vec<KeyValue>| Span {
+            trace_id: vec![t; 16],
+            span_id: vec![t; 8],
+            name: "op".into(),
+            attributes: attrs,
+            ..Default::default()
+        };
+        let body = |spans: Vec<Span>| {
+            ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    scope_spans: vec![ScopeSpans {
+                        spans,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            }
+            .encode_to_vec()
+        };
+        let active = ActivePolicy::new(
+            Policy::parse(
+                "version: 1\nrouting:\n  rules:\n    - name: gold\n      match: { span_attribute: customer.tier, eq: gold }\n      action: { topic: gold }\n",
+            )
+            .unwrap(),
+        );
+        let topics = |body: &[u8]| -> Vec<String> {
+            let view = TraceRequestView::parse(body).unwrap();
+            let plan = plan_traces(&active, body, &view, "spans");
+            plan.routes
+                .iter()
+                .map(|(t, _)| plan.topics[usize::from(*t)].to_string())
+                .collect()
+        };
+        // The key is in the request: only the span that has it with the value is routed by it.
+        let mixed = body(vec![
+            span(1, vec![kv("a", "b"), kv("customer.tier", "gold")]),
+            span(2, vec![kv("customer.tier", "silver")]),
+            span(3, vec![kv("note", "customer.tier gold")]),
+        ]);
+        assert_eq!(topics(&mixed), ["gold", "spans", "spans"]);
+        // Nowhere in the request: every span goes to the default topic, unread.
+        let none = body(vec![span(4, vec![kv("a", "gold")]), span(5, Vec::new())]);
+        assert_eq!(topics(&none), ["spans", "spans"]);
     }
 
     #[test]

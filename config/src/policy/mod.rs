@@ -78,6 +78,8 @@ pub struct Policy {
     tail: Option<TailPolicy>,
     /// Every rule (sampling, then routing) indexed by the facts a span needs to match it.
     index: RuleIndex,
+    /// No sampling or routing rule, probability 1, no rate limit: evaluation is a constant.
+    keeps_everything: bool,
 }
 
 /// The rules a resource's attributes make candidates, computed once per resource by
@@ -88,6 +90,25 @@ pub struct ResourceCandidates {
     rules: rule_index::RuleBits,
     /// The tail rules' candidates, when the policy has a `tail` section.
     tail: Option<rule_index::RuleBits>,
+    /// What the request's bytes allow (all true when unknown).
+    hints: RequestHints,
+}
+
+/// What a request's bytes rule out for all of its spans, found once per request by
+/// [`Policy::request_hints`]: whether any span can have an attribute that a rule's guard
+/// names. When none can, no span's attributes are read.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestHints {
+    span_keys: bool,
+    tail_span_keys: bool,
+}
+
+impl RequestHints {
+    /// Hints that rule nothing out.
+    pub const NONE: RequestHints = RequestHints {
+        span_keys: true,
+        tail_span_keys: true,
+    };
 }
 
 /// Which section a rule belongs to.
@@ -225,6 +246,7 @@ impl Policy {
             routing: topics.build(Vec::new(), default),
             tail: None,
             index: RuleIndex::default(),
+            keeps_everything: true,
         }
     }
 
@@ -296,7 +318,12 @@ impl Policy {
             rate_limit,
         };
         let routing = topics.build(routing_rules, default);
+        let keeps_everything = sampling.rules.is_empty()
+            && sampling.rate_limit.is_none()
+            && sampling.default.is_always()
+            && routing.rules.is_empty();
         Ok(Policy {
+            keeps_everything,
             version: doc.version.0,
             rules: rules.into(),
             index: RuleIndex::new(
@@ -325,6 +352,7 @@ impl Policy {
         let resource = ResourceCandidates {
             rules: self.index.resource_candidates_of(span),
             tail: None,
+            hints: RequestHints::NONE,
         };
         self.evaluate_in(&resource, span, now_nanos)
     }
@@ -337,6 +365,32 @@ impl Policy {
         I: IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
         I::IntoIter: Clone,
     {
+        self.resource_candidates_in(RequestHints::NONE, attributes)
+    }
+
+    /// What the protobuf bytes of a request (an `ExportTraceServiceRequest`) rule out for all
+    /// of its spans, for [`Policy::resource_candidates_in`]. Costs a search of the bytes for
+    /// each of a few attribute keys; with many keys it rules nothing out and costs nothing.
+    pub fn request_hints(&self, body: &[u8]) -> RequestHints {
+        RequestHints {
+            span_keys: self.index.span_keys_may_occur(body),
+            tail_span_keys: self
+                .tail
+                .as_ref()
+                .is_some_and(|t| t.index().span_keys_may_occur(body)),
+        }
+    }
+
+    /// [`Policy::resource_candidates`] for a resource of a request with `hints`.
+    pub fn resource_candidates_in<'a, I>(
+        &self,
+        hints: RequestHints,
+        attributes: I,
+    ) -> ResourceCandidates
+    where
+        I: IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+        I::IntoIter: Clone,
+    {
         let attributes = attributes.into_iter();
         ResourceCandidates {
             rules: self.index.resource_candidates(attributes.clone()),
@@ -344,6 +398,7 @@ impl Policy {
                 .tail
                 .as_ref()
                 .map(|t| t.index().resource_candidates(attributes)),
+            hints,
         }
     }
 
@@ -364,7 +419,13 @@ impl Policy {
             routing_rule: None,
         };
 
-        let candidates = self.index.candidates(&resource.rules, span);
+        if self.keeps_everything {
+            // No rule, probability 1, no rate limit: every span kept, to the default topics.
+            return d;
+        }
+        let candidates = self
+            .index
+            .candidates(&resource.rules, span, resource.hints.span_keys);
         // Usually no rule is a candidate at all: one test instead of a scan per section.
         let any = candidates.iter().any(|&w| w != 0);
         let (rule, chance) = if any {

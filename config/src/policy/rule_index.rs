@@ -20,6 +20,10 @@ use std::collections::HashMap;
 /// Rule sets up to this many words (64 rules each) live on the stack.
 const INLINE_WORDS: usize = 8;
 
+/// Span-attribute keys up to this many are searched for in a request's bytes
+/// ([`RuleIndex::span_keys_may_occur`]); with more, every span's attributes are read.
+const MAX_SEARCHED_KEYS: usize = 8;
+
 type Map<V> = HashMap<Box<[u8]>, V, foldhash::fast::RandomState>;
 
 /// A set of rule numbers, one bit each.
@@ -74,6 +78,8 @@ pub(crate) struct RuleIndex {
     always: RuleBits,
     resource: AttributeIndex,
     span: AttributeIndex,
+    /// Searchers for `span`'s keys, when there are at most `MAX_SEARCHED_KEYS` of them.
+    span_key_finders: Option<Box<[memchr::memmem::Finder<'static>]>>,
     names: Map<Box<[u16]>>,
     /// `names`' keys, checked before hashing a span's name.
     names_filter: KeyFilter,
@@ -208,7 +214,13 @@ impl RuleIndex {
         prefix_lengths.sort_unstable();
         prefix_lengths.dedup();
         let [resource, span] = attrs;
+        let span_key_finders = (span.len() <= MAX_SEARCHED_KEYS).then(|| {
+            span.keys()
+                .map(|k| memchr::memmem::Finder::new(k.as_bytes()).into_owned())
+                .collect()
+        });
         Self {
+            span_key_finders,
             words,
             always: always_bits,
             resource: attribute_index(resource),
@@ -249,18 +261,33 @@ impl RuleIndex {
         bits
     }
 
-    /// The rules that can match `span`, given its resource's candidates.
+    /// False when no span of a request with these (protobuf) bytes can have an attribute
+    /// that a rule's guard names: none of the keys occurs in the bytes at all. A search of
+    /// the request for a few keys costs less than reading every span's attributes.
+    pub(crate) fn span_keys_may_occur(&self, body: &[u8]) -> bool {
+        if self.span.is_empty() {
+            return false;
+        }
+        match &self.span_key_finders {
+            Some(finders) => finders.iter().any(|f| f.find(body).is_some()),
+            None => true,
+        }
+    }
+
+    /// The rules that can match `span`, given its resource's candidates; its attributes are
+    /// read only when `span_keys` (see [`RuleIndex::span_keys_may_occur`]).
     pub(crate) fn candidates<S: SpanView + ?Sized>(
         &self,
         resource: &RuleBits,
         span: &S,
+        span_keys: bool,
     ) -> RuleBits {
         if resource.len() != self.words {
             // Candidates made by another policy's index: try every rule rather than guess.
             return RuleBits::from_elem(u64::MAX, self.words);
         }
         let mut bits = RuleBits::from_slice(resource);
-        if !self.span.is_empty() {
+        if span_keys && !self.span.is_empty() {
             span.for_each_span_attribute(&self.span.filter, &mut |key, value| {
                 self.span.add(&mut bits, key, value)
             });
@@ -357,7 +384,7 @@ mod tests {
     }
 
     fn candidates(idx: &RuleIndex, s: &TestSpan) -> Vec<usize> {
-        let bits = idx.candidates(&idx.resource_candidates_of(s), s);
+        let bits = idx.candidates(&idx.resource_candidates_of(s), s, true);
         let mut seen = Vec::new();
         first_match(&bits, 0..usize::MAX, |i| {
             seen.push(i);
@@ -452,5 +479,36 @@ mod tests {
         assert_eq!(all(64..65), [64]);
         assert_eq!(all(131..200), Vec::<usize>::new());
         assert_eq!(first_match(&bits, 0..200, |i| i > 60), Some(63));
+    }
+
+    #[test]
+    fn a_request_without_the_keys_rules_out_attribute_guards() {
+        let (_, idx) = index(&[
+            "{ span_attribute: http.route, eq: /pay }",
+            "{ span_attribute: db.system, exists: true }",
+            "{ resource: service.name, eq: a }",
+        ]);
+        assert!(idx.span_keys_may_occur(b"....http.route...."));
+        assert!(idx.span_keys_may_occur(b"db.system"));
+        assert!(!idx.span_keys_may_occur(b"http.rout db.syste"));
+        assert!(!idx.span_keys_may_occur(b""));
+        // Resource keys are not searched for: resources are read once each anyway.
+        assert!(!idx.span_keys_may_occur(b"service.name"));
+        // Without span-attribute guards there is nothing to find.
+        let (_, none) = index(&["{ span_kind: server }"]);
+        assert!(!none.span_keys_may_occur(b"anything"));
+        // With more keys than are searched for, nothing is ruled out.
+        let many: Vec<String> = (0..=MAX_SEARCHED_KEYS)
+            .map(|i| format!("{{ span_attribute: k{i}, exists: true }}"))
+            .collect();
+        let (_, many) = index(&many.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(many.span_keys_may_occur(b"no key here"));
+        // Ruled out, the attributes are not read: the guarded rules are no candidates even
+        // for a span that has the keys.
+        let s = TestSpan::default().attr("http.route", Val::Str("/pay".into()));
+        let bits = idx.candidates(&idx.resource_candidates_of(&s), &s, false);
+        assert!(bits.iter().all(|&w| w == 0));
+        let bits = idx.candidates(&idx.resource_candidates_of(&s), &s, true);
+        assert_eq!(bits[0], 1);
     }
 }

@@ -35,6 +35,11 @@ pub(crate) struct Chance {
 }
 
 impl Chance {
+    /// True for probability 1: the span is kept and its tracestate left as it is.
+    pub(crate) fn is_always(&self) -> bool {
+        self.threshold == Some(Threshold::ALWAYS)
+    }
+
     pub(crate) fn new(p: f64, precision: u8) -> Self {
         Self {
             p,

@@ -227,7 +227,7 @@ impl TailPolicy {
     /// Allocation-free.
     pub fn first_marking_rule<S: SpanView + ?Sized>(&self, span: &S) -> Option<usize> {
         let resource = self.index.resource_candidates_of(span);
-        self.first_marking_rule_from(&resource, span)
+        self.first_marking_rule_from(&resource, span, true)
     }
 
     /// [`TailPolicy::first_marking_rule`] for a span of a resource whose candidates
@@ -239,7 +239,7 @@ impl TailPolicy {
         span: &S,
     ) -> Option<usize> {
         match &resource.tail {
-            Some(bits) => self.first_marking_rule_from(bits, span),
+            Some(bits) => self.first_marking_rule_from(bits, span, resource.hints.tail_span_keys),
             None => self.first_marking_rule(span),
         }
     }
@@ -248,8 +248,9 @@ impl TailPolicy {
         &self,
         resource: &RuleBits,
         span: &S,
+        span_keys: bool,
     ) -> Option<usize> {
-        let candidates = self.index.candidates(resource, span);
+        let candidates = self.index.candidates(resource, span, span_keys);
         first_match(&candidates, 0..self.rules.len(), |i| {
             self.rules[i].condition.matches(span)
         })

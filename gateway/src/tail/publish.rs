@@ -21,6 +21,9 @@ const IDLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Room kept in a record for the decision header and Kafka's framing.
 const HEADER_ROOM: usize = 1024;
 
+/// Record value buffers kept between ticks, at most.
+const SPARE_VALUES: usize = 8;
+
 /// Publishes the gateway's decision windows.
 pub struct Publisher {
     exporter: Arc<KafkaExporter>,
@@ -29,6 +32,10 @@ pub struct Publisher {
     gateway_id: String,
     max_segment: usize,
     sequence: u64,
+    /// Buffers of the last tick (the open window's copy, the records' values), reused so that
+    /// a megabyte-sized filter does not cost fresh pages every interval.
+    spare_snapshot: Vec<u8>,
+    spare_values: Vec<Vec<u8>>,
 }
 
 /// A window to publish, taken (sealed) or copied (open) under the lock, encoded outside it.
@@ -63,6 +70,8 @@ impl Publisher {
             gateway_id,
             max_segment: max_message_size.saturating_sub(HEADER_ROOM).max(1024),
             sequence: 0,
+            spare_snapshot: Vec::new(),
+            spare_values: Vec::new(),
         }
     }
 
@@ -111,6 +120,7 @@ impl Publisher {
             Some(_) => {}
             None => windows.seal_open(),
         }
+        let mut spare = std::mem::take(&mut self.spare_snapshot);
         let pending: Vec<Pending> = windows.with(|open, sealed| {
             let mut out: Vec<Pending> = sealed
                 .drain(..)
@@ -134,7 +144,11 @@ impl Publisher {
                     generation: w.generation,
                     items: w.items,
                     sealed: false,
-                    snapshot: w.filter.bits().to_vec(),
+                    snapshot: {
+                        spare.clear();
+                        spare.extend_from_slice(w.filter.bits());
+                        std::mem::take(&mut spare)
+                    },
                     params: *w.filter.params(),
                     hashes: w.filter.hashes(),
                     baseline: w.baseline,
@@ -143,15 +157,16 @@ impl Publisher {
             }
             out
         });
-        if pending.is_empty() {
-            return;
+        // Still here when the open window needed no copy.
+        if spare.capacity() > 0 {
+            self.spare_snapshot = spare;
         }
         for p in pending {
             self.publish(p).await;
         }
     }
 
-    async fn publish(&mut self, p: Pending) {
+    async fn publish(&mut self, mut p: Pending) {
         let bits = match &p.window {
             Some(w) => w.filter.bits(),
             None => &p.snapshot[..],
@@ -181,7 +196,9 @@ impl Publisher {
                 segment_offset: (i * self.max_segment) as u64,
                 gateway_id: self.gateway_id.clone(),
             };
-            let mut value = Vec::with_capacity(segment.len() + 300);
+            let mut value = self.spare_values.pop().unwrap_or_default();
+            value.clear();
+            value.reserve(segment.len() + 300);
             decision::encode(&header, segment, &mut value);
             records.push(Record {
                 topic: self.topic.clone(),
@@ -192,10 +209,18 @@ impl Publisher {
             });
         }
         let kind = if p.sealed { "sealed" } else { "snapshot" };
-        match self.exporter.send(&records).await {
+        let sent = self.exporter.send(&records).await;
+        let published = records.len();
+        self.spare_values
+            .extend(records.into_iter().map(|r| r.value).take(SPARE_VALUES));
+        self.spare_values.truncate(SPARE_VALUES);
+        if !p.snapshot.is_empty() {
+            self.spare_snapshot = std::mem::take(&mut p.snapshot);
+        }
+        match sent {
             Ok(()) => {
                 metrics::counter!("weir_tail_decision_records_published_total", "kind" => kind)
-                    .increment(records.len() as u64);
+                    .increment(published as u64);
                 if !p.sealed {
                     DecisionWindows::global().with(|open, _| {
                         if let Some(w) = open
@@ -208,14 +233,14 @@ impl Publisher {
                 tracing::debug!(
                     window = p.start,
                     kind,
-                    records = records.len(),
+                    records = published,
                     fill,
                     "decision window published"
                 );
             }
             Err(e) => {
                 metrics::counter!("weir_tail_decision_records_failed_total", "kind" => kind)
-                    .increment(records.len() as u64);
+                    .increment(published as u64);
                 tracing::warn!(error = %e, window = p.start, kind, "publishing a decision window failed; retrying at the next interval");
                 if let Some(w) = p.window {
                     // Back in line: published at the next tick.
@@ -231,6 +256,16 @@ pub fn fill_ratio(bits: &[u8]) -> f64 {
     if bits.is_empty() {
         return 0.0;
     }
-    let ones: u64 = bits.iter().map(|b| u64::from(b.count_ones())).sum();
+    // Eight bytes at a time: one population count per word.
+    let words = bits.chunks_exact(8);
+    let tail: u64 = words
+        .remainder()
+        .iter()
+        .map(|b| u64::from(b.count_ones()))
+        .sum();
+    let ones: u64 = words
+        .map(|w| u64::from(u64::from_ne_bytes(w.try_into().expect("8 bytes")).count_ones()))
+        .sum::<u64>()
+        + tail;
     ones as f64 / (bits.len() as f64 * 8.0)
 }
