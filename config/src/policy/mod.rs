@@ -404,13 +404,14 @@ impl Policy {
 
     /// [`Policy::evaluate`] for a span of a resource whose candidates were computed by
     /// [`Policy::resource_candidates`] on this policy.
+    #[inline]
     pub fn evaluate_in<S: SpanView + ?Sized>(
         &self,
         resource: &ResourceCandidates,
         span: &S,
         now_nanos: u64,
     ) -> Decision {
-        let mut d = Decision {
+        let d = Decision {
             keep: true,
             outcome: Outcome::Kept,
             threshold: None,
@@ -423,13 +424,26 @@ impl Policy {
             // No rule, probability 1, no rate limit: every span kept, to the default topics.
             return d;
         }
-        let candidates = self
-            .index
-            .candidates(&resource.rules, span, resource.hints.span_keys);
+        self.index.with_candidates(
+            &resource.rules,
+            span,
+            resource.hints.span_keys,
+            |candidates| self.decide(candidates, span, now_nanos, d),
+        )
+    }
+
+    /// The rest of [`Policy::evaluate_in`], given the span's candidate rules.
+    fn decide<S: SpanView + ?Sized>(
+        &self,
+        candidates: &[u64],
+        span: &S,
+        now_nanos: u64,
+        mut d: Decision,
+    ) -> Decision {
         // Usually no rule is a candidate at all: one test instead of a scan per section.
         let any = candidates.iter().any(|&w| w != 0);
         let (rule, chance) = if any {
-            self.sampling.select(span, &candidates)
+            self.sampling.select(span, candidates)
         } else {
             (None, self.sampling.default)
         };
@@ -441,7 +455,7 @@ impl Policy {
 
         // Routing before the rate limit, so that spans routed to drop take no tokens.
         let first_routing = self.sampling.rules.len();
-        if any && let Some(i) = self.routing.select(span, &candidates, first_routing) {
+        if any && let Some(i) = self.routing.select(span, candidates, first_routing) {
             d.routing_rule = Some((first_routing + i) as u16);
             match self.routing.rules[i].action {
                 RuleAction::Drop => return d.dropped(Outcome::RoutedToDrop),

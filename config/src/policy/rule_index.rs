@@ -276,20 +276,48 @@ impl RuleIndex {
 
     /// The rules that can match `span`, given its resource's candidates; its attributes are
     /// read only when `span_keys` (see [`RuleIndex::span_keys_may_occur`]).
+    #[cfg(test)]
     pub(crate) fn candidates<S: SpanView + ?Sized>(
         &self,
         resource: &RuleBits,
         span: &S,
         span_keys: bool,
     ) -> RuleBits {
+        self.with_candidates(resource, span, span_keys, RuleBits::from_slice)
+    }
+
+    /// Calls `f` with the rules that can match `span` (see [`RuleIndex::candidates`]), kept
+    /// on the stack for up to `INLINE_WORDS` words.
+    #[inline]
+    pub(crate) fn with_candidates<S: SpanView + ?Sized, R>(
+        &self,
+        resource: &RuleBits,
+        span: &S,
+        span_keys: bool,
+        f: impl FnOnce(&[u64]) -> R,
+    ) -> R {
         if resource.len() != self.words {
             // Candidates made by another policy's index: try every rule rather than guess.
-            return RuleBits::from_elem(u64::MAX, self.words);
+            return f(&RuleBits::from_elem(u64::MAX, self.words));
         }
-        let mut bits = RuleBits::from_slice(resource);
+        if self.words <= INLINE_WORDS {
+            let mut buf = [0u64; INLINE_WORDS];
+            let bits = &mut buf[..self.words];
+            bits.copy_from_slice(resource);
+            self.add_span_facts(bits, span, span_keys);
+            f(bits)
+        } else {
+            let mut bits = resource.to_vec();
+            self.add_span_facts(&mut bits, span, span_keys);
+            f(&bits)
+        }
+    }
+
+    /// Adds to `bits` the rules that `span`'s own facts make candidates.
+    fn add_span_facts<S: SpanView + ?Sized>(&self, bits: &mut [u64], span: &S, span_keys: bool) {
         if span_keys && !self.span.is_empty() {
             span.for_each_span_attribute(&self.span.filter, &mut |key, value| {
-                self.span.add(&mut bits, key, value)
+                self.span.add(bits, key, value)
             });
         }
         if !self.names.is_empty() || !self.prefix_lengths.is_empty() {
@@ -297,7 +325,7 @@ impl RuleIndex {
             if self.names_filter.may_contain(name)
                 && let Some(rules) = self.names.get(name)
             {
-                set(&mut bits, rules);
+                set(bits, rules);
             }
             // An empty prefix has no first byte: it is a guard no name escapes, kept apart.
             let first_may_match = name.first().is_none_or(|&b| {
@@ -310,7 +338,7 @@ impl RuleIndex {
                     }
                     // A prefix of the bytes that cuts a character matches no (UTF-8) key.
                     if let Some(rules) = self.name_prefixes.get(&name[..len]) {
-                        set(&mut bits, rules);
+                        set(bits, rules);
                     }
                 }
             }
@@ -318,12 +346,11 @@ impl RuleIndex {
         // Kind and status are read only when some rule needs them: reading them may cost
         // a pass over the span.
         if !self.kinds.is_empty() {
-            set_code(&mut bits, &self.kinds, span.kind());
+            set_code(bits, &self.kinds, span.kind());
         }
         if !self.statuses.is_empty() {
-            set_code(&mut bits, &self.statuses, span.status_code());
+            set_code(bits, &self.statuses, span.status_code());
         }
-        bits
     }
 }
 

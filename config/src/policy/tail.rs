@@ -233,6 +233,7 @@ impl TailPolicy {
     /// [`TailPolicy::first_marking_rule`] for a span of a resource whose candidates
     /// [`Policy::resource_candidates`](super::Policy::resource_candidates) computed, on the
     /// policy this section belongs to.
+    #[inline]
     pub fn first_marking_rule_in<S: SpanView + ?Sized>(
         &self,
         resource: &super::ResourceCandidates,
@@ -250,10 +251,12 @@ impl TailPolicy {
         span: &S,
         span_keys: bool,
     ) -> Option<usize> {
-        let candidates = self.index.candidates(resource, span, span_keys);
-        first_match(&candidates, 0..self.rules.len(), |i| {
-            self.rules[i].condition.matches(span)
-        })
+        self.index
+            .with_candidates(resource, span, span_keys, |candidates| {
+                first_match(candidates, 0..self.rules.len(), |i| {
+                    self.rules[i].condition.matches(span)
+                })
+            })
     }
 
     /// The rule index, for the resource part of evaluation.
