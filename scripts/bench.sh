@@ -7,8 +7,11 @@
 # appends it to docs/BENCHMARKS.md.
 #
 # Runs: a closed loop (BENCH_CONCURRENCY senders) against each gateway, then an open loop at
-# half of Rotel's closed-loop spans/s against each. Every run gets a fresh gateway process and
-# a fresh topic, after a short warm-up whose spans are counted too.
+# half of Rotel's closed-loop spans/s against each, BENCH_ROUNDS times each, every other round
+# in reverse order (so that drift on a shared machine does not favour one gateway); the report
+# gives each gateway's medians and the median of the per-round ratios. Every run gets a fresh
+# gateway process, a fresh broker (Tansu's memory engine slows as it fills) and a fresh topic,
+# after a short warm-up whose spans are counted too.
 #
 # Settings (environment):
 #   BENCH_TARGETS       gateways to run, "weir rotel" (default), any of them, or weir-rules:
@@ -21,6 +24,8 @@
 #   BENCH_TAIL_ATTRIBUTE_RULE 1 (default) includes weir-tail's attribute-predicate rule; 0 leaves
 #                       it out (it makes every span's attributes parsed)
 #   BENCH_DURATION      seconds per measured run (20)
+#   BENCH_ROUNDS        runs of every gateway and load (1); ratios are medians of per-round ratios
+#   BENCH_FRESH_BROKER  1 (default) starts a fresh Tansu for every run; 0 shares one for all
 #   BENCH_WARMUP        warm-up seconds before each run (3)
 #   BENCH_CONCURRENCY   closed-loop senders (64: enough to reach each gateway's ceiling)
 #   BENCH_OPEN_RATE     open-loop spans/s (default: half of Rotel's closed-loop spans/s)
@@ -42,6 +47,8 @@ cd "$WEIR_ROOT"
 ROTEL_VERSION="0.0.1a15"
 read -r -a TARGETS <<<"${BENCH_TARGETS:-weir rotel}"
 DURATION="${BENCH_DURATION:-20}"
+ROUNDS="${BENCH_ROUNDS:-1}"
+FRESH_BROKER="${BENCH_FRESH_BROKER:-1}"
 WARMUP="${BENCH_WARMUP:-3}"
 CONCURRENCY="${BENCH_CONCURRENCY:-64}"
 SPANS_PER_REQUEST="${BENCH_SPANS_PER_REQUEST:-100}"
@@ -61,7 +68,7 @@ COUNT_MAX=900
 for t in "${TARGETS[@]}"; do
   case "$t" in weir | weir-rules | weir-tail | weir-policy | rotel) ;; *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-rules, weir-tail, weir-policy, rotel)" ;; esac
 done
-for v in DURATION WARMUP CONCURRENCY SPANS_PER_REQUEST SPANS_PER_TRACE ATTRIBUTES MAX_REQUESTS PARTITIONS MAX_MESSAGE; do
+for v in DURATION ROUNDS WARMUP CONCURRENCY SPANS_PER_REQUEST SPANS_PER_TRACE ATTRIBUTES MAX_REQUESTS PARTITIONS MAX_MESSAGE; do
   [[ "${!v}" =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || die "BENCH_$v must be a positive integer, got '${!v}'"
 done
 has_target() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
@@ -138,9 +145,18 @@ if port_in_use "$BROKER_PORT"; then
   log "port ${BENCH_BROKER_PORT:-19192} is taken; the broker uses $BROKER_PORT"
 fi
 log "run directory: $RUN_DIR"
-log "starting tansu on 127.0.0.1:$BROKER_PORT"
 STARTED_PIDFILES+=("$RUN_DIR/tansu.pid")
-start_tansu "$BROKER_PORT" "$RUN_DIR/tansu.pid" "$RUN_DIR/tansu.log"
+# A broker for the runs ahead: one for all, or (BENCH_FRESH_BROKER=1) a new one per run.
+broker_up() {
+  if [ ! -s "$RUN_DIR/tansu.pid" ]; then
+    start_tansu "$BROKER_PORT" "$RUN_DIR/tansu.pid" "$RUN_DIR/tansu.log"
+  fi
+}
+broker_done() {
+  if [ "$FRESH_BROKER" = 1 ]; then stop_pidfile "$RUN_DIR/tansu.pid"; fi
+}
+log "tansu on 127.0.0.1:$BROKER_PORT ($([ "$FRESH_BROKER" = 1 ] && echo "a fresh one per run" || echo "one for all runs"))"
+broker_up
 
 LOAD_SHAPE=(--transport grpc --spans-per-request "$SPANS_PER_REQUEST" --spans-per-trace "$SPANS_PER_TRACE"
   --attributes "$ATTRIBUTES" --services 5 --json)
@@ -264,12 +280,13 @@ EOF
   die "$gateway did not become ready in 30 s (log above, full log: $GW_LOG)"
 }
 
-# run_one GATEWAY LOAD LOADGEN-ARGS...: one measured run into its own topic.
+# run_one GATEWAY LOAD ROUND LOADGEN-ARGS...: one measured run into its own topic.
 run_one() {
-  local gateway="$1" load="$2"
-  shift 2
-  local out="$RESULTS/$gateway-$load" topic="bench_${gateway//-/_}_${load}" pid before after rss
+  local gateway="$1" load="$2" round="$3"
+  shift 3
+  local out="$RESULTS/$gateway-$load/round-$round" topic="bench_${gateway//-/_}_${load}_$round" pid before after rss
   mkdir -p "$out"
+  broker_up
   create_topics "$BROKER_PORT" "$PARTITIONS" "$topic"
   start_gateway "$gateway" "$topic" "$load"
   pid="$(cat "$GW_PIDFILE")"
@@ -299,12 +316,25 @@ run_one() {
   "$PY" "$WEIR_ROOT/scripts/bench/count_spans.py" --broker "127.0.0.1:$BROKER_PORT" --topic "$topic" \
     --idle "$COUNT_IDLE" --max-seconds "$COUNT_MAX" >"$out/kafka.json" \
     || die "$gateway $load: counting the spans in Kafka failed"
-  log "$gateway $load: $(json_get "$out/loadgen.json" spans_per_second) spans/s acknowledged;" \
+  log "$gateway $load (round $round): $(json_get "$out/loadgen.json" spans_per_second) spans/s acknowledged;" \
     "$(json_get "$out/kafka.json" spans) spans in Kafka"
+  broker_done
 }
 
-for gateway in "${TARGETS[@]}"; do
-  run_one "$gateway" closed --concurrency "$CONCURRENCY"
+# The targets in round $1's order: as listed in odd rounds, reversed in even ones.
+round_order() {
+  local i
+  if (($1 % 2 == 1)); then
+    printf '%s\n' "${TARGETS[@]}"
+  else
+    for ((i = ${#TARGETS[@]} - 1; i >= 0; i--)); do printf '%s\n' "${TARGETS[$i]}"; done
+  fi
+}
+
+for ((round = 1; round <= ROUNDS; round++)); do
+  for gateway in $(round_order "$round"); do
+    run_one "$gateway" closed "$round" --concurrency "$CONCURRENCY"
+  done
 done
 
 if [ -n "${BENCH_OPEN_RATE:-}" ]; then
@@ -314,11 +344,13 @@ else
   base="${TARGETS[0]}"
   has_target weir && base="weir"
   has_target rotel && base="rotel"
-  OPEN_RATE="$("$PY" -c "print(int($(json_get "$RESULTS/$base-closed/loadgen.json" spans_per_second) / 2))")"
+  OPEN_RATE="$("$PY" -c "print(int($(json_get "$RESULTS/$base-closed/round-1/loadgen.json" spans_per_second) / 2))")"
   log "open loop at $OPEN_RATE spans/s (half of $base's closed-loop spans/s)"
 fi
-for gateway in "${TARGETS[@]}"; do
-  run_one "$gateway" open --rate "$OPEN_RATE"
+for ((round = 1; round <= ROUNDS; round++)); do
+  for gateway in $(round_order "$round"); do
+    run_one "$gateway" open "$round" --rate "$OPEN_RATE"
+  done
 done
 
 command=""
@@ -330,7 +362,9 @@ has_target rotel && versions+=", $("$ROTEL" --version) (PyPI rotel $ROTEL_VERSIO
 versions+=", $("$TANSU_BIN" --version) (memory engine, $PARTITIONS partitions)"
 settings="OTLP/gRPC, $SPANS_PER_REQUEST spans/request, $SPANS_PER_TRACE spans/trace, $ATTRIBUTES attributes/span"
 settings+=" (~${BYTES_PER_SPAN%.*} bytes/span), ${DURATION}s per run after ${WARMUP}s warm-up;"
-settings+=" closed loop $CONCURRENCY senders, open loop $OPEN_RATE spans/s"
+settings+=" closed loop $CONCURRENCY senders, open loop $OPEN_RATE spans/s;"
+settings+=" $ROUNDS round(s), every other one in reverse order;"
+settings+=" $([ "$FRESH_BROKER" = 1 ] && echo "a fresh broker per run" || echo "one broker for all runs")"
 
 report_args=(--command "$command" --versions "$versions" --settings "$settings"
   --loadavg "$LOADAVG_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after")

@@ -2,7 +2,8 @@
 """Turns the per-run results of scripts/bench.sh into one Markdown table (stdout), and with
 --append FILE adds it, with the date, machine, versions and command, to FILE.
 
-Each run is a directory RESULTS/<gateway>-<load>/ holding:
+Each run is a directory RESULTS/<gateway>-<load>/round-<N>/ (or, from older runs,
+RESULTS/<gateway>-<load>/ itself) holding:
   loadgen.json  weir-loadgen --json report of the measured run
   warmup.json   weir-loadgen --json report of the warm-up (its spans are in Kafka too)
   kafka.json    scripts/bench/count_spans.py output for the run's topic
@@ -14,6 +15,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import sys
 
 GATEWAYS = ["weir", "weir-rules", "weir-policy", "weir-tail", "rotel"]
@@ -50,6 +52,43 @@ def read_run(directory):
     return run
 
 
+def read_rounds(directory):
+    """The runs of one gateway and load, in round order."""
+    rounds = sorted((d for d in os.listdir(directory) if d.startswith("round-")),
+                    key=lambda d: int(d.split("-", 1)[1]))
+    if not rounds:
+        return [read_run(directory)]
+    return [read_run(os.path.join(directory, d)) for d in rounds]
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def combine(rounds):
+    """One row's figures from its rounds: medians of the rates, CPU and latencies, the largest
+    peak RSS, and span counts summed (a loss in any round shows)."""
+    ms = [r["metrics"] for r in rounds]
+    failures = {}
+    for m in ms:
+        for k, v in m["failures"].items():
+            failures[k] = failures.get(k, 0) + v
+    return {
+        "spans_per_second": median(m["spans_per_second"] for m in ms),
+        "cpu_per_million": median(m["cpu_per_million"] for m in ms),
+        "rss_mib": max(m["rss_mib"] for m in ms),
+        "p50": median(m["p50"] for m in ms),
+        "p99": median(m["p99"] for m in ms),
+        "acked": sum(m["acked"] for m in ms),
+        "counted": sum(m["counted"] for m in ms),
+        "difference": sum(m["difference"] for m in ms),
+        "failed": sum(m["failed"] for m in ms),
+        "failures": failures,
+        "rounds": len(ms),
+    }
+
+
 def fmt(value, digits=0):
     if value is None:
         return "n/a"
@@ -62,9 +101,25 @@ def ratio(a, b):
     return f"{a / b:.2f}"
 
 
-def ratio_row(label, load, a, b):
-    """A table row of a's figures divided by b's."""
-    cells = [ratio(a[k], b[k]) for k in ("spans_per_second", "cpu_per_million", "rss_mib", "p50", "p99")]
+KEYS = ("spans_per_second", "cpu_per_million", "rss_mib", "p50", "p99")
+
+
+def paired_ratios(a_rounds, b_rounds, key):
+    """a/b of `key` per round (runs of one round are side by side in time)."""
+    out = []
+    for a, b in zip(a_rounds, b_rounds):
+        x, y = a["metrics"][key], b["metrics"][key]
+        if x is not None and y:
+            out.append(x / y)
+    return out
+
+
+def ratio_row(label, load, a_rounds, b_rounds):
+    """A table row of a's figures divided by b's: the median of the per-round ratios."""
+    cells = []
+    for k in KEYS:
+        r = median(paired_ratios(a_rounds, b_rounds, k))
+        cells.append("n/a" if r is None else f"{r:.2f}")
     return f"| {label} | {load} | " + " | ".join(cells) + " | | | | |"
 
 
@@ -83,50 +138,61 @@ def table(runs):
     for load in LOADS:
         present = [g for g in GATEWAYS if (g, load) in runs]
         for gateway in present:
-            run = runs[(gateway, load)]
-            m = run["metrics"]
+            rounds = runs[(gateway, load)]
+            run = rounds[0]
+            m = combine(rounds)
             failed = str(m["failed"])
             if m["failures"]:
                 failed += " (" + ", ".join(f"{k} {v}" for k, v in sorted(m["failures"].items())) + ")"
             diff = f"{m['difference']:+,}" if m["difference"] else "0"
             if m["difference"]:
                 diff = f"**{diff}**"
+            label = load_label(load, run["loadgen"])
+            if m["rounds"] > 1:
+                label += f", median of {m['rounds']}"
             lines.append(
-                f"| {TITLE[gateway]} | {load_label(load, run['loadgen'])} | {fmt(m['spans_per_second'])} "
+                f"| {TITLE[gateway]} | {label} | {fmt(m['spans_per_second'])} "
                 f"| {fmt(m['cpu_per_million'], 2)} | {fmt(m['rss_mib'], 1)} | {fmt(m['p50'], 2)} "
                 f"| {fmt(m['p99'], 2)} | {m['acked']:,} | {m['counted']:,} | {diff} | {failed} |"
             )
-        for label, a, b in (
-            ("rules/no rules", "weir-rules", "weir"),
-            ("tail/no tail", "weir-tail", "weir-policy"),
-            ("Weir/Rotel", "weir", "rotel"),
-        ):
+        for label, a, b in RATIOS:
             if (a, load) in runs and (b, load) in runs:
-                lines.append(ratio_row(label, load, runs[(a, load)]["metrics"], runs[(b, load)]["metrics"]))
+                lines.append(ratio_row(label, load, runs[(a, load)], runs[(b, load)]))
     return "\n".join(lines)
+
+
+RATIOS = (("rules/no rules", "weir-rules", "weir"), ("tail/no tail", "weir-tail", "weir-policy"),
+          ("tail/no policy", "weir-tail", "weir"), ("Weir/Rotel", "weir", "rotel"))
 
 
 def findings(runs):
     notes = []
-    for (gateway, load), run in sorted(runs.items()):
-        m, proc, kafka = run["metrics"], run["proc"], run["kafka"]
-        name = f"{TITLE[gateway]} {load}"
-        if m["difference"] < 0:
-            notes.append(f"{name}: {-m['difference']:,} acknowledged spans are missing from Kafka.")
-        elif m["difference"] > 0:
-            notes.append(f"{name}: Kafka holds {m['difference']:,} more spans than were acknowledged "
-                         f"({kafka['duplicate_spans']:,} duplicates).")
-        if proc.get("size_errors"):
-            notes.append(f"{name}: {proc['size_errors']} MessageSizeTooLarge errors in the gateway's log "
-                         f"(whole batches dropped after the client got OK).")
-        if proc.get("error_lines"):
-            notes.append(f"{name}: {proc['error_lines']} ERROR lines in the gateway's log.")
-        if kafka.get("undecodable_records"):
-            notes.append(f"{name}: {kafka['undecodable_records']} Kafka records did not decode as TracesData.")
-        if kafka.get("stopped_by") != "idle":
-            notes.append(f"{name}: the Kafka count stopped at its time limit; it may be low.")
-    cpu = [f"{TITLE[g]} {load} {run['loadgen']['loadgen_cpu_seconds']:.1f} s"
-           for (g, load), run in sorted(runs.items()) if run["loadgen"].get("loadgen_cpu_seconds") is not None]
+    for (a, b, load) in [(a, b, load) for _, a, b in RATIOS for load in LOADS]:
+        if (a, load) in runs and (b, load) in runs and len(runs[(a, load)]) > 1:
+            per_round = paired_ratios(runs[(a, load)], runs[(b, load)], "cpu_per_million")
+            notes.append(f"CPU per span, {TITLE[a]} / {TITLE[b]}, {load} loop, per round: "
+                         + ", ".join(f"{r:.2f}" for r in per_round) + ".")
+    for (gateway, load), rounds in sorted(runs.items()):
+        for i, run in enumerate(rounds, 1):
+            m, proc, kafka = run["metrics"], run["proc"], run["kafka"]
+            name = f"{TITLE[gateway]} {load}" + (f" round {i}" if len(rounds) > 1 else "")
+            if m["difference"] < 0:
+                notes.append(f"{name}: {-m['difference']:,} acknowledged spans are missing from Kafka.")
+            elif m["difference"] > 0:
+                notes.append(f"{name}: Kafka holds {m['difference']:,} more spans than were acknowledged "
+                             f"({kafka['duplicate_spans']:,} duplicates).")
+            if proc.get("size_errors"):
+                notes.append(f"{name}: {proc['size_errors']} MessageSizeTooLarge errors in the gateway's log "
+                             f"(whole batches dropped after the client got OK).")
+            if proc.get("error_lines"):
+                notes.append(f"{name}: {proc['error_lines']} ERROR lines in the gateway's log.")
+            if kafka.get("undecodable_records"):
+                notes.append(f"{name}: {kafka['undecodable_records']} Kafka records did not decode as TracesData.")
+            if kafka.get("stopped_by") != "idle":
+                notes.append(f"{name}: the Kafka count stopped at its time limit; it may be low.")
+    cpu = [f"{TITLE[g]} {load} " + "/".join(f"{r['loadgen']['loadgen_cpu_seconds']:.1f}" for r in rounds) + " s"
+           for (g, load), rounds in sorted(runs.items())
+           if all(r["loadgen"].get("loadgen_cpu_seconds") is not None for r in rounds)]
     if cpu:
         notes.append("weir-loadgen's own CPU over the measured runs: " + ", ".join(cpu) + ".")
     return notes
@@ -147,7 +213,7 @@ def main():
         for load in LOADS:
             directory = os.path.join(args.results, f"{gateway}-{load}")
             if os.path.isdir(directory):
-                runs[(gateway, load)] = read_run(directory)
+                runs[(gateway, load)] = read_rounds(directory)
     if not runs:
         sys.exit("report.py: no results found")
 
