@@ -38,6 +38,12 @@
 #   BENCH_RECORD        1 (default) appends to docs/BENCHMARKS.md; 0 only prints
 #   BENCH_SKIP_BUILD    1 uses the binaries in BENCH_BIN_DIR (default target/release) as they are
 #   BENCH_KEEP          1 keeps the run directory (logs, per-run JSON) even on success
+#   BENCH_PAIRED        "A B": instead of the runs above, runs gateways A and B at the same time,
+#                       each with its own weir-loadgen at BENCH_PAIRED_RATE spans/s (default
+#                       60000) into its own topic, BENCH_ROUNDS times (default 5 here), and
+#                       reports B's CPU per span over A's per round: both see the same noise
+#                       from other work on the machine, which sequential runs do not. "A A"
+#                       measures the method's own spread.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -330,6 +336,71 @@ round_order() {
     for ((i = ${#TARGETS[@]} - 1; i >= 0; i--)); do printf '%s\n' "${TARGETS[$i]}"; done
   fi
 }
+
+# paired_round A B ROUND: A and B at once, each under its own open-loop weir-loadgen.
+paired_round() {
+  local a="$1" b="$2" round="$3" side gateway topic pid out
+  local -A pids pidfiles endpoints before after
+  broker_up
+  for side in a b; do
+    if [ "$side" = a ]; then gateway="$a"; else gateway="$b"; fi
+    topic="bench_paired_${round}_$side"
+    create_topics "$BROKER_PORT" "$PARTITIONS" "$topic"
+    start_gateway "$gateway" "$topic" "paired-$round-$side"
+    pidfiles[$side]="$GW_PIDFILE"
+    pids[$side]="$(cat "$GW_PIDFILE")"
+    endpoints[$side]="$GW_ENDPOINT"
+    mkdir -p "$RESULTS/paired/round-$round/$side"
+    echo "$gateway" >"$RESULTS/paired/round-$round/$side/gateway"
+  done
+  log "round $round: $a and $b warm up together (${WARMUP}s)"
+  local loads=()
+  for side in a b; do
+    timeout $((WARMUP + 60)) "$LOADGEN" "${LOAD_SHAPE[@]}" --endpoint "${endpoints[$side]}" \
+      --concurrency 2 --duration "$WARMUP" --requests "$MAX_REQUESTS" >/dev/null &
+    loads+=($!)
+  done
+  # Only the load generators: the gateways and the broker are children too.
+  for pid in "${loads[@]}"; do wait "$pid" || die "round $round: a warm-up failed"; done
+  for side in a b; do before[$side]="$(cpu_ticks "${pids[$side]}")" || die "$side exited"; done
+  log "round $round: $a and $b at $PAIRED_RATE spans/s each, ${DURATION}s"
+  loads=()
+  for side in a b; do
+    out="$RESULTS/paired/round-$round/$side"
+    timeout $((DURATION + 90)) "$LOADGEN" "${LOAD_SHAPE[@]}" --endpoint "${endpoints[$side]}" \
+      --duration "$DURATION" --requests "$MAX_REQUESTS" --rate "$PAIRED_RATE" >"$out/loadgen.json" &
+    loads+=($!)
+  done
+  for pid in "${loads[@]}"; do wait "$pid" || die "round $round: weir-loadgen failed"; done
+  sleep "$SETTLE"
+  for side in a b; do
+    after[$side]="$(cpu_ticks "${pids[$side]}")" || die "$side exited during the run"
+    out="$RESULTS/paired/round-$round/$side"
+    printf '{"cpu_ticks": %d, "clk_tck": %d, "vmhwm_kb": %d}\n' \
+      "$((after[$side] - before[$side]))" "$(getconf CLK_TCK)" "$(peak_rss_kb "${pids[$side]}")" >"$out/proc.json"
+    stop_pidfile "${pidfiles[$side]}"
+  done
+  broker_done
+}
+
+if [ -n "${BENCH_PAIRED:-}" ]; then
+  read -r -a PAIR <<<"$BENCH_PAIRED"
+  [ "${#PAIR[@]}" = 2 ] || die "BENCH_PAIRED takes two gateways, e.g. \"weir weir-rules\""
+  PAIRED_RATE="${BENCH_PAIRED_RATE:-60000}"
+  [ -n "${BENCH_ROUNDS:-}" ] || ROUNDS=5
+  for ((round = 1; round <= ROUNDS; round++)); do
+    paired_round "${PAIR[0]}" "${PAIR[1]}" "$round"
+  done
+  command=""
+  for v in $(compgen -e | grep '^BENCH_' | sort); do command+="$v=${!v} "; done
+  command+="scripts/bench.sh"
+  paired_args=(--command "$command" --rate "$PAIRED_RATE" --duration "$DURATION"
+    --loadavg "$LOADAVG_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after"
+    --versions "weir-gateway and weir-loadgen at $(git describe --always --dirty 2>/dev/null || echo 'an uncommitted tree'), $("$TANSU_BIN" --version) (memory engine, $PARTITIONS partitions, a fresh broker per round)")
+  [ "${BENCH_RECORD:-1}" = 1 ] && paired_args+=(--append "$WEIR_ROOT/docs/BENCHMARKS.md")
+  "$PY" "$WEIR_ROOT/scripts/bench/paired_report.py" "$RESULTS/paired" "${paired_args[@]}"
+  exit 0
+fi
 
 for ((round = 1; round <= ROUNDS; round++)); do
   for gateway in $(round_order "$round"); do
