@@ -392,7 +392,7 @@ if [ -n "${BENCH_PAIRED:-}" ]; then
     paired_round "${PAIR[0]}" "${PAIR[1]}" "$round"
   done
   command=""
-  for v in $(compgen -e | grep '^BENCH_' | sort); do command+="$v=${!v} "; done
+  for v in $(compgen -e | grep '^BENCH_' | sort); do if [[ "${!v}" == *" "* ]]; then command+="$v=\"${!v}\" "; else command+="$v=${!v} "; fi; done
   command+="scripts/bench.sh"
   paired_args=(--command "$command" --rate "$PAIRED_RATE" --duration "$DURATION"
     --loadavg "$LOADAVG_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after"
@@ -425,7 +425,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 command=""
-for v in $(compgen -e | grep '^BENCH_' | sort); do command+="$v=${!v} "; done
+for v in $(compgen -e | grep '^BENCH_' | sort); do if [[ "${!v}" == *" "* ]]; then command+="$v=\"${!v}\" "; else command+="$v=${!v} "; fi; done
 command+="scripts/bench.sh"
 versions="weir-loadgen and scripts at $(git describe --always --dirty 2>/dev/null || echo 'an uncommitted tree')"
 { has_target weir || has_target weir-rules || has_target weir-tail || has_target weir-policy; } && versions+=", weir-gateway from the same tree (acks=all)"
