@@ -79,6 +79,7 @@ impl Condition {
             }
             Condition::SpanKind(codes) => Some(vec![Atom::Kind(*codes)]),
             Condition::Status(codes) => Some(vec![Atom::Status(*codes)]),
+            Condition::Duration(min, _) if *min > 0 => Some(vec![Atom::MinDuration(*min)]),
             // Any one part's guard is necessary for all of them: take the most selective.
             Condition::All(all) => all
                 .iter()
@@ -122,6 +123,8 @@ pub(crate) enum Atom<'c> {
     Kind(CodeSet),
     /// The span's status code is one of these.
     Status(CodeSet),
+    /// The span lasted at least this many nanoseconds (more than 0).
+    MinDuration(u64),
 }
 
 impl Atom<'_> {
@@ -133,6 +136,8 @@ impl Atom<'_> {
             Atom::NamePrefix(_) => 1,
             Atom::Attribute { value: None, .. } => 2,
             Atom::Kind(_) | Atom::Status(_) => 3,
+            // Thresholds are usually set to catch the few slow spans, but nothing says so.
+            Atom::MinDuration(_) => 4,
         }
     }
 }

@@ -91,6 +91,8 @@ pub(crate) struct RuleIndex {
     /// Rules by span kind code, then by status code (codes below 64).
     kinds: Box<[Box<[u16]>]>,
     statuses: Box<[Box<[u16]>]>,
+    /// Rules that need a span to last at least so many nanoseconds, by ascending threshold.
+    min_durations: Box<[(u64, u16)]>,
 }
 
 /// Collects `(fact, rule)` pairs into rule lists.
@@ -159,6 +161,7 @@ impl RuleIndex {
         let mut attrs: [HashMap<String, KeyLists>; 2] = Default::default();
         let (mut names, mut prefixes) = (Lists::default(), Lists::default());
         let mut kinds = vec![Vec::new(); 64];
+        let mut min_durations: Vec<(u64, u16)> = Vec::new();
         let mut statuses = vec![Vec::new(); 64];
         for (i, condition) in conditions.into_iter().enumerate() {
             count = i + 1;
@@ -179,6 +182,7 @@ impl RuleIndex {
                         }
                     }
                     Atom::Name(name) => names.push(name, rule),
+                    Atom::MinDuration(min) => min_durations.push((min, rule)),
                     Atom::NamePrefix(prefix) => prefixes.push(prefix, rule),
                     Atom::Kind(codes) | Atom::Status(codes) => {
                         let lists = match atom {
@@ -214,6 +218,7 @@ impl RuleIndex {
         prefix_lengths.sort_unstable();
         prefix_lengths.dedup();
         let [resource, span] = attrs;
+        min_durations.sort_unstable();
         let span_key_finders = (span.len() <= MAX_SEARCHED_KEYS).then(|| {
             span.keys()
                 .map(|k| memchr::memmem::Finder::new(k.as_bytes()).into_owned())
@@ -231,6 +236,7 @@ impl RuleIndex {
             prefix_first_bytes,
             prefix_lengths: prefix_lengths.into(),
             kinds: code_lists(kinds),
+            min_durations: min_durations.into(),
             statuses: code_lists(statuses),
         }
     }
@@ -351,6 +357,17 @@ impl RuleIndex {
         if !self.statuses.is_empty() {
             set_code(bits, &self.statuses, span.status_code());
         }
+        if !self.min_durations.is_empty() {
+            let d = span
+                .end_time_unix_nano()
+                .saturating_sub(span.start_time_unix_nano());
+            for &(min, rule) in self.min_durations.iter() {
+                if min > d {
+                    break;
+                }
+                set(bits, &[rule]);
+            }
+        }
     }
 }
 
@@ -435,14 +452,19 @@ mod tests {
             "{ span_name: { in: [PUT, POST] } }",
         ]);
         let s = TestSpan::new("a", "op");
-        assert_eq!(candidates(&idx, &s), [0, 1, 3, 4, 7]);
+        assert_eq!(candidates(&idx, &s), [0, 1, 4, 7]);
         let s = TestSpan::new("b", "GET /a").attr("http.route", Val::Str("/y".into()));
-        assert_eq!(candidates(&idx, &s), [1, 2, 3, 4, 7]);
+        assert_eq!(candidates(&idx, &s), [1, 2, 4, 7]);
         let mut s = TestSpan::new("z", "POST").attr("retries", Val::Int(1));
         s.status = 2;
-        assert_eq!(candidates(&idx, &s), [3, 4, 5, 6, 7, 9]);
+        assert_eq!(candidates(&idx, &s), [4, 5, 6, 7, 9]);
         let s = TestSpan::new("z", "x").attr("http.route", Val::Str("/x".into()));
-        assert_eq!(candidates(&idx, &s), [2, 3, 4, 7]);
+        assert_eq!(candidates(&idx, &s), [2, 4, 7]);
+        // Rule 3's branches are guarded by the service and by the duration.
+        let mut s = TestSpan::new("z", "x");
+        s.end = s.start + 2_000_000_000;
+        assert_eq!(candidates(&idx, &s), [3, 4, 7]);
+        assert_eq!(candidates(&idx, &TestSpan::new("c", "x")), [3, 4, 7]);
     }
 
     #[test]
@@ -455,6 +477,9 @@ mod tests {
             "{ resource: tier, in: [gold, silver] }",
             "{ span_name: \"\" }",
             "{ span_name: { prefix: \"\" } }",
+            "{ all: [ { duration: { gt: 2ms } }, { span_name: { regex: \"b\" } } ] }",
+            "{ any: [ { duration: { gte: 1ms, lt: 3ms } }, { span_kind: server } ] }",
+            "{ duration: { lt: 2ms } }",
         ]);
         let names = ["", "a", "ab", "abc", "abd", "é", "aé"];
         let values = [None, Some(Val::Str("x".into())), Some(Val::Int(1))];
@@ -467,6 +492,9 @@ mod tests {
                                 TestSpan::new("svc", name).res("tier", Val::Str(tier.into()));
                             s.kind = kind;
                             s.status = kind % 3;
+                            // 0 to 5 ms, around the thresholds above.
+                            s.start = 1_000;
+                            s.end = 1_000 + u64::from(kind as u8) * 1_000_000;
                             if let Some(v) = a {
                                 s = s.attr("a", v.clone());
                             }
@@ -537,5 +565,27 @@ mod tests {
         assert!(bits.iter().all(|&w| w == 0));
         let bits = idx.candidates(&idx.resource_candidates_of(&s), &s, true);
         assert_eq!(bits[0], 1);
+    }
+
+    #[test]
+    fn duration_thresholds_guard_their_rules() {
+        let (_, idx) = index(&[
+            "{ duration: { gt: 45ms } }",
+            "{ all: [ { duration: { gte: 40ms } }, { root: true } ] }",
+            "{ duration: { lt: 10ms } }",
+            "{ all: [ { duration: { gt: 30ms } }, { span_kind: client } ] }",
+        ]);
+        let span = |ms: u64, kind: i32| {
+            let mut s = TestSpan::new("svc", "op");
+            s.start = 5;
+            s.end = 5 + ms * 1_000_000;
+            s.kind = kind;
+            s
+        };
+        // No threshold below the span's duration: only the unguarded rule (2) is a candidate.
+        assert_eq!(candidates(&idx, &span(20, 3)), [2, 3]);
+        assert_eq!(candidates(&idx, &span(20, 1)), [2]);
+        assert_eq!(candidates(&idx, &span(40, 1)), [1, 2]);
+        assert_eq!(candidates(&idx, &span(46, 1)), [0, 1, 2]);
     }
 }
