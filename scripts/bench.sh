@@ -22,7 +22,9 @@
 #                       or weir-policy: the same policy without its tail section (tail marking off,
 #                       the per-span policy path on: what weir-tail is compared with)
 #   BENCH_TAIL_ATTRIBUTE_RULE 1 (default) includes weir-tail's attribute-predicate rule; 0 leaves
-#                       it out (it makes every span's attributes parsed)
+#                       it out
+#   BENCH_TAIL_PUBLISH_INTERVAL how often weir-tail publishes its open window (5s, the policy's
+#                       default; each snapshot is the whole 1.8 MB filter)
 #   BENCH_DURATION      seconds per measured run (20)
 #   BENCH_ROUNDS        runs of every gateway and load (1); ratios are medians of per-round ratios
 #   BENCH_FRESH_BROKER  1 (default) starts a fresh Tansu for every run; 0 shares one for all
@@ -198,7 +200,8 @@ write_rules_policy() {
 
 # Writes a policy with tail sampling to $1: five tail rules every span meets (errors, slow
 # spans, slow client spans, an attribute predicate, a root-span SLA; some match the load),
-# windows of 10s sized for a million marked traces at 0.1% (1.8 MB), published every second.
+# windows of 10s sized for a million marked traces at 0.1% (1.8 MB), published every
+# BENCH_TAIL_PUBLISH_INTERVAL.
 write_tail_policy() {
   cat >"$1" <<'EOF'
 version: 1
@@ -206,7 +209,7 @@ tail:
   window: 10s
   expected_traces: 1000000
   false_positive_rate: 0.001
-  publish_interval: 1s
+  publish_interval: PUBLISH_INTERVAL
   baseline_probability: 0.01
   rules:
     - { name: errors, error: true }
@@ -214,6 +217,7 @@ tail:
     - { name: slow-client, slower_than: 30ms, span_kind: client }
     - { name: root-sla, root_slower_than: 40ms }
 EOF
+  sed -i "s/PUBLISH_INTERVAL/${BENCH_TAIL_PUBLISH_INTERVAL:-5s}/" "$1"
   if [ "${BENCH_TAIL_ATTRIBUTE_RULE:-1}" = 1 ]; then
     echo "    - { name: vip, match: { span_attribute: customer.tier, eq: gold } }" >>"$1"
   fi
