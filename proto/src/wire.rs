@@ -547,23 +547,18 @@ impl SpanEntry {
 
     /// The name's bytes (UTF-8, as validated), given the span's bytes.
     pub fn name<'a>(&self, span: &'a [u8]) -> &'a [u8] {
-        span.get(self.name.0 as usize..self.name.1 as usize)
-            .unwrap_or(&[])
+        part(span, self.name)
     }
 
     /// The `trace_state` bytes (UTF-8, as validated), given the span's bytes.
     pub fn trace_state<'a>(&self, span: &'a [u8]) -> &'a [u8] {
-        span.get(self.trace_state.0 as usize..self.trace_state.1 as usize)
-            .unwrap_or(&[])
+        part(span, self.trace_state)
     }
 
     /// The span's attributes as bytes (see [`raw_attributes`]), given the span's bytes: reads
     /// only where validation found them.
     pub fn raw_attributes<'a>(&self, span: &'a [u8]) -> RawAttributes<'a> {
-        let region = span
-            .get(self.attributes.0 as usize..self.attributes.1 as usize)
-            .unwrap_or(&[]);
-        raw_attributes(region, 9)
+        raw_attributes(part(span, self.attributes), 9)
     }
 
     /// The span's attributes, in order, given the span's bytes: reads only where validation
@@ -572,10 +567,7 @@ impl SpanEntry {
         &self,
         span: &'a [u8],
     ) -> impl Iterator<Item = (&'a str, WireValue<'a>)> + 'a {
-        let region = span
-            .get(self.attributes.0 as usize..self.attributes.1 as usize)
-            .unwrap_or(&[]);
-        attributes(region, 9)
+        attributes(part(span, self.attributes), 9)
     }
 
     /// Calls `visit` with the key and string value (see [`raw_attributes`]) of each attribute
@@ -588,9 +580,7 @@ impl SpanEntry {
         wanted: impl Fn(&[u8]) -> bool,
         mut visit: impl FnMut(&'a [u8], Option<&'a [u8]>),
     ) {
-        let region = span
-            .get(self.attributes.0 as usize..self.attributes.1 as usize)
-            .unwrap_or(&[]);
+        let region = part(span, self.attributes);
         let mut pos = 0;
         while let Some(rest) = region.get(pos..)
             && !rest.is_empty()
@@ -620,6 +610,11 @@ impl SpanEntry {
             return;
         }
     }
+}
+
+/// The bytes of `span` between the offsets `(start, end)` that validation recorded.
+fn part(span: &[u8], (start, end): (u32, u32)) -> &[u8] {
+    span.get(start as usize..end as usize).unwrap_or(&[])
 }
 
 /// A validated trace request, as positions in its body.
@@ -992,70 +987,6 @@ pub fn scope_name(head: &[u8]) -> &str {
         .unwrap_or("")
 }
 
-/// The fields of a span a policy reads, from its validated bytes in one pass.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SpanFields<'a> {
-    /// The span's encoded bytes (for attribute lookups).
-    pub bytes: &'a [u8],
-    /// `name`.
-    pub name: &'a str,
-    /// `kind`.
-    pub kind: i32,
-    /// `status.code`.
-    pub status_code: i32,
-    /// `start_time_unix_nano`.
-    pub start_time_unix_nano: u64,
-    /// `end_time_unix_nano`.
-    pub end_time_unix_nano: u64,
-    /// `trace_state`.
-    pub trace_state: &'a str,
-    /// True when `parent_span_id` is empty.
-    pub is_root: bool,
-}
-
-impl<'a> SpanFields<'a> {
-    /// Reads the fields of a span that `TraceRequestView::parse` validated.
-    pub fn read(bytes: &'a [u8]) -> Self {
-        let mut out = SpanFields {
-            bytes,
-            is_root: true,
-            ..Default::default()
-        };
-        for f in Validated::new(bytes) {
-            match (f.number, f.wire) {
-                (3, LEN) => out.trace_state = text_of(&f),
-                (4, LEN) => out.is_root = f.bytes.is_empty(),
-                (5, LEN) => out.name = text_of(&f),
-                (6, VARINT) => out.kind = f.value as i32,
-                (7, I64) => out.start_time_unix_nano = fixed64_of(&f),
-                (8, I64) => out.end_time_unix_nano = fixed64_of(&f),
-                // A repeated message field merges: a later `status` without a code keeps the
-                // earlier code, as prost and every consumer read it (found by fuzzing).
-                (15, LEN) => {
-                    if let Some(code) = Validated::new(f.bytes)
-                        .filter(|s| s.number == 3 && s.wire == VARINT)
-                        .last()
-                    {
-                        out.status_code = code.value as i32;
-                    }
-                }
-                _ => {}
-            }
-        }
-        out
-    }
-
-    /// The span's attributes, in order.
-    pub fn attributes(&self) -> impl Iterator<Item = (&'a str, WireValue<'a>)> + 'a {
-        attributes(self.bytes, 9)
-    }
-
-    /// The span's attributes as bytes (see [`raw_attributes`]), in order.
-    pub fn raw_attributes(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
-        raw_attributes(self.bytes, 9)
-    }
-}
-
 /// Writes span `bytes` with its `trace_state` replaced by `trace_state`: every other field is
 /// copied as it came, the new `trace_state` (field 3) goes last.
 pub fn write_span_with_trace_state(bytes: &[u8], trace_state: &str, out: &mut Vec<u8>) {
@@ -1410,10 +1341,6 @@ mod tests {
             .clone();
         assert_eq!(status.map(|s| (s.code, s.message)), Some((2, "x".into())));
         let view = TraceRequestView::parse(&body).unwrap();
-        assert_eq!(
-            SpanFields::read(&body[view.spans[0].range()]).status_code,
-            2
-        );
         assert_eq!(view.spans[0].status_code, 2, "as validation recorded it");
     }
 
@@ -1563,15 +1490,21 @@ mod tests {
         let req = request(vec![sp.clone()]);
         let body = req.encode_to_vec();
         let view = TraceRequestView::parse(&body).unwrap();
-        let f = SpanFields::read(&body[view.spans[0].range()]);
+        let (f, bytes) = (&view.spans[0], &body[view.spans[0].range()]);
         assert_eq!(
-            (f.name, f.kind, f.status_code, f.trace_state, f.is_root),
-            ("s1", 3, 2, "ot=th:8", true)
+            (
+                f.name(bytes),
+                f.kind,
+                f.status_code,
+                f.trace_state(bytes),
+                f.is_root
+            ),
+            (&b"s1"[..], 3, 2, &b"ot=th:8"[..], true)
         );
         assert_eq!((f.start_time_unix_nano, f.end_time_unix_nano), (10, 250));
         // The last entry with a key wins, as when the span is decoded.
         let attribute = |key: &str| {
-            f.attributes()
+            f.attributes(bytes)
                 .filter(|(k, _)| *k == key)
                 .last()
                 .map(|(_, v)| v)

@@ -84,8 +84,9 @@ pub(crate) struct RuleIndex {
     /// `names`' keys, checked before hashing a span's name.
     names_filter: KeyFilter,
     name_prefixes: Map<Box<[u16]>>,
-    /// A bit per first byte of `name_prefixes`' keys, checked before hashing prefixes.
-    prefix_first_bytes: [u64; 4],
+    /// The first bytes of `name_prefixes`' keys (as one-byte keys, which the filter tells
+    /// apart exactly), checked before hashing prefixes.
+    prefix_first_bytes: KeyFilter,
     /// The distinct lengths of `name_prefixes`' keys, ascending.
     prefix_lengths: Box<[usize]>,
     /// Rules by span kind code, then by status code (codes below 64).
@@ -203,11 +204,9 @@ impl RuleIndex {
         let mut always_bits = RuleBits::from_elem(0, words);
         set(&mut always_bits, &always);
         let name_prefixes = prefixes.build();
-        let mut prefix_first_bytes = [0u64; 4];
+        let mut prefix_first_bytes = KeyFilter::default();
         for key in name_prefixes.keys() {
-            if let Some(&b) = key.first() {
-                prefix_first_bytes[usize::from(b / 64)] |= 1 << (b % 64);
-            }
+            prefix_first_bytes.insert(&key[..key.len().min(1)]);
         }
         let names = names.build();
         let mut names_filter = KeyFilter::default();
@@ -334,9 +333,9 @@ impl RuleIndex {
                 set(bits, rules);
             }
             // An empty prefix has no first byte: it is a guard no name escapes, kept apart.
-            let first_may_match = name.first().is_none_or(|&b| {
-                self.prefix_first_bytes[usize::from(b / 64)] & (1 << (b % 64)) != 0
-            }) || self.prefix_lengths.first() == Some(&0);
+            let first_may_match = name.is_empty()
+                || self.prefix_first_bytes.may_contain(&name[..1])
+                || self.prefix_lengths.first() == Some(&0);
             if first_may_match {
                 for &len in self.prefix_lengths.iter() {
                     if len > name.len() {
