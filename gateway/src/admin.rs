@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Readiness {
     broker: AtomicBool,
     draining: AtomicBool,
+    /// Why the process is still preparing (the tail router catching up on decisions).
+    preparing: std::sync::Mutex<Option<&'static str>>,
 }
 
 impl Readiness {
@@ -42,10 +44,18 @@ impl Readiness {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    /// Records what the process is still preparing before it can be ready (`None`: done).
+    pub fn set_preparing(&self, why: Option<&'static str>) {
+        *self.preparing.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
     /// Why the gateway is not ready, or `None` when it is.
     pub fn not_ready_reason(&self) -> Option<&'static str> {
+        let preparing = *self.preparing.lock().unwrap_or_else(|p| p.into_inner());
         if self.draining.load(Ordering::Relaxed) {
             Some("shutting down")
+        } else if let Some(why) = preparing {
+            Some(why)
         } else if !self.broker.load(Ordering::Relaxed) {
             Some("the Kafka broker does not answer")
         } else {
@@ -108,4 +118,26 @@ pub async fn serve_with(
             prometheus,
         });
     listener::serve(listener, options, app, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Readiness;
+
+    #[test]
+    fn readiness_names_what_it_waits_for() {
+        let r = Readiness::default();
+        assert_eq!(
+            r.not_ready_reason(),
+            Some("the Kafka broker does not answer")
+        );
+        r.set_preparing(Some("catching up"));
+        assert_eq!(r.not_ready_reason(), Some("catching up"));
+        r.set_broker(true);
+        assert_eq!(r.not_ready_reason(), Some("catching up"));
+        r.set_preparing(None);
+        assert_eq!(r.not_ready_reason(), None);
+        r.set_draining();
+        assert_eq!(r.not_ready_reason(), Some("shutting down"));
+    }
 }

@@ -25,6 +25,8 @@ pub struct ActivePolicy {
     /// The compiled document.
     pub policy: Policy,
     counters: RuleCounters,
+    /// `weir_tail_traces_marked_total` per tail rule, in rule order.
+    tail_marked: Vec<Counter>,
 }
 
 /// Counter handles per rule, made once per policy version so evaluation does not look
@@ -138,7 +140,17 @@ impl Drop for Tally<'_> {
 impl ActivePolicy {
     fn new(policy: Policy) -> Self {
         let counters = RuleCounters::new(&policy);
-        Self { policy, counters }
+        let tail_marked = policy
+            .tail()
+            .into_iter()
+            .flat_map(|t| t.rule_names())
+            .map(|rule| metrics::counter!("weir_tail_traces_marked_total", "rule" => rule.to_string()))
+            .collect();
+        Self {
+            policy,
+            counters,
+            tail_marked,
+        }
     }
 }
 
@@ -452,7 +464,7 @@ pub fn plan_traces_for(
         .collect();
     let attrs = RefCell::new(Attrs::with_capacity(16));
     // Tail rules mark trace ids in the decision window (set when `tail` drops).
-    let mut tail = crate::tail::TailMarker::new(policy);
+    let mut tail = crate::tail::TailMarker::new(policy, &active.tail_marked);
     let mut tally = Tally::new(&active.counters);
     for (i, entry) in view.spans.iter().enumerate() {
         let scope = &view.scopes[entry.scope as usize];

@@ -1,19 +1,25 @@
 //! The tail sampling decision record: what a gateway publishes to `weir.tail.decisions` about
 //! one time window, and what the tail router merges. A fixed binary header (big-endian),
-//! the gateway id, then a segment of the window's Bloom filter bits. The layout is documented
+//! the gateway id, then filter bits to OR into the window's filter. The layout is documented
 //! byte by byte in `proto/weir/tail/v1/decision_record.md`.
 //!
-//! A filter larger than a Kafka record is published as several segments (byte ranges of the
-//! bit array); a reader ORs each segment into its copy of the window's filter at the
-//! segment's offset. Decoders refuse a format version they do not know rather than guess.
+//! The bits travel in one of two encodings. A *dense* payload (format version 1) is a byte
+//! range of the bit array; a filter larger than a Kafka record is published as several such
+//! segments. A *sparse* payload (format version 2) lists set bit positions as LEB128 gaps;
+//! gateways use it for the bits set since their last acknowledged record of the window when
+//! that is smaller. Either way a reader ORs the bits in, so it must read every record of a
+//! window. Decoders refuse a format version they do not know rather than guess.
 
 use thiserror::Error;
 
 /// The first four bytes of every decision record.
 pub const MAGIC: [u8; 4] = *b"WTDR";
 
-/// The format version this module writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest format version this module writes and reads (2: sparse payloads).
+pub const FORMAT_VERSION: u16 = 2;
+
+/// The format version of records with a dense payload, which version-1 readers also read.
+pub const FORMAT_VERSION_DENSE: u16 = 1;
 
 /// Hash scheme 1: the `bloomfilter` 3.x crate's double hashing (SipHash-1-3 keyed with the
 /// two halves of the seed) over the 16 trace id bytes as Rust's `Hash` feeds a `[u8; 16]`
@@ -27,8 +33,121 @@ pub const FIXED_HEADER_LEN: usize = 116;
 /// The longest gateway id a record carries.
 pub const MAX_GATEWAY_ID_LEN: usize = 255;
 
-/// Header flag: the window is closed and this is the gateway's final state of it.
+/// Header flag: the window is closed and this is the gateway's final record of it.
 const FLAG_SEALED: u8 = 1;
+
+/// Header flag (version 2): the payload is sparse.
+const FLAG_SPARSE: u8 = 2;
+
+/// The longest LEB128 gap a sparse payload may hold (nine bytes: 63 bits).
+const MAX_GAP_BYTES: usize = 9;
+
+/// The filter bits a decision record carries, to be ORed into the window's filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload<'a> {
+    /// Bytes `[segment_offset, segment_offset + len)` of the bit array.
+    Dense(&'a [u8]),
+    /// Set bit positions from bit `8 × segment_offset` on, as LEB128 gaps ([`SparseWriter`]).
+    Sparse(&'a [u8]),
+}
+
+impl<'a> Payload<'a> {
+    /// The payload's bytes as they travel.
+    pub fn bytes(&self) -> &'a [u8] {
+        match self {
+            Payload::Dense(b) | Payload::Sparse(b) => b,
+        }
+    }
+}
+
+/// Writes strictly increasing bit positions as a sparse payload: each position `p` is the
+/// LEB128 varint `p − next`, where `next` starts at the segment's first bit and becomes
+/// `p + 1` after every position.
+pub struct SparseWriter {
+    next: u64,
+}
+
+impl SparseWriter {
+    /// A writer for positions from bit `first_bit` on.
+    pub fn new(first_bit: u64) -> Self {
+        Self { next: first_bit }
+    }
+
+    /// The bytes `position` takes when it comes next.
+    pub fn len_of(&self, position: u64) -> usize {
+        varint_len(position - self.next)
+    }
+
+    /// Moves past `position` without writing it; returns the bytes it would have taken.
+    pub fn skip(&mut self, position: u64) -> usize {
+        let len = self.len_of(position);
+        self.next = position + 1;
+        len
+    }
+
+    /// Appends `position` (greater than every position before it) to `out`.
+    pub fn push(&mut self, position: u64, out: &mut Vec<u8>) {
+        debug_assert!(position >= self.next, "positions must increase");
+        let mut gap = position - self.next;
+        while gap >= 0x80 {
+            out.push((gap as u8) | 0x80);
+            gap >>= 7;
+        }
+        out.push(gap as u8);
+        self.next = position + 1;
+    }
+}
+
+/// The bytes of `v` as a LEB128 varint.
+pub fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The bit positions of a sparse payload whose segment starts at byte `segment_offset`;
+/// stops at the first malformed gap ([`decode`] refuses records that have one).
+pub fn sparse_positions(segment_offset: u64, payload: &[u8]) -> SparsePositions<'_> {
+    SparsePositions {
+        bytes: payload,
+        next: segment_offset.saturating_mul(8),
+    }
+}
+
+/// Iterator over a sparse payload's bit positions.
+pub struct SparsePositions<'a> {
+    bytes: &'a [u8],
+    next: u64,
+}
+
+impl SparsePositions<'_> {
+    fn step(&mut self) -> Result<Option<u64>, &'static str> {
+        if self.bytes.is_empty() {
+            return Ok(None);
+        }
+        let mut gap = 0u64;
+        for (i, b) in self.bytes.iter().take(MAX_GAP_BYTES).enumerate() {
+            gap |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                self.bytes = &self.bytes[i + 1..];
+                let position = self.next.checked_add(gap).ok_or("a position overflows")?;
+                self.next = position + 1;
+                return Ok(Some(position));
+            }
+        }
+        Err(if self.bytes.len() < MAX_GAP_BYTES {
+            "the last gap is cut short"
+        } else {
+            "a gap is longer than nine bytes"
+        })
+    }
+}
+
+impl Iterator for SparsePositions<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        self.step().ok().flatten()
+    }
+}
 
 /// The header of a decision record: which window, which filter, which gateway.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +206,7 @@ pub enum DecisionError {
     BadMagic,
     /// A format version this reader does not know.
     #[error(
-        "decision record format version {0} is not supported (this reader knows version {FORMAT_VERSION}); upgrade the tail router"
+        "decision record format version {0} is not supported (this reader knows versions 1 to {FORMAT_VERSION}); upgrade the tail router"
     )]
     UnsupportedVersion(u16),
     /// A hash scheme this reader does not know.
@@ -98,10 +217,15 @@ pub enum DecisionError {
     Invalid(String),
 }
 
-/// Appends the record of `header` carrying `bits` (the segment at `header.segment_offset`)
-/// to `out`. Gateway ids longer than [`MAX_GATEWAY_ID_LEN`] bytes are cut at a character
-/// boundary.
-pub fn encode(header: &DecisionHeader, bits: &[u8], out: &mut Vec<u8>) {
+/// Appends the record of `header` carrying `payload` (its segment starts at
+/// `header.segment_offset`) to `out`: format version 1 for a dense payload, 2 for a sparse
+/// one. Gateway ids longer than [`MAX_GATEWAY_ID_LEN`] bytes are cut at a character boundary.
+pub fn encode(header: &DecisionHeader, payload: Payload<'_>, out: &mut Vec<u8>) {
+    let (version, sparse) = match payload {
+        Payload::Dense(_) => (FORMAT_VERSION_DENSE, 0),
+        Payload::Sparse(_) => (FORMAT_VERSION, FLAG_SPARSE),
+    };
+    let bits = payload.bytes();
     let mut id = header.gateway_id.as_str();
     while id.len() > MAX_GATEWAY_ID_LEN {
         let mut end = MAX_GATEWAY_ID_LEN;
@@ -113,9 +237,9 @@ pub fn encode(header: &DecisionHeader, bits: &[u8], out: &mut Vec<u8>) {
     let header_len = FIXED_HEADER_LEN + id.len();
     out.reserve(header_len + bits.len());
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+    out.extend_from_slice(&version.to_be_bytes());
     out.extend_from_slice(&(header_len as u16).to_be_bytes());
-    out.push(if header.sealed { FLAG_SEALED } else { 0 });
+    out.push(if header.sealed { FLAG_SEALED } else { 0 } | sparse);
     out.push(header.hash_scheme);
     out.extend_from_slice(&(id.len() as u16).to_be_bytes());
     out.extend_from_slice(&header.hashes.to_be_bytes());
@@ -137,8 +261,9 @@ pub fn encode(header: &DecisionHeader, bits: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(bits);
 }
 
-/// Reads a decision record: its header and the filter bits it carries.
-pub fn decode(record: &[u8]) -> Result<(DecisionHeader, &[u8]), DecisionError> {
+/// Reads a decision record: its header and the filter bits it carries. A sparse payload is
+/// checked whole: every position lies in the filter.
+pub fn decode(record: &[u8]) -> Result<(DecisionHeader, Payload<'_>), DecisionError> {
     if record.len() < 8 {
         return Err(DecisionError::Truncated(
             "shorter than magic, version and length",
@@ -148,7 +273,7 @@ pub fn decode(record: &[u8]) -> Result<(DecisionHeader, &[u8]), DecisionError> {
         return Err(DecisionError::BadMagic);
     }
     let version = u16::from_be_bytes([record[4], record[5]]);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_DENSE {
         return Err(DecisionError::UnsupportedVersion(version));
     }
     let header_len = usize::from(u16::from_be_bytes([record[6], record[7]]));
@@ -217,19 +342,45 @@ pub fn decode(record: &[u8]) -> Result<(DecisionHeader, &[u8]), DecisionError> {
             "a filter needs at least one hash function and one byte".into(),
         ));
     }
-    if header
-        .segment_offset
-        .checked_add(bits.len() as u64)
-        .is_none_or(|end| end > header.bitmap_bytes)
-    {
+    if version == FORMAT_VERSION_DENSE && flags & FLAG_SPARSE != 0 {
+        return Err(DecisionError::Invalid(
+            "a version-1 record cannot be sparse".into(),
+        ));
+    }
+    if flags & FLAG_SPARSE == 0 {
+        if header
+            .segment_offset
+            .checked_add(bits.len() as u64)
+            .is_none_or(|end| end > header.bitmap_bytes)
+        {
+            return Err(DecisionError::Invalid(format!(
+                "segment {}+{} runs past the filter's {} bytes",
+                header.segment_offset,
+                bits.len(),
+                header.bitmap_bytes
+            )));
+        }
+        return Ok((header, Payload::Dense(bits)));
+    }
+    if header.segment_offset >= header.bitmap_bytes {
         return Err(DecisionError::Invalid(format!(
-            "segment {}+{} runs past the filter's {} bytes",
-            header.segment_offset,
-            bits.len(),
-            header.bitmap_bytes
+            "sparse segment at byte {} starts past the filter's {} bytes",
+            header.segment_offset, header.bitmap_bytes
         )));
     }
-    Ok((header, bits))
+    let bit_count = header.bitmap_bytes.saturating_mul(8);
+    let mut positions = sparse_positions(header.segment_offset, bits);
+    while let Some(p) = positions
+        .step()
+        .map_err(|why| DecisionError::Invalid(format!("sparse payload: {why}")))?
+    {
+        if p >= bit_count {
+            return Err(DecisionError::Invalid(format!(
+                "sparse payload: bit {p} is past the filter's {bit_count} bits"
+            )));
+        }
+    }
+    Ok((header, Payload::Sparse(bits)))
 }
 
 #[cfg(test)]
@@ -258,26 +409,26 @@ mod tests {
     fn records_round_trip() {
         let bits: Vec<u8> = (0..32).collect();
         let mut out = Vec::new();
-        encode(&header(), &bits, &mut out);
+        encode(&header(), Payload::Dense(&bits), &mut out);
         assert_eq!(&out[..4], b"WTDR");
         assert_eq!(out.len(), FIXED_HEADER_LEN + "gw-é1".len() + 32);
         let (h, b) = decode(&out).unwrap();
         assert_eq!(h, header());
-        assert_eq!(b, &bits[..]);
+        assert_eq!(b, Payload::Dense(&bits[..]));
 
         let mut open = header();
         open.sealed = false;
         open.baseline_rejection = None;
         open.segment_offset = 0;
         out.clear();
-        encode(&open, &[], &mut out);
-        assert_eq!(decode(&out).unwrap(), (open, &[][..]));
+        encode(&open, Payload::Dense(&[]), &mut out);
+        assert_eq!(decode(&out).unwrap(), (open, Payload::Dense(&[][..])));
     }
 
     #[test]
     fn the_layout_is_as_documented() {
         let mut out = Vec::new();
-        encode(&header(), &[0xaa; 32], &mut out);
+        encode(&header(), Payload::Dense(&[0xaa; 32]), &mut out);
         assert_eq!(&out[4..6], &[0, 1], "version");
         assert_eq!(
             u16::from_be_bytes([out[6], out[7]]) as usize,
@@ -296,10 +447,10 @@ mod tests {
     #[test]
     fn unknown_versions_and_damage_are_refused() {
         let mut out = Vec::new();
-        encode(&header(), &[1; 32], &mut out);
-        let mut v2 = out.clone();
-        v2[5] = 2;
-        assert_eq!(decode(&v2), Err(DecisionError::UnsupportedVersion(2)));
+        encode(&header(), Payload::Dense(&[1; 32]), &mut out);
+        let mut v3 = out.clone();
+        v3[5] = 3;
+        assert_eq!(decode(&v3), Err(DecisionError::UnsupportedVersion(3)));
         let mut magic = out.clone();
         magic[0] = b'X';
         assert_eq!(decode(&magic), Err(DecisionError::BadMagic));
@@ -314,7 +465,7 @@ mod tests {
         let mut past_end = header();
         past_end.segment_offset = 40;
         let mut bad = Vec::new();
-        encode(&past_end, &[1; 32], &mut bad);
+        encode(&past_end, Payload::Dense(&[1; 32]), &mut bad);
         assert!(matches!(decode(&bad), Err(DecisionError::Invalid(_))));
         let mut scheme = out.clone();
         scheme[9] = 7;
@@ -328,14 +479,14 @@ mod tests {
     fn later_header_additions_are_skipped() {
         // A version-1 writer that appends a field after the gateway id: readers skip it.
         let mut out = Vec::new();
-        encode(&header(), &[5; 32], &mut out);
+        encode(&header(), Payload::Dense(&[5; 32]), &mut out);
         let id_end = FIXED_HEADER_LEN + 6;
         out.splice(id_end..id_end, [0xee; 4]);
         let len = (id_end + 4) as u16;
         out[6..8].copy_from_slice(&len.to_be_bytes());
         let (h, bits) = decode(&out).unwrap();
         assert_eq!(h, header());
-        assert_eq!(bits, &[5; 32]);
+        assert_eq!(bits, Payload::Dense(&[5; 32]));
     }
 
     #[test]
@@ -343,9 +494,98 @@ mod tests {
         let mut h = header();
         h.gateway_id = "é".repeat(200);
         let mut out = Vec::new();
-        encode(&h, &[], &mut out);
+        encode(&h, Payload::Dense(&[]), &mut out);
         let (back, _) = decode(&out).unwrap();
         assert!(back.gateway_id.len() <= MAX_GATEWAY_ID_LEN);
         assert!(h.gateway_id.starts_with(&back.gateway_id));
+    }
+
+    /// Sparse payloads of `positions` from byte `offset` on.
+    fn sparse(offset: u64, positions: &[u64]) -> Vec<u8> {
+        let mut payload = Vec::new();
+        let mut w = SparseWriter::new(offset * 8);
+        for &p in positions {
+            let before = payload.len();
+            let expected = w.len_of(p);
+            w.push(p, &mut payload);
+            assert_eq!(payload.len() - before, expected, "len_of({p})");
+        }
+        payload
+    }
+
+    #[test]
+    fn sparse_records_round_trip() {
+        let mut h = header();
+        h.bitmap_bytes = 1 << 20;
+        h.segment_offset = 16;
+        // Gaps of every varint length, the first bit of the segment and the filter's last.
+        let positions = [128, 129, 300, 300 + 128, 70_000, 2_000_000, (1 << 23) - 1];
+        let payload = sparse(16, &positions);
+        let mut out = Vec::new();
+        encode(&h, Payload::Sparse(&payload), &mut out);
+        assert_eq!(&out[4..6], &[0, 2], "sparse records are version 2");
+        assert_eq!(out[8], 1 | 2, "sealed and sparse flags");
+        let (back, got) = decode(&out).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(got, Payload::Sparse(&payload[..]));
+        assert_eq!(
+            sparse_positions(16, got.bytes()).collect::<Vec<_>>(),
+            positions
+        );
+        // Dense records are still version 1, which older readers read.
+        out.clear();
+        encode(&h, Payload::Dense(&[1; 8]), &mut out);
+        assert_eq!(&out[4..6], &[0, 1]);
+        // An empty sparse payload: a record that only says the window is sealed.
+        out.clear();
+        encode(&h, Payload::Sparse(&[]), &mut out);
+        assert_eq!(decode(&out).unwrap().1, Payload::Sparse(&[][..]));
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for (v, len) in [
+            (0, 1),
+            (127, 1),
+            (128, 2),
+            (16_383, 2),
+            (16_384, 3),
+            (u64::MAX, 10),
+        ] {
+            assert_eq!(varint_len(v), len, "{v}");
+        }
+    }
+
+    #[test]
+    fn damaged_sparse_payloads_are_refused() {
+        let mut h = header();
+        h.bitmap_bytes = 64; // 512 bits
+        h.segment_offset = 0;
+        let record = |payload: &[u8]| {
+            let mut out = Vec::new();
+            encode(&h, Payload::Sparse(payload), &mut out);
+            out
+        };
+        assert!(decode(&record(&sparse(0, &[0, 511]))).is_ok());
+        let past_end = record(&sparse(0, &[3, 512]));
+        assert!(
+            matches!(decode(&past_end), Err(DecisionError::Invalid(m)) if m.contains("bit 512")),
+            "a bit past the filter"
+        );
+        let cut = record(&[0x85]);
+        assert!(matches!(decode(&cut), Err(DecisionError::Invalid(m)) if m.contains("cut short")));
+        let long = record(&[0xff; 12]);
+        assert!(
+            matches!(decode(&long), Err(DecisionError::Invalid(m)) if m.contains("nine bytes"))
+        );
+        let mut start = h.clone();
+        start.segment_offset = 64;
+        let mut out = Vec::new();
+        encode(&start, Payload::Sparse(&[]), &mut out);
+        assert!(matches!(decode(&out), Err(DecisionError::Invalid(_))));
+        // A version-1 record with the sparse flag is not a record any writer makes.
+        let mut v1 = record(&sparse(0, &[1]));
+        v1[5] = 1;
+        assert!(matches!(decode(&v1), Err(DecisionError::Invalid(_))));
     }
 }

@@ -69,47 +69,121 @@ impl WindowFilter {
         let Ok(offset) = usize::try_from(offset) else {
             return false;
         };
-        let len = self.params.bitmap_bytes as usize;
         if offset
             .checked_add(segment.len())
-            .is_none_or(|end| end > len)
+            .is_none_or(|end| end > self.params.bitmap_bytes as usize)
         {
             return false;
         }
-        let Some(bloom) = self.bloom.take() else {
-            return false;
-        };
+        self.with_bits_mut(|bits| {
+            for (b, s) in bits[offset..].iter_mut().zip(segment) {
+                *b |= *s;
+            }
+        });
+        true
+    }
+
+    /// Sets the bits at `positions`. False when one is past the filter's end (the bits
+    /// before it are set).
+    pub fn set_positions(&mut self, positions: impl Iterator<Item = u64>) -> bool {
+        let count = self.params.bitmap_bytes.saturating_mul(8);
+        self.with_bits_mut(|bits| {
+            for p in positions {
+                if p >= count {
+                    return false;
+                }
+                bits[(p / 8) as usize] |= 1 << (p % 8);
+            }
+            true
+        })
+        .unwrap_or(false)
+    }
+
+    /// Runs `f` on the bit array, writable. `None` when the filter could not be rebuilt.
+    fn with_bits_mut<R>(&mut self, f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        let bloom = self.bloom.take()?;
+        // The crate has no mutable view of its bits: take its bytes (a move, no copy) and
+        // build it again from them.
         let mut bytes = bloom.into_bytes();
-        let head = bytes.len() - len;
-        for (b, s) in bytes[head + offset..].iter_mut().zip(segment) {
-            *b |= *s;
-        }
+        let head = bytes.len() - self.params.bitmap_bytes as usize;
+        let out = f(&mut bytes[head..]);
         match Bloom::from_bytes(bytes) {
             Ok(b) => {
                 self.bloom = Some(b);
-                true
+                Some(out)
             }
             Err(e) => {
                 // Cannot happen: the header is the one `into_bytes` gave. Start empty rather
                 // than panic.
                 tracing::error!(error = e, "rebuilding a merged filter failed");
                 self.bloom = WindowFilter::new(&self.params).and_then(|f| f.bloom);
-                false
+                None
             }
         }
     }
 
     /// The share of bits set, 0 to 1.
     pub fn fill_ratio(&self) -> f64 {
-        let bits = self.bits();
-        let ones: u64 = bits.iter().map(|b| u64::from(b.count_ones())).sum();
-        ones as f64 / (bits.len() as f64 * 8.0)
+        fill_ratio(self.bits())
     }
 
     /// The false-positive rate the filter has now: `fill^k`.
     pub fn estimated_false_positive_rate(&self) -> f64 {
         self.fill_ratio().powi(self.hashes() as i32)
     }
+}
+
+/// The share of bits set in `bits`, 0 to 1.
+pub fn fill_ratio(bits: &[u8]) -> f64 {
+    if bits.is_empty() {
+        return 0.0;
+    }
+    // Eight bytes at a time: one population count per word.
+    let words = bits.chunks_exact(8);
+    let tail: u64 = words
+        .remainder()
+        .iter()
+        .map(|b| u64::from(b.count_ones()))
+        .sum();
+    let ones: u64 = words
+        .map(|w| u64::from(u64::from_ne_bytes(w.try_into().expect("8 bytes")).count_ones()))
+        .sum::<u64>()
+        + tail;
+    ones as f64 / (bits.len() as f64 * 8.0)
+}
+
+/// Calls `f` with the position of every bit set in `bits` and not in `base` (every set bit
+/// without a base; a base shorter than `bits` counts as zeros past its end), in increasing
+/// order, until `f` returns false; returns false when it did. Bit `i` is bit `i % 8` of byte
+/// `i / 8`.
+pub fn for_each_new_position(
+    bits: &[u8],
+    base: Option<&[u8]>,
+    mut f: impl FnMut(u64) -> bool,
+) -> bool {
+    /// The little-endian word of `b` at byte `at`, zeros past its end.
+    fn word(b: &[u8], at: usize) -> u64 {
+        match b.get(at..at + 8) {
+            Some(w) => u64::from_le_bytes(w.try_into().expect("8 bytes")),
+            None => {
+                let mut w = [0u8; 8];
+                let tail = b.get(at..).unwrap_or_default();
+                w[..tail.len()].copy_from_slice(tail);
+                u64::from_le_bytes(w)
+            }
+        }
+    }
+    for at in (0..bits.len()).step_by(8) {
+        let mut new = word(bits, at) & !base.map_or(0, |b| word(b, at));
+        while new != 0 {
+            let position = at as u64 * 8 + u64::from(new.trailing_zeros());
+            new &= new - 1;
+            if !f(position) {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -219,5 +293,41 @@ mod tests {
         assert!((700..1300).contains(&fp), "{fp} false positives in 100000");
         let est = f.estimated_false_positive_rate();
         assert!((0.007..0.013).contains(&est), "{est}");
+    }
+
+    #[test]
+    fn new_positions_are_the_bits_set_since_the_base() {
+        let mut bits = vec![0u8; 21];
+        let mut base = vec![0u8; 21];
+        for p in [0u64, 7, 8, 63, 64, 100, 167] {
+            bits[(p / 8) as usize] |= 1 << (p % 8);
+        }
+        for p in [7u64, 64] {
+            base[(p / 8) as usize] |= 1 << (p % 8);
+        }
+        let positions = |bits: &[u8], base: Option<&[u8]>| {
+            let mut out = Vec::new();
+            assert!(for_each_new_position(bits, base, |p| {
+                out.push(p);
+                true
+            }));
+            out
+        };
+        assert_eq!(positions(&bits, None), [0, 7, 8, 63, 64, 100, 167]);
+        assert_eq!(positions(&bits, Some(&base)), [0, 8, 63, 100, 167]);
+        assert!(positions(&bits, Some(&bits)).is_empty());
+        assert_eq!(positions(&bits, Some(&base[..8])), [0, 8, 63, 64, 100, 167]);
+        let mut first_two = Vec::new();
+        assert!(!for_each_new_position(&bits, None, |p| {
+            first_two.push(p);
+            first_two.len() < 2
+        }));
+        assert_eq!(first_two, [0, 7]);
+        let mut set = WindowFilter::new(&params(100, 0.01, 1)).unwrap();
+        assert!(set.set_positions([3u64, 77].into_iter()));
+        assert_eq!(positions(set.bits(), None), [3, 77]);
+        let past = set.bits().len() as u64 * 8;
+        assert!(!set.set_positions([past].into_iter()));
+        assert!((fill_ratio(set.bits()) - set.fill_ratio()).abs() < 1e-12);
     }
 }

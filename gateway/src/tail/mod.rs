@@ -13,6 +13,7 @@ pub mod filter;
 pub mod publish;
 
 use filter::WindowFilter;
+use metrics::Counter;
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use weir_config::policy::{FilterParams, Policy, ResourceCandidates, SpanView, TailPolicy};
@@ -87,24 +88,28 @@ impl DecisionWindows {
     }
 
     /// Sets `marks` (trace id, rule index) in the window of `now_millis`, counting each
-    /// trace new to the filter under its rule's name.
-    pub fn mark(&self, tail: &TailPolicy, marks: &[([u8; 16], u16)], now_millis: u64) {
+    /// trace new to the filter in `marked[rule]` (`weir_tail_traces_marked_total` per rule).
+    pub fn mark(
+        &self,
+        tail: &TailPolicy,
+        marks: &[([u8; 16], u16)],
+        marked: &[Counter],
+        now_millis: u64,
+    ) {
         let mut state = self.lock();
         let Some(window) = rotate(&mut state, tail, now_millis) else {
             return;
         };
-        // New traces per rule, counted here and added to the (registry-looked-up) counters
-        // once per rule after the loop: the first rules get a slot each, the rest share one
-        // pass each.
+        // New traces per rule, added to the shared counters once per rule after the loop:
+        // the first rules get a slot each, the rest are counted one by one.
         let mut per_rule = [0u64; 8];
         let mut new = 0;
         for (trace_id, rule) in marks {
             if window.filter.insert(trace_id) {
                 new += 1;
-                if let Some(n) = per_rule.get_mut(usize::from(*rule)) {
-                    *n += 1;
-                } else {
-                    count_marked(tail, *rule, 1);
+                match per_rule.get_mut(usize::from(*rule)) {
+                    Some(n) => *n += 1,
+                    None => count(marked, usize::from(*rule), 1),
                 }
             }
         }
@@ -115,7 +120,7 @@ impl DecisionWindows {
         drop(state);
         for (rule, n) in per_rule.iter().enumerate() {
             if *n > 0 {
-                count_marked(tail, rule as u16, *n);
+                count(marked, rule, *n);
             }
         }
     }
@@ -146,9 +151,10 @@ impl DecisionWindows {
 }
 
 /// Adds `n` to the count of traces rule `rule` marked.
-fn count_marked(tail: &TailPolicy, rule: u16, n: u64) {
-    let name = tail.rule_names().nth(usize::from(rule)).unwrap_or("?");
-    metrics::counter!("weir_tail_traces_marked_total", "rule" => name.to_string()).increment(n);
+fn count(marked: &[Counter], rule: usize, n: u64) {
+    if let Some(c) = marked.get(rule) {
+        c.increment(n);
+    }
 }
 
 fn push_sealed(state: &mut State, w: Window) {
@@ -192,15 +198,18 @@ fn rotate<'s>(state: &'s mut State, tail: &TailPolicy, now_millis: u64) -> Optio
 /// fills), under one lock.
 pub struct TailMarker<'p> {
     tail: Option<&'p TailPolicy>,
+    marked: &'p [Counter],
     marks: [([u8; 16], u16); MARK_BUFFER],
     len: usize,
 }
 
 impl<'p> TailMarker<'p> {
-    /// A marker for the tail rules of `policy`.
-    pub fn new(policy: &'p Policy) -> Self {
+    /// A marker for the tail rules of `policy`, counting new traces in `marked` (one counter
+    /// per tail rule).
+    pub fn new(policy: &'p Policy, marked: &'p [Counter]) -> Self {
         Self {
             tail: policy.tail().filter(|t| t.has_rules()),
+            marked,
             marks: [([0; 16], 0); MARK_BUFFER],
             len: 0,
         }
@@ -231,7 +240,12 @@ impl<'p> TailMarker<'p> {
         if let Some(tail) = self.tail
             && self.len > 0
         {
-            DecisionWindows::global().mark(tail, &self.marks[..self.len], unix_millis());
+            DecisionWindows::global().mark(
+                tail,
+                &self.marks[..self.len],
+                self.marked,
+                unix_millis(),
+            );
         }
         self.len = 0;
     }
@@ -259,8 +273,8 @@ mod tests {
         let p = policy("10s");
         let tail = p.tail().unwrap();
         let w = DecisionWindows::default();
-        w.mark(tail, &[([1; 16], 0)], 1_000_005_000);
-        w.mark(tail, &[([2; 16], 0)], 1_000_009_999);
+        w.mark(tail, &[([1; 16], 0)], &[], 1_000_005_000);
+        w.mark(tail, &[([2; 16], 0)], &[], 1_000_009_999);
         w.with(|open, sealed| {
             let open = open.unwrap();
             assert_eq!(open.start, 1_000_000_000);
@@ -339,8 +353,8 @@ mod tests {
         let p = policy("10s");
         let tail = p.tail().unwrap();
         let w = DecisionWindows::default();
-        w.mark(tail, &[([1; 16], 0)], 5_000);
-        w.mark(tail, &[([1; 16], 0)], 6_000);
+        w.mark(tail, &[([1; 16], 0)], &[], 5_000);
+        w.mark(tail, &[([1; 16], 0)], &[], 6_000);
         w.with(|open, _| assert_eq!(open.unwrap().generation, 1));
     }
 }

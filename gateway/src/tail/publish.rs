@@ -3,9 +3,15 @@
 //! and each sealed window once, as decision records on `tail.decisions_topic`.
 //!
 //! Record key: the window start in milliseconds as decimal ASCII, so all gateways' records of
-//! one window land in one partition, in order. A filter larger than a record is split into
-//! segments (byte ranges), each a record of its own.
+//! one window land in one partition, in order.
+//!
+//! A record carries the bits set since the window's last acknowledged record (all of them
+//! the first time), as a sparse list of positions when that is smaller than the bit array,
+//! or else the whole bit array (dense). Either is split into records of at most
+//! `kafka.max_message_size`. A publish that fails is retried at the next interval with
+//! everything set since the last one that did not.
 
+use super::filter::{fill_ratio, for_each_new_position};
 use super::{DecisionWindows, Window, unix_millis};
 use crate::policy::PolicyStore;
 use std::sync::Arc;
@@ -13,7 +19,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use weir_config::policy::FilterParams;
 use weir_exporters::kafka::{KafkaExporter, Record};
-use weir_proto::decision::{self, DecisionHeader, HASH_SCHEME_BLOOMFILTER3};
+use weir_proto::decision::{self, DecisionHeader, HASH_SCHEME_BLOOMFILTER3, Payload, SparseWriter};
 
 /// How often the publisher looks again when the policy has no `tail` section.
 const IDLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -36,6 +42,17 @@ pub struct Publisher {
     /// a megabyte-sized filter does not cost fresh pages every interval.
     spare_snapshot: Vec<u8>,
     spare_values: Vec<Vec<u8>>,
+    /// The open window's bits as of its last acknowledged record.
+    acked: Option<Acked>,
+    /// Sparse payload scratch space.
+    payload: Vec<u8>,
+}
+
+/// What Kafka acknowledged of a window: later records carry only the bits set since.
+struct Acked {
+    start: u64,
+    params: FilterParams,
+    bits: Vec<u8>,
 }
 
 /// A window to publish, taken (sealed) or copied (open) under the lock, encoded outside it.
@@ -72,6 +89,8 @@ impl Publisher {
             sequence: 0,
             spare_snapshot: Vec::new(),
             spare_values: Vec::new(),
+            acked: None,
+            payload: Vec::new(),
         }
     }
 
@@ -178,49 +197,74 @@ impl Publisher {
             metrics::gauge!("weir_tail_window_estimated_false_positive_rate")
                 .set(fill.powi(hashes as i32));
         }
-        let mut records = Vec::with_capacity(bits.len() / self.max_segment + 1);
-        for (i, segment) in bits.chunks(self.max_segment).enumerate() {
-            self.sequence += 1;
-            let header = DecisionHeader {
-                window_start_millis: p.start,
-                window_millis: params.window_millis,
-                bitmap_bytes: params.bitmap_bytes,
-                hashes,
-                seed: params.seed,
-                hash_scheme: HASH_SCHEME_BLOOMFILTER3,
-                expected_items: params.expected_traces,
-                item_estimate: p.items,
-                baseline_rejection: p.baseline,
-                sealed: p.sealed,
-                sequence: self.sequence,
-                segment_offset: (i * self.max_segment) as u64,
-                gateway_id: self.gateway_id.clone(),
-            };
-            let mut value = self.spare_values.pop().unwrap_or_default();
-            value.clear();
-            value.reserve(segment.len() + 300);
-            decision::encode(&header, segment, &mut value);
-            records.push(Record {
+        let base = self
+            .acked
+            .as_ref()
+            .filter(|a| a.start == p.start && a.params == params)
+            .map(|a| &a.bits[..]);
+        let header = |segment_offset: u64, sequence: u64| DecisionHeader {
+            window_start_millis: p.start,
+            window_millis: params.window_millis,
+            bitmap_bytes: params.bitmap_bytes,
+            hashes,
+            seed: params.seed,
+            hash_scheme: HASH_SCHEME_BLOOMFILTER3,
+            expected_items: params.expected_traces,
+            item_estimate: p.items,
+            baseline_rejection: p.baseline,
+            sealed: p.sealed,
+            sequence,
+            segment_offset,
+            gateway_id: self.gateway_id.clone(),
+        };
+        let sequence = &mut self.sequence;
+        let values = encode_records(
+            bits,
+            base,
+            self.max_segment,
+            |offset| {
+                *sequence += 1;
+                header(offset, *sequence)
+            },
+            &mut self.payload,
+            &mut self.spare_values,
+        );
+        let records: Vec<Record> = values
+            .into_iter()
+            .map(|value| Record {
                 topic: self.topic.clone(),
                 key: p.start.to_string().into_bytes(),
                 value,
                 items: 0,
                 headers: None,
-            });
-        }
+            })
+            .collect();
+        let bytes: usize = records.iter().map(|r| r.value.len()).sum();
         let kind = if p.sealed { "sealed" } else { "snapshot" };
         let sent = self.exporter.send(&records).await;
         let published = records.len();
         self.spare_values
             .extend(records.into_iter().map(|r| r.value).take(SPARE_VALUES));
         self.spare_values.truncate(SPARE_VALUES);
-        if !p.snapshot.is_empty() {
-            self.spare_snapshot = std::mem::take(&mut p.snapshot);
-        }
         match sent {
             Ok(()) => {
                 metrics::counter!("weir_tail_decision_records_published_total", "kind" => kind)
                     .increment(published as u64);
+                metrics::counter!("weir_tail_decision_bytes_published_total", "kind" => kind)
+                    .increment(bytes as u64);
+                // What the next record of this window is measured against.
+                let old = if p.sealed {
+                    self.acked.take_if(|a| a.start == p.start)
+                } else {
+                    self.acked.replace(Acked {
+                        start: p.start,
+                        params,
+                        bits: std::mem::take(&mut p.snapshot),
+                    })
+                };
+                if let Some(old) = old {
+                    self.spare_snapshot = old.bits;
+                }
                 if !p.sealed {
                     DecisionWindows::global().with(|open, _| {
                         if let Some(w) = open
@@ -234,11 +278,15 @@ impl Publisher {
                     window = p.start,
                     kind,
                     records = published,
+                    bytes,
                     fill,
                     "decision window published"
                 );
             }
             Err(e) => {
+                if !p.snapshot.is_empty() {
+                    self.spare_snapshot = std::mem::take(&mut p.snapshot);
+                }
                 metrics::counter!("weir_tail_decision_records_failed_total", "kind" => kind)
                     .increment(published as u64);
                 tracing::warn!(error = %e, window = p.start, kind, "publishing a decision window failed; retrying at the next interval");
@@ -251,21 +299,183 @@ impl Publisher {
     }
 }
 
-/// The share of bits set in `bits`.
-pub fn fill_ratio(bits: &[u8]) -> f64 {
-    if bits.is_empty() {
-        return 0.0;
+/// The record values that publish `bits` to a reader that has `base` (nothing: `None`):
+/// the new bits' positions when that is smaller than `bits`, else all of `bits`; each value at
+/// most `max_segment` bytes of payload. `header` gives a record's header from its segment
+/// offset; `payload` is scratch space, `spare` buffers to reuse.
+fn encode_records(
+    bits: &[u8],
+    base: Option<&[u8]>,
+    max_segment: usize,
+    mut header: impl FnMut(u64) -> DecisionHeader,
+    payload: &mut Vec<u8>,
+    spare: &mut Vec<Vec<u8>>,
+) -> Vec<Vec<u8>> {
+    let mut values = Vec::new();
+    // Sparse, in one pass: a record is cut when the next position would not fit, and the
+    // whole is given up for the dense form once it is as large.
+    let mut total = 0;
+    let mut segment: Option<(u64, SparseWriter)> = None;
+    payload.clear();
+    let sparse = for_each_new_position(bits, base, |p| {
+        let (offset, writer) = segment.get_or_insert_with(|| (p / 8, SparseWriter::new(p / 8 * 8)));
+        if payload.len() + writer.len_of(p) > max_segment {
+            let mut v = spare_value(spare, payload.len());
+            decision::encode(&header(*offset), Payload::Sparse(payload), &mut v);
+            values.push(v);
+            payload.clear();
+            (*offset, *writer) = (p / 8, SparseWriter::new(p / 8 * 8));
+        }
+        total += writer.len_of(p);
+        writer.push(p, payload);
+        total < bits.len()
+    });
+    if sparse {
+        // The last (or only) record; empty when nothing is new (a sealed window says so).
+        let offset = segment.map_or(0, |(offset, _)| offset);
+        let mut v = spare_value(spare, payload.len());
+        decision::encode(&header(offset), Payload::Sparse(payload), &mut v);
+        values.push(v);
+        return values;
     }
-    // Eight bytes at a time: one population count per word.
-    let words = bits.chunks_exact(8);
-    let tail: u64 = words
-        .remainder()
-        .iter()
-        .map(|b| u64::from(b.count_ones()))
-        .sum();
-    let ones: u64 = words
-        .map(|w| u64::from(u64::from_ne_bytes(w.try_into().expect("8 bytes")).count_ones()))
-        .sum::<u64>()
-        + tail;
-    ones as f64 / (bits.len() as f64 * 8.0)
+    spare.append(&mut values);
+    for (i, chunk) in bits.chunks(max_segment).enumerate() {
+        let mut v = spare_value(spare, chunk.len());
+        decision::encode(
+            &header((i * max_segment) as u64),
+            Payload::Dense(chunk),
+            &mut v,
+        );
+        values.push(v);
+    }
+    values
+}
+
+/// A record value buffer from `spare` (or a new one), empty, with room for `len` bytes of
+/// payload and the header.
+fn spare_value(spare: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
+    let mut v = spare.pop().unwrap_or_default();
+    v.clear();
+    v.reserve(len + 300);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tail::filter::WindowFilter;
+    use weir_config::policy::{bitmap_bytes, expand_seed, hash_count};
+
+    fn params(n: u64) -> FilterParams {
+        let bytes = bitmap_bytes(n, 0.001);
+        FilterParams {
+            window_millis: 10_000,
+            expected_traces: n,
+            bitmap_bytes: bytes,
+            hashes: hash_count(bytes * 8, n),
+            seed: expand_seed(7),
+        }
+    }
+
+    fn id(i: u64) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+        id[8..].copy_from_slice(&i.wrapping_mul(0xbf58_476d_1ce4_e5b9).to_be_bytes());
+        id
+    }
+
+    /// Encodes `bits` for a reader holding `base`, applies every record to a copy of
+    /// `base`, and returns the copy, the records' sizes and whether they were sparse.
+    fn publish(
+        p: &FilterParams,
+        bits: &[u8],
+        base: Option<&[u8]>,
+        max_segment: usize,
+    ) -> (WindowFilter, Vec<usize>, bool) {
+        let mut reader = WindowFilter::new(p).unwrap();
+        if let Some(b) = base {
+            assert!(reader.merge(0, b));
+        }
+        let header = |offset| DecisionHeader {
+            window_start_millis: 0,
+            window_millis: p.window_millis,
+            bitmap_bytes: p.bitmap_bytes,
+            hashes: p.hashes,
+            seed: p.seed,
+            hash_scheme: HASH_SCHEME_BLOOMFILTER3,
+            expected_items: p.expected_traces,
+            item_estimate: 0,
+            baseline_rejection: None,
+            sealed: false,
+            sequence: 0,
+            segment_offset: offset,
+            gateway_id: "gw".into(),
+        };
+        let values = encode_records(
+            bits,
+            base,
+            max_segment,
+            header,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
+        let mut sparse = false;
+        let mut sizes = Vec::new();
+        for v in &values {
+            let (h, payload) = decision::decode(v).unwrap();
+            sizes.push(payload.bytes().len());
+            match payload {
+                Payload::Dense(b) => assert!(reader.merge(h.segment_offset, b)),
+                Payload::Sparse(b) => {
+                    sparse = true;
+                    assert!(reader.set_positions(decision::sparse_positions(h.segment_offset, b)));
+                }
+            }
+        }
+        (reader, sizes, sparse)
+    }
+
+    #[test]
+    fn records_carry_the_new_bits_sparsely_and_a_full_filter_densely() {
+        let p = params(100_000);
+        let mut f = WindowFilter::new(&p).unwrap();
+        for i in 0..2_000 {
+            f.insert(&id(i));
+        }
+        // First record of the window: every set bit, as positions, in several records.
+        let (reader, sizes, sparse) = publish(&p, f.bits(), None, 4096);
+        assert!(sparse);
+        assert_eq!(reader.bits(), f.bits());
+        assert!(
+            sizes.len() > 1 && sizes.iter().all(|&s| s <= 4096),
+            "{sizes:?}"
+        );
+        let first: usize = sizes.iter().sum();
+        assert!(first < f.bits().len() / 4, "{first} bytes for 2000 marks");
+
+        // The next: only the bits set since.
+        let base = f.bits().to_vec();
+        for i in 2_000..2_100 {
+            f.insert(&id(i));
+        }
+        let (reader, sizes, sparse) = publish(&p, f.bits(), Some(&base), 4096);
+        assert!(sparse);
+        assert_eq!(reader.bits(), f.bits());
+        let delta: usize = sizes.iter().sum();
+        assert!(delta < first / 10, "{delta} bytes for 100 new marks");
+
+        // Nothing new (a sealed window after its last snapshot): one empty record.
+        let (_, sizes, sparse) = publish(&p, f.bits(), Some(f.bits()), 4096);
+        assert!(sparse);
+        assert_eq!(sizes, [0]);
+
+        // Near capacity the positions would be larger than the bits: the whole filter.
+        for i in 2_100..100_000 {
+            f.insert(&id(i));
+        }
+        let (reader, sizes, sparse) = publish(&p, f.bits(), None, 64 * 1024);
+        assert!(!sparse);
+        assert_eq!(reader.bits(), f.bits());
+        assert_eq!(sizes.iter().sum::<usize>(), f.bits().len());
+    }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use weir_config::policy::{FilterParams, in_baseline};
 use weir_config::policy::{MAX_TAIL_FILTER_BYTES, Threshold};
-use weir_proto::decision::{self, DecisionHeader};
+use weir_proto::decision::{self, DecisionHeader, Payload};
 
 /// What the windows say about a trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +79,8 @@ pub enum Refused {
 impl DecisionStore {
     /// Merges one decision record. `cutoff_millis`: windows ending before it are not kept.
     pub fn apply(&self, record: &[u8], cutoff_millis: u64) -> Result<(), Refused> {
-        let (h, bits) = decision::decode(record).map_err(|e| Refused::Malformed(e.to_string()))?;
+        let (h, payload) =
+            decision::decode(record).map_err(|e| Refused::Malformed(e.to_string()))?;
         if h.window_start_millis.saturating_add(h.window_millis) < cutoff_millis {
             return Err(Refused::Expired);
         }
@@ -115,7 +116,13 @@ impl DecisionStore {
             }
         };
         let w = &mut list[at];
-        if !w.filter.merge(h.segment_offset, bits) {
+        let merged = match payload {
+            Payload::Dense(bits) => w.filter.merge(h.segment_offset, bits),
+            Payload::Sparse(bytes) => w
+                .filter
+                .set_positions(decision::sparse_positions(h.segment_offset, bytes)),
+        };
+        if !merged {
             return Err(Refused::Malformed(
                 "the segment runs past the filter".into(),
             ));
@@ -129,7 +136,6 @@ impl DecisionStore {
         w.gateways.insert(h.gateway_id);
         self.longest
             .fetch_max(h.window_millis, std::sync::atomic::Ordering::Relaxed);
-        metrics::gauge!("weir_tail_router_window_fill_ratio").set(w.filter.fill_ratio());
         Ok(())
     }
 
@@ -167,7 +173,8 @@ impl DecisionStore {
         }
     }
 
-    /// Frees the windows that ended before `cutoff_millis`; returns how many are held.
+    /// Frees the windows that ended before `cutoff_millis` and sets the window gauges;
+    /// returns how many are held.
     pub fn free_before(&self, cutoff_millis: u64) -> usize {
         let mut windows = self.windows.write().unwrap_or_else(|p| p.into_inner());
         windows.retain(|&start, list| {
@@ -182,6 +189,13 @@ impl DecisionStore {
             .map(|w| w.filter.params().bitmap_bytes)
             .sum();
         metrics::gauge!("weir_tail_router_window_bytes").set(bytes as f64);
+        if let Some((_, newest)) = windows.last_key_value() {
+            let fill = newest
+                .iter()
+                .map(|w| w.filter.fill_ratio())
+                .fold(0.0, f64::max);
+            metrics::gauge!("weir_tail_router_window_fill_ratio").set(fill);
+        }
         held
     }
 
@@ -366,7 +380,7 @@ mod tests {
                     gateway_id: gateway.into(),
                 };
                 let mut out = Vec::new();
-                decision::encode(&h, seg, &mut out);
+                decision::encode(&h, Payload::Dense(seg), &mut out);
                 out
             })
             .collect()
@@ -454,5 +468,46 @@ mod tests {
             store.apply(b"junk", 0),
             Err(Refused::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn sparse_records_merge_like_dense_ones() {
+        let p = params(1);
+        let mut f = WindowFilter::new(&p).unwrap();
+        f.insert(&id(4));
+        f.insert(&id(5));
+        let mut payload = Vec::new();
+        let mut writer = decision::SparseWriter::new(0);
+        crate::tail::filter::for_each_new_position(f.bits(), None, |position| {
+            writer.push(position, &mut payload);
+            true
+        });
+        let h = DecisionHeader {
+            window_start_millis: 100_000,
+            window_millis: LEN,
+            bitmap_bytes: p.bitmap_bytes,
+            hashes: f.hashes(),
+            seed: p.seed,
+            hash_scheme: HASH_SCHEME_BLOOMFILTER3,
+            expected_items: p.expected_traces,
+            item_estimate: 2,
+            baseline_rejection: None,
+            sealed: true,
+            sequence: 1,
+            segment_offset: 0,
+            gateway_id: "sparse".into(),
+        };
+        let mut record = Vec::new();
+        decision::encode(&h, Payload::Sparse(&payload), &mut record);
+        assert!(
+            record.len() < 200,
+            "two marks take a few bytes, not the filter"
+        );
+        let store = DecisionStore::default();
+        store.apply(&record, 0).unwrap();
+        assert_eq!(store.verdict(&id(4), 105_000), Verdict::Marked);
+        assert_eq!(store.verdict(&id(5), 105_000), Verdict::Marked);
+        assert_eq!(store.verdict(&id(6), 105_000), Verdict::Unmarked);
+        assert_eq!(store.gateways(100_000).1, vec!["sparse".to_string()]);
     }
 }

@@ -127,6 +127,9 @@ pub async fn run(
     );
 
     let readiness = Arc::new(admin::Readiness::default());
+    readiness.set_preparing(Some(
+        "reading the decision records up to their end before routing (catching up)",
+    ));
     let admin_listener = TcpListener::bind(&config.admin.endpoint)
         .await
         .with_context(|| format!("binding the admin listener on {}", config.admin.endpoint))?;
@@ -177,6 +180,7 @@ pub async fn run(
     hot_consumer
         .subscribe(&[&k.hot_topic])
         .with_context(|| format!("subscribing to {}", k.hot_topic))?;
+    readiness.set_preparing(None);
     readiness.set_broker(true);
     tracing::info!(hot = %k.hot_topic, cold = %k.cold_topic, delay = ?config.delay, "routing marked traces");
 
