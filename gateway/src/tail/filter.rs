@@ -2,15 +2,87 @@
 //! from the policy's [`FilterParams`] so that every process builds the same hash functions
 //! (SipHash-1-3 keyed by the seed; no per-process randomness), and merged with a bitwise OR
 //! from published bits.
+//!
+//! The gateway marks in batches ([`WindowFilter::insert_batch`]): the same bits the crate's
+//! `check_and_set` sets, found with the crate's own SipHash type but without its two integer
+//! divisions per bit, and set after all of a batch's positions are known so that the cache
+//! misses of a megabyte-sized bit array overlap. A test holds the two paths to the same bits.
 
 use bloomfilter::Bloom;
+use bloomfilter::reexports::siphasher::sip::SipHasher13;
+use std::hash::{Hash, Hasher};
 use weir_config::policy::FilterParams;
+
+/// The modulus of the crate's derived hashes (the largest prime below 2^64).
+const DERIVED_HASH_PRIME: u64 = 0xFFFF_FFFF_FFFF_FFC5;
+
+/// The most items [`WindowFilter::insert_batch`] takes at once.
+pub const MAX_BATCH: usize = 64;
 
 /// A window's filter.
 pub struct WindowFilter {
     /// Always `Some` between calls; taken while the bits are being rewritten.
     bloom: Option<Bloom<[u8; 16]>>,
     params: FilterParams,
+    /// The crate's hash functions, for batches.
+    hashing: Hashing,
+    /// Bit positions of a batch (scratch space).
+    positions: Vec<u64>,
+}
+
+/// The positions the crate's `Bloom<[u8; 16]>` derives for an item (hash scheme 1 of the
+/// decision record), with `% bits` done by multiplication (Lemire's fastmod).
+struct Hashing {
+    sips: [SipHasher13; 2],
+    hashes: u64,
+    bits: u64,
+    /// `ceil(2^128 / bits)`.
+    magic: u128,
+}
+
+impl Hashing {
+    fn new(seed: &[u8; 32], hashes: u32, bits: u64) -> Self {
+        let key = |half: &[u8]| {
+            let mut k = [0u8; 16];
+            k.copy_from_slice(half);
+            SipHasher13::new_with_key(&k)
+        };
+        Hashing {
+            sips: [key(&seed[..16]), key(&seed[16..])],
+            hashes: u64::from(hashes),
+            bits,
+            // A filter has at least 8 bits, so the division cannot overflow.
+            magic: (u128::MAX / u128::from(bits.max(2))).wrapping_add(1),
+        }
+    }
+
+    /// `x % bits`, exactly, for every `x`.
+    #[inline]
+    fn reduce(&self, x: u64) -> u64 {
+        let low = self.magic.wrapping_mul(u128::from(x));
+        let d = u128::from(self.bits);
+        let bottom = ((low as u64 as u128) * d) >> 64;
+        let top = (low >> 64) * d;
+        ((bottom + top) >> 64) as u64
+    }
+
+    /// Appends the bit positions of `item` to `out`, in the crate's order.
+    #[inline]
+    fn positions(&self, item: &[u8; 16], out: &mut Vec<u64>) {
+        let hash = |i: usize| {
+            let mut sip = self.sips[i];
+            item.hash(&mut sip);
+            sip.finish()
+        };
+        let (h0, h1) = (hash(0), hash(1));
+        out.push(self.reduce(h0));
+        if self.hashes > 1 {
+            out.push(self.reduce(h1));
+        }
+        for i in 2..self.hashes {
+            out.push(self.reduce(h0.wrapping_add(i.wrapping_mul(h1)) % DERIVED_HASH_PRIME));
+        }
+    }
 }
 
 impl WindowFilter {
@@ -22,9 +94,12 @@ impl WindowFilter {
             &params.seed,
         )
         .ok()?;
+        let hashing = Hashing::new(&params.seed, bloom.number_of_hash_functions(), bloom.len());
         Some(WindowFilter {
             bloom: Some(bloom),
             params: *params,
+            hashing,
+            positions: Vec::new(),
         })
     }
 
@@ -49,6 +124,36 @@ impl WindowFilter {
             Some(b) => !b.check_and_set(trace_id),
             None => false,
         }
+    }
+
+    /// Marks every id of `ids` (at most [`MAX_BATCH`]) in order, as [`insert`](Self::insert)
+    /// one after the other would; bit `i` of the result is set when `ids[i]` was not in the
+    /// filter before.
+    pub fn insert_batch(&mut self, ids: &[[u8; 16]]) -> u64 {
+        assert!(ids.len() <= MAX_BATCH, "at most {MAX_BATCH} ids a batch");
+        let k = self.hashing.hashes as usize;
+        let mut positions = std::mem::take(&mut self.positions);
+        positions.clear();
+        for id in ids {
+            self.hashing.positions(id, &mut positions);
+        }
+        let new = self
+            .with_bits_mut(|bits| {
+                let mut new = 0u64;
+                for (i, item) in positions.chunks_exact(k).enumerate() {
+                    let mut all_set = 1u8;
+                    for &p in item {
+                        let (byte, mask) = ((p / 8) as usize, 1u8 << (p % 8));
+                        all_set &= u8::from(bits[byte] & mask != 0);
+                        bits[byte] |= mask;
+                    }
+                    new |= u64::from(all_set ^ 1) << i;
+                }
+                new
+            })
+            .unwrap_or(0);
+        self.positions = positions;
+        new
     }
 
     /// True when `trace_id` may have been marked (false positives at the configured rate).
@@ -116,7 +221,7 @@ impl WindowFilter {
                 // Cannot happen: the header is the one `into_bytes` gave. Start empty rather
                 // than panic.
                 tracing::error!(error = e, "rebuilding a merged filter failed");
-                self.bloom = WindowFilter::new(&self.params).and_then(|f| f.bloom);
+                self.bloom = WindowFilter::new(&self.params).and_then(|mut f| f.bloom.take());
                 None
             }
         }
@@ -329,5 +434,59 @@ mod tests {
         let past = set.bits().len() as u64 * 8;
         assert!(!set.set_positions([past].into_iter()));
         assert!((fill_ratio(set.bits()) - set.fill_ratio()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn batches_set_the_bits_the_crate_sets() {
+        // Sizes with and without hash collisions, one hash function and many.
+        for (n, p, seed) in [
+            (1_000_000, 0.001, 1),
+            (1000, 0.01, 2),
+            (50, 0.5, 3),
+            (300, 1e-9, 4),
+        ] {
+            let params = params(n, p, seed);
+            let mut one_by_one = WindowFilter::new(&params).unwrap();
+            let mut batched = WindowFilter::new(&params).unwrap();
+            let all: Vec<[u8; 16]> = ids(0, 3000).chain(ids(0, 200)).collect();
+            for batch in all.chunks(37) {
+                let mut expected = 0u64;
+                for (i, id) in batch.iter().enumerate() {
+                    expected |= u64::from(one_by_one.insert(id)) << i;
+                }
+                assert_eq!(batched.insert_batch(batch), expected, "n={n} p={p}");
+            }
+            assert_eq!(one_by_one.bits(), batched.bits(), "n={n} p={p}");
+        }
+        let mut f = WindowFilter::new(&params(100, 0.01, 42)).unwrap();
+        assert_eq!(
+            f.insert_batch(&[[0xab; 16], [0xab; 16]]),
+            0b01,
+            "a repeat is not new"
+        );
+        assert_eq!(f.insert_batch(&[]), 0);
+    }
+
+    #[test]
+    fn fast_reduction_is_the_remainder() {
+        let xs = [
+            0,
+            1,
+            7,
+            8,
+            u64::MAX,
+            u64::MAX - 1,
+            1 << 63,
+            0x1234_5678_9abc_def0,
+        ];
+        for bits in [8, 9, 1000, 14_377_592, (1 << 31) - 8, 1 << 31, u64::MAX / 3] {
+            let h = Hashing::new(&[0; 32], 1, bits);
+            for x in xs
+                .into_iter()
+                .chain((0..1000).map(|i: u64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            {
+                assert_eq!(h.reduce(x), x % bits, "{x} % {bits}");
+            }
+        }
     }
 }

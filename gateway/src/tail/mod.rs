@@ -104,12 +104,19 @@ impl DecisionWindows {
         // the first rules get a slot each, the rest are counted one by one.
         let mut per_rule = [0u64; 8];
         let mut new = 0;
-        for (trace_id, rule) in marks {
-            if window.filter.insert(trace_id) {
+        let mut ids = [[0u8; 16]; filter::MAX_BATCH];
+        for batch in marks.chunks(filter::MAX_BATCH) {
+            for (slot, (id, _)) in ids.iter_mut().zip(batch) {
+                *slot = *id;
+            }
+            let mut fresh = window.filter.insert_batch(&ids[..batch.len()]);
+            while fresh != 0 {
+                let (_, rule) = batch[fresh.trailing_zeros() as usize];
+                fresh &= fresh - 1;
                 new += 1;
-                match per_rule.get_mut(usize::from(*rule)) {
+                match per_rule.get_mut(usize::from(rule)) {
                     Some(n) => *n += 1,
-                    None => count(marked, usize::from(*rule), 1),
+                    None => count(marked, usize::from(rule), 1),
                 }
             }
         }
