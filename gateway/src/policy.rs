@@ -440,14 +440,99 @@ pub fn plan_traces_for(
     if policy.version() == 0 {
         return TracePlan::everything_to(default_topic.into(), view);
     }
+    if policy.keeps_everything() {
+        return plan_keeping_everything(active, body, view, default_topic, tenant);
+    }
     let mut plan = TracePlan {
         topics: vec![default_topic.into()],
+        // Every span once, the usual case (a span routed to several topics grows it).
+        routes: Vec::with_capacity(view.spans.len()),
         ..Default::default()
     };
     plan.topics
         .extend(policy.topics().iter().map(|t| Arc::from(t.as_str())));
     let now = monotonic_nanos();
     let mut trace_state = String::new();
+    // Tail rules mark trace ids in the decision window (set when `tail` drops).
+    let mut tail = crate::tail::TailMarker::new(policy, &active.tail_marked);
+    let mut tally = Tally::new(&active.counters);
+    for_each_span(policy, body, view, tenant, |i, resource, span| {
+        tail.observe(resource, span);
+        let decision = policy.evaluate_in(resource, span, now);
+        tally.add(&decision);
+        if !decision.keep {
+            return;
+        }
+        trace_state.clear();
+        // Only a sampled-below-1 span has a threshold to record (and its fields to read).
+        if decision.threshold.is_some()
+            && decision.write_tracestate(span.trace_state_str(), &mut trace_state)
+        {
+            let start = plan.rewritten.len();
+            wire::write_span_with_trace_state(span.bytes, &trace_state, &mut plan.rewritten);
+            plan.replaced.push((i as u32, start..plan.rewritten.len()));
+        }
+        for topic in policy.topic_set(decision.topics) {
+            plan.routes.push((topic_index(*topic), i as u32));
+        }
+    });
+    plan
+}
+
+/// The plan of a policy without sampling or routing rules: every span, unchanged, to the
+/// policy's default topics, counted under the default rule in one step. Only tail rules (if
+/// any) look at the spans.
+fn plan_keeping_everything(
+    active: &ActivePolicy,
+    body: &[u8],
+    view: &TraceRequestView,
+    default_topic: &str,
+    tenant: Option<&str>,
+) -> TracePlan {
+    let policy = &active.policy;
+    let mut plan = TracePlan {
+        topics: vec![default_topic.into()],
+        ..Default::default()
+    };
+    plan.topics
+        .extend(policy.topics().iter().map(|t| Arc::from(t.as_str())));
+    let topics = policy.topic_set(policy.default_topics());
+    plan.routes = (0..view.spans.len() as u32)
+        .flat_map(|i| topics.iter().map(move |t| (topic_index(*t), i)))
+        .collect();
+    let kept = Counted {
+        sampling_rule: None,
+        routing_rule: None,
+        outcome: Outcome::Kept,
+    };
+    active.counters.count(&kept, view.spans.len() as u64);
+    if policy.tail().is_some_and(|t| t.has_rules()) {
+        let mut tail = crate::tail::TailMarker::new(policy, &active.tail_marked);
+        for_each_span(policy, body, view, tenant, |_, resource, span| {
+            tail.observe(resource, span);
+        });
+    }
+    plan
+}
+
+/// The index in [`TracePlan::topics`] of `topic`: the gateway's default first, then the
+/// policy's named topics.
+fn topic_index(topic: Topic) -> u16 {
+    match topic {
+        Topic::Default => 0,
+        Topic::Named(n) => n + 1,
+    }
+}
+
+/// Calls `f` with the index, the resource's candidate rules and a policy view of every span
+/// of the request, in order.
+fn for_each_span<'a>(
+    policy: &Policy,
+    body: &'a [u8],
+    view: &'a TraceRequestView,
+    tenant: Option<&str>,
+    mut f: impl FnMut(usize, &ResourceCandidates, &WireSpan<'a, '_>),
+) {
     let resources: Vec<Attrs<'_>> = view
         .resources
         .iter()
@@ -463,9 +548,6 @@ pub fn plan_traces_for(
         })
         .collect();
     let attrs = RefCell::new(Attrs::with_capacity(16));
-    // Tail rules mark trace ids in the decision window (set when `tail` drops).
-    let mut tail = crate::tail::TailMarker::new(policy, &active.tail_marked);
-    let mut tally = Tally::new(&active.counters);
     for (i, entry) in view.spans.iter().enumerate() {
         let scope = &view.scopes[entry.scope as usize];
         let span = WireSpan {
@@ -477,31 +559,8 @@ pub fn plan_traces_for(
             attrs_read: Cell::new(false),
             tenant,
         };
-        let resource = &candidates[scope.resource as usize];
-        tail.observe(resource, &span);
-        let decision = policy.evaluate_in(resource, &span, now);
-        tally.add(&decision);
-        if !decision.keep {
-            continue;
-        }
-        trace_state.clear();
-        // Only a sampled-below-1 span has a threshold to record (and its fields to read).
-        if decision.threshold.is_some()
-            && decision.write_tracestate(span.trace_state_str(), &mut trace_state)
-        {
-            let start = plan.rewritten.len();
-            wire::write_span_with_trace_state(span.bytes, &trace_state, &mut plan.rewritten);
-            plan.replaced.push((i as u32, start..plan.rewritten.len()));
-        }
-        for topic in policy.topic_set(decision.topics) {
-            let index = match topic {
-                Topic::Default => 0,
-                Topic::Named(n) => n + 1,
-            };
-            plan.routes.push((index, i as u32));
-        }
+        f(i, &candidates[scope.resource as usize], &span);
     }
-    plan
 }
 
 #[cfg(test)]
@@ -586,6 +645,30 @@ routing:
         let plan = plan_traces(&active, &body, &view, "spans");
         assert_eq!(plan.routes, vec![(0, 0), (0, 1), (0, 2)]);
         assert!(plan.replaced.is_empty());
+    }
+
+    #[test]
+    fn a_policy_without_rules_routes_every_span_to_its_default_topic() {
+        let body = request();
+        let view = TraceRequestView::parse(&body).unwrap();
+        // No sampling or routing rule: the plan is made without a decision per span, to the
+        // policy's own default topic; the spans are still counted under the default rule.
+        let active = ActivePolicy::new(
+            Policy::parse("version: 2\nrouting:\n  default_topic: elsewhere\n").unwrap(),
+        );
+        assert!(active.policy.keeps_everything());
+        let plan = plan_traces(&active, &body, &view, "spans");
+        assert_eq!(plan.topics.len(), 2);
+        assert_eq!(&*plan.topics[1], "elsewhere");
+        assert_eq!(plan.routes, vec![(1, 0), (1, 1), (1, 2)]);
+        assert!(plan.replaced.is_empty());
+        // The same with the gateway's topic as the default.
+        let active = ActivePolicy::new(Policy::parse("version: 2\n").unwrap());
+        let plan = plan_traces(&active, &body, &view, "spans");
+        assert_eq!(plan.routes, vec![(0, 0), (0, 1), (0, 2)]);
+        // A sampling rule turns per-span evaluation back on.
+        let active = ActivePolicy::new(Policy::parse(POLICY).unwrap());
+        assert!(!active.policy.keeps_everything());
     }
 
     #[test]

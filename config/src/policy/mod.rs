@@ -483,6 +483,17 @@ impl Policy {
         &self.routing.topics
     }
 
+    /// True when the policy has no sampling or routing rule, probability 1 and no rate
+    /// limit: every span is kept, to [`Policy::default_topics`], whatever it holds.
+    pub fn keeps_everything(&self) -> bool {
+        self.keeps_everything
+    }
+
+    /// The topics of a span no routing rule matches (`routing.default_topics`).
+    pub fn default_topics(&self) -> TopicSet {
+        self.routing.default
+    }
+
     /// The topics of a decision.
     pub fn topic_set(&self, set: TopicSet) -> &[Topic] {
         self.routing.set(set)
