@@ -78,13 +78,6 @@ impl SparseWriter {
         varint_len(position - self.next)
     }
 
-    /// Moves past `position` without writing it; returns the bytes it would have taken.
-    pub fn skip(&mut self, position: u64) -> usize {
-        let len = self.len_of(position);
-        self.next = position + 1;
-        len
-    }
-
     /// Appends `position` (greater than every position before it) to `out`.
     pub fn push(&mut self, position: u64, out: &mut Vec<u8>) {
         debug_assert!(position >= self.next, "positions must increase");
