@@ -272,10 +272,12 @@ def consume(
     count: Callable[[Record], int] = lambda r: 1,
     timeout: float = 30.0,
     settle: float = 1.0,
+    max_polls: int = 100_000,
 ) -> list[Record]:
     """Reads `topic` from the beginning of every partition until `want` items are seen (count()
     says how many items a record holds) or `timeout` passes, then keeps reading for `settle`
-    seconds so that duplicates show up. Returns what it read, in partition/offset order."""
+    seconds so that duplicates show up; at most `max_polls` polls (one record or 0.1 s each).
+    Returns what it read, in partition/offset order."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -297,7 +299,7 @@ def consume(
         seen = 0
         deadline = time.monotonic() + timeout
         settle_deadline = None
-        for _ in range(100_000):
+        for _ in range(max_polls):
             now = time.monotonic()
             if settle_deadline is None and seen >= want:
                 settle_deadline = now + settle

@@ -97,7 +97,17 @@ def main() -> int:
         time.sleep(2)
         marked_traces = sum(v for name, _, v in gw.metrics() if name == "weir_tail_traces_marked_total")
         gw.stop()
-        hot_records = harness.consume(broker.bootstrap, hot, want=1 << 40, timeout=90, settle=0)
+        # Until every acknowledged span is read (or 90 s): one poll per record plus the empty
+        # polls of the 90 s, so the count bound never cuts the read short.
+        hot_records = harness.consume(
+            broker.bootstrap,
+            hot,
+            want=acked_spans,
+            count=harness.span_count,
+            timeout=90,
+            settle=1,
+            max_polls=args.requests * 10 + 1000,
+        )
         hot_spans = sum(harness.span_count(r) for r in hot_records)
 
         router = harness.TailRouter(
