@@ -440,9 +440,6 @@ pub fn plan_traces_for(
     if policy.version() == 0 {
         return TracePlan::everything_to(default_topic.into(), view);
     }
-    if policy.keeps_everything() {
-        return plan_keeping_everything(active, body, view, default_topic, tenant);
-    }
     let mut plan = TracePlan {
         topics: vec![default_topic.into()],
         // Every span once, the usual case (a span routed to several topics grows it).
@@ -451,6 +448,10 @@ pub fn plan_traces_for(
     };
     plan.topics
         .extend(policy.topics().iter().map(|t| Arc::from(t.as_str())));
+    if policy.keeps_everything() {
+        keep_everything(active, body, view, tenant, &mut plan);
+        return plan;
+    }
     let now = monotonic_nanos();
     let mut trace_state = String::new();
     // Tail rules mark trace ids in the decision window (set when `tail` drops).
@@ -479,27 +480,21 @@ pub fn plan_traces_for(
     plan
 }
 
-/// The plan of a policy without sampling or routing rules: every span, unchanged, to the
+/// Fills `plan` for a policy without sampling or routing rules: every span, unchanged, to the
 /// policy's default topics, counted under the default rule in one step. Only tail rules (if
 /// any) look at the spans.
-fn plan_keeping_everything(
+fn keep_everything(
     active: &ActivePolicy,
     body: &[u8],
     view: &TraceRequestView,
-    default_topic: &str,
     tenant: Option<&str>,
-) -> TracePlan {
+    plan: &mut TracePlan,
+) {
     let policy = &active.policy;
-    let mut plan = TracePlan {
-        topics: vec![default_topic.into()],
-        ..Default::default()
-    };
-    plan.topics
-        .extend(policy.topics().iter().map(|t| Arc::from(t.as_str())));
     let topics = policy.topic_set(policy.default_topics());
-    plan.routes = (0..view.spans.len() as u32)
-        .flat_map(|i| topics.iter().map(move |t| (topic_index(*t), i)))
-        .collect();
+    plan.routes.extend(
+        (0..view.spans.len() as u32).flat_map(|i| topics.iter().map(move |t| (topic_index(*t), i))),
+    );
     let kept = Counted {
         sampling_rule: None,
         routing_rule: None,
@@ -512,7 +507,6 @@ fn plan_keeping_everything(
             tail.observe(resource, span);
         });
     }
-    plan
 }
 
 /// The index in [`TracePlan::topics`] of `topic`: the gateway's default first, then the

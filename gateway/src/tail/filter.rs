@@ -118,7 +118,9 @@ impl WindowFilter {
         self.bloom().number_of_hash_functions()
     }
 
-    /// Marks `trace_id`; true when it was not in the filter before.
+    /// Marks `trace_id` with the crate's own `check_and_set`; true when it was not in the
+    /// filter before. The reference [`insert_batch`](Self::insert_batch) is held to.
+    #[cfg(test)]
     pub fn insert(&mut self, trace_id: &[u8; 16]) -> bool {
         match self.bloom.as_mut() {
             Some(b) => !b.check_and_set(trace_id),
@@ -126,7 +128,7 @@ impl WindowFilter {
         }
     }
 
-    /// Marks every id of `ids` (at most [`MAX_BATCH`]) in order, as [`insert`](Self::insert)
+    /// Marks every id of `ids` (at most [`MAX_BATCH`]) in order, as the crate's `check_and_set`
     /// one after the other would; bit `i` of the result is set when `ids[i]` was not in the
     /// filter before.
     pub fn insert_batch(&mut self, ids: &[[u8; 16]]) -> u64 {

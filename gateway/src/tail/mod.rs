@@ -18,8 +18,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use weir_config::policy::{FilterParams, Policy, ResourceCandidates, SpanView, TailPolicy};
 
-/// Marks buffered before they are set in the filter.
-const MARK_BUFFER: usize = 64;
+/// Marks buffered before they are set in the filter: one batch of the filter's.
+const MARK_BUFFER: usize = filter::MAX_BATCH;
 
 /// Sealed windows kept for publishing at most; older ones are dropped (and counted) when the
 /// broker is unreachable for that long.
@@ -87,15 +87,18 @@ impl DecisionWindows {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sets `marks` (trace id, rule index) in the window of `now_millis`, counting each
-    /// trace new to the filter in `marked[rule]` (`weir_tail_traces_marked_total` per rule).
+    /// Sets trace ids `ids`, marked by the tail rules `rules` (one per id), in the window of
+    /// `now_millis`, counting each trace new to the filter in `marked[rule]`
+    /// (`weir_tail_traces_marked_total` per rule).
     pub fn mark(
         &self,
         tail: &TailPolicy,
-        marks: &[([u8; 16], u16)],
+        ids: &[[u8; 16]],
+        rules: &[u16],
         marked: &[Counter],
         now_millis: u64,
     ) {
+        debug_assert_eq!(ids.len(), rules.len(), "one rule per id");
         let mut state = self.lock();
         let Some(window) = rotate(&mut state, tail, now_millis) else {
             return;
@@ -104,14 +107,13 @@ impl DecisionWindows {
         // the first rules get a slot each, the rest are counted one by one.
         let mut per_rule = [0u64; 8];
         let mut new = 0;
-        let mut ids = [[0u8; 16]; filter::MAX_BATCH];
-        for batch in marks.chunks(filter::MAX_BATCH) {
-            for (slot, (id, _)) in ids.iter_mut().zip(batch) {
-                *slot = *id;
-            }
-            let mut fresh = window.filter.insert_batch(&ids[..batch.len()]);
+        for (ids, rules) in ids
+            .chunks(filter::MAX_BATCH)
+            .zip(rules.chunks(filter::MAX_BATCH))
+        {
+            let mut fresh = window.filter.insert_batch(ids);
             while fresh != 0 {
-                let (_, rule) = batch[fresh.trailing_zeros() as usize];
+                let rule = rules[fresh.trailing_zeros() as usize];
                 fresh &= fresh - 1;
                 new += 1;
                 match per_rule.get_mut(usize::from(rule)) {
@@ -206,7 +208,9 @@ fn rotate<'s>(state: &'s mut State, tail: &TailPolicy, now_millis: u64) -> Optio
 pub struct TailMarker<'p> {
     tail: Option<&'p TailPolicy>,
     marked: &'p [Counter],
-    marks: [([u8; 16], u16); MARK_BUFFER],
+    /// The marked trace ids, and the rule that marked each.
+    ids: [[u8; 16]; MARK_BUFFER],
+    rules: [u16; MARK_BUFFER],
     len: usize,
 }
 
@@ -217,7 +221,8 @@ impl<'p> TailMarker<'p> {
         Self {
             tail: policy.tail().filter(|t| t.has_rules()),
             marked,
-            marks: [([0; 16], 0); MARK_BUFFER],
+            ids: [[0; 16]; MARK_BUFFER],
+            rules: [0; MARK_BUFFER],
             len: 0,
         }
     }
@@ -230,7 +235,7 @@ impl<'p> TailMarker<'p> {
         let id = span.trace_id();
         // Spans of one trace usually travel together: once one marked it, the rest of the run
         // need not be evaluated.
-        if self.len > 0 && self.marks[self.len - 1].0 == *id {
+        if self.len > 0 && self.ids[self.len - 1] == *id {
             return;
         }
         let Some(rule) = tail.first_marking_rule_in(resource, span) else {
@@ -239,7 +244,8 @@ impl<'p> TailMarker<'p> {
         if self.len == MARK_BUFFER {
             self.flush();
         }
-        self.marks[self.len] = (*id, rule as u16);
+        self.ids[self.len] = *id;
+        self.rules[self.len] = rule as u16;
         self.len += 1;
     }
 
@@ -249,7 +255,8 @@ impl<'p> TailMarker<'p> {
         {
             DecisionWindows::global().mark(
                 tail,
-                &self.marks[..self.len],
+                &self.ids[..self.len],
+                &self.rules[..self.len],
                 self.marked,
                 unix_millis(),
             );
@@ -280,8 +287,8 @@ mod tests {
         let p = policy("10s");
         let tail = p.tail().unwrap();
         let w = DecisionWindows::default();
-        w.mark(tail, &[([1; 16], 0)], &[], 1_000_005_000);
-        w.mark(tail, &[([2; 16], 0)], &[], 1_000_009_999);
+        w.mark(tail, &[[1; 16]], &[0], &[], 1_000_005_000);
+        w.mark(tail, &[[2; 16]], &[0], &[], 1_000_009_999);
         w.with(|open, sealed| {
             let open = open.unwrap();
             assert_eq!(open.start, 1_000_000_000);
@@ -360,8 +367,8 @@ mod tests {
         let p = policy("10s");
         let tail = p.tail().unwrap();
         let w = DecisionWindows::default();
-        w.mark(tail, &[([1; 16], 0)], &[], 5_000);
-        w.mark(tail, &[([1; 16], 0)], &[], 6_000);
+        w.mark(tail, &[[1; 16]], &[0], &[], 5_000);
+        w.mark(tail, &[[1; 16]], &[0], &[], 6_000);
         w.with(|open, _| assert_eq!(open.unwrap().generation, 1));
     }
 }

@@ -202,29 +202,25 @@ impl Publisher {
             .as_ref()
             .filter(|a| a.start == p.start && a.params == params)
             .map(|a| &a.bits[..]);
-        let header = |segment_offset: u64, sequence: u64| DecisionHeader {
-            window_start_millis: p.start,
-            window_millis: params.window_millis,
-            bitmap_bytes: params.bitmap_bytes,
+        let window = DecisionHeader {
             hashes,
-            seed: params.seed,
-            hash_scheme: HASH_SCHEME_BLOOMFILTER3,
-            expected_items: params.expected_traces,
             item_estimate: p.items,
             baseline_rejection: p.baseline,
             sealed: p.sealed,
-            sequence,
-            segment_offset,
-            gateway_id: self.gateway_id.clone(),
+            ..header(&params, p.start, &self.gateway_id)
         };
         let sequence = &mut self.sequence;
         let values = encode_records(
             bits,
             base,
             self.max_segment,
-            |offset| {
+            |segment_offset| {
                 *sequence += 1;
-                header(offset, *sequence)
+                DecisionHeader {
+                    sequence: *sequence,
+                    segment_offset,
+                    ..window.clone()
+                }
             },
             &mut self.payload,
             &mut self.spare_values,
@@ -299,6 +295,27 @@ impl Publisher {
     }
 }
 
+/// The header of a record of window `start` with a filter of `params`, from `gateway_id`;
+/// the fields of one record (item estimate, baseline, sealed, sequence, segment) are left
+/// zero for the caller to set.
+pub(crate) fn header(params: &FilterParams, start: u64, gateway_id: &str) -> DecisionHeader {
+    DecisionHeader {
+        window_start_millis: start,
+        window_millis: params.window_millis,
+        bitmap_bytes: params.bitmap_bytes,
+        hashes: params.hashes,
+        seed: params.seed,
+        hash_scheme: HASH_SCHEME_BLOOMFILTER3,
+        expected_items: params.expected_traces,
+        item_estimate: 0,
+        baseline_rejection: None,
+        sealed: false,
+        sequence: 0,
+        segment_offset: 0,
+        gateway_id: gateway_id.into(),
+    }
+}
+
 /// The record values that publish `bits` to a reader that has `base` (nothing: `None`):
 /// the new bits' positions when that is smaller than `bits`, else all of `bits`; each value at
 /// most `max_segment` bytes of payload. `header` gives a record's header from its segment
@@ -319,14 +336,16 @@ fn encode_records(
     payload.clear();
     let sparse = for_each_new_position(bits, base, |p| {
         let (offset, writer) = segment.get_or_insert_with(|| (p / 8, SparseWriter::new(p / 8 * 8)));
-        if payload.len() + writer.len_of(p) > max_segment {
+        let mut len = writer.len_of(p);
+        if payload.len() + len > max_segment {
             let mut v = spare_value(spare, payload.len());
             decision::encode(&header(*offset), Payload::Sparse(payload), &mut v);
             values.push(v);
             payload.clear();
             (*offset, *writer) = (p / 8, SparseWriter::new(p / 8 * 8));
+            len = writer.len_of(p);
         }
-        total += writer.len_of(p);
+        total += len;
         writer.push(p, payload);
         total < bits.len()
     });
@@ -396,20 +415,9 @@ mod tests {
         if let Some(b) = base {
             assert!(reader.merge(0, b));
         }
-        let header = |offset| DecisionHeader {
-            window_start_millis: 0,
-            window_millis: p.window_millis,
-            bitmap_bytes: p.bitmap_bytes,
-            hashes: p.hashes,
-            seed: p.seed,
-            hash_scheme: HASH_SCHEME_BLOOMFILTER3,
-            expected_items: p.expected_traces,
-            item_estimate: 0,
-            baseline_rejection: None,
-            sealed: false,
-            sequence: 0,
-            segment_offset: offset,
-            gateway_id: "gw".into(),
+        let header = |segment_offset| DecisionHeader {
+            segment_offset,
+            ..header(p, 0, "gw")
         };
         let values = encode_records(
             bits,

@@ -328,8 +328,8 @@ pub fn cutoff(retention: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tail::publish::header;
     use weir_config::policy::{bitmap_bytes, expand_seed, hash_count};
-    use weir_proto::decision::HASH_SCHEME_BLOOMFILTER3;
 
     const LEN: u64 = 10_000;
 
@@ -365,19 +365,12 @@ mod tests {
             .enumerate()
             .map(|(i, seg)| {
                 let h = DecisionHeader {
-                    window_start_millis: start,
-                    window_millis: LEN,
-                    bitmap_bytes: p.bitmap_bytes,
                     hashes: f.hashes(),
-                    seed: p.seed,
-                    hash_scheme: HASH_SCHEME_BLOOMFILTER3,
-                    expected_items: p.expected_traces,
                     item_estimate: ids.len() as u64,
                     baseline_rejection: baseline,
-                    sealed: false,
                     sequence: i as u64,
                     segment_offset: (i * size) as u64,
-                    gateway_id: gateway.into(),
+                    ..header(&p, start, gateway)
                 };
                 let mut out = Vec::new();
                 decision::encode(&h, Payload::Dense(seg), &mut out);
@@ -483,19 +476,11 @@ mod tests {
             true
         });
         let h = DecisionHeader {
-            window_start_millis: 100_000,
-            window_millis: LEN,
-            bitmap_bytes: p.bitmap_bytes,
             hashes: f.hashes(),
-            seed: p.seed,
-            hash_scheme: HASH_SCHEME_BLOOMFILTER3,
-            expected_items: p.expected_traces,
             item_estimate: 2,
-            baseline_rejection: None,
             sealed: true,
             sequence: 1,
-            segment_offset: 0,
-            gateway_id: "sparse".into(),
+            ..header(&p, 100_000, "sparse")
         };
         let mut record = Vec::new();
         decision::encode(&h, Payload::Sparse(&payload), &mut record);
