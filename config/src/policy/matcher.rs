@@ -173,6 +173,11 @@ impl CodeSet {
         (0..64).filter(move |c| self.0 & (1 << c) != 0)
     }
 
+    /// The set as a mask: bit c for code c.
+    pub(crate) fn bits(self) -> u64 {
+        self.0
+    }
+
     fn contains(self, code: i32) -> bool {
         (0..64).contains(&code) && self.0 & (1 << code) != 0
     }

@@ -24,6 +24,7 @@
 mod document;
 mod error;
 mod matcher;
+mod prefilter;
 mod rate_limit;
 mod routing;
 mod rule_index;

@@ -19,6 +19,7 @@
 use super::PolicyError;
 use super::document::{Probability, RuleName};
 use super::matcher::Condition;
+use super::prefilter::Prefilter;
 use super::rule_index::{RuleBits, RuleIndex, first_match};
 use super::span::SpanView;
 use super::threshold::{Randomness, Threshold};
@@ -132,6 +133,8 @@ pub struct TailPolicy {
     rules: Box<[TailRule]>,
     /// The rules indexed by their guards, as the sampling and routing rules are.
     index: RuleIndex,
+    /// What the rules need of a span's fixed fields, tested first (up to 64 rules).
+    prefilter: Option<Prefilter>,
     filter: FilterParams,
     false_positive_rate: f64,
     publish_interval: Duration,
@@ -207,8 +210,10 @@ impl TailPolicy {
             .enumerate()
             .map(|(i, r)| compile_rule(i, r))
             .collect::<Result<Vec<_>, _>>()?;
+        let conditions: Vec<&Condition> = rules.iter().map(|r| &r.condition).collect();
         Ok(TailPolicy {
-            index: RuleIndex::new(rules.iter().map(|r| &r.condition)),
+            index: RuleIndex::new(conditions.iter().copied()),
+            prefilter: Prefilter::new(&conditions),
             rules: rules.into(),
             filter: FilterParams {
                 window_millis: window.as_millis() as u64,
@@ -245,7 +250,25 @@ impl TailPolicy {
         }
     }
 
+    #[inline]
     fn first_marking_rule_from<S: SpanView + ?Sized>(
+        &self,
+        resource: &RuleBits,
+        span: &S,
+        span_keys: bool,
+    ) -> Option<usize> {
+        // Most spans are neither errors nor slow: the prefilter tells so in a few operations.
+        if let Some(p) = &self.prefilter
+            && p.candidates(span, span_keys) == 0
+        {
+            return None;
+        }
+        self.exact_first_marking_rule(resource, span, span_keys)
+    }
+
+    /// [`TailPolicy::first_marking_rule_from`] without the prefilter: the rule index, then
+    /// the candidates' conditions.
+    fn exact_first_marking_rule<S: SpanView + ?Sized>(
         &self,
         resource: &RuleBits,
         span: &S,
@@ -468,6 +491,77 @@ tail:
         let mut s = TestSpan::new(service, name);
         s.end = s.start + millis * 1_000_000;
         s
+    }
+
+    /// Spans of every kind, status, root-ness, duration (around the thresholds), service,
+    /// name and attribute the rules of `DOC` and `MORE` name, and some they do not.
+    fn varied_spans() -> Vec<TestSpan> {
+        let mut spans = Vec::new();
+        let millis = [0, 5, 200, 201, 999, 1001, 2000, 2001, 5000];
+        for (i, service) in ["checkout", "cart", "web"].into_iter().enumerate() {
+            for name in ["POST /pay", "GET /"] {
+                for attrs in 0..4 {
+                    for kind in [0i32, 1, 2, 3, 4, 5, 9, -1] {
+                        for status in [0, 1, 2, 7] {
+                            let d = millis[(i + attrs + kind.unsigned_abs() as usize) % 9];
+                            let mut s = span(service, name, d);
+                            s.kind = kind;
+                            s.status = status;
+                            s.root = (kind + status) % 2 == 0;
+                            if attrs & 1 == 1 {
+                                s = s.attr("db.system", Val::Str("pg".into()));
+                            }
+                            if attrs & 2 == 2 {
+                                s = s.attr("customer.tier", Val::Str("gold".into()));
+                            }
+                            spans.push(s);
+                        }
+                    }
+                }
+            }
+        }
+        spans
+    }
+
+    const MORE: &str = r#"
+    - name: nested
+      match: { all: [ { root: false }, { span_kind: { in: [client, producer] } }, { duration: { gte: 1s, lt: 2s } } ] }
+    - name: contradiction
+      root_slower_than: 1ms
+      match: { root: false }
+    - name: either
+      match: { any: [ { status: error }, { span_attribute: db.system, exists: true } ] }
+      slower_than: 2s
+    - name: not-ok
+      match: { not: { status: ok } }
+      span_kind: server
+"#;
+
+    #[test]
+    fn the_prefilter_rules_out_only_spans_that_no_rule_matches() {
+        let p = tail(&format!("{DOC}{MORE}"));
+        let t = p.tail().unwrap();
+        assert!(t.prefilter.is_some());
+        let (mut ruled_out, mut marked) = (0, 0);
+        for span in varied_spans() {
+            let resource = t.index().resource_candidates_of(&span);
+            let exact = t.exact_first_marking_rule(&resource, &span, true);
+            // A request of this one span: its bytes hold a rule's attribute key or not.
+            let keys = span
+                .attrs
+                .iter()
+                .any(|(k, _)| k == "db.system" || k == "customer.tier");
+            let filtered = t.first_marking_rule_from(&resource, &span, keys);
+            assert_eq!(filtered, exact, "{span:?}");
+            let candidates = t.prefilter.as_ref().unwrap().candidates(&span, keys);
+            if let Some(rule) = exact {
+                assert_ne!(candidates & 1 << rule, 0, "{span:?}");
+                marked += 1;
+            }
+            ruled_out += usize::from(candidates == 0);
+        }
+        // The test must reach both sides: spans ruled out early, and spans marked.
+        assert!(ruled_out > 50 && marked > 100, "{ruled_out} {marked}");
     }
 
     #[test]

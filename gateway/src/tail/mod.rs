@@ -241,6 +241,11 @@ impl<'p> TailMarker<'p> {
         let Some(rule) = tail.first_marking_rule_in(resource, span) else {
             return;
         };
+        // A trace with several marking spans in the request is marked once: the filter
+        // would hash it again to find its bits set.
+        if self.ids[..self.len].contains(id) {
+            return;
+        }
         if self.len == MARK_BUFFER {
             self.flush();
         }
@@ -360,6 +365,71 @@ mod tests {
             );
             assert!(!w.filter.contains(&[0xb7; 16]));
         });
+    }
+
+    /// A span of trace `id`, with status error when `error`.
+    struct Bare([u8; 16], bool);
+
+    impl SpanView for Bare {
+        fn trace_id(&self) -> &[u8; 16] {
+            &self.0
+        }
+        fn name(&self) -> &str {
+            "op"
+        }
+        fn kind(&self) -> i32 {
+            1
+        }
+        fn status_code(&self) -> i32 {
+            if self.1 { 2 } else { 0 }
+        }
+        fn start_time_unix_nano(&self) -> u64 {
+            0
+        }
+        fn end_time_unix_nano(&self) -> u64 {
+            1
+        }
+        fn trace_state(&self) -> &str {
+            ""
+        }
+        fn is_root(&self) -> bool {
+            false
+        }
+        fn scope_name(&self) -> &str {
+            ""
+        }
+        fn span_attribute(&self, _: &str) -> Option<weir_config::policy::AttrValue<'_>> {
+            None
+        }
+        fn resource_attribute(&self, _: &str) -> Option<weir_config::policy::AttrValue<'_>> {
+            None
+        }
+        fn for_each_span_attribute(
+            &self,
+            _: &weir_config::policy::KeyFilter,
+            _: &mut weir_config::policy::AttributeVisitor<'_>,
+        ) {
+        }
+        fn for_each_resource_attribute(&self, _: &mut weir_config::policy::AttributeVisitor<'_>) {}
+    }
+
+    #[test]
+    fn a_trace_marked_by_several_spans_of_a_request_is_buffered_once() {
+        let p = policy("10s");
+        let resource = p.resource_candidates(std::iter::empty());
+        let mut marker = TailMarker::new(&p, &[]);
+        for span in [
+            Bare([1; 16], true),
+            Bare([2; 16], true),
+            Bare([3; 16], false),
+            Bare([1; 16], true),
+            Bare([2; 16], true),
+        ] {
+            marker.observe(&resource, &span);
+        }
+        assert_eq!(&marker.ids[..marker.len], &[[1; 16], [2; 16]]);
+        // Dropped without flushing into the global windows.
+        marker.len = 0;
     }
 
     #[test]
