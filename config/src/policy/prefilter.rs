@@ -51,11 +51,6 @@ impl CodeMasks {
         }
     }
 
-    /// True when every rule of `all` allows every code: the field need not be read.
-    fn is_open(&self, all: u64) -> bool {
-        self.unrestricted & all == all
-    }
-
     #[inline]
     fn allowed(&self, code: i32) -> u64 {
         usize::try_from(code)
@@ -73,9 +68,6 @@ pub(crate) struct Prefilter {
     all: u64,
     kinds: CodeMasks,
     statuses: CodeMasks,
-    /// Whether some rule needs the span's kind, its status code.
-    read_kind: bool,
-    read_status: bool,
     /// Rules that need a root span, and rules that need a span with a parent.
     roots_only: u64,
     children_only: u64,
@@ -161,8 +153,6 @@ impl Prefilter {
         let statuses = CodeMasks::new(&needs.iter().map(|n| n.statuses).collect::<Vec<_>>());
         Some(Prefilter {
             all,
-            read_kind: !kinds.is_open(all),
-            read_status: !statuses.is_open(all),
             kinds,
             statuses,
             roots_only: mask(&|n| n.root == Some(true)),
@@ -173,36 +163,33 @@ impl Prefilter {
     }
 
     /// The rules that `span` could match (bit i: rule i), given whether the request's bytes
-    /// may hold a span-attribute key of the index (`span_keys`). Reads a field only when some
-    /// rule needs it.
+    /// may hold a span-attribute key of the index (`span_keys`). Every field is read and every
+    /// mask applied, without a branch on the span: whether a span is slow, an error or a root
+    /// is not predictable, and a wrong guess costs more than the few loads it would save.
     #[inline]
     pub(crate) fn candidates<S: SpanView + ?Sized>(&self, span: &S, span_keys: bool) -> u64 {
-        let mut m = self.all;
-        if !span_keys {
-            m &= !self.need_span_keys;
-        }
-        if self.read_status {
-            m &= self.statuses.allowed(span.status_code());
-        }
-        if m != 0 && self.durations.len() > 1 {
-            let d = span
-                .end_time_unix_nano()
-                .saturating_sub(span.start_time_unix_nano());
-            // The last step the span reaches; the first (at 0) it always reaches.
-            let reached = self.durations.partition_point(|&(min, _)| min <= d);
-            m &= self.durations[reached - 1].1;
-        }
-        if m & (self.roots_only | self.children_only) != 0 {
-            m &= !if span.is_root() {
-                self.children_only
-            } else {
-                self.roots_only
-            };
-        }
-        if m != 0 && self.read_kind {
-            m &= self.kinds.allowed(span.kind());
-        }
-        m
+        let keys = if span_keys {
+            u64::MAX
+        } else {
+            !self.need_span_keys
+        };
+        let d = span
+            .end_time_unix_nano()
+            .saturating_sub(span.start_time_unix_nano());
+        // The last step the span reaches; the first (at 0) it always reaches.
+        let reached = self.durations.partition_point(|&(min, _)| min <= d);
+        let durations = self.durations[reached.max(1) - 1].1;
+        let parentage = if span.is_root() {
+            !self.children_only
+        } else {
+            !self.roots_only
+        };
+        self.all
+            & keys
+            & durations
+            & parentage
+            & self.statuses.allowed(span.status_code())
+            & self.kinds.allowed(span.kind())
     }
 }
 
