@@ -527,10 +527,15 @@ fn for_each_span<'a>(
     tenant: Option<&str>,
     mut f: impl FnMut(usize, &ResourceCandidates, &WireSpan<'a, '_>),
 ) {
+    // Read only when a rule (or the rate limit) can look at them; no rule is then guarded by
+    // one either, so the candidates are the same without them.
     let resources: Vec<Attrs<'_>> = view
         .resources
         .iter()
-        .map(|r| wire::resource_attributes(&r.head).collect())
+        .map(|r| match policy.reads_resource_attributes() {
+            true => wire::resource_attributes(&r.head).collect(),
+            false => Vec::new(),
+        })
         .collect();
     // Whether any span of the request can have an attribute a rule names, found once.
     let hints = policy.request_hints(body);

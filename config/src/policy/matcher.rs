@@ -64,6 +64,16 @@ impl Condition {
         }
     }
 
+    /// True when testing the condition can read a resource attribute.
+    pub(crate) fn reads_resource(&self) -> bool {
+        match self {
+            Condition::All(cs) | Condition::Any(cs) => cs.iter().any(Condition::reads_resource),
+            Condition::Not(c) => c.reads_resource(),
+            Condition::Resource(..) => true,
+            _ => false,
+        }
+    }
+
     /// Facts one of which a span must show to match (see `rule_index.rs`), or `None` when
     /// no cheap fact is necessary (a regex on the name, a duration, a negation...).
     pub(crate) fn guard(&self) -> Option<Vec<Atom<'_>>> {

@@ -81,6 +81,9 @@ pub struct Policy {
     index: RuleIndex,
     /// No sampling or routing rule, probability 1, no rate limit: evaluation is a constant.
     keeps_everything: bool,
+    /// Whether evaluation can read a resource attribute (a rule's condition, or the rate
+    /// limit's service name).
+    reads_resource: bool,
 }
 
 /// The rules a resource's attributes make candidates, computed once per resource by
@@ -248,6 +251,7 @@ impl Policy {
             tail: None,
             index: RuleIndex::default(),
             keeps_everything: true,
+            reads_resource: false,
         }
     }
 
@@ -323,8 +327,14 @@ impl Policy {
             && sampling.rate_limit.is_none()
             && sampling.default.is_always()
             && routing.rules.is_empty();
+        let tail = doc.tail.map(TailPolicy::compile).transpose()?;
+        let reads_resource = sampling.rate_limit.is_some()
+            || sampling.rules.iter().any(|r| r.condition.reads_resource())
+            || routing.rules.iter().any(|r| r.condition.reads_resource())
+            || tail.as_ref().is_some_and(TailPolicy::reads_resource);
         Ok(Policy {
             keeps_everything,
+            reads_resource,
             version: doc.version.0,
             rules: rules.into(),
             index: RuleIndex::new(
@@ -336,7 +346,7 @@ impl Policy {
             ),
             sampling,
             routing,
-            tail: doc.tail.map(TailPolicy::compile).transpose()?,
+            tail,
         })
     }
 
@@ -488,6 +498,13 @@ impl Policy {
     /// limit: every span is kept, to [`Policy::default_topics`], whatever it holds.
     pub fn keeps_everything(&self) -> bool {
         self.keeps_everything
+    }
+
+    /// False when no evaluation of this policy reads a resource attribute through
+    /// [`SpanView::resource_attribute`]: a caller need not resolve them. Candidate rules still
+    /// come from [`Policy::resource_candidates`].
+    pub fn reads_resource_attributes(&self) -> bool {
+        self.reads_resource
     }
 
     /// The topics of a span no routing rule matches (`routing.default_topics`).

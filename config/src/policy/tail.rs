@@ -133,6 +133,8 @@ pub struct TailPolicy {
     rules: Box<[TailRule]>,
     /// The rules indexed by their guards, as the sampling and routing rules are.
     index: RuleIndex,
+    /// Whether a rule's condition can read a resource attribute.
+    reads_resource: bool,
     /// What the rules need of a span's fixed fields, tested first (up to 64 rules).
     prefilter: Option<Prefilter>,
     filter: FilterParams,
@@ -213,6 +215,7 @@ impl TailPolicy {
         let conditions: Vec<&Condition> = rules.iter().map(|r| &r.condition).collect();
         Ok(TailPolicy {
             index: RuleIndex::new(conditions.iter().copied()),
+            reads_resource: conditions.iter().any(|c| c.reads_resource()),
             prefilter: Prefilter::new(&conditions),
             rules: rules.into(),
             filter: FilterParams {
@@ -280,6 +283,11 @@ impl TailPolicy {
                     self.rules[i].condition.matches(span)
                 })
             })
+    }
+
+    /// True when a rule's condition can read a resource attribute.
+    pub(crate) fn reads_resource(&self) -> bool {
+        self.reads_resource
     }
 
     /// The rule index, for the resource part of evaluation.

@@ -690,3 +690,27 @@ routing:
     let s = TestSpan::new("b", "op");
     assert_eq!(p.evaluate(&s, 0).sampling_rule, Some(1));
 }
+
+#[test]
+fn a_policy_says_whether_it_reads_resource_attributes() {
+    let reads = |yaml: &str| policy(yaml).reads_resource_attributes();
+    assert!(!reads("version: 1\n"));
+    assert!(!reads(
+        "version: 1\nrouting:\n  rules:\n    - name: gold\n      match: { span_attribute: tier, eq: gold }\n      action: { topic: gold }\n"
+    ));
+    assert!(!reads(
+        "version: 1\ntail:\n  rules:\n    - { name: slow, slower_than: 1s, span_kind: client }\n"
+    ));
+    assert!(reads(
+        "version: 1\nrouting:\n  rules:\n    - name: pay\n      match: { not: { any: [ { status: error }, { resource: service.name, eq: pay } ] } }\n      action: { topic: pay }\n"
+    ));
+    assert!(reads(
+        "version: 1\nsampling:\n  rules:\n    - name: web\n      match: { resource: deployment.environment, eq: dev }\n      probability: 0.5\n"
+    ));
+    assert!(reads(
+        "version: 1\nsampling:\n  rate_limit: { spans_per_second: 10 }\n"
+    ));
+    assert!(reads(
+        "version: 1\ntail:\n  rules:\n    - { name: slow, slower_than: 1s, service: checkout }\n"
+    ));
+}
