@@ -529,10 +529,11 @@ fn for_each_span<'a>(
 ) {
     // Read only when a rule (or the rate limit) can look at them; no rule is then guarded by
     // one either, so the candidates are the same without them.
+    let read = policy.reads_resource_attributes();
     let resources: Vec<Attrs<'_>> = view
         .resources
         .iter()
-        .map(|r| match policy.reads_resource_attributes() {
+        .map(|r| match read {
             true => wire::resource_attributes(&r.head).collect(),
             false => Vec::new(),
         })

@@ -14,7 +14,7 @@ use super::matcher::{Atom, Condition, Subject};
 use super::span::SpanView;
 
 /// At most this many rules: one bit each in a word.
-pub(crate) const MAX_RULES: usize = 64;
+const MAX_RULES: usize = 64;
 
 /// The masks of one code field (span kind, status code).
 #[derive(Debug)]
@@ -29,25 +29,12 @@ impl CodeMasks {
     /// Masks for rules that allow the codes `allowed[i]` (bit c: code c; all bits: any).
     fn new(allowed: &[u64]) -> Self {
         let restricted = allowed.iter().filter(|&&a| a != u64::MAX);
-        let len = restricted.fold(0, |acc, a| acc | a);
-        let len = 64 - len.leading_zeros() as usize;
-        let by_code = (0..len)
-            .map(|code| {
-                allowed
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, a)| **a & (1 << code) != 0)
-                    .fold(0u64, |m, (i, _)| m | 1 << i)
-            })
-            .collect();
-        let unrestricted = allowed
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| **a == u64::MAX)
-            .fold(0u64, |m, (i, _)| m | 1 << i);
+        let len = 64 - restricted.fold(0u64, |acc, a| acc | a).leading_zeros() as usize;
         CodeMasks {
-            by_code,
-            unrestricted,
+            by_code: (0..len)
+                .map(|code| rules_where(allowed.iter().map(|a| a & (1 << code) != 0)))
+                .collect(),
+            unrestricted: rules_where(allowed.iter().map(|&a| a == u64::MAX)),
         }
     }
 
@@ -85,6 +72,8 @@ struct Needs {
     statuses: u64,
     root: Option<bool>,
     min_duration: u64,
+    /// The rule's guard is span attributes only.
+    span_keys_only: bool,
     /// Conjuncts that contradict each other (a root span that has a parent): never matches.
     never: bool,
 }
@@ -96,6 +85,7 @@ impl Needs {
             statuses: u64::MAX,
             root: None,
             min_duration: 0,
+            span_keys_only: only_span_attributes(condition),
             never: false,
         };
         needs.add(condition);
@@ -128,14 +118,7 @@ impl Prefilter {
             return None;
         }
         let needs: Vec<Needs> = conditions.iter().map(|c| Needs::of(c)).collect();
-        let mask = |f: &dyn Fn(&Needs) -> bool| {
-            needs
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| f(n))
-                .fold(0u64, |m, (i, _)| m | 1 << i)
-        };
-        let all = mask(&|n| !n.never);
+        let mask = |f: &dyn Fn(&Needs) -> bool| rules_where(needs.iter().map(f));
         let mut mins: Vec<u64> = needs.iter().map(|n| n.min_duration).collect();
         mins.push(0);
         mins.sort_unstable();
@@ -144,21 +127,15 @@ impl Prefilter {
             .into_iter()
             .map(|d| (d, mask(&|n| n.min_duration <= d)))
             .collect();
-        let need_span_keys = conditions
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| only_span_attributes(c))
-            .fold(0u64, |m, (i, _)| m | 1 << i);
-        let kinds = CodeMasks::new(&needs.iter().map(|n| n.kinds).collect::<Vec<_>>());
-        let statuses = CodeMasks::new(&needs.iter().map(|n| n.statuses).collect::<Vec<_>>());
+        let codes = |f: fn(&Needs) -> u64| CodeMasks::new(&needs.iter().map(f).collect::<Vec<_>>());
         Some(Prefilter {
-            all,
-            kinds,
-            statuses,
+            all: mask(&|n| !n.never),
+            kinds: codes(|n| n.kinds),
+            statuses: codes(|n| n.statuses),
             roots_only: mask(&|n| n.root == Some(true)),
             children_only: mask(&|n| n.root == Some(false)),
             durations,
-            need_span_keys,
+            need_span_keys: mask(&|n| n.span_keys_only),
         })
     }
 
@@ -192,6 +169,14 @@ impl Prefilter {
             & self.statuses.allowed(span.status_code())
             & self.kinds.allowed(span.kind())
     }
+}
+
+/// The mask of the rules (bit i: rule i) whose flag is true.
+fn rules_where(flags: impl IntoIterator<Item = bool>) -> u64 {
+    flags
+        .into_iter()
+        .enumerate()
+        .fold(0, |m, (i, f)| m | u64::from(f) << i)
 }
 
 /// True when `condition`'s guard is span-attribute facts only: without one of those keys in

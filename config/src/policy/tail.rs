@@ -133,8 +133,6 @@ pub struct TailPolicy {
     rules: Box<[TailRule]>,
     /// The rules indexed by their guards, as the sampling and routing rules are.
     index: RuleIndex,
-    /// Whether a rule's condition can read a resource attribute.
-    reads_resource: bool,
     /// What the rules need of a span's fixed fields, tested first (up to 64 rules).
     prefilter: Option<Prefilter>,
     filter: FilterParams,
@@ -215,7 +213,6 @@ impl TailPolicy {
         let conditions: Vec<&Condition> = rules.iter().map(|r| &r.condition).collect();
         Ok(TailPolicy {
             index: RuleIndex::new(conditions.iter().copied()),
-            reads_resource: conditions.iter().any(|c| c.reads_resource()),
             prefilter: Prefilter::new(&conditions),
             rules: rules.into(),
             filter: FilterParams {
@@ -261,33 +258,39 @@ impl TailPolicy {
         span_keys: bool,
     ) -> Option<usize> {
         // Most spans are neither errors nor slow: the prefilter tells so in a few operations.
-        if let Some(p) = &self.prefilter
-            && p.candidates(span, span_keys) == 0
-        {
+        let possible = self
+            .prefilter
+            .as_ref()
+            .map(|p| p.candidates(span, span_keys));
+        if possible == Some(0) {
             return None;
         }
-        self.exact_first_marking_rule(resource, span, span_keys)
+        self.matching_rule(resource, span, span_keys, possible)
     }
 
-    /// [`TailPolicy::first_marking_rule_from`] without the prefilter: the rule index, then
-    /// the candidates' conditions.
-    fn exact_first_marking_rule<S: SpanView + ?Sized>(
+    /// The first rule, among the index's candidates and those of `possible` (bit i: rule i;
+    /// `None`: every rule), whose condition `span` satisfies. Kept out of line: the few spans
+    /// the prefilter lets through pay the call, the rest keep the prefilter inlined.
+    #[inline(never)]
+    fn matching_rule<S: SpanView + ?Sized>(
         &self,
         resource: &RuleBits,
         span: &S,
         span_keys: bool,
+        possible: Option<u64>,
     ) -> Option<usize> {
         self.index
             .with_candidates(resource, span, span_keys, |candidates| {
                 first_match(candidates, 0..self.rules.len(), |i| {
-                    self.rules[i].condition.matches(span)
+                    possible.is_none_or(|m| m & 1 << i != 0)
+                        && self.rules[i].condition.matches(span)
                 })
             })
     }
 
     /// True when a rule's condition can read a resource attribute.
     pub(crate) fn reads_resource(&self) -> bool {
-        self.reads_resource
+        self.rules.iter().any(|r| r.condition.reads_resource())
     }
 
     /// The rule index, for the resource part of evaluation.
@@ -553,7 +556,7 @@ tail:
         let (mut ruled_out, mut marked) = (0, 0);
         for span in varied_spans() {
             let resource = t.index().resource_candidates_of(&span);
-            let exact = t.exact_first_marking_rule(&resource, &span, true);
+            let exact = t.matching_rule(&resource, &span, true, None);
             // A request of this one span: its bytes hold a rule's attribute key or not.
             let keys = span
                 .attrs

@@ -367,7 +367,7 @@ mod tests {
         });
     }
 
-    /// A span of trace `id`, with status error when `error`.
+    /// A span of trace `.0`, whose status is error when `.1`.
     struct Bare([u8; 16], bool);
 
     impl SpanView for Bare {
