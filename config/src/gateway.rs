@@ -241,6 +241,8 @@ pub struct KafkaConfig {
     pub acks: Acks,
     /// Record batch compression.
     pub compression: Compression,
+    /// How record keys map to partitions.
+    pub partitioner: Partitioner,
     /// How long the producer waits to fill a batch.
     #[serde(deserialize_with = "duration")]
     pub linger: Duration,
@@ -264,6 +266,7 @@ impl Default for KafkaConfig {
             max_message_size: ByteSize(1_000_000),
             acks: Acks::All,
             compression: Compression::None,
+            partitioner: Partitioner::default(),
             linger: Duration::from_millis(5),
             security: KafkaSecurity::default(),
             properties: BTreeMap::new(),
@@ -353,6 +356,45 @@ impl Compression {
             Compression::Snappy => "snappy",
             Compression::Lz4 => "lz4",
             Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// How record keys map to partitions: librdkafka's partitioners by their librdkafka names.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioner {
+    /// FNV-1a 32-bit of the key, absolute value, modulo the partition count: the mapping of
+    /// Sarama's `NewHashPartitioner` and of the Collector's kafkaexporter, so that a topic
+    /// written by both keeps each trace in one partition. Keyless records go to a random
+    /// partition.
+    #[default]
+    Fnv1aRandom,
+    /// The same as `fnv1a_random`, but keyless records all go to one partition.
+    Fnv1a,
+    /// CRC32 of the key (librdkafka's own default); keyless records to a random partition.
+    ConsistentRandom,
+    /// CRC32 of the key; keyless records all go to one partition.
+    Consistent,
+    /// Murmur2 of the key (the Java client's default); keyless records to a random partition.
+    Murmur2Random,
+    /// Murmur2 of the key; keyless records all go to one partition.
+    Murmur2,
+    /// A random partition for every record (traces then split across partitions).
+    Random,
+}
+
+impl Partitioner {
+    /// The librdkafka value of `partitioner`.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Partitioner::Fnv1aRandom => "fnv1a_random",
+            Partitioner::Fnv1a => "fnv1a",
+            Partitioner::ConsistentRandom => "consistent_random",
+            Partitioner::Consistent => "consistent",
+            Partitioner::Murmur2Random => "murmur2_random",
+            Partitioner::Murmur2 => "murmur2",
+            Partitioner::Random => "random",
         }
     }
 }

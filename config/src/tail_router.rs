@@ -4,7 +4,8 @@
 
 use crate::error::{ConfigError, from_yaml};
 use crate::gateway::{
-    Acks, Compression, KafkaConfig, KafkaSecurity, Log, ScalarString, SignalTopic, is_topic_name,
+    Acks, Compression, KafkaConfig, KafkaSecurity, Log, Partitioner, ScalarString, SignalTopic,
+    is_topic_name,
 };
 use crate::units::{ByteSize, duration};
 use serde::Deserialize;
@@ -76,6 +77,8 @@ pub struct RouterKafka {
     pub max_message_size: ByteSize,
     /// Cold record batch compression.
     pub compression: Compression,
+    /// How cold records' keys map to partitions (as the gateway's `kafka.partitioner`).
+    pub partitioner: Partitioner,
     /// How long the producer waits to fill a batch.
     #[serde(deserialize_with = "duration")]
     pub linger: Duration,
@@ -98,6 +101,7 @@ impl Default for RouterKafka {
             decisions_topic: "weir.tail.decisions".into(),
             max_message_size: ByteSize(1_000_000),
             compression: Compression::None,
+            partitioner: Partitioner::default(),
             linger: Duration::from_millis(5),
             security: KafkaSecurity::default(),
             consumer_properties: BTreeMap::new(),
@@ -119,6 +123,7 @@ impl RouterKafka {
             max_message_size: self.max_message_size,
             acks: Acks::All,
             compression: self.compression,
+            partitioner: self.partitioner,
             linger: self.linger,
             security: self.security.clone(),
             properties: self.producer_properties.clone(),

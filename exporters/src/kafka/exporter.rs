@@ -66,6 +66,7 @@ pub fn producer_config(
             },
         )
         .set("compression.codec", cfg.compression.as_librdkafka())
+        .set("partitioner", cfg.partitioner.as_librdkafka())
         .set("linger.ms", cfg.linger.as_millis().to_string())
         .set(
             "message.timeout.ms",
