@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod attribute_limits;
 pub mod auth;
 pub mod control_plane;
 pub mod listener;
@@ -15,7 +16,6 @@ pub mod tail;
 pub mod tail_router;
 pub mod telemetry;
 pub mod tls;
-pub mod validate;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;

@@ -3,15 +3,14 @@
 //! -> answer. The OTLP success reply is built only after Kafka acknowledged every record.
 
 use crate::admission::Admission;
+use crate::attribute_limits::AttributeLimitPolicy;
 use crate::policy::PolicyStore;
 use crate::signal::{Route, Signal};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 use weir_config::GatewayConfig;
-use weir_config::gateway::AttributeLimitAction;
 use weir_exporters::kafka::{KafkaExporter, RecordHeaders};
-use weir_proto::wire::AttributeLimits;
 
 /// Bodies larger than this are turned into records off the async worker's hot loop.
 const BLOCKING_BODY_BYTES: usize = 512 * 1024;
@@ -77,7 +76,7 @@ pub struct Pipeline {
     admission: Admission,
     config: Arc<GatewayConfig>,
     policies: Arc<PolicyStore>,
-    attribute_limits: Option<(AttributeLimits, AttributeLimitAction)>,
+    attribute_limits: Option<AttributeLimitPolicy>,
 }
 
 impl Pipeline {
@@ -88,17 +87,7 @@ impl Pipeline {
         policies: Arc<PolicyStore>,
     ) -> Self {
         let admission = Admission::new(config.limits.max_in_flight_bytes.as_usize());
-        let l = &config.limits;
-        let attribute_limits =
-            (l.max_span_attributes.is_some() || l.max_attribute_value_size.is_some()).then(|| {
-                let limits = AttributeLimits {
-                    max_count: l.max_span_attributes.unwrap_or(u32::MAX),
-                    max_value_size: l
-                        .max_attribute_value_size
-                        .map_or(usize::MAX, |s| s.as_usize()),
-                };
-                (limits, l.attribute_limit_action)
-            });
+        let attribute_limits = AttributeLimitPolicy::from_config(&config.limits);
         Self {
             exporter,
             admission,

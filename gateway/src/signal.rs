@@ -1,12 +1,12 @@
 //! The three OTLP signals, described once so the receivers and the pipeline handle traces,
 //! metrics and logs with the same code.
 
+use crate::attribute_limits::AttributeLimitPolicy;
 use crate::pipeline::Format;
 use crate::policy::{ActivePolicy, plan_traces_for};
-use crate::validate;
 use prost::Message;
-use weir_config::gateway::{AttributeLimitAction, KafkaConfig, SignalTopic};
-use weir_exporters::kafka::{Batch, TracePlan, logs_batch, metrics_batch, traces_batch};
+use weir_config::gateway::{KafkaConfig, SignalTopic};
+use weir_exporters::kafka::{Batch, logs_batch, metrics_batch, traces_batch};
 use weir_proto::json;
 use weir_proto::otlp::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
@@ -17,7 +17,7 @@ use weir_proto::otlp::collector::metrics::v1::{
 use weir_proto::otlp::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
-use weir_proto::wire::{self, AttributeLimits, TraceRequestView};
+use weir_proto::wire::{TraceRequestView, validate};
 
 /// What differs between traces, metrics and logs on their way through the gateway.
 pub trait Signal: Send + Sync + 'static {
@@ -60,7 +60,7 @@ pub struct Route<'a> {
     /// The authenticated tenant of the request, when authentication is on.
     pub tenant: Option<&'a str>,
     /// Caps on span attributes and what to do past them, when configured.
-    pub attribute_limits: Option<(AttributeLimits, AttributeLimitAction)>,
+    pub attribute_limits: Option<AttributeLimitPolicy>,
 }
 
 /// A request turned into records.
@@ -136,12 +136,9 @@ impl Signal for Traces {
         })?;
         let items = view.spans.len() as u64;
         let mut plan = plan_traces_for(route.policy, body, &view, &route.topic.topic, route.tenant);
-        let over_limits = match route.attribute_limits {
-            Some((limits, action)) => {
-                apply_attribute_limits(body, &view, &mut plan, limits, action)
-            }
-            None => None,
-        };
+        let over_limits = route
+            .attribute_limits
+            .and_then(|limits| limits.apply(body, &view, &mut plan));
         let mut batch = traces_batch(
             body,
             &view,
@@ -168,67 +165,6 @@ impl Signal for Traces {
     }
 }
 
-/// Holds every span of the request to the attribute caps: spans over them are rewritten within
-/// them (`truncate`) or taken out of the plan (`reject`). Returns, for `reject`, how many spans
-/// were refused and why, for `partial_success`.
-fn apply_attribute_limits(
-    body: &[u8],
-    view: &TraceRequestView,
-    plan: &mut TracePlan,
-    limits: AttributeLimits,
-    action: AttributeLimitAction,
-) -> Option<(u64, String)> {
-    let mut over: Vec<u32> = Vec::new();
-    for (i, entry) in view.spans.iter().enumerate() {
-        // A span the policy rewrote (a new trace_state) is limited in its rewritten form.
-        let rewritten = plan
-            .replaced
-            .iter()
-            .rev()
-            .find(|(s, _)| *s as usize == i)
-            .map(|(_, range)| range.clone());
-        let bytes = match rewritten {
-            Some(range) => &plan.rewritten[range],
-            None => &body[entry.range()],
-        };
-        let excess = wire::attribute_excess(bytes, &limits);
-        if excess.is_empty() {
-            continue;
-        }
-        match action {
-            AttributeLimitAction::Truncate => {
-                // Copy first: `rewritten` may hold the bytes being read.
-                let source = bytes.to_vec();
-                let start = plan.rewritten.len();
-                wire::write_span_within_limits(&source, &limits, &mut plan.rewritten);
-                plan.replaced.push((i as u32, start..plan.rewritten.len()));
-                metrics::counter!("weir_receiver_attribute_limited_spans_total", "action" => "truncate")
-                    .increment(1);
-                metrics::counter!("weir_receiver_dropped_attributes_total")
-                    .increment(u64::from(excess.dropped));
-                metrics::counter!("weir_receiver_truncated_attribute_values_total")
-                    .increment(u64::from(excess.truncated));
-            }
-            AttributeLimitAction::Reject => over.push(i as u32),
-        }
-    }
-    if over.is_empty() {
-        return None;
-    }
-    plan.routes
-        .retain(|(_, span)| over.binary_search(span).is_err());
-    metrics::counter!("weir_receiver_attribute_limited_spans_total", "action" => "reject")
-        .increment(over.len() as u64);
-    let cap = |v: Option<String>| v.unwrap_or_else(|| "none".into());
-    let reason = format!(
-        "{} span(s) over the attribute limits (at most {} attributes, values of at most {} bytes) were rejected",
-        over.len(),
-        cap((limits.max_count != u32::MAX).then(|| limits.max_count.to_string())),
-        cap((limits.max_value_size != usize::MAX).then(|| limits.max_value_size.to_string())),
-    );
-    Some((over.len() as u64, reason))
-}
-
 impl Signal for Metrics {
     type Response = ExportMetricsServiceResponse;
     const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
@@ -248,7 +184,7 @@ impl Signal for Metrics {
     }
     fn records(body: &[u8], format: Format, route: &Route<'_>) -> Result<Prepared, String> {
         let req: ExportMetricsServiceRequest = decode(body, format, json::decode_metrics_request)?;
-        validate::metrics(&req)?;
+        validate::metrics_request(&req).map_err(|e| e.to_string())?;
         let items = req
             .resource_metrics
             .iter()
@@ -294,7 +230,7 @@ impl Signal for Logs {
     }
     fn records(body: &[u8], format: Format, route: &Route<'_>) -> Result<Prepared, String> {
         let req: ExportLogsServiceRequest = decode(body, format, json::decode_logs_request)?;
-        validate::logs(&req)?;
+        validate::logs_request(&req).map_err(|e| e.to_string())?;
         let items = req
             .resource_logs
             .iter()

@@ -1,6 +1,7 @@
 //! OTLP protobuf metrics and logs requests through what the gateway does with them: `prost`
-//! decoding, the id checks of `validate.rs`, and record building (grouping by resource,
-//! splitting by size) in both encodings. The first byte picks the signal; the rest is the body.
+//! decoding, the id checks of `weir_proto::wire::validate`, and record building (grouping by
+//! resource, splitting by size) in both encodings. The first byte picks the signal; the rest is
+//! the body.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +12,7 @@ use weir_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use weir_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
 use weir_proto::otlp::logs::v1::LogsData;
 use weir_proto::otlp::metrics::v1::MetricsData;
+use weir_proto::wire::validate;
 
 /// A usual record limit and a small one that splits most requests.
 const MAX_MESSAGE_SIZES: [usize; 2] = [1 << 20, 600];
@@ -33,7 +35,7 @@ fn metrics(body: &[u8]) {
     let Ok(req) = ExportMetricsServiceRequest::decode(body) else {
         return;
     };
-    if weir_gateway::validate::metrics(&req).is_err() {
+    if validate::metrics_request(&req).is_err() {
         return;
     }
     let points: u64 = req
@@ -75,7 +77,7 @@ fn logs(body: &[u8]) {
     let Ok(req) = ExportLogsServiceRequest::decode(body) else {
         return;
     };
-    if weir_gateway::validate::logs(&req).is_err() {
+    if validate::logs_request(&req).is_err() {
         return;
     }
     let records: u64 = req
