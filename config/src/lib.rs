@@ -6,7 +6,6 @@ pub mod auth;
 pub mod control_plane;
 mod error;
 pub mod gateway;
-pub mod policy;
 pub mod tail_router;
 pub mod tls;
 pub mod units;

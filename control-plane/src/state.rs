@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use weir_config::control_plane::{Backend, Role};
-use weir_config::policy::Policy;
+use weir_policy::Policy;
 
 /// Shared state of a control-plane process: storage plus change notification.
 pub struct ControlPlane {

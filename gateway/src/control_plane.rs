@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use weir_config::gateway::GatewayControlPlane;
 use weir_config::gateway::control_plane::TokenSource;
-use weir_config::policy::Policy;
 use weir_exporters::kafka::KafkaExporter;
+use weir_policy::Policy;
 use weir_proto::controlplane::v1::policy_service_client::PolicyServiceClient;
 use weir_proto::controlplane::v1::{Assignment, GatewayMessage, Hello, Report, gateway_message};
 

@@ -11,7 +11,7 @@
 use bloomfilter::Bloom;
 use bloomfilter::reexports::siphasher::sip::SipHasher13;
 use std::hash::{Hash, Hasher};
-use weir_config::policy::FilterParams;
+use weir_policy::FilterParams;
 
 /// The modulus of the crate's derived hashes (the largest prime below 2^64).
 const DERIVED_HASH_PRIME: u64 = 0xFFFF_FFFF_FFFF_FFC5;
@@ -316,7 +316,7 @@ pub fn for_each_new_position(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_config::policy::{bitmap_bytes, expand_seed, hash_count};
+    use weir_policy::{bitmap_bytes, expand_seed, hash_count};
 
     fn params(n: u64, p: f64, seed: u64) -> FilterParams {
         let bytes = bitmap_bytes(n, p);

@@ -16,7 +16,7 @@ use filter::WindowFilter;
 use metrics::Counter;
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
-use weir_config::policy::{FilterParams, Policy, ResourceCandidates, SpanView, TailPolicy};
+use weir_policy::{FilterParams, Policy, ResourceCandidates, SpanView, TailPolicy};
 
 /// Marks buffered before they are set in the filter: one batch of the filter's.
 const MARK_BUFFER: usize = filter::MAX_BATCH;
@@ -398,19 +398,19 @@ mod tests {
         fn scope_name(&self) -> &str {
             ""
         }
-        fn span_attribute(&self, _: &str) -> Option<weir_config::policy::AttrValue<'_>> {
+        fn span_attribute(&self, _: &str) -> Option<weir_policy::AttrValue<'_>> {
             None
         }
-        fn resource_attribute(&self, _: &str) -> Option<weir_config::policy::AttrValue<'_>> {
+        fn resource_attribute(&self, _: &str) -> Option<weir_policy::AttrValue<'_>> {
             None
         }
         fn for_each_span_attribute(
             &self,
-            _: &weir_config::policy::KeyFilter,
-            _: &mut weir_config::policy::AttributeVisitor<'_>,
+            _: &weir_policy::KeyFilter,
+            _: &mut weir_policy::AttributeVisitor<'_>,
         ) {
         }
-        fn for_each_resource_attribute(&self, _: &mut weir_config::policy::AttributeVisitor<'_>) {}
+        fn for_each_resource_attribute(&self, _: &mut weir_policy::AttributeVisitor<'_>) {}
     }
 
     #[test]

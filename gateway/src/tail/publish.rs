@@ -17,8 +17,8 @@ use crate::policy::PolicyStore;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use weir_config::policy::FilterParams;
 use weir_exporters::kafka::{KafkaExporter, Record};
+use weir_policy::FilterParams;
 use weir_proto::decision::{self, DecisionHeader, HASH_SCHEME_BLOOMFILTER3, Payload, SparseWriter};
 
 /// How often the publisher looks again when the policy has no `tail` section.
@@ -383,7 +383,7 @@ fn spare_value(spare: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::tail::filter::WindowFilter;
-    use weir_config::policy::{bitmap_bytes, expand_seed, hash_count};
+    use weir_policy::{bitmap_bytes, expand_seed, hash_count};
 
     fn params(n: u64) -> FilterParams {
         let bytes = bitmap_bytes(n, 0.001);

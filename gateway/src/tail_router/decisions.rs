@@ -17,8 +17,8 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use weir_config::policy::{FilterParams, in_baseline};
-use weir_config::policy::{MAX_TAIL_FILTER_BYTES, Threshold};
+use weir_policy::{FilterParams, in_baseline};
+use weir_policy::{MAX_TAIL_FILTER_BYTES, Threshold};
 use weir_proto::decision::{self, DecisionHeader, Payload};
 
 /// What the windows say about a trace.
@@ -329,7 +329,7 @@ pub fn cutoff(retention: Duration) -> u64 {
 mod tests {
     use super::*;
     use crate::tail::publish::header;
-    use weir_config::policy::{bitmap_bytes, expand_seed, hash_count};
+    use weir_policy::{bitmap_bytes, expand_seed, hash_count};
 
     const LEN: u64 = 10_000;
 

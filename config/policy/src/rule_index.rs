@@ -415,7 +415,7 @@ pub(crate) fn first_match(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::span::testing::{TestSpan, Val};
+    use crate::span::testing::{TestSpan, Val};
 
     fn index(yaml: &[&str]) -> (Vec<Condition>, RuleIndex) {
         let cs: Vec<Condition> = yaml

@@ -77,7 +77,7 @@ struct Dur(Duration);
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        crate::units::duration(d).map(Dur)
+        weir_config::units::duration(d).map(Dur)
     }
 }
 

@@ -1,5 +1,10 @@
-//! The policy document — what to sample, where to route, and (later) what marks a trace for
-//! tail sampling — and its compiled form, evaluated once per span on the gateway's hot path.
+//! `weir-policy`: Weir's policy engine. The policy document (what to sample, where to route,
+//! what marks a trace for tail sampling) and its compiled form, evaluated once per span on the
+//! gateway's hot path. The gateway evaluates policies with it and the control plane validates
+//! them with it, so a policy the control plane accepts is one every gateway compiles.
+//!
+//! Dependencies run one way: this crate depends on `weir-config` (its duration syntax), and
+//! `weir-config`, which holds the bootstrap configuration files, does not depend on it.
 //!
 //! [`Policy::parse`] reads a YAML or JSON document, refuses it with the path of the offending
 //! key and the reason ([`PolicyError`]), or compiles it: regexes built, names resolved,
