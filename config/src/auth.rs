@@ -5,8 +5,9 @@
 //! (or a value that might be one) into an error message.
 
 use crate::error::ConfigError;
+use crate::secret::TokenSource;
+pub use crate::secret::{TokenHash, hash_token};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -52,12 +53,16 @@ impl fmt::Debug for TokenEntry {
     }
 }
 
-/// A SHA-256 digest of a token: what the gateway keeps instead of the token.
-pub type TokenHash = [u8; 32];
-
-/// Hashes a presented token the way configured tokens are hashed.
-pub fn hash_token(token: &[u8]) -> TokenHash {
-    Sha256::digest(token).into()
+impl TokenEntry {
+    /// Where the token comes from; `at` is this entry's path, e.g. `receivers.auth.tokens[0]`.
+    pub fn source(&self, at: &str) -> Result<TokenSource<'_>, ConfigError> {
+        TokenSource::of(
+            at,
+            self.sha256.as_ref(),
+            self.file.as_ref(),
+            self.env.as_ref(),
+        )
+    }
 }
 
 impl Auth {
@@ -95,33 +100,7 @@ impl Auth {
                     ),
                 ));
             }
-            let sources = [t.sha256.is_some(), t.file.is_some(), t.env.is_some()];
-            if sources.iter().filter(|s| **s).count() != 1 {
-                return Err(ConfigError::invalid(
-                    at,
-                    "set exactly one of sha256, file, env",
-                ));
-            }
-            // The value is never echoed: a token pasted here by mistake must not reach a log.
-            if let Some(h) = &t.sha256
-                && parse_hash(h).is_none()
-            {
-                return Err(ConfigError::invalid(
-                    format!("{at}.sha256"),
-                    format!(
-                        "is not a SHA-256 hash ({} characters; expected 64 hex digits, e.g. from `printf %s TOKEN | sha256sum`)",
-                        h.len()
-                    ),
-                ));
-            }
-            if let Some(v) = &t.env
-                && v.is_empty()
-            {
-                return Err(ConfigError::invalid(
-                    format!("{at}.env"),
-                    "name an environment variable",
-                ));
-            }
+            t.source(&at)?;
         }
         Ok(())
     }
@@ -133,35 +112,7 @@ impl Auth {
         let mut out: HashMap<TokenHash, String> = HashMap::with_capacity(self.tokens.len());
         for (i, t) in self.tokens.iter().enumerate() {
             let at = format!("{key}.tokens[{i}]");
-            let hash = match (&t.sha256, &t.file, &t.env) {
-                (Some(h), None, None) => parse_hash(h).ok_or_else(|| {
-                    ConfigError::invalid(format!("{at}.sha256"), "is not 64 hex digits")
-                })?,
-                (None, Some(f), None) => {
-                    let text = std::fs::read(f).map_err(|e| {
-                        ConfigError::invalid(
-                            format!("{at}.file"),
-                            format!("cannot read {}: {}", f.display(), e.kind()),
-                        )
-                    })?;
-                    hash_secret(text.trim_ascii(), &format!("{at}.file"))?
-                }
-                (None, None, Some(v)) => {
-                    let text = std::env::var_os(v).ok_or_else(|| {
-                        ConfigError::invalid(
-                            format!("{at}.env"),
-                            format!("environment variable {v} is not set"),
-                        )
-                    })?;
-                    hash_secret(text.as_encoded_bytes().trim_ascii(), &format!("{at}.env"))?
-                }
-                _ => {
-                    return Err(ConfigError::invalid(
-                        at,
-                        "set exactly one of sha256, file, env",
-                    ));
-                }
-            };
+            let hash = t.source(&at)?.hash(&at)?;
             if let Some(other) = out.get(&hash)
                 && *other != t.tenant
             {
@@ -176,19 +127,6 @@ impl Auth {
         }
         Ok(out)
     }
-}
-
-fn hash_secret(token: &[u8], key: &str) -> Result<TokenHash, ConfigError> {
-    if token.is_empty() {
-        return Err(ConfigError::invalid(key, "the token is empty"));
-    }
-    Ok(hash_token(token))
-}
-
-fn parse_hash(text: &str) -> Option<TokenHash> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut out).ok()?;
-    Some(out)
 }
 
 /// Tenant names go into Kafka headers and metric labels: keep them short and plain.
@@ -206,7 +144,7 @@ mod tests {
     const SECRET: &str = "s3cret-token-value";
 
     fn auth(yaml: &str) -> Auth {
-        crate::error::from_yaml(yaml).unwrap()
+        crate::load::parse_yaml(yaml).unwrap()
     }
 
     #[test]

@@ -2,14 +2,16 @@
 //! storage (SQLite or PostgreSQL), access tokens and logging. Read once at start-up; every key
 //! is documented in `config/control-plane.yaml` and `docs/control-plane.md`.
 
-use crate::auth::{TokenHash, hash_token};
-use crate::error::{ConfigError, from_yaml};
+use crate::error::ConfigError;
 use crate::gateway::Log;
+use crate::load::ConfigFile;
+pub use crate::secret::TokenSource;
+use crate::secret::{Secret, TokenHash};
 use crate::tls::ServerTls;
 use crate::units::duration;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The whole bootstrap config of `weir-control-plane`.
@@ -110,13 +112,17 @@ impl Default for Sqlite {
     }
 }
 
-/// The PostgreSQL backend: exactly one of `dsn` and `dsn_env`.
+/// The PostgreSQL backend: exactly one of `dsn`, `dsn_file` and `dsn_env`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Postgres {
     /// A connection URL, `postgres://user:password@host:port/database`.
     #[serde(default)]
     pub dsn: Option<String>,
+    /// A file holding the connection URL (trailing newline ignored; keeps the password out of
+    /// the config).
+    #[serde(default)]
+    pub dsn_file: Option<PathBuf>,
     /// The name of an environment variable holding the connection URL (keeps the password
     /// out of the file).
     #[serde(default)]
@@ -128,6 +134,19 @@ pub struct Postgres {
 
 fn default_max_connections() -> u32 {
     10
+}
+
+impl Postgres {
+    /// Where the connection URL is read from.
+    pub fn dsn_source(&self) -> Result<Secret, ConfigError> {
+        Secret::one_of(
+            "storage.postgres",
+            "dsn",
+            self.dsn.as_ref(),
+            self.dsn_file.as_ref(),
+            self.dsn_env.as_ref(),
+        )
+    }
 }
 
 /// The resolved storage choice.
@@ -145,7 +164,8 @@ pub enum Backend {
 }
 
 impl Storage {
-    /// The backend to use; reads `postgres.dsn_env` when that is how the DSN is given.
+    /// The backend to use; reads `postgres.dsn_file` or `postgres.dsn_env` when that is how
+    /// the DSN is given.
     pub fn backend(&self) -> Result<Backend, ConfigError> {
         match (&self.sqlite, &self.postgres) {
             (Some(_), Some(_)) => Err(ConfigError::invalid(
@@ -153,21 +173,7 @@ impl Storage {
                 "give either sqlite or postgres, not both",
             )),
             (None, Some(pg)) => {
-                let dsn = match (&pg.dsn, &pg.dsn_env) {
-                    (Some(dsn), None) => dsn.clone(),
-                    (None, Some(var)) => std::env::var(var).map_err(|_| {
-                        ConfigError::invalid(
-                            "storage.postgres.dsn_env",
-                            format!("environment variable {var} is not set"),
-                        )
-                    })?,
-                    _ => {
-                        return Err(ConfigError::invalid(
-                            "storage.postgres",
-                            "give exactly one of dsn and dsn_env",
-                        ));
-                    }
-                };
+                let dsn = pg.dsn_source()?.read("storage.postgres.dsn")?;
                 if !(dsn.starts_with("postgres://") || dsn.starts_with("postgresql://")) {
                     return Err(ConfigError::invalid(
                         "storage.postgres.dsn",
@@ -217,7 +223,8 @@ impl Role {
     }
 }
 
-/// One token: a name for the audit log, a role, and exactly one of `sha256`, `file`, `env`.
+/// One token: a name for the audit log, a role, and exactly one of `sha256`, `file`, `env`
+/// (see `secret.rs`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Token {
@@ -236,66 +243,21 @@ pub struct Token {
     pub env: Option<String>,
 }
 
-/// Where a token's secret comes from, after validation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TokenSource<'a> {
-    /// The SHA-256 digest of the token.
-    Sha256([u8; 32]),
-    /// A file holding the token.
-    File(&'a Path),
-    /// An environment variable holding the token.
-    Env(&'a str),
-}
-
 impl Token {
     /// Where the secret comes from; `key` is this token's path, e.g. `auth.tokens[0]`.
     pub fn source(&self, key: &str) -> Result<TokenSource<'_>, ConfigError> {
-        match (&self.sha256, &self.file, &self.env) {
-            (Some(hex), None, None) => {
-                let digest = parse_sha256(hex).ok_or_else(|| {
-                    ConfigError::invalid(
-                        format!("{key}.sha256"),
-                        "must be 64 hex digits, the SHA-256 of the token",
-                    )
-                })?;
-                Ok(TokenSource::Sha256(digest))
-            }
-            (None, Some(path), None) => Ok(TokenSource::File(path)),
-            (None, None, Some(var)) => Ok(TokenSource::Env(var)),
-            _ => Err(ConfigError::invalid(
-                key,
-                "give exactly one of sha256, file and env",
-            )),
-        }
+        TokenSource::of(
+            key,
+            self.sha256.as_ref(),
+            self.file.as_ref(),
+            self.env.as_ref(),
+        )
     }
-}
 
-impl Token {
     /// The SHA-256 of the token, reading the file or environment variable when that is where
     /// it is. Errors name the key but never the value.
     pub fn resolve(&self, key: &str) -> Result<TokenHash, ConfigError> {
-        let secret = match self.source(key)? {
-            TokenSource::Sha256(digest) => return Ok(digest),
-            TokenSource::File(path) => std::fs::read(path).map_err(|e| {
-                ConfigError::invalid(
-                    format!("{key}.file"),
-                    format!("cannot read {}: {}", path.display(), e.kind()),
-                )
-            })?,
-            TokenSource::Env(var) => std::env::var_os(var)
-                .ok_or_else(|| {
-                    ConfigError::invalid(
-                        format!("{key}.env"),
-                        format!("environment variable {var} is not set"),
-                    )
-                })?
-                .into_encoded_bytes(),
-        };
-        let secret = secret.trim_ascii();
-        if secret.is_empty() {
-            return Err(ConfigError::invalid(key, "the token is empty"));
-        }
-        Ok(hash_token(secret))
+        self.source(key)?.hash(key)
     }
 }
 
@@ -318,37 +280,8 @@ impl Auth {
     }
 }
 
-fn parse_sha256(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-impl ControlPlaneConfig {
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_yaml(&text)
-    }
-
-    /// Parses and validates a config document.
-    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let cfg: ControlPlaneConfig = from_yaml(text)?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Checks values that parse but cannot work, naming the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+impl ConfigFile for ControlPlaneConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
         for (key, l) in [("api", &self.api), ("watch", &self.watch)] {
             l.endpoint.parse::<SocketAddr>().map_err(|e| {
                 ConfigError::invalid(
@@ -367,12 +300,7 @@ impl ControlPlaneConfig {
                     "must be at least 1",
                 ));
             }
-            if pg.dsn.is_some() == pg.dsn_env.is_some() {
-                return Err(ConfigError::invalid(
-                    "storage.postgres",
-                    "give exactly one of dsn and dsn_env",
-                ));
-            }
+            pg.dsn_source()?;
         }
         if self.storage.sqlite.is_some() && self.storage.postgres.is_some() {
             return Err(ConfigError::invalid(

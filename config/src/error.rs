@@ -48,17 +48,3 @@ impl ConfigError {
         }
     }
 }
-
-/// Parses a YAML document into `T`, naming the path of the key at fault on error.
-pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
-    let de = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let inner = e.into_inner();
-        // serde_yaml appends " at line L column C"; keep it, it helps to find the key.
-        ConfigError::Parse {
-            key,
-            reason: inner.to_string(),
-        }
-    })
-}

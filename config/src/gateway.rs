@@ -1,13 +1,15 @@
 //! The gateway's bootstrap config: what it listens on, where it writes, and its limits.
 //! Read once at start-up; policies (sampling, routing) come separately.
 
-use crate::error::{ConfigError, from_yaml};
+use crate::error::ConfigError;
+use crate::load::ConfigFile;
+use crate::secret::Secret;
 use crate::tls::ServerTls;
 use crate::units::{ByteSize, duration};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod control_plane;
@@ -463,30 +465,20 @@ pub struct Sasl {
 }
 
 impl Sasl {
+    /// Where the password is read from.
+    pub fn password_source(&self) -> Result<Secret, ConfigError> {
+        Secret::one_of(
+            "kafka.security.sasl",
+            "password",
+            self.password.as_ref(),
+            self.password_file.as_ref(),
+            self.password_env.as_ref(),
+        )
+    }
+
     /// Reads the password from wherever the config says it is.
     pub fn resolve_password(&self) -> Result<String, ConfigError> {
-        let key = "kafka.security.sasl";
-        match (&self.password, &self.password_file, &self.password_env) {
-            (Some(p), None, None) => Ok(p.clone()),
-            (None, Some(f), None) => std::fs::read_to_string(f)
-                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| {
-                    ConfigError::invalid(
-                        format!("{key}.password_file"),
-                        format!("cannot read {}: {e}", f.display()),
-                    )
-                }),
-            (None, None, Some(v)) => std::env::var(v).map_err(|_| {
-                ConfigError::invalid(
-                    format!("{key}.password_env"),
-                    format!("environment variable {v} is not set"),
-                )
-            }),
-            _ => Err(ConfigError::invalid(
-                key,
-                "set exactly one of password, password_file, password_env",
-            )),
-        }
+        self.password_source()?.read("kafka.security.sasl.password")
     }
 }
 
@@ -630,29 +622,12 @@ impl<'de> Deserialize<'de> for ScalarString {
 /// The Kafka limit on a record: librdkafka refuses messages over 1,000,000,000 bytes.
 const KAFKA_MAX_MESSAGE: u64 = 1_000_000_000;
 
-impl GatewayConfig {
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_yaml(&text)
+impl ConfigFile for GatewayConfig {
+    fn empty() -> Option<Self> {
+        Some(Self::default())
     }
 
-    /// Parses and validates a config document. An empty document is the default config.
-    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let cfg: GatewayConfig = if text.trim().is_empty() {
-            GatewayConfig::default()
-        } else {
-            from_yaml(text)?
-        };
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Checks values that parse but cannot work, naming the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         for (key, l) in [
             ("receivers.grpc", &self.receivers.grpc),
             ("receivers.http", &self.receivers.http),
@@ -800,20 +775,7 @@ impl GatewayConfig {
                 ));
             }
             (true, Some(s)) => {
-                let n = [
-                    s.password.is_some(),
-                    s.password_file.is_some(),
-                    s.password_env.is_some(),
-                ]
-                .iter()
-                .filter(|b| **b)
-                .count();
-                if n != 1 {
-                    return Err(ConfigError::invalid(
-                        "kafka.security.sasl",
-                        "set exactly one of password, password_file, password_env",
-                    ));
-                }
+                s.password_source()?;
             }
             (false, None) => {}
         }

@@ -2,15 +2,15 @@
 //! behind real time, how long decision windows are kept, the admin listener and logging.
 //! Every key is documented in `config/tail-router.yaml` and `docs/tail-sampling.md`.
 
-use crate::error::{ConfigError, from_yaml};
+use crate::error::ConfigError;
 use crate::gateway::{
     Acks, Compression, KafkaConfig, KafkaSecurity, Log, Partitioner, ScalarString, SignalTopic,
     is_topic_name,
 };
+use crate::load::ConfigFile;
 use crate::units::{ByteSize, duration};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 /// The whole bootstrap config of `weir-tail-router`.
@@ -148,29 +148,12 @@ impl Default for RouterAdmin {
     }
 }
 
-impl TailRouterConfig {
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_yaml(&text)
+impl ConfigFile for TailRouterConfig {
+    fn empty() -> Option<Self> {
+        Some(Self::default())
     }
 
-    /// Parses and validates a config document. An empty document is the default config.
-    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let cfg: TailRouterConfig = if text.trim().is_empty() {
-            TailRouterConfig::default()
-        } else {
-            from_yaml(text)?
-        };
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Checks values that parse but cannot work, naming the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let k = &self.kafka;
         crate::gateway::check_brokers(&k.brokers)?;
         for (key, name) in [

@@ -94,7 +94,7 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> Result<ServerTls, ConfigError> {
-        crate::error::from_yaml(yaml)
+        crate::load::parse_yaml(yaml)
     }
 
     #[test]

@@ -6,13 +6,13 @@
 //! - `store.rs`: storage (SQLite or PostgreSQL) and migrations;
 //! - `targeting.rs`: which gateways a rollout stage reaches;
 //! - `auth.rs`: bearer tokens and roles;
-//! - `api.rs` + `openapi.json`: the REST API; `server.rs`: its HTTP(S) listener;
-//! - `tls.rs`: loading certificates for both listeners;
+//! - `api.rs` + `openapi.json`: the REST API (served by weir-runtime's listener, as the
+//!   gateway's listeners are);
+//! - `tls.rs`: loading certificates for the watch stream;
 //! - `watch.rs`: the gRPC watch stream.
 
 pub mod api;
 pub mod auth;
-pub mod server;
 pub mod state;
 pub mod store;
 pub mod targeting;

@@ -3,104 +3,58 @@
 
 use anyhow::Context;
 use clap::Parser;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
-use weir_config::ControlPlaneConfig;
-use weir_config::gateway::LogFormat;
+use weir_config::{ConfigFile, ControlPlaneConfig};
 use weir_control_plane::auth::Tokens;
-use weir_control_plane::{ControlPlane, api, server, tls, watch};
+use weir_control_plane::{ControlPlane, api, tls, watch};
+use weir_runtime::ConfigArgs;
+use weir_runtime::listener::{self, ConnLimits, Protocols, ServeOptions};
+use weir_runtime::tls::{ALPN_H2_HTTP1, ReloadingTls};
 
 /// The Weir control plane: versioned policies rolled out to gateways.
 #[derive(Parser)]
 #[command(name = "weir-control-plane", version)]
 struct Cli {
-    /// The bootstrap config (YAML); see config/control-plane.yaml.
-    #[arg(long, short, value_name = "FILE")]
-    config: PathBuf,
-    /// Validate the config (and read its token files and variables) and exit: 0 when valid,
-    /// 1 with the offending key otherwise.
-    #[arg(long)]
-    check_config: bool,
+    #[command(flatten)]
+    args: ConfigArgs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let checked = ControlPlaneConfig::load(&cli.config).and_then(|c| {
-        let tokens = c.auth.resolve()?;
-        c.storage.backend()?;
-        Ok((c, tokens))
-    });
-    let (config, tokens) = match checked {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!(
-                "weir-control-plane: invalid config {}: {e}",
-                cli.config.display()
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    if cli.check_config {
-        println!("{}: valid", cli.config.display());
-        return ExitCode::SUCCESS;
-    }
-    match start(config, Tokens::new(tokens)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("weir-control-plane: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    weir_runtime::run_binary(
+        "weir-control-plane",
+        &cli.args,
+        check,
+        |(config, tokens)| start(config, tokens),
+    )
 }
 
-fn init_logs(cfg: &weir_config::gateway::Log) -> anyhow::Result<()> {
-    use std::io::IsTerminal;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
-        _ => tracing_subscriber::EnvFilter::try_new(&cfg.level)
-            .with_context(|| format!("log.level `{}`", cfg.level))?,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match cfg.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
+/// The config, with its tokens read and hashed and its storage backend resolved.
+fn check(path: &Path) -> anyhow::Result<(ControlPlaneConfig, Tokens)> {
+    let config = ControlPlaneConfig::load(path)?;
+    let tokens = Tokens::new(config.auth.resolve()?);
+    config.storage.backend()?;
+    Ok((config, tokens))
 }
 
 fn start(config: ControlPlaneConfig, tokens: Tokens) -> anyhow::Result<()> {
-    init_logs(&config.log)?;
-    // TLS files are read before anything binds, so a bad file fails start-up at once.
-    let api_tls = config
-        .api
-        .tls
-        .as_ref()
-        .map(|t| tls::rustls_config(t, "api.tls"))
-        .transpose()?;
-    let watch_tls = config
-        .watch
-        .tls
-        .as_ref()
-        .map(|t| tls::tonic_config(t, "watch.tls"))
-        .transpose()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = wait_for_signal().await {
-                tracing::error!(error = %e, "cannot listen for signals");
-            }
-            signals.cancel();
-        });
+    let log = config.log.clone();
+    weir_runtime::run_until_signal(&log, |shutdown| async move {
+        // TLS files are read before anything binds, so a bad file fails start-up at once.
+        let api_tls = config
+            .api
+            .tls
+            .as_ref()
+            .map(|t| ReloadingTls::new("api", t, ALPN_H2_HTTP1).context("api.tls"))
+            .transpose()?;
+        let watch_tls = config
+            .watch
+            .tls
+            .as_ref()
+            .map(|t| tls::tonic_config(t, "watch.tls"))
+            .transpose()?;
         let backend = config.storage.backend()?;
         let cp = ControlPlane::open(&backend, tokens)
             .await
@@ -120,12 +74,20 @@ fn start(config: ControlPlaneConfig, tokens: Tokens) -> anyhow::Result<()> {
             storage = ?cp.store().kind(),
             "control plane listening"
         );
-        let mut rest = tokio::spawn(server::serve(
-            api::router(Arc::clone(&cp)),
+        if let Some(t) = &api_tls {
+            tokio::spawn(t.clone().watch(shutdown.clone()));
+        }
+        let mut rest = tokio::spawn(listener::serve(
             api_listener,
-            api_tls,
+            ServeOptions {
+                name: "api",
+                limits: ConnLimits::default(),
+                tls: api_tls,
+                protocols: Protocols::Http1And2,
+                drain_timeout: Some(config.shutdown_timeout),
+            },
+            api::router(Arc::clone(&cp)),
             shutdown.clone(),
-            config.shutdown_timeout,
         ));
         let mut grpc = tokio::spawn(watch::serve(
             Arc::clone(&cp),
@@ -151,15 +113,4 @@ fn start(config: ControlPlaneConfig, tokens: Tokens) -> anyhow::Result<()> {
         tracing::info!("control plane stopped");
         result
     })
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-    Ok(())
 }

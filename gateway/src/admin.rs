@@ -83,6 +83,7 @@ pub async fn serve(
         limits: listener::ConnLimits::default(),
         tls: None,
         protocols: listener::Protocols::Http1And2,
+        drain_timeout: None,
     };
     serve_with(listener, options, readiness, prometheus, shutdown).await
 }

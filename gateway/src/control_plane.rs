@@ -466,6 +466,7 @@ fn hostname() -> std::io::Result<String> {
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use weir_config::ConfigFile;
 
     /// Brokers that have exactly the listed topics.
     struct Brokers(Mutex<Result<Vec<String>, String>>);

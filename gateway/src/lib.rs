@@ -7,7 +7,6 @@ pub mod admission;
 pub mod attribute_limits;
 pub mod auth;
 pub mod control_plane;
-pub mod listener;
 pub mod pipeline;
 pub mod policy;
 pub mod receivers;
@@ -15,7 +14,10 @@ pub mod signal;
 pub mod tail;
 pub mod tail_router;
 pub mod telemetry;
-pub mod tls;
+
+/// The listener front door and its TLS live in weir-runtime, shared with the tail router and
+/// the control plane; re-exported so the receivers and admin name them as before.
+pub use weir_runtime::{listener, tls};
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -87,6 +89,7 @@ pub async fn run(
             limits: listener::ConnLimits::of(listener),
             tls,
             protocols,
+            drain_timeout: None,
         };
 
     // Bind everything first, so a port in use fails the start rather than a later request.
@@ -152,6 +155,7 @@ pub async fn run(
             limits: listener::ConnLimits::default(),
             tls: admin_tls,
             protocols: listener::Protocols::Http1And2,
+            drain_timeout: None,
         },
         readiness.clone(),
         prometheus,

@@ -1,29 +1,9 @@
-//! The gateway's own telemetry: logs through `tracing`, metrics through the `metrics` crate
-//! with a Prometheus recorder. Metric names mirror the Collector's with a `weir_` prefix.
+//! The gateway's own metrics, through the `metrics` crate with a Prometheus recorder (logs are
+//! set up by weir-runtime). Metric names mirror the Collector's with a `weir_` prefix.
 
 use anyhow::Context;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::io::IsTerminal;
-use weir_config::gateway::{Log, LogFormat};
-
-/// Installs the log subscriber. `RUST_LOG`, when set, wins over the config's level.
-pub fn init_logs(cfg: &Log) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
-        _ => tracing_subscriber::EnvFilter::try_new(&cfg.level)
-            .with_context(|| format!("log.level `{}`", cfg.level))?,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match cfg.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
-}
 
 /// Installs the Prometheus recorder and describes every metric the gateway emits.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
@@ -116,39 +96,4 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         "Time from producing a request's records to Kafka acknowledging all of them."
     );
     Ok(handle)
-}
-
-/// Runs a binary's main task: sets up logs and metrics, starts a multi-threaded runtime and
-/// runs `main` on it with a token that SIGTERM or SIGINT cancels.
-pub fn run_until_signal<F, Fut>(log: &Log, main: F) -> anyhow::Result<()>
-where
-    F: FnOnce(PrometheusHandle, tokio_util::sync::CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    init_logs(log)?;
-    let prometheus = init_metrics()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    runtime.block_on(async {
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let signals = shutdown.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-                (Ok(mut term), Ok(mut int)) => tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = int.recv() => tracing::info!("SIGINT received"),
-                },
-                (Err(e), _) | (_, Err(e)) => {
-                    // Running on is better than stopping at once: SIGKILL still ends it.
-                    tracing::error!(error = %e, "cannot listen for signals; stop the process with SIGKILL");
-                    std::future::pending::<()>().await;
-                }
-            }
-            signals.cancel();
-        });
-        main(prometheus, shutdown).await
-    })
 }

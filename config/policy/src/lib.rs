@@ -227,11 +227,11 @@ impl Policy {
                 "the document is empty: a policy needs at least `version: N`",
             ));
         }
-        let de = serde_yaml::Deserializer::from_str(text);
+        let de = serde_yaml_ng::Deserializer::from_str(text);
         let doc: Document = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let message = e.into_inner().to_string();
-            // serde_yaml appends " at line L column C", which helps to find the key.
+            // serde_yaml_ng appends " at line L column C", which helps to find the key.
             PolicyError::new(path.clone(), without_yaml_path(&path, &message))
         })?;
         Policy::compile(doc)
@@ -555,7 +555,7 @@ impl Policy {
     }
 }
 
-/// serde_yaml starts some messages with its own (shorter) idea of the path: drop it, the
+/// serde_yaml_ng starts some messages with its own (shorter) idea of the path: drop it, the
 /// error has the exact one.
 fn without_yaml_path<'a>(path: &str, message: &'a str) -> &'a str {
     match message.split_once(": ") {

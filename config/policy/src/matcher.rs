@@ -899,11 +899,11 @@ mod tests {
     use super::*;
 
     fn cond(yaml: &str) -> Condition {
-        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
+        serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
     }
 
     fn cond_err(yaml: &str) -> String {
-        let de = serde_yaml::Deserializer::from_str(yaml);
+        let de = serde_yaml_ng::Deserializer::from_str(yaml);
         match serde_path_to_error::deserialize::<_, Condition>(de) {
             Ok(_) => panic!("{yaml} should be refused"),
             Err(e) => {

@@ -420,7 +420,7 @@ mod tests {
     fn index(yaml: &[&str]) -> (Vec<Condition>, RuleIndex) {
         let cs: Vec<Condition> = yaml
             .iter()
-            .map(|y| serde_yaml::from_str(y).unwrap())
+            .map(|y| serde_yaml_ng::from_str(y).unwrap())
             .collect();
         let idx = RuleIndex::new(&cs);
         (cs, idx)

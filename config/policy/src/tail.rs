@@ -25,7 +25,7 @@ use super::span::SpanView;
 use super::threshold::{Randomness, Threshold};
 use serde::Deserialize;
 use serde::de::Deserializer;
-use serde_yaml::{Mapping, Value};
+use serde_yaml_ng::{Mapping, Value};
 use std::time::Duration;
 
 /// The largest filter a window may have, in bytes (1 GiB would not fit a Kafka record

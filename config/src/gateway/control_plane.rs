@@ -3,6 +3,7 @@
 //! keeps the last policy it applied.
 
 use crate::error::ConfigError;
+use crate::secret::{self, Secret};
 use crate::units::duration;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -111,20 +112,8 @@ impl TokenSource {
     pub fn read(&self) -> Result<String, ConfigError> {
         let token = match self {
             TokenSource::Inline(t) => t.clone(),
-            TokenSource::File(f) => std::fs::read_to_string(f)
-                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| {
-                    ConfigError::invalid(
-                        "control_plane.token_file",
-                        format!("cannot read {}: {e}", f.display()),
-                    )
-                })?,
-            TokenSource::Env(v) => std::env::var(v).map_err(|_| {
-                ConfigError::invalid(
-                    "control_plane.token_env",
-                    format!("environment variable {v} is not set"),
-                )
-            })?,
+            TokenSource::File(f) => secret::read_file(f, "control_plane.token_file")?,
+            TokenSource::Env(v) => secret::read_env(v, "control_plane.token_env")?,
         };
         if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {
             return Err(ConfigError::invalid(
@@ -139,15 +128,18 @@ impl TokenSource {
 impl GatewayControlPlane {
     /// Where the token comes from (exactly one source is set once `validate` passed).
     pub fn token_source(&self) -> Result<TokenSource, ConfigError> {
-        match (&self.token, &self.token_file, &self.token_env) {
-            (Some(t), None, None) => Ok(TokenSource::Inline(t.clone())),
-            (None, Some(f), None) => Ok(TokenSource::File(f.clone())),
-            (None, None, Some(v)) => Ok(TokenSource::Env(v.clone())),
-            _ => Err(ConfigError::invalid(
-                "control_plane",
-                "set exactly one of token, token_file, token_env",
-            )),
-        }
+        let source = Secret::one_of(
+            "control_plane",
+            "token",
+            self.token.as_ref(),
+            self.token_file.as_ref(),
+            self.token_env.as_ref(),
+        )?;
+        Ok(match source {
+            Secret::Inline(t) => TokenSource::Inline(t),
+            Secret::File(f) => TokenSource::File(f),
+            Secret::Env(v) => TokenSource::Env(v),
+        })
     }
 
     /// True when the endpoint asks for TLS.
@@ -247,7 +239,7 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> Result<GatewayControlPlane, ConfigError> {
-        let cp: GatewayControlPlane = crate::error::from_yaml(yaml)?;
+        let cp: GatewayControlPlane = crate::load::parse_yaml(yaml)?;
         cp.validate()?;
         Ok(cp)
     }

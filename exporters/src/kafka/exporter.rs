@@ -1,12 +1,12 @@
 //! The producer side: librdkafka configuration, producing a request's records, and waiting
 //! until Kafka acknowledged every one of them (or the export timeout passed).
 
+use super::client_log::TracingContext;
 use super::errors::ExportError;
 use super::records::Record;
 use arc_swap::ArcSwap;
 use futures::future::join_all;
-use rdkafka::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -15,35 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use weir_config::ConfigError;
 use weir_config::gateway::{KafkaConfig, KafkaSecurity};
-
-/// Routes librdkafka's own log lines and errors into `tracing`.
-pub struct TracingContext;
-
-impl ClientContext for TracingContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Warning => {
-                tracing::warn!(target: "librdkafka", facility = fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", facility = fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Debug => {
-                tracing::debug!(target: "librdkafka", facility = fac, "{log_message}")
-            }
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", %error, "{reason}");
-    }
-}
 
 /// The librdkafka producer properties that a `KafkaConfig` stands for.
 ///

@@ -92,6 +92,7 @@ impl Ingress {
 mod tests {
     use super::*;
     use ::http::HeaderValue;
+    use weir_config::ConfigFile;
 
     fn ingress(yaml: &str) -> Ingress {
         Ingress::new(&GatewayConfig::from_yaml(yaml).unwrap()).unwrap()

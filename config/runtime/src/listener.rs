@@ -1,5 +1,6 @@
-//! Serving HTTP on a listener we accept ourselves, so every listener (OTLP/gRPC, OTLP/HTTP,
-//! admin) gets the same front door: optional TLS (reloaded certificates, mTLS), a cap on
+//! Serving HTTP on a listener we accept ourselves, so every listener (the gateway's OTLP/gRPC,
+//! OTLP/HTTP and admin listeners, the tail router's admin, the control plane's REST API) gets
+//! the same front door: optional TLS (reloaded certificates, mTLS), a cap on
 //! concurrent connections, HTTP/2 stream limits, an idle timeout, and a header-read timeout
 //! against slow-loris clients. Each connection is served by hyper with the listener's tower
 //! service (tonic `Routes` or an axum `Router`).
@@ -60,7 +61,8 @@ impl ConnLimits {
 }
 
 impl Default for ConnLimits {
-    /// The defaults of a receiver listener, for listeners without their own section (admin).
+    /// The defaults of a receiver listener, for listeners without their own section (admin,
+    /// the control plane's REST API).
     fn default() -> Self {
         Self::of(&Listener::new("0.0.0.0:0"))
     }
@@ -77,6 +79,9 @@ pub struct ServeOptions {
     pub tls: Option<Arc<ReloadingTls>>,
     /// The protocols it speaks.
     pub protocols: Protocols,
+    /// How long connections may take to finish after shutdown before they are cut; `None`
+    /// waits for them (the caller bounds the whole shutdown instead).
+    pub drain_timeout: Option<Duration>,
 }
 
 /// Accepts connections on `listener` and serves `service` on each until `shutdown` is
@@ -139,7 +144,18 @@ where
         });
     }
     drop(listener);
-    while connections.join_next().await.is_some() {}
+    let drained = async { while connections.join_next().await.is_some() {} };
+    match options.drain_timeout {
+        None => drained.await,
+        Some(limit) => {
+            if tokio::time::timeout(limit, drained).await.is_err() {
+                tracing::warn!(
+                    listener = options.name,
+                    "connections still open after the shutdown timeout; closing them"
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -375,6 +391,7 @@ mod tests {
             limits,
             tls: None,
             protocols: Protocols::Http1And2,
+            drain_timeout: None,
         };
         tokio::spawn(serve(listener, options, app, stop.clone()));
         (addr, stop)
