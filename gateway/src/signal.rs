@@ -1,8 +1,8 @@
 //! The three OTLP signals, described once so the receivers and the pipeline handle traces,
 //! metrics and logs with the same code.
 
-use crate::pipeline::Format;
 use crate::policy::{ActivePolicy, plan_traces_for};
+use crate::receivers::request::Format;
 use crate::validate;
 use prost::Message;
 use weir_config::gateway::{AttributeLimitAction, KafkaConfig, SignalTopic};
