@@ -3,9 +3,7 @@
 //! together and owns the shutdown sequence.
 
 pub mod admin;
-pub mod admission;
 pub mod attribute_limits;
-pub mod auth;
 pub mod control_plane;
 pub mod pipeline;
 pub mod policy;
@@ -67,8 +65,8 @@ pub async fn run(
         policies.clone(),
     ));
     let readiness = Arc::new(admin::Readiness::default());
-    let ingress =
-        Arc::new(receivers::Ingress::new(&config).context("reading the receivers' credentials")?);
+    let receiver = receivers::Receiver::new(&config, pipeline.clone())
+        .context("reading the receivers' credentials")?;
     // TLS files are loaded now, so a bad certificate fails the start, not the first client.
     let tls_of = |name: &'static str, section: Option<&weir_config::ServerTls>, alpn| {
         section
@@ -121,8 +119,7 @@ pub async fn run(
                 grpc_tls.clone(),
                 listener::Protocols::Http2,
             ),
-            pipeline.clone(),
-            ingress.clone(),
+            receiver.clone(),
             stop.clone(),
         ));
     }
@@ -136,10 +133,7 @@ pub async fn run(
                 http_tls.clone(),
                 listener::Protocols::Http1And2,
             ),
-            receivers::http::Receiver {
-                pipeline: pipeline.clone(),
-                ingress: ingress.clone(),
-            },
+            receiver.clone(),
             stop.clone(),
         ));
     }

@@ -1,57 +1,20 @@
-//! The per-request path shared by both receivers:
-//! admit -> decode -> validate -> group and split into records -> produce -> wait for Kafka
+//! The per-request path shared by both receivers, below their layers (authentication,
+//! decompression, admission: `receivers/`):
+//! decode -> validate -> group and split into records -> produce -> wait for Kafka
 //! -> answer. The OTLP success reply is built only after Kafka acknowledged every record.
 
-use crate::admission::Admission;
 use crate::attribute_limits::AttributeLimitPolicy;
 use crate::policy::PolicyStore;
+use crate::receivers::request::{Format, RequestMeta, Transport};
 use crate::signal::{Route, Signal};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 use weir_config::GatewayConfig;
-use weir_exporters::kafka::{KafkaExporter, RecordHeaders};
+use weir_exporters::kafka::KafkaExporter;
 
 /// Bodies larger than this are turned into records off the async worker's hot loop.
 const BLOCKING_BODY_BYTES: usize = 512 * 1024;
-
-/// The body format of a request (and of its response).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// `application/x-protobuf` (and every gRPC request).
-    Protobuf,
-    /// `application/json` (OTLP/JSON).
-    Json,
-}
-
-/// The receiver a request came through, as the `transport` metric label names it.
-#[derive(Clone, Copy, Debug)]
-pub enum Transport {
-    /// OTLP/gRPC.
-    Grpc,
-    /// OTLP/HTTP.
-    Http,
-}
-
-impl Transport {
-    /// The `transport` metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Transport::Grpc => "grpc",
-            Transport::Http => "http",
-        }
-    }
-}
-
-/// What the receiver learnt about a request besides its body.
-#[derive(Clone, Debug, Default)]
-pub struct RequestMeta {
-    /// The authenticated tenant, when `receivers.auth` is configured.
-    pub tenant: Option<std::sync::Arc<str>>,
-    /// Headers for every record of the request: `weir.tenant` and the copied request
-    /// metadata (`kafka.include_metadata_keys`).
-    pub record_headers: Option<RecordHeaders>,
-}
 
 /// Why a request was refused, each with the OTLP status it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +25,8 @@ pub enum PipelineError {
     /// 413 / RESOURCE_EXHAUSTED: the request is over the size limit. Not retryable.
     #[error("{0}")]
     TooLarge(String),
-    /// 429 / RESOURCE_EXHAUSTED with a retry delay: the in-flight bound is reached.
+    /// 429 / RESOURCE_EXHAUSTED with a retry delay: the in-flight bound is reached (the
+    /// receivers' admission layer).
     #[error("{0}")]
     Overloaded(String),
     /// 503 / UNAVAILABLE with a retry delay: Kafka did not acknowledge in time.
@@ -73,7 +37,6 @@ pub enum PipelineError {
 /// Everything a request needs, shared by all receivers.
 pub struct Pipeline {
     exporter: Arc<KafkaExporter>,
-    admission: Admission,
     config: Arc<GatewayConfig>,
     policies: Arc<PolicyStore>,
     attribute_limits: Option<AttributeLimitPolicy>,
@@ -86,11 +49,9 @@ impl Pipeline {
         exporter: Arc<KafkaExporter>,
         policies: Arc<PolicyStore>,
     ) -> Self {
-        let admission = Admission::new(config.limits.max_in_flight_bytes.as_usize());
         let attribute_limits = AttributeLimitPolicy::from_config(&config.limits);
         Self {
             exporter,
-            admission,
             config,
             policies,
             attribute_limits,
@@ -115,14 +76,6 @@ impl Pipeline {
         transport: Transport,
         meta: &RequestMeta,
     ) -> Result<S::Response, PipelineError> {
-        let _admitted = self.admission.try_admit(body.len()).ok_or_else(|| {
-            metrics::counter!("weir_receiver_refused_requests_total", "transport" => transport.label(), "reason" => "in_flight_limit")
-                .increment(1);
-            PipelineError::Overloaded(format!(
-                "the gateway holds its limit of {} in-flight request bytes; retry later",
-                self.config.limits.max_in_flight_bytes.0
-            ))
-        })?;
         // One policy version for the whole request.
         let policy = self.policies.load();
         let route = Route {

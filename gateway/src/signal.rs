@@ -2,8 +2,8 @@
 //! metrics and logs with the same code.
 
 use crate::attribute_limits::AttributeLimitPolicy;
-use crate::pipeline::Format;
 use crate::policy::{ActivePolicy, plan_traces_for};
+use crate::receivers::request::Format;
 use prost::Message;
 use weir_config::gateway::{KafkaConfig, SignalTopic};
 use weir_exporters::kafka::{Batch, logs_batch, metrics_batch, traces_batch};

@@ -1,8 +1,27 @@
-//! Bounded decompression of OTLP/HTTP bodies. The limit applies to the decompressed size and
+//! The decompression layer of OTLP/HTTP: reads the body within the size limit and inflates it
+//! by its `Content-Encoding`, bounded. The limit applies to the decompressed size and
 //! decompression stops as soon as it is passed, so a decompression bomb costs at most the
-//! limit in memory, never what it would inflate to.
+//! limit in memory, never what it would inflate to. (OTLP/gRPC bodies are framed and
+//! inflated by tonic, in the `grpc` receiver's decode layer.)
 
+use super::request::{ExportRequest, Format, RequestMeta, Transport};
+use super::status::ReceiverError;
+use crate::pipeline::PipelineError;
+use bytes::Bytes;
+use http::header;
+use http::request::Parts;
+use http_body_util::Collected;
+use http_body_util::combinators::Collect;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use pin_project_lite::pin_project;
+use std::future::Future;
 use std::io::Read;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tower::{Layer, Service};
+
+/// What reading a body can fail with (`Limited` boxes the body's own error).
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A `Content-Encoding` the HTTP receiver accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +128,196 @@ fn read_bounded(
         return Err(DecompressError::TooLarge { limit });
     }
     Ok(out)
+}
+
+/// Decompression as a layer: what passes it is the whole message, at most `limit` bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct DecompressLayer {
+    limit: usize,
+}
+
+impl DecompressLayer {
+    /// Refuses bodies larger than `limit` bytes, before or after decompression.
+    pub fn new(limit: usize) -> Self {
+        Self { limit }
+    }
+}
+
+impl<Inner> Layer<Inner> for DecompressLayer {
+    type Service = Decompress<Inner>;
+
+    fn layer(&self, inner: Inner) -> Self::Service {
+        Decompress {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+/// Reads and decompresses a request's body, then passes the message on.
+#[derive(Clone, Debug)]
+pub struct Decompress<Inner> {
+    inner: Inner,
+    limit: usize,
+}
+
+impl<Inner, B> Service<ExportRequest<B>> for Decompress<Inner>
+where
+    Inner: Service<ExportRequest<Bytes>, Error = ReceiverError> + Clone,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Response = Inner::Response;
+    type Error = ReceiverError;
+    type Future = DecompressFuture<B, Inner>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ReceiverError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: ExportRequest<B>) -> Self::Future {
+        let declared = req
+            .http
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?"));
+        let Some(encoding) = ContentEncoding::parse(declared) else {
+            let msg = format!(
+                "Content-Encoding {} is not supported: use gzip, zstd, deflate or none",
+                declared.unwrap_or("")
+            );
+            return DecompressFuture::Refused {
+                error: Some(ReceiverError::UnsupportedMediaType(msg)),
+            };
+        };
+        // The inner service is called once the body is in: take the one that is ready.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let (head, body) = req.http.into_parts();
+        DecompressFuture::Reading {
+            body: Limited::new(body, self.limit).collect(),
+            unread: Some(Unread {
+                head,
+                transport: req.transport,
+                format: req.format,
+                meta: req.meta,
+                encoding,
+                limit: self.limit,
+                inner,
+            }),
+        }
+    }
+}
+
+/// Everything of a request but its body, while the body is read.
+pub struct Unread<Inner> {
+    head: Parts,
+    transport: Transport,
+    format: Format,
+    meta: RequestMeta,
+    encoding: ContentEncoding,
+    limit: usize,
+    inner: Inner,
+}
+
+pin_project! {
+    /// Reads the body, then waits for the inner service's answer.
+    #[project = DecompressState]
+    pub enum DecompressFuture<B, Inner>
+    where
+        B: http_body::Body,
+        B::Error: Into<BoxError>,
+        Inner: Service<ExportRequest<Bytes>>,
+    {
+        /// The body is being read.
+        Reading {
+            #[pin]
+            body: Collect<Limited<B>>,
+            unread: Option<Unread<Inner>>,
+        },
+        /// The message went down; the inner answer is pending.
+        Calling {
+            #[pin]
+            future: Inner::Future,
+        },
+        /// Refused before the body was read.
+        Refused {
+            error: Option<ReceiverError>,
+        },
+    }
+}
+
+impl<B, Inner> Future for DecompressFuture<B, Inner>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+    Inner: Service<ExportRequest<Bytes>, Error = ReceiverError>,
+{
+    type Output = Result<Inner::Response, ReceiverError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let future = match self.as_mut().project() {
+                DecompressState::Calling { future } => return future.poll(cx),
+                DecompressState::Refused { error } => {
+                    let error = error.take().expect("polled after completion");
+                    return Poll::Ready(Err(error));
+                }
+                DecompressState::Reading { body, unread } => {
+                    let read = ready!(body.poll(cx));
+                    let unread = unread.take().expect("polled after completion");
+                    match read_and_decompress(read, unread.encoding, unread.limit) {
+                        Ok(message) => unread.call(message),
+                        Err(e) => return Poll::Ready(Err(e.into())),
+                    }
+                }
+            };
+            self.set(DecompressFuture::Calling { future });
+        }
+    }
+}
+
+impl<Inner: Service<ExportRequest<Bytes>>> Unread<Inner> {
+    /// Sends the request on with its whole message.
+    fn call(mut self, message: Bytes) -> Inner::Future {
+        self.inner.call(ExportRequest {
+            http: http::Request::from_parts(self.head, message),
+            transport: self.transport,
+            format: self.format,
+            meta: self.meta,
+        })
+    }
+}
+
+/// The whole message of a body that was read, within `limit` after decompression.
+fn read_and_decompress(
+    read: Result<Collected<Bytes>, BoxError>,
+    encoding: ContentEncoding,
+    limit: usize,
+) -> Result<Bytes, PipelineError> {
+    let body = match read {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(PipelineError::TooLarge(format!(
+                "the request body is larger than the limit of {limit} bytes"
+            )));
+        }
+        Err(e) => {
+            return Err(PipelineError::InvalidArgument(format!(
+                "reading the request body failed: {e}"
+            )));
+        }
+    };
+    // Inflating takes long enough to hold up other requests on this worker thread.
+    match tokio::task::block_in_place(|| decompress(body, encoding, limit)) {
+        Ok(message) => Ok(message),
+        Err(DecompressError::TooLarge { .. }) => Err(PipelineError::TooLarge(format!(
+            "the request decompresses to more than the limit of {limit} bytes"
+        ))),
+        Err(e @ DecompressError::Corrupt { .. }) => {
+            Err(PipelineError::InvalidArgument(e.to_string()))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,193 +4,282 @@
 //! `grpc-encoding`, and the size limit, measured after decompression), so decode errors are
 //! ours to report as INVALID_ARGUMENT and the pipeline sees one body type for both receivers.
 
-use super::Ingress;
-use crate::auth::AuthError;
+use super::Receiver;
+use super::admission::AdmissionLayer;
+use super::auth::AuthLayer;
+use super::export::Export;
+use super::request::{ExportRequest, Format, RequestMeta, Transport};
+use super::status::{GrpcStatusLayer, ReceiverError, grpc_status};
 use crate::listener::{self, ServeOptions};
-use crate::pipeline::{Format, Pipeline, PipelineError, RequestMeta, Transport};
 use crate::signal::{Logs, Metrics, Signal, Traces};
 use bytes::{Buf, Bytes};
+use futures::future::{Either, Ready, ready};
+use pin_project_lite::pin_project;
 use prost::Message;
 use std::convert::Infallible;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::Status;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::server::{Grpc, NamedService, UnaryService};
-use tonic::{Code, Status};
-use weir_proto::rpc;
+use tonic::server::{Grpc, NamedService};
+use tower::{Layer, Service, ServiceBuilder};
 
 /// Serves the three Export services on `listener` (with the TLS and connection limits of
 /// `options`) until `shutdown` is cancelled, then lets in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
     options: ServeOptions,
-    pipeline: Arc<Pipeline>,
-    ingress: Arc<Ingress>,
+    receiver: Receiver,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let routes = tonic::service::Routes::new(ExportServer::<Traces>::new(
-        pipeline.clone(),
-        ingress.clone(),
-    ))
-    .add_service(ExportServer::<Metrics>::new(
-        pipeline.clone(),
-        ingress.clone(),
-    ))
-    .add_service(ExportServer::<Logs>::new(pipeline, ingress));
+    let routes = tonic::service::Routes::new(stack::<Traces>(&receiver))
+        .add_service(stack::<Metrics>(&receiver))
+        .add_service(stack::<Logs>(&receiver));
     listener::serve(listener, options, routes, shutdown).await
 }
 
-/// UNAUTHENTICATED, with the `google.rpc.Status` in the details as the other errors carry it.
-fn unauthenticated(err: AuthError) -> Status {
-    let message = err.to_string();
-    let details = rpc::Status::new(Code::Unauthenticated as i32, message.clone());
-    Status::with_details(
-        Code::Unauthenticated,
-        message,
-        Bytes::from(details.encode_to_vec()),
-    )
-}
-
-/// The gRPC status for a pipeline error, with `RetryInfo` on the retryable ones.
-pub fn status_of(err: &PipelineError, retry_after: std::time::Duration) -> Status {
-    let (code, retry) = match err {
-        PipelineError::InvalidArgument(_) => (Code::InvalidArgument, false),
-        PipelineError::TooLarge(_) => (Code::ResourceExhausted, false),
-        PipelineError::Overloaded(_) => (Code::ResourceExhausted, true),
-        PipelineError::Unavailable(_) => (Code::Unavailable, true),
-    };
-    let message = err.to_string();
-    if !retry {
-        return Status::new(code, message);
+/// One signal's OTLP/gRPC layers, outermost first (see the receivers' module docs), behind
+/// the check that the request is for the `Export` method.
+pub fn stack<S: Signal>(
+    receiver: &Receiver,
+) -> ExportServer<
+    S,
+    impl Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static,
+> {
+    let pipeline = &receiver.pipeline;
+    let retry_after = pipeline.retry_after();
+    let layers = ServiceBuilder::new()
+        .layer(GrpcStatusLayer::new(retry_after))
+        .layer(AuthLayer::new(receiver.ingress.clone()))
+        .layer(GrpcDecodeLayer::<S>::new(
+            pipeline.max_message_size(),
+            retry_after,
+        ))
+        .layer(AdmissionLayer::new(receiver.admission.clone()))
+        .service(Export::<S>::new(pipeline.clone()));
+    ExportServer {
+        layers,
+        signal: PhantomData,
     }
-    let details = rpc::Status::new(code as i32, message.clone()).with_retry_after(retry_after);
-    Status::with_details(code, message, Bytes::from(details.encode_to_vec()))
 }
 
-/// A tower service for one signal's `Export` method.
-pub struct ExportServer<S> {
-    pipeline: Arc<Pipeline>,
-    ingress: Arc<Ingress>,
+/// A tower service for one signal's `Export` method: what tonic's router sees.
+pub struct ExportServer<S, Layers> {
+    layers: Layers,
     signal: PhantomData<fn() -> S>,
 }
 
-impl<S> ExportServer<S> {
-    fn new(pipeline: Arc<Pipeline>, ingress: Arc<Ingress>) -> Self {
+impl<S, Layers: Clone> Clone for ExportServer<S, Layers> {
+    fn clone(&self) -> Self {
         Self {
-            pipeline,
-            ingress,
+            layers: self.layers.clone(),
             signal: PhantomData,
         }
     }
 }
 
-impl<S> Clone for ExportServer<S> {
-    fn clone(&self) -> Self {
-        Self::new(self.pipeline.clone(), self.ingress.clone())
-    }
-}
-
-impl<S: Signal> NamedService for ExportServer<S> {
+impl<S: Signal, Layers> NamedService for ExportServer<S, Layers> {
     const NAME: &'static str = S::GRPC_SERVICE;
 }
 
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
-impl<S, B> tower::Service<http::Request<B>> for ExportServer<S>
+impl<S, Layers, B> Service<http::Request<B>> for ExportServer<S, Layers>
 where
     S: Signal,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    Layers:
+        Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
-    type Future = BoxFuture<Self::Response, Infallible>;
+    type Future = Either<Ready<Result<Self::Response, Infallible>>, Layers::Future>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.layers.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if req.uri().path() != S::GRPC_PATH {
-            return Box::pin(async {
-                Ok(Status::unimplemented("only the Export method is served").into_http())
-            });
+            return Either::Left(ready(Ok(Status::unimplemented(
+                "only the Export method is served",
+            )
+            .into_http())));
         }
-        // Credentials first: an unauthenticated request's body is never read.
-        let meta = match self.ingress.admit(req.headers(), Transport::Grpc) {
-            Ok(meta) => meta,
-            Err(e) => return Box::pin(async move { Ok(unauthenticated(e).into_http()) }),
+        Either::Right(self.layers.call(req))
+    }
+}
+
+/// tonic's unary handling as a layer: framing, the gzip/zstd `grpc-encoding` and the size
+/// limit (after decompression). It is gRPC's decompression layer; the layers below it see
+/// the whole message.
+struct GrpcDecodeLayer<S> {
+    max_message_size: usize,
+    retry_after: Duration,
+    signal: PhantomData<fn() -> S>,
+}
+
+impl<S> GrpcDecodeLayer<S> {
+    fn new(max_message_size: usize, retry_after: Duration) -> Self {
+        Self {
+            max_message_size,
+            retry_after,
+            signal: PhantomData,
+        }
+    }
+}
+
+impl<S, Inner> Layer<Inner> for GrpcDecodeLayer<S> {
+    type Service = GrpcDecode<S, Inner>;
+
+    fn layer(&self, inner: Inner) -> Self::Service {
+        GrpcDecode {
+            inner,
+            max_message_size: self.max_message_size,
+            retry_after: self.retry_after,
+            signal: PhantomData,
+        }
+    }
+}
+
+/// Decodes a gRPC request's message with tonic and passes it on.
+struct GrpcDecode<S, Inner> {
+    inner: Inner,
+    max_message_size: usize,
+    retry_after: Duration,
+    signal: PhantomData<fn() -> S>,
+}
+
+impl<S, Inner: Clone> Clone for GrpcDecode<S, Inner> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            max_message_size: self.max_message_size,
+            retry_after: self.retry_after,
+            signal: PhantomData,
+        }
+    }
+}
+
+/// tonic's `Grpc::unary` is an `async fn`; its future has no name to put here.
+type DecodeFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, ReceiverError>> + Send>>;
+
+impl<S, Inner, B> Service<ExportRequest<B>> for GrpcDecode<S, Inner>
+where
+    S: Signal,
+    Inner: Service<ExportRequest<Bytes>, Response = S::Response, Error = ReceiverError>
+        + Clone
+        + Send
+        + 'static,
+    Inner::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = ReceiverError;
+    type Future = DecodeFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ReceiverError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: ExportRequest<B>) -> Self::Future {
+        // The inner service is called once the message is in: take the one that is ready.
+        let clone = self.inner.clone();
+        let unary = Unary::<S, Inner> {
+            inner: std::mem::replace(&mut self.inner, clone),
+            transport: req.transport,
+            meta: req.meta,
+            retry_after: self.retry_after,
+            signal: PhantomData,
         };
-        let pipeline = self.pipeline.clone();
+        let max = self.max_message_size;
         Box::pin(async move {
-            let max = pipeline.max_message_size();
             let mut grpc = Grpc::new(RawCodec::<S::Response>::default())
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
                 .send_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(max);
-            let mut resp = grpc
-                .unary(
-                    ExportMethod::<S> {
-                        pipeline,
-                        meta,
-                        signal: PhantomData,
-                    },
-                    req,
-                )
-                .await;
-            oversize_is_resource_exhausted(&mut resp);
-            Ok(resp)
+            Ok(grpc.unary(unary, req.http).await)
         })
     }
 }
 
-/// tonic answers a message over the size limit with OUT_OF_RANGE; the OTLP specification
-/// names RESOURCE_EXHAUSTED. Our own handlers never answer OUT_OF_RANGE, so the rewrite
-/// touches only tonic's limit check.
-fn oversize_is_resource_exhausted(resp: &mut http::Response<tonic::body::Body>) {
-    let out_of_range = (Code::OutOfRange as i32).to_string();
-    if resp
-        .headers()
-        .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() == out_of_range.as_bytes())
-    {
-        let code = (Code::ResourceExhausted as i32).to_string();
-        resp.headers_mut().insert(
-            "grpc-status",
-            http::HeaderValue::from_str(&code).expect("digits are a valid header"),
-        );
-    }
-}
-
-struct ExportMethod<S> {
-    pipeline: Arc<Pipeline>,
+/// What tonic calls with the decoded message: the layers below, as a unary gRPC method.
+struct Unary<S, Inner> {
+    inner: Inner,
+    transport: Transport,
     meta: RequestMeta,
+    retry_after: Duration,
     signal: PhantomData<fn() -> S>,
 }
 
-impl<S: Signal> UnaryService<Bytes> for ExportMethod<S> {
-    type Response = S::Response;
-    type Future = BoxFuture<tonic::Response<S::Response>, Status>;
+impl<S, Inner> Service<tonic::Request<Bytes>> for Unary<S, Inner>
+where
+    S: Signal,
+    Inner: Service<ExportRequest<Bytes>, Response = S::Response, Error = ReceiverError>,
+{
+    type Response = tonic::Response<S::Response>;
+    type Error = Status;
+    type Future = UnaryReply<Inner::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| grpc_status(&e, self.retry_after))
+    }
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let pipeline = self.pipeline.clone();
-        let meta = std::mem::take(&mut self.meta);
-        Box::pin(async move {
-            let body = request.into_inner();
-            match pipeline
-                .export::<S>(body, Format::Protobuf, Transport::Grpc, &meta)
-                .await
-            {
-                Ok(resp) => Ok(tonic::Response::new(resp)),
-                Err(e) => Err(status_of(&e, pipeline.retry_after())),
-            }
+        let (metadata, extensions, message) = request.into_parts();
+        let mut http = http::Request::new(message);
+        *http.headers_mut() = metadata.into_headers();
+        *http.extensions_mut() = extensions;
+        UnaryReply {
+            future: self.inner.call(ExportRequest {
+                http,
+                transport: self.transport,
+                format: Format::Protobuf,
+                // tonic calls a unary method once per request.
+                meta: std::mem::take(&mut self.meta),
+            }),
+            retry_after: self.retry_after,
+        }
+    }
+}
+
+pin_project! {
+    /// The layers' answer as tonic wants it. tonic writes the status itself, inside its own
+    /// call, so a refusal is mapped here with the same `grpc_status` the outer layer uses.
+    struct UnaryReply<F> {
+        #[pin]
+        future: F,
+        retry_after: Duration,
+    }
+}
+
+impl<F, R> Future for UnaryReply<F>
+where
+    F: Future<Output = Result<R, ReceiverError>>,
+{
+    type Output = Result<tonic::Response<R>, Status>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        this.future.poll(cx).map(|answer| match answer {
+            Ok(resp) => Ok(tonic::Response::new(resp)),
+            Err(e) => Err(grpc_status(&e, *this.retry_after)),
         })
     }
 }

@@ -1,133 +1,53 @@
-//! The OTLP receivers: gRPC on 4317 and HTTP on 4318. Both check the request's credentials and
-//! pick its metadata (`Ingress`) before reading the body, hand the (decompressed) body to the
-//! same `Pipeline`, and translate its answer into their transport's status codes.
+//! The OTLP receivers: gRPC on 4317 and HTTP on 4318.
+//!
+//! Each request concern is one tower layer in its own file, composed once per transport
+//! (`grpc::stack`, `http::stack`), outermost first:
+//!
+//! | layer | file | what it does |
+//! |---|---|---|
+//! | error mapping | `status.rs` | the pipeline's answer or a refusal -> the transport's reply |
+//! | authentication | `auth.rs` | credentials and record headers (`RequestMeta`), before the body is read |
+//! | (OTLP/HTTP only) method and `Content-Type` | `http.rs` | 405 and 415 |
+//! | decompression | `decompress.rs` (HTTP), tonic's codec in `grpc.rs` (gRPC) | the whole message, within the size limit |
+//! | admission | `admission.rs` | the in-flight byte budget shared by both receivers |
+//! | export | `export.rs` | hands the message to the `Pipeline` |
+//!
+//! What passes between them is an `ExportRequest` (`request.rs`).
 
+pub mod admission;
+pub mod auth;
 pub mod decompress;
+pub mod export;
 pub mod grpc;
 pub mod http;
+pub mod request;
+pub mod status;
 
-use crate::auth::{AuthError, Authenticator};
-use crate::pipeline::{RequestMeta, Transport};
-use ::http::HeaderMap;
-use ::http::header::HeaderName;
+use crate::pipeline::Pipeline;
+use admission::Admission;
+use auth::Ingress;
 use std::sync::Arc;
 use weir_config::{ConfigError, GatewayConfig};
 
-/// The record header that carries the authenticated tenant.
-pub const TENANT_HEADER: &str = "weir.tenant";
-
-/// What a request passes before its body is read: authentication (when configured) and the
-/// request headers copied to Kafka record headers (`kafka.include_metadata_keys`).
-#[derive(Debug)]
-pub struct Ingress {
-    auth: Option<Authenticator>,
-    metadata_keys: Vec<HeaderName>,
+/// What both receivers' stacks are built from: the pipeline they feed, who may send (and
+/// which request headers go to Kafka), and the in-flight byte budget they share.
+#[derive(Clone)]
+pub struct Receiver {
+    /// Where requests go.
+    pub pipeline: Arc<Pipeline>,
+    /// Authentication and metadata.
+    pub ingress: Arc<Ingress>,
+    /// The in-flight byte budget.
+    pub admission: Admission,
 }
 
-impl Ingress {
-    /// Reads the tokens (files, environment) and the metadata keys of `config`.
-    pub fn new(config: &GatewayConfig) -> Result<Self, ConfigError> {
-        let auth = config
-            .receivers
-            .auth
-            .as_ref()
-            .map(Authenticator::new)
-            .transpose()?;
-        let metadata_keys = config
-            .kafka
-            .include_metadata_keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| {
-                HeaderName::try_from(k.to_ascii_lowercase()).map_err(|_| {
-                    ConfigError::invalid(
-                        format!("kafka.include_metadata_keys[{i}]"),
-                        format!("`{k}` is not an HTTP header name"),
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?;
+impl Receiver {
+    /// Reads the credentials, metadata keys and in-flight limit of `config`.
+    pub fn new(config: &GatewayConfig, pipeline: Arc<Pipeline>) -> Result<Self, ConfigError> {
         Ok(Self {
-            auth,
-            metadata_keys,
+            pipeline,
+            ingress: Arc::new(Ingress::new(config)?),
+            admission: Admission::new(config.limits.max_in_flight_bytes.as_usize()),
         })
-    }
-
-    /// Authenticates a request by its headers (HTTP headers or gRPC metadata) and collects
-    /// its record headers. A refusal is counted and logged without the credential.
-    pub fn admit(
-        &self,
-        headers: &HeaderMap,
-        transport: Transport,
-    ) -> Result<RequestMeta, AuthError> {
-        let tenant = match &self.auth {
-            None => None,
-            Some(auth) => match auth.authenticate(headers) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    metrics::counter!("weir_receiver_refused_requests_total", "transport" => transport.label(), "reason" => "unauthenticated")
-                        .increment(1);
-                    tracing::debug!(transport = transport.label(), reason = %e, "request refused: not authenticated");
-                    return Err(e);
-                }
-            },
-        };
-        let mut record_headers: Vec<(String, Vec<u8>)> = Vec::new();
-        if let Some(t) = &tenant {
-            record_headers.push((TENANT_HEADER.to_string(), t.as_bytes().to_vec()));
-        }
-        for key in &self.metadata_keys {
-            for value in headers.get_all(key) {
-                record_headers.push((key.as_str().to_string(), value.as_bytes().to_vec()));
-            }
-        }
-        Ok(RequestMeta {
-            tenant,
-            record_headers: (!record_headers.is_empty()).then(|| Arc::from(record_headers)),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ::http::HeaderValue;
-    use weir_config::ConfigFile;
-
-    fn ingress(yaml: &str) -> Ingress {
-        Ingress::new(&GatewayConfig::from_yaml(yaml).unwrap()).unwrap()
-    }
-
-    #[test]
-    fn copies_configured_metadata_and_the_tenant() {
-        // SAFETY: no other test reads or writes this variable.
-        unsafe { std::env::set_var("WEIR_RECEIVERS_TEST_TOKEN", "tok") };
-        let i = ingress(
-            "receivers:\n  auth:\n    tokens:\n      - {tenant: t1, env: WEIR_RECEIVERS_TEST_TOKEN}\nkafka:\n  include_metadata_keys: [X-Tenant-Id, x-region]\n",
-        );
-        let mut h = HeaderMap::new();
-        h.insert("authorization", HeaderValue::from_static("Bearer tok"));
-        h.insert("x-tenant-id", HeaderValue::from_static("acme"));
-        h.insert("x-other", HeaderValue::from_static("no"));
-        let meta = i.admit(&h, Transport::Http).unwrap();
-        assert_eq!(meta.tenant.as_deref(), Some("t1"));
-        let headers = meta.record_headers.unwrap();
-        assert_eq!(
-            &headers[..],
-            &[
-                ("weir.tenant".to_string(), b"t1".to_vec()),
-                ("x-tenant-id".to_string(), b"acme".to_vec()),
-            ]
-        );
-        h.remove("authorization");
-        assert!(i.admit(&h, Transport::Grpc).is_err());
-    }
-
-    #[test]
-    fn without_auth_or_keys_there_are_no_headers() {
-        let i = ingress("");
-        let meta = i.admit(&HeaderMap::new(), Transport::Http).unwrap();
-        assert!(meta.tenant.is_none());
-        assert!(meta.record_headers.is_none());
     }
 }
