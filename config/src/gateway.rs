@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod control_plane;
+pub mod spool;
 pub use control_plane::GatewayControlPlane;
+pub use spool::SpoolConfig;
 
 /// The whole bootstrap config of `weir-gateway`.
 #[derive(Clone, Debug, Deserialize)]
@@ -35,6 +37,8 @@ pub struct GatewayConfig {
     pub control_plane: Option<GatewayControlPlane>,
     /// Where tail sampling decisions (the policy's `tail` section) are published.
     pub tail: TailDecisions,
+    /// The local write-ahead spool for records Kafka did not acknowledge in time.
+    pub spool: SpoolConfig,
     /// How long shutdown waits for in-flight requests and the producer's flush.
     #[serde(deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -52,6 +56,7 @@ impl Default for GatewayConfig {
             policy_file: None,
             control_plane: None,
             tail: TailDecisions::default(),
+            spool: SpoolConfig::default(),
             shutdown_timeout: Duration::from_secs(30),
             log: Log::default(),
         }
@@ -687,6 +692,7 @@ impl ConfigFile for GatewayConfig {
                 "must be greater than zero",
             ));
         }
+        self.spool.validate(l.export_timeout)?;
         if self.shutdown_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "shutdown_timeout",

@@ -9,6 +9,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod receivers;
 pub mod signal;
+pub mod spool;
 pub mod tail;
 pub mod tail_router;
 pub mod telemetry;
