@@ -51,3 +51,6 @@ impl Receiver {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
