@@ -5,9 +5,9 @@
 use prost::Message;
 use std::sync::{Arc, OnceLock};
 use weir_config::gateway::Encoding;
-use weir_policy::Policy;
 use weir_exporters::kafka::{Batch, TracePlan, traces_batch};
 use weir_gateway::policy::{ActivePolicy, PolicyStore, plan_traces};
+use weir_policy::Policy;
 use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use weir_proto::otlp::trace::v1::TracesData;
 use weir_proto::wire::{self, TraceRequestView};
