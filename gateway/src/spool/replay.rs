@@ -516,6 +516,10 @@ impl<S: ReplaySink> Replayer<'_, S> {
 
     /// Sleeps until `at`; false when cancelled first.
     async fn sleep_until(&self, at: Instant) -> bool {
+        // The timer's resolution is a millisecond: a sleep already due would still cost one.
+        if at <= Instant::now() {
+            return !self.cancel.is_cancelled();
+        }
         tokio::select! {
             _ = self.cancel.cancelled() => false,
             _ = tokio::time::sleep_until(at.into()) => true,
