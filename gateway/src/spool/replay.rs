@@ -453,6 +453,8 @@ impl<S: ReplaySink> Replayer<'_, S> {
                 Err(e) => {
                     self.shared.replay_failures.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("weir_spool_replay_failures_total").increment(1);
+                    // While Kafka is down the oldest record's age is what operators watch.
+                    self.shared.publish_gauges();
                     tracing::warn!(error = %e, records = records.len(), retry_in = ?backoff, "replaying spooled records failed; retrying");
                     if !sleep_or_cancel(backoff, self.cancel).await {
                         return Ok(Step::Stop);
@@ -514,6 +516,10 @@ impl<S: ReplaySink> Replayer<'_, S> {
 
     /// Sleeps until `at`; false when cancelled first.
     async fn sleep_until(&self, at: Instant) -> bool {
+        // The timer's resolution is a millisecond: a sleep already due would still cost one.
+        if at <= Instant::now() {
+            return !self.cancel.is_cancelled();
+        }
         tokio::select! {
             _ = self.cancel.cancelled() => false,
             _ = tokio::time::sleep_until(at.into()) => true,
