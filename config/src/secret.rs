@@ -156,3 +156,50 @@ fn parse_sha256(text: &str) -> Option<TokenHash> {
     hex::decode_to_slice(text.trim(), &mut out).ok()?;
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_source_is_read_and_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dsn");
+        std::fs::write(&file, "postgres://u:p@h/db\n").unwrap();
+        let at = "storage.postgres";
+        let from_file = Secret::one_of(at, "dsn", None, Some(&file), None).unwrap();
+        assert_eq!(
+            from_file.read("storage.postgres.dsn").unwrap(),
+            "postgres://u:p@h/db"
+        );
+        let inline = "x".to_string();
+        let e = Secret::one_of(at, "dsn", Some(&inline), Some(&file), None).unwrap_err();
+        assert_eq!(e.key(), Some(at), "{e}");
+        assert!(e.to_string().contains("dsn, dsn_file, dsn_env"), "{e}");
+        assert_eq!(format!("{:?}", Secret::Inline(inline)), "Inline(<redacted>)");
+
+        let unset = Secret::Env("WEIR_SECRET_TEST_SURELY_UNSET".into());
+        let e = unset.read("storage.postgres.dsn").unwrap_err();
+        assert_eq!(e.key(), Some("storage.postgres.dsn_env"), "{e}");
+        let missing = Secret::File(dir.path().join("nope"));
+        let e = missing.read("storage.postgres.dsn").unwrap_err();
+        assert_eq!(e.key(), Some("storage.postgres.dsn_file"), "{e}");
+    }
+
+    #[test]
+    fn token_sources_hash_the_trimmed_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  tok \n").unwrap();
+        let source = TokenSource::of("t", None, Some(&file), None).unwrap();
+        assert_eq!(source.hash("t").unwrap(), hash_token(b"tok"));
+        std::fs::write(&file, "\n").unwrap();
+        assert_eq!(source.hash("t").unwrap_err().key(), Some("t.file"));
+        let hex = hex::encode(hash_token(b"tok"));
+        let hashed = TokenSource::of("t", Some(&hex), None, None).unwrap();
+        assert_eq!(hashed.hash("t").unwrap(), hash_token(b"tok"));
+        let empty = String::new();
+        let e = TokenSource::of("t", None, None, Some(&empty)).unwrap_err();
+        assert_eq!(e.key(), Some("t.env"));
+    }
+}
