@@ -12,7 +12,6 @@ pub mod policy;
 pub mod receivers;
 pub mod signal;
 pub mod tail;
-pub mod tail_router;
 pub mod telemetry;
 pub mod tls;
 pub mod validate;
@@ -59,10 +58,13 @@ pub async fn run(
         })
         .transpose()
         .context("control_plane")?;
+    // Tail sampling's decision windows: marked by the pipeline, published by the publisher.
+    let decision_windows = Arc::new(tail::DecisionWindows::default());
     let pipeline = Arc::new(pipeline::Pipeline::new(
         config.clone(),
         exporter.clone(),
         policies.clone(),
+        decision_windows.clone(),
     ));
     let readiness = Arc::new(admin::Readiness::default());
     let ingress =
@@ -168,6 +170,7 @@ pub async fn run(
         tail::publish::Publisher::new(
             exporter.clone(),
             policies.clone(),
+            decision_windows,
             &config.tail.decisions_topic,
             config
                 .tail

@@ -5,6 +5,7 @@
 use crate::admission::Admission;
 use crate::policy::PolicyStore;
 use crate::signal::{Route, Signal};
+use crate::tail::DecisionWindows;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,15 +78,19 @@ pub struct Pipeline {
     admission: Admission,
     config: Arc<GatewayConfig>,
     policies: Arc<PolicyStore>,
+    /// The tail sampling decision windows the requests' spans are marked in.
+    windows: Arc<DecisionWindows>,
     attribute_limits: Option<(AttributeLimits, AttributeLimitAction)>,
 }
 
 impl Pipeline {
-    /// A pipeline over an exporter with the limits of `config`.
+    /// A pipeline over an exporter with the limits of `config`, marking tail-sampled traces
+    /// in `windows`.
     pub fn new(
         config: Arc<GatewayConfig>,
         exporter: Arc<KafkaExporter>,
         policies: Arc<PolicyStore>,
+        windows: Arc<DecisionWindows>,
     ) -> Self {
         let admission = Admission::new(config.limits.max_in_flight_bytes.as_usize());
         let l = &config.limits;
@@ -104,6 +109,7 @@ impl Pipeline {
             admission,
             config,
             policies,
+            windows,
             attribute_limits,
         }
     }
@@ -140,6 +146,7 @@ impl Pipeline {
             topic: S::topic(&self.config.kafka),
             max_message_size: self.config.kafka.max_message_size.as_usize(),
             policy: &policy,
+            windows: &self.windows,
             tenant: meta.tenant.as_deref(),
             attribute_limits: self.attribute_limits,
         };

@@ -3,6 +3,7 @@
 
 use crate::pipeline::Format;
 use crate::policy::{ActivePolicy, plan_traces_for};
+use crate::tail::DecisionWindows;
 use crate::validate;
 use prost::Message;
 use weir_config::gateway::{AttributeLimitAction, KafkaConfig, SignalTopic};
@@ -57,6 +58,8 @@ pub struct Route<'a> {
     pub max_message_size: usize,
     /// The policy version this request follows from start to end.
     pub policy: &'a ActivePolicy,
+    /// The decision windows its tail rules mark traces in.
+    pub windows: &'a DecisionWindows,
     /// The authenticated tenant of the request, when authentication is on.
     pub tenant: Option<&'a str>,
     /// Caps on span attributes and what to do past them, when configured.
@@ -135,7 +138,14 @@ impl Signal for Traces {
             }
         })?;
         let items = view.spans.len() as u64;
-        let mut plan = plan_traces_for(route.policy, body, &view, &route.topic.topic, route.tenant);
+        let mut plan = plan_traces_for(
+            route.policy,
+            route.windows,
+            body,
+            &view,
+            &route.topic.topic,
+            route.tenant,
+        );
         let over_limits = match route.attribute_limits {
             Some((limits, action)) => {
                 apply_attribute_limits(body, &view, &mut plan, limits, action)

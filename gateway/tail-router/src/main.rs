@@ -46,6 +46,6 @@ fn main() -> ExitCode {
 fn start(config: TailRouterConfig) -> anyhow::Result<()> {
     let log = config.log.clone();
     weir_gateway::telemetry::run_until_signal(&log, |prometheus, shutdown| {
-        weir_gateway::tail_router::run(config, prometheus, shutdown)
+        weir_tail_router::run(config, prometheus, shutdown)
     })
 }
