@@ -778,7 +778,7 @@ class TailRouter:
     def start(self, ready_timeout: float = 60.0) -> "TailRouter":
         binary = tail_router_bin()
         if not binary.exists():
-            raise RuntimeError(f"{binary} does not exist: build it (cargo build -p weir-gateway --bins)")
+            raise RuntimeError(f"{binary} does not exist: build it (cargo build -p weir-tail-router)")
         self.config_path.write_text(json.dumps(self.config, indent=2))
         self.proc = spawn([str(binary), "--config", str(self.config_path)], self.log_path)
         try:

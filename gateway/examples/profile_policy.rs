@@ -9,6 +9,7 @@ mod fixture;
 use prost::Message;
 use std::hint::black_box;
 use weir_gateway::policy::{PolicyStore, plan_traces};
+use weir_gateway::tail::DecisionWindows;
 use weir_proto::wire::TraceRequestView;
 
 fn main() -> anyhow::Result<()> {
@@ -18,9 +19,10 @@ fn main() -> anyhow::Result<()> {
     let body = fixture::request().encode_to_vec();
     let view = TraceRequestView::parse(&body)?;
     let active = store.load();
+    let windows = DecisionWindows::default();
     let mut routes = 0;
     for _ in 0..n {
-        routes += plan_traces(&active, black_box(&body), &view, "otlp_spans")
+        routes += plan_traces(&active, &windows, black_box(&body), &view, "otlp_spans")
             .routes
             .len();
     }

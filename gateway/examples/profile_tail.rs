@@ -8,13 +8,15 @@
 //! ```
 //!
 //! The difference of the two totals over 80,000 spans (800 requests) is the instructions per
-//! span of `plan_traces` with that policy (tail marks go to the process's decision windows).
+//! span of `plan_traces` with that policy (tail marks go to one set of decision windows, as
+//! in the gateway).
 //! Outside valgrind it prints the wall time per span, which on a shared machine is only a hint.
 
 use prost::Message;
 use std::hint::black_box;
 use std::time::Instant;
 use weir_gateway::policy::{PolicyStore, plan_traces};
+use weir_gateway::tail::DecisionWindows;
 use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use weir_proto::otlp::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value};
 use weir_proto::otlp::resource::v1::Resource;
@@ -128,13 +130,20 @@ fn main() -> anyhow::Result<()> {
         .map(|b| TraceRequestView::parse(b))
         .collect::<Result<Vec<_>, _>>()?;
     let active = store.load();
+    let windows = DecisionWindows::default();
     let started = Instant::now();
     let mut routes = 0;
     for i in 0..n {
         let j = i % REQUESTS;
-        routes += plan_traces(&active, black_box(&bodies[j]), &views[j], "otlp_spans")
-            .routes
-            .len();
+        routes += plan_traces(
+            &active,
+            &windows,
+            black_box(&bodies[j]),
+            &views[j],
+            "otlp_spans",
+        )
+        .routes
+        .len();
     }
     let per_span = started.elapsed().as_nanos() as f64 / (n * SPANS) as f64;
     println!(

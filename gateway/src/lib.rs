@@ -11,7 +11,6 @@ pub mod receivers;
 pub mod signal;
 pub mod spool;
 pub mod tail;
-pub mod tail_router;
 pub mod telemetry;
 
 /// The listener front door and its TLS live in weir-runtime, shared with the tail router and
@@ -60,10 +59,13 @@ pub async fn run(
         })
         .transpose()
         .context("control_plane")?;
+    // Tail sampling's decision windows: marked by the pipeline, published by the publisher.
+    let decision_windows = Arc::new(tail::DecisionWindows::default());
     let pipeline = Arc::new(pipeline::Pipeline::new(
         config.clone(),
         exporter.clone(),
         policies.clone(),
+        decision_windows.clone(),
     ));
     let readiness = Arc::new(admin::Readiness::default());
     let receiver = receivers::Receiver::new(&config, pipeline.clone())
@@ -167,6 +169,7 @@ pub async fn run(
         tail::publish::Publisher::new(
             exporter.clone(),
             policies.clone(),
+            decision_windows,
             &config.tail.decisions_topic,
             config
                 .tail

@@ -7,6 +7,7 @@ use crate::attribute_limits::AttributeLimitPolicy;
 use crate::policy::PolicyStore;
 use crate::receivers::request::{Format, RequestMeta, Transport};
 use crate::signal::{Route, Signal};
+use crate::tail::DecisionWindows;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,21 +40,26 @@ pub struct Pipeline {
     exporter: Arc<KafkaExporter>,
     config: Arc<GatewayConfig>,
     policies: Arc<PolicyStore>,
+    /// The tail sampling decision windows the requests' spans are marked in.
+    windows: Arc<DecisionWindows>,
     attribute_limits: Option<AttributeLimitPolicy>,
 }
 
 impl Pipeline {
-    /// A pipeline over an exporter with the limits of `config`.
+    /// A pipeline over an exporter with the limits of `config`, marking tail-sampled traces
+    /// in `windows`.
     pub fn new(
         config: Arc<GatewayConfig>,
         exporter: Arc<KafkaExporter>,
         policies: Arc<PolicyStore>,
+        windows: Arc<DecisionWindows>,
     ) -> Self {
         let attribute_limits = AttributeLimitPolicy::from_config(&config.limits);
         Self {
             exporter,
             config,
             policies,
+            windows,
             attribute_limits,
         }
     }
@@ -82,6 +88,7 @@ impl Pipeline {
             topic: S::topic(&self.config.kafka),
             max_message_size: self.config.kafka.max_message_size.as_usize(),
             policy: &policy,
+            windows: &self.windows,
             tenant: meta.tenant.as_deref(),
             attribute_limits: self.attribute_limits,
         };

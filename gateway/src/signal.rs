@@ -4,6 +4,7 @@
 use crate::attribute_limits::AttributeLimitPolicy;
 use crate::policy::{ActivePolicy, plan_traces_for};
 use crate::receivers::request::Format;
+use crate::tail::DecisionWindows;
 use prost::Message;
 use weir_config::gateway::{KafkaConfig, SignalTopic};
 use weir_exporters::kafka::{Batch, logs_batch, metrics_batch, traces_batch};
@@ -57,6 +58,8 @@ pub struct Route<'a> {
     pub max_message_size: usize,
     /// The policy version this request follows from start to end.
     pub policy: &'a ActivePolicy,
+    /// The decision windows its tail rules mark traces in.
+    pub windows: &'a DecisionWindows,
     /// The authenticated tenant of the request, when authentication is on.
     pub tenant: Option<&'a str>,
     /// Caps on span attributes and what to do past them, when configured.
@@ -139,6 +142,7 @@ impl Signal for Traces {
         let over_limits = route
             .attribute_limits
             .and_then(|limits| limits.apply(body, &view, &mut plan));
+use crate::tail::DecisionWindows;
         let mut batch = traces_batch(
             body,
             &view,

@@ -9,7 +9,8 @@
    reads its CPU time (utime + stime from /proc/PID/stat) from readiness to the last decision.
 3. Counts the spans that reached the cold topic with an independent consumer.
 
-Prints one JSON object. Usage (release binaries):
+Prints one JSON object. Usage (release binaries, built with
+`cargo build --release -p weir-gateway -p weir-tail-router -p weir-loadgen`):
   scripts/bench/tail_router.py --bin-dir target/release --requests 3000
 """
 

@@ -27,6 +27,9 @@ use serde::Deserialize;
 use serde::de::Deserializer;
 use serde_yaml_ng::{Mapping, Value};
 use std::time::Duration;
+// The filter and its sizing belong to the decision record's filter, which the tail router
+// shares; the policy only chooses the parameters.
+pub use weir_proto::decision::filter::{FilterParams, bitmap_bytes, expand_seed, hash_count};
 
 /// The largest filter a window may have, in bytes (1 GiB would not fit a Kafka record
 /// stream at any sensible publish interval; 256 MiB holds ~150M traces at 0.1%).
@@ -101,30 +104,6 @@ struct TailRuleDoc {
 struct TailRule {
     name: String,
     condition: Condition,
-}
-
-/// The parameters of every window's Bloom filter. Equal parameters make OR-compatible
-/// filters: the same bits, the same hash keys, the same hash count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FilterParams {
-    /// The window length in milliseconds; windows start at multiples of it since the epoch.
-    pub window_millis: u64,
-    /// Marked traces a window is sized for (the filter's item count).
-    pub expected_traces: u64,
-    /// The size of the filter's bit array in bytes.
-    pub bitmap_bytes: u64,
-    /// The number of hash functions (as the `bloomfilter` crate derives it from the size and
-    /// the item count).
-    pub hashes: u32,
-    /// The filter's 32-byte seed: two SipHash-1-3 keys, expanded from the document's `seed`.
-    pub seed: [u8; 32],
-}
-
-impl FilterParams {
-    /// The start (ms since the epoch) of the window that holds `unix_millis`.
-    pub fn window_start(&self, unix_millis: u64) -> u64 {
-        unix_millis - unix_millis % self.window_millis
-    }
 }
 
 /// The compiled `tail` section.
@@ -334,36 +313,6 @@ impl TailPolicy {
 /// keeps: its randomness (last 7 bytes) is at least the threshold, as head sampling decides.
 pub fn in_baseline(baseline: Option<Threshold>, trace_id: &[u8; 16]) -> bool {
     baseline.is_some_and(|t| t.keeps(Randomness::from_trace_id(trace_id)))
-}
-
-/// The bit array size, in bytes, for `n` items at false-positive rate `p`: the optimum
-/// `m = -n ln p / (ln 2)^2` bits, as the `bloomfilter` crate's `compute_bitmap_size` rounds it.
-pub fn bitmap_bytes(n: u64, p: f64) -> u64 {
-    let ln2 = std::f64::consts::LN_2;
-    ((n as f64) * p.ln() / (-8.0 * ln2 * ln2)).ceil().max(1.0) as u64
-}
-
-/// The optimal number of hash functions, `round(m/n ln 2)`, at least 1, as `bloomfilter`
-/// derives it.
-pub fn hash_count(bits: u64, n: u64) -> u32 {
-    ((bits as f64 / n as f64) * std::f64::consts::LN_2)
-        .round()
-        .max(1.0) as u32
-}
-
-/// The 32-byte filter seed for the document's `seed`: four SplitMix64 outputs, big-endian.
-/// A fixed expansion, so that every gateway derives the same hash keys.
-pub fn expand_seed(seed: u64) -> [u8; 32] {
-    let mut state = seed;
-    let mut out = [0u8; 32];
-    for chunk in out.chunks_exact_mut(8) {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        chunk.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
-    }
-    out
 }
 
 fn compile_rule(i: usize, r: TailRuleDoc) -> Result<TailRule, PolicyError> {

@@ -8,6 +8,7 @@ use weir_config::gateway::Encoding;
 use weir_exporters::kafka::{Batch, TracePlan, traces_batch};
 use weir_gateway::policy::{ActivePolicy, PolicyStore, plan_traces};
 use weir_policy::Policy;
+use weir_gateway::tail::DecisionWindows;
 use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use weir_proto::otlp::trace::v1::TracesData;
 use weir_proto::wire::{self, TraceRequestView};
@@ -40,6 +41,13 @@ pub fn policies() -> &'static [Arc<ActivePolicy>] {
         }
         out
     })
+}
+
+/// The decision windows tail rules mark in, shared by every run as a gateway's are by its
+/// requests (a window's filter is allocated once, not per run).
+fn decision_windows() -> &'static DecisionWindows {
+    static WINDOWS: OnceLock<DecisionWindows> = OnceLock::new();
+    WINDOWS.get_or_init(DecisionWindows::default)
 }
 
 /// Runs a protobuf trace request body through what the gateway does with it: validation and
@@ -103,7 +111,7 @@ pub fn trace_path(body: &[u8]) {
         }
     }
     for active in policies() {
-        let plan = plan_traces(active, body, &view, "traces");
+        let plan = plan_traces(active, decision_windows(), body, &view, "traces");
         assert!(plan.routes.iter().all(|&(t, s)| {
             usize::from(t) < plan.topics.len() && (s as usize) < view.spans.len()
         }));
@@ -183,7 +191,7 @@ pub fn evaluate_policy(policy: Policy) {
     let view = TraceRequestView::parse(body).expect("the sample request is valid");
     // Twice: the second pass meets rate limits the first one drained.
     for _ in 0..2 {
-        let plan = plan_traces(&active, body, &view, "traces");
+        let plan = plan_traces(&active, decision_windows(), body, &view, "traces");
         let batch = traces_batch(body, &view, &plan, Encoding::OtlpProto, 1 << 20);
         check_batch(&batch, plan.routes.len(), Encoding::OtlpProto, 1 << 20);
     }

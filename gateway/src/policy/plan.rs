@@ -5,26 +5,30 @@
 use super::metrics::{Counted, Tally};
 use super::store::ActivePolicy;
 use super::view::for_each_span;
+use crate::tail::{DecisionWindows, TailMarker};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use weir_exporters::kafka::TracePlan;
 use weir_policy::{Outcome, Topic};
 use weir_proto::wire::{self, TraceRequestView};
 
-/// Decides, for every span of a trace request, whether it is kept and where it goes.
+/// Decides, for every span of a trace request, whether it is kept and where it goes, and
+/// marks the traces its tail rules match in `windows`.
 /// Without a policy (version 0) every span goes to `default_topic` unchanged, unevaluated.
 pub fn plan_traces(
     active: &ActivePolicy,
+    windows: &DecisionWindows,
     body: &[u8],
     view: &TraceRequestView,
     default_topic: &str,
 ) -> TracePlan {
-    plan_traces_for(active, body, view, default_topic, None)
+    plan_traces_for(active, windows, body, view, default_topic, None)
 }
 
 /// `plan_traces` for a request authenticated as `tenant`, which rules can match.
 pub fn plan_traces_for(
     active: &ActivePolicy,
+    windows: &DecisionWindows,
     body: &[u8],
     view: &TraceRequestView,
     default_topic: &str,
@@ -43,13 +47,13 @@ pub fn plan_traces_for(
     plan.topics
         .extend(policy.topics().iter().map(|t| Arc::from(t.as_str())));
     if policy.keeps_everything() {
-        keep_everything(active, body, view, tenant, &mut plan);
+        keep_everything(active, windows, body, view, tenant, &mut plan);
         return plan;
     }
     let now = monotonic_nanos();
     let mut trace_state = String::new();
     // Tail rules mark trace ids in the decision window (set when `tail` drops).
-    let mut tail = crate::tail::TailMarker::new(policy, &active.tail_marked);
+    let mut tail = TailMarker::new(policy, &active.tail_marked, windows);
     let mut tally = Tally::new(&active.counters);
     for_each_span(policy, body, view, tenant, |i, resource, span| {
         tail.observe(resource, span);
@@ -79,6 +83,7 @@ pub fn plan_traces_for(
 /// any) look at the spans.
 fn keep_everything(
     active: &ActivePolicy,
+    windows: &DecisionWindows,
     body: &[u8],
     view: &TraceRequestView,
     tenant: Option<&str>,
@@ -96,7 +101,7 @@ fn keep_everything(
     };
     active.counters.count(&kept, view.spans.len() as u64);
     if policy.tail().is_some_and(|t| t.has_rules()) {
-        let mut tail = crate::tail::TailMarker::new(policy, &active.tail_marked);
+        let mut tail = TailMarker::new(policy, &active.tail_marked, windows);
         for_each_span(policy, body, view, tenant, |_, resource, span| {
             tail.observe(resource, span);
         });
@@ -198,7 +203,7 @@ routing:
         let body = request();
         let view = TraceRequestView::parse(&body).unwrap();
         let active = ActivePolicy::new(Policy::keep_everything());
-        let plan = plan_traces(&active, &body, &view, "spans");
+        let plan = plan_traces(&active, &DecisionWindows::default(), &body, &view, "spans");
         assert_eq!(plan.routes, vec![(0, 0), (0, 1), (0, 2)]);
         assert!(plan.replaced.is_empty());
     }
@@ -213,14 +218,14 @@ routing:
             Policy::parse("version: 2\nrouting:\n  default_topic: elsewhere\n").unwrap(),
         );
         assert!(active.policy.keeps_everything());
-        let plan = plan_traces(&active, &body, &view, "spans");
+        let plan = plan_traces(&active, &DecisionWindows::default(), &body, &view, "spans");
         assert_eq!(plan.topics.len(), 2);
         assert_eq!(&*plan.topics[1], "elsewhere");
         assert_eq!(plan.routes, vec![(1, 0), (1, 1), (1, 2)]);
         assert!(plan.replaced.is_empty());
         // The same with the gateway's topic as the default.
         let active = ActivePolicy::new(Policy::parse("version: 2\n").unwrap());
-        let plan = plan_traces(&active, &body, &view, "spans");
+        let plan = plan_traces(&active, &DecisionWindows::default(), &body, &view, "spans");
         assert_eq!(plan.routes, vec![(0, 0), (0, 1), (0, 2)]);
         // A sampling rule turns per-span evaluation back on.
         let active = ActivePolicy::new(Policy::parse(POLICY).unwrap());
@@ -256,7 +261,7 @@ routing:
         );
         let topics = |body: &[u8]| -> Vec<String> {
             let view = TraceRequestView::parse(body).unwrap();
-            let plan = plan_traces(&active, body, &view, "spans");
+            let plan = plan_traces(&active, &DecisionWindows::default(), body, &view, "spans");
             plan.routes
                 .iter()
                 .map(|(t, _)| plan.topics[usize::from(*t)].to_string())
@@ -279,7 +284,7 @@ routing:
         let body = request();
         let view = TraceRequestView::parse(&body).unwrap();
         let active = ActivePolicy::new(Policy::parse(POLICY).unwrap());
-        let plan = plan_traces(&active, &body, &view, "spans");
+        let plan = plan_traces(&active, &DecisionWindows::default(), &body, &view, "spans");
         let name = |(t, _): &(u16, u32)| plan.topics[usize::from(*t)].to_string();
         // The error span goes to both topics of its routing rule; the health check is dropped.
         let error_routes: Vec<String> = plan.routes.iter().filter(|r| r.1 == 1).map(name).collect();
@@ -294,7 +299,7 @@ routing:
         );
         // Span 0 is sampled at p=0.5 by its trace id's randomness (0xf1f1..., above the
         // threshold 2^55, so kept), the same way every time, and its tracestate records it.
-        let again = plan_traces(&active, &body, &view, "spans");
+        let again = plan_traces(&active, &DecisionWindows::default(), &body, &view, "spans");
         assert_eq!(plan.routes, again.routes);
         assert_eq!(
             plan.routes
@@ -317,7 +322,7 @@ routing:
         low.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![0x01; 16];
         let low = low.encode_to_vec();
         let view = TraceRequestView::parse(&low).unwrap();
-        let plan = plan_traces(&active, &low, &view, "spans");
+        let plan = plan_traces(&active, &DecisionWindows::default(), &low, &view, "spans");
         assert!(plan.routes.iter().all(|r| r.1 != 0), "{:?}", plan.routes);
     }
 }

@@ -5,18 +5,21 @@
 //!   span matches marks its trace id. Marks are buffered on the stack and set in the open
 //!   window's filter under one lock per request (or per 64 marks), never per span.
 //! - [`DecisionWindows`] holds the open window's filter (parameters from the policy's `tail`
-//!   section) and the windows sealed but not yet published.
+//!   section) and the windows sealed but not yet published. `run` creates it and hands it to
+//!   the pipeline (whose markers fill it) and to the publisher (which empties it).
 //! - `publish.rs` publishes a snapshot of the open window every `publish_interval` and each
 //!   sealed window once, as decision records (`weir_proto::decision`).
+//!
+//! The filter itself, its hash scheme and the record format are shared with the tail router
+//! in `weir_proto::decision`.
 
-pub mod filter;
 pub mod publish;
 
-use filter::WindowFilter;
 use metrics::Counter;
-use std::sync::{Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
 use weir_policy::{FilterParams, Policy, ResourceCandidates, SpanView, TailPolicy};
+use weir_proto::decision::filter::{self, WindowFilter};
+use weir_proto::decision::unix_millis;
 
 /// Marks buffered before they are set in the filter: one batch of the filter's.
 const MARK_BUFFER: usize = filter::MAX_BATCH;
@@ -24,14 +27,6 @@ const MARK_BUFFER: usize = filter::MAX_BATCH;
 /// Sealed windows kept for publishing at most; older ones are dropped (and counted) when the
 /// broker is unreachable for that long.
 const MAX_SEALED_PENDING: usize = 16;
-
-/// Milliseconds since the Unix epoch, by the wall clock (windows are wall-clock aligned so
-/// that every gateway and the tail router agree on them).
-pub fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// One decision window: its filter and what has been published of it.
 pub struct Window {
@@ -70,19 +65,13 @@ struct State {
     sealed: Vec<Window>,
 }
 
-/// The gateway's decision windows, shared by every request.
+/// The gateway's decision windows, shared by every request of the process (`run` makes one).
 #[derive(Default)]
 pub struct DecisionWindows {
     state: Mutex<State>,
 }
 
 impl DecisionWindows {
-    /// The process's decision windows.
-    pub fn global() -> &'static DecisionWindows {
-        static WINDOWS: OnceLock<DecisionWindows> = OnceLock::new();
-        WINDOWS.get_or_init(DecisionWindows::default)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -203,11 +192,12 @@ fn rotate<'s>(state: &'s mut State, tail: &TailPolicy, now_millis: u64) -> Optio
 }
 
 /// Marks the trace ids of a request's spans that tail rules match; evaluates nothing when
-/// the policy has no tail rules. Marks are set when the marker is dropped (or its buffer
-/// fills), under one lock.
+/// the policy has no tail rules. Marks are set in the windows it was given when the marker is
+/// dropped (or its buffer fills), under one lock.
 pub struct TailMarker<'p> {
     tail: Option<&'p TailPolicy>,
     marked: &'p [Counter],
+    windows: &'p DecisionWindows,
     /// The marked trace ids, and the rule that marked each.
     ids: [[u8; 16]; MARK_BUFFER],
     rules: [u16; MARK_BUFFER],
@@ -215,12 +205,13 @@ pub struct TailMarker<'p> {
 }
 
 impl<'p> TailMarker<'p> {
-    /// A marker for the tail rules of `policy`, counting new traces in `marked` (one counter
-    /// per tail rule).
-    pub fn new(policy: &'p Policy, marked: &'p [Counter]) -> Self {
+    /// A marker for the tail rules of `policy` into `windows`, counting new traces in
+    /// `marked` (one counter per tail rule).
+    pub fn new(policy: &'p Policy, marked: &'p [Counter], windows: &'p DecisionWindows) -> Self {
         Self {
             tail: policy.tail().filter(|t| t.has_rules()),
             marked,
+            windows,
             ids: [[0; 16]; MARK_BUFFER],
             rules: [0; MARK_BUFFER],
             len: 0,
@@ -258,7 +249,7 @@ impl<'p> TailMarker<'p> {
         if let Some(tail) = self.tail
             && self.len > 0
         {
-            DecisionWindows::global().mark(
+            self.windows.mark(
                 tail,
                 &self.ids[..self.len],
                 &self.rules[..self.len],
@@ -355,9 +346,10 @@ mod tests {
             .unwrap(),
         );
         let view = TraceRequestView::parse(&body).unwrap();
-        let plan = crate::policy::plan_traces(&store.load(), &body, &view, "spans");
+        let windows = DecisionWindows::default();
+        let plan = crate::policy::plan_traces(&store.load(), &windows, &body, &view, "spans");
         assert_eq!(plan.routes.len(), 3, "marking keeps every span");
-        DecisionWindows::global().with(|open, _| {
+        windows.with(|open, _| {
             let w = open.expect("a window was opened");
             assert!(
                 w.filter.contains(&[0xa7; 16]),
@@ -417,7 +409,8 @@ mod tests {
     fn a_trace_marked_by_several_spans_of_a_request_is_buffered_once() {
         let p = policy("10s");
         let resource = p.resource_candidates(std::iter::empty());
-        let mut marker = TailMarker::new(&p, &[]);
+        let windows = DecisionWindows::default();
+        let mut marker = TailMarker::new(&p, &[], &windows);
         for span in [
             Bare([1; 16], true),
             Bare([2; 16], true),
@@ -428,7 +421,7 @@ mod tests {
             marker.observe(&resource, &span);
         }
         assert_eq!(&marker.ids[..marker.len], &[[1; 16], [2; 16]]);
-        // Dropped without flushing into the global windows.
+        // Dropped without flushing into the windows.
         marker.len = 0;
     }
 

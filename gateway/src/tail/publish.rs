@@ -11,15 +11,14 @@
 //! `kafka.max_message_size`. A publish that fails is retried at the next interval with
 //! everything set since the last one that did not.
 
-use super::filter::{fill_ratio, for_each_new_position};
-use super::{DecisionWindows, Window, unix_millis};
+use super::{DecisionWindows, Window};
 use crate::policy::PolicyStore;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use weir_exporters::kafka::{KafkaExporter, Record};
-use weir_policy::FilterParams;
-use weir_proto::decision::{self, DecisionHeader, HASH_SCHEME_BLOOMFILTER3, Payload, SparseWriter};
+use weir_proto::decision::filter::{fill_ratio, for_each_new_position};
+use weir_proto::decision::{self, DecisionHeader, Payload, SparseWriter, unix_millis};
 
 /// How often the publisher looks again when the policy has no `tail` section.
 const IDLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -34,6 +33,8 @@ const SPARE_VALUES: usize = 8;
 pub struct Publisher {
     exporter: Arc<KafkaExporter>,
     policies: Arc<PolicyStore>,
+    /// The windows the pipeline's markers fill.
+    windows: Arc<DecisionWindows>,
     topic: Arc<str>,
     gateway_id: String,
     max_segment: usize,
@@ -71,11 +72,12 @@ struct Pending {
 }
 
 impl Publisher {
-    /// A publisher producing through `exporter` to `topic`, each record at most
+    /// A publisher of `windows` producing through `exporter` to `topic`, each record at most
     /// `max_message_size` bytes.
     pub fn new(
         exporter: Arc<KafkaExporter>,
         policies: Arc<PolicyStore>,
+        windows: Arc<DecisionWindows>,
         topic: &str,
         gateway_id: String,
         max_message_size: usize,
@@ -83,6 +85,7 @@ impl Publisher {
         Self {
             exporter,
             policies,
+            windows,
             topic: topic.into(),
             gateway_id,
             max_segment: max_message_size.saturating_sub(HEADER_ROOM).max(1024),
@@ -125,14 +128,14 @@ impl Publisher {
             }
             self.tick(true).await;
         }
-        DecisionWindows::global().seal_open();
+        self.windows.seal_open();
         self.tick(false).await;
     }
 
     /// Rotates the windows (unless `rotate` is false: at shutdown, after the last seal) and
     /// publishes what changed.
     pub async fn tick(&mut self, rotate: bool) {
-        let windows = DecisionWindows::global();
+        let windows = &self.windows;
         let active = self.policies.load();
         match active.policy.tail() {
             Some(tail) if rotate => windows.rotate(tail, unix_millis()),
@@ -207,7 +210,7 @@ impl Publisher {
             item_estimate: p.items,
             baseline_rejection: p.baseline,
             sealed: p.sealed,
-            ..header(&params, p.start, &self.gateway_id)
+            ..DecisionHeader::for_window(&params, p.start, &self.gateway_id)
         };
         let sequence = &mut self.sequence;
         let values = encode_records(
@@ -262,7 +265,7 @@ impl Publisher {
                     self.spare_snapshot = old.bits;
                 }
                 if !p.sealed {
-                    DecisionWindows::global().with(|open, _| {
+                    self.windows.with(|open, _| {
                         if let Some(w) = open
                             && w.start == p.start
                         {
@@ -288,31 +291,10 @@ impl Publisher {
                 tracing::warn!(error = %e, window = p.start, kind, "publishing a decision window failed; retrying at the next interval");
                 if let Some(w) = p.window {
                     // Back in line: published at the next tick.
-                    DecisionWindows::global().with(|_, sealed| sealed.insert(0, w));
+                    self.windows.with(|_, sealed| sealed.insert(0, w));
                 }
             }
         }
-    }
-}
-
-/// The header of a record of window `start` with a filter of `params`, from `gateway_id`;
-/// the fields of one record (item estimate, baseline, sealed, sequence, segment) are left
-/// zero for the caller to set.
-pub(crate) fn header(params: &FilterParams, start: u64, gateway_id: &str) -> DecisionHeader {
-    DecisionHeader {
-        window_start_millis: start,
-        window_millis: params.window_millis,
-        bitmap_bytes: params.bitmap_bytes,
-        hashes: params.hashes,
-        seed: params.seed,
-        hash_scheme: HASH_SCHEME_BLOOMFILTER3,
-        expected_items: params.expected_traces,
-        item_estimate: 0,
-        baseline_rejection: None,
-        sealed: false,
-        sequence: 0,
-        segment_offset: 0,
-        gateway_id: gateway_id.into(),
     }
 }
 
@@ -382,8 +364,7 @@ fn spare_value(spare: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tail::filter::WindowFilter;
-    use weir_policy::{bitmap_bytes, expand_seed, hash_count};
+    use weir_proto::decision::filter::{WindowFilter, bitmap_bytes, expand_seed, hash_count};
 
     fn params(n: u64) -> FilterParams {
         let bytes = bitmap_bytes(n, 0.001);
@@ -417,7 +398,7 @@ mod tests {
         }
         let header = |segment_offset| DecisionHeader {
             segment_offset,
-            ..header(p, 0, "gw")
+            ..DecisionHeader::for_window(p, 0, "gw")
         };
         let values = encode_records(
             bits,

@@ -1,17 +1,72 @@
 //! A decision window's Bloom filter over trace ids: the `bloomfilter` crate's `Bloom`, built
-//! from the policy's [`FilterParams`] so that every process builds the same hash functions
-//! (SipHash-1-3 keyed by the seed; no per-process randomness), and merged with a bitwise OR
-//! from published bits.
+//! from [`FilterParams`] (which the policy's `tail` section gives, and every decision record
+//! repeats) so that every process builds the same hash functions (SipHash-1-3 keyed by the
+//! seed; no per-process randomness), and merged with a bitwise OR from published bits.
 //!
 //! The gateway marks in batches ([`WindowFilter::insert_batch`]): the same bits the crate's
 //! `check_and_set` sets, found with the crate's own SipHash type but without its two integer
 //! divisions per bit, and set after all of a batch's positions are known so that the cache
 //! misses of a megabyte-sized bit array overlap. A test holds the two paths to the same bits.
+//! The tail router rebuilds the filters from the records' bits and asks them
+//! ([`WindowFilter::contains`]).
 
 use bloomfilter::Bloom;
 use bloomfilter::reexports::siphasher::sip::SipHasher13;
 use std::hash::{Hash, Hasher};
-use weir_policy::FilterParams;
+
+/// The parameters of every window's Bloom filter. Equal parameters make OR-compatible
+/// filters: the same bits, the same hash keys, the same hash count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FilterParams {
+    /// The window length in milliseconds; windows start at multiples of it since the epoch.
+    pub window_millis: u64,
+    /// Marked traces a window is sized for (the filter's item count).
+    pub expected_traces: u64,
+    /// The size of the filter's bit array in bytes.
+    pub bitmap_bytes: u64,
+    /// The number of hash functions (as the `bloomfilter` crate derives it from the size and
+    /// the item count).
+    pub hashes: u32,
+    /// The filter's 32-byte seed: two SipHash-1-3 keys, expanded from the document's `seed`.
+    pub seed: [u8; 32],
+}
+
+impl FilterParams {
+    /// The start (ms since the epoch) of the window that holds `unix_millis`.
+    pub fn window_start(&self, unix_millis: u64) -> u64 {
+        unix_millis - unix_millis % self.window_millis
+    }
+}
+
+/// The bit array size, in bytes, for `n` items at false-positive rate `p`: the optimum
+/// `m = -n ln p / (ln 2)^2` bits, as the `bloomfilter` crate's `compute_bitmap_size` rounds it.
+pub fn bitmap_bytes(n: u64, p: f64) -> u64 {
+    let ln2 = std::f64::consts::LN_2;
+    ((n as f64) * p.ln() / (-8.0 * ln2 * ln2)).ceil().max(1.0) as u64
+}
+
+/// The optimal number of hash functions, `round(m/n ln 2)`, at least 1, as `bloomfilter`
+/// derives it.
+pub fn hash_count(bits: u64, n: u64) -> u32 {
+    ((bits as f64 / n as f64) * std::f64::consts::LN_2)
+        .round()
+        .max(1.0) as u32
+}
+
+/// The 32-byte filter seed for the document's `seed`: four SplitMix64 outputs, big-endian.
+/// A fixed expansion, so that every gateway derives the same hash keys.
+pub fn expand_seed(seed: u64) -> [u8; 32] {
+    let mut state = seed;
+    let mut out = [0u8; 32];
+    for chunk in out.chunks_exact_mut(8) {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        chunk.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
+    }
+    out
+}
 
 /// The modulus of the crate's derived hashes (the largest prime below 2^64).
 const DERIVED_HASH_PRIME: u64 = 0xFFFF_FFFF_FFFF_FFC5;
@@ -120,7 +175,6 @@ impl WindowFilter {
 
     /// Marks `trace_id` with the crate's own `check_and_set`; true when it was not in the
     /// filter before. The reference [`insert_batch`](Self::insert_batch) is held to.
-    #[cfg(test)]
     pub fn insert(&mut self, trace_id: &[u8; 16]) -> bool {
         match self.bloom.as_mut() {
             Some(b) => !b.check_and_set(trace_id),
@@ -164,6 +218,7 @@ impl WindowFilter {
     }
 
     /// True when `trace_id` may have been marked (false positives at the configured rate).
+    #[inline]
     pub fn contains(&self, trace_id: &[u8; 16]) -> bool {
         self.bloom().check(trace_id)
     }
@@ -316,7 +371,6 @@ pub fn for_each_new_position(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_policy::{bitmap_bytes, expand_seed, hash_count};
 
     fn params(n: u64, p: f64, seed: u64) -> FilterParams {
         let bytes = bitmap_bytes(n, p);

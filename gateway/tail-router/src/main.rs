@@ -29,6 +29,6 @@ fn start(config: TailRouterConfig) -> anyhow::Result<()> {
     let log = config.log.clone();
     weir_runtime::run_until_signal(&log, |shutdown| async move {
         let prometheus = weir_gateway::telemetry::init_metrics()?;
-        weir_gateway::tail_router::run(config, prometheus, shutdown).await
+        weir_tail_router::run(config, prometheus, shutdown).await
     })
 }

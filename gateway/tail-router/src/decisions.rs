@@ -8,7 +8,6 @@
 //! length), because the span that marked the trace may have passed a gateway up to a window
 //! earlier or later than this span was produced.
 
-use crate::tail::filter::WindowFilter;
 use rdkafka::Message;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -17,9 +16,9 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use weir_policy::{FilterParams, in_baseline};
-use weir_policy::{MAX_TAIL_FILTER_BYTES, Threshold};
-use weir_proto::decision::{self, DecisionHeader, Payload};
+use weir_policy::{MAX_TAIL_FILTER_BYTES, Threshold, in_baseline};
+use weir_proto::decision::filter::WindowFilter;
+use weir_proto::decision::{self, Payload, unix_millis};
 
 /// What the windows say about a trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +89,7 @@ impl DecisionStore {
                 h.bitmap_bytes, MAX_TAIL_FILTER_BYTES
             )));
         }
-        let params = params_of(&h);
+        let params = h.filter_params();
         let mut windows = self.windows.write().unwrap_or_else(|p| p.into_inner());
         let list = windows.entry(h.window_start_millis).or_default();
         let at = match list.iter().position(|w| *w.filter.params() == params) {
@@ -212,16 +211,6 @@ impl DecisionStore {
     }
 }
 
-fn params_of(h: &DecisionHeader) -> FilterParams {
-    FilterParams {
-        window_millis: h.window_millis,
-        expected_traces: h.expected_items,
-        bitmap_bytes: h.bitmap_bytes,
-        hashes: h.hashes,
-        seed: h.seed,
-    }
-}
-
 /// Reads every partition of the decisions topic from its beginning into `store`, forever.
 /// Sets `caught_up` once it has read up to the high watermarks found at the start.
 pub async fn consume(
@@ -322,14 +311,16 @@ pub async fn consume(
 
 /// Windows that ended before this (ms since the epoch) are freed.
 pub fn cutoff(retention: Duration) -> u64 {
-    crate::tail::unix_millis().saturating_sub(retention.as_millis() as u64)
+    unix_millis().saturating_sub(retention.as_millis() as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tail::publish::header;
-    use weir_policy::{bitmap_bytes, expand_seed, hash_count};
+    use weir_proto::decision::DecisionHeader;
+    use weir_proto::decision::filter::{
+        FilterParams, bitmap_bytes, expand_seed, for_each_new_position, hash_count,
+    };
 
     const LEN: u64 = 10_000;
 
@@ -370,7 +361,7 @@ mod tests {
                     baseline_rejection: baseline,
                     sequence: i as u64,
                     segment_offset: (i * size) as u64,
-                    ..header(&p, start, gateway)
+                    ..DecisionHeader::for_window(&p, start, gateway)
                 };
                 let mut out = Vec::new();
                 decision::encode(&h, Payload::Dense(seg), &mut out);
@@ -471,7 +462,7 @@ mod tests {
         f.insert(&id(5));
         let mut payload = Vec::new();
         let mut writer = decision::SparseWriter::new(0);
-        crate::tail::filter::for_each_new_position(f.bits(), None, |position| {
+        for_each_new_position(f.bits(), None, |position| {
             writer.push(position, &mut payload);
             true
         });
@@ -480,7 +471,7 @@ mod tests {
             item_estimate: 2,
             sealed: true,
             sequence: 1,
-            ..header(&p, 100_000, "sparse")
+            ..DecisionHeader::for_window(&p, 100_000, "sparse")
         };
         let mut record = Vec::new();
         decision::encode(&h, Payload::Sparse(&payload), &mut record);

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use weir_exporters::kafka::{KafkaExporter, Record, RecordHeaders};
+use weir_proto::decision::unix_millis;
 
 /// The longest the loop sleeps without looking at the clock again.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
@@ -161,7 +162,7 @@ impl HotLoop {
                     paused.remove(p);
                 }
             }
-            let now = crate::tail::unix_millis();
+            let now = unix_millis();
             let batch = queue.take_due(now, self.batch_size);
             if !batch.is_empty() {
                 if !self.decide(batch, &stop).await {
@@ -214,7 +215,7 @@ impl HotLoop {
             .timestamp()
             .to_millis()
             .and_then(|t| u64::try_from(t).ok())
-            .unwrap_or_else(crate::tail::unix_millis);
+            .unwrap_or_else(unix_millis);
         let headers = m.headers().map(|hs| {
             hs.iter()
                 .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
@@ -262,7 +263,7 @@ impl HotLoop {
     /// Decides a batch, produces its kept records until they are acknowledged, then commits
     /// its offsets. False when `stop` came first (nothing committed).
     async fn decide(&self, batch: Vec<Held>, stop: &CancellationToken) -> bool {
-        let now = crate::tail::unix_millis();
+        let now = unix_millis();
         let mut records = Vec::new();
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();

@@ -1,4 +1,4 @@
-//! The tail sampling decision record: what a gateway publishes to `weir.tail.decisions` about
+//! The decision record: what a gateway publishes to `weir.tail.decisions` about
 //! one time window, and what the tail router merges. A fixed binary header (big-endian),
 //! the gateway id, then filter bits to OR into the window's filter. The layout is documented
 //! byte by byte in `proto/weir/tail/v1/decision_record.md`.
@@ -10,6 +10,7 @@
 //! that is smaller. Either way a reader ORs the bits in, so it must read every record of a
 //! window. Decoders refuse a format version they do not know rather than guess.
 
+use super::filter::FilterParams;
 use thiserror::Error;
 
 /// The first four bytes of every decision record.
@@ -176,6 +177,38 @@ pub struct DecisionHeader {
 }
 
 impl DecisionHeader {
+    /// The header of a record of window `start` with a filter of `params`, from
+    /// `gateway_id`; the fields of one record (item estimate, baseline, sealed, sequence,
+    /// segment) are left zero for the caller to set.
+    pub fn for_window(params: &FilterParams, start: u64, gateway_id: &str) -> DecisionHeader {
+        DecisionHeader {
+            window_start_millis: start,
+            window_millis: params.window_millis,
+            bitmap_bytes: params.bitmap_bytes,
+            hashes: params.hashes,
+            seed: params.seed,
+            hash_scheme: HASH_SCHEME_BLOOMFILTER3,
+            expected_items: params.expected_traces,
+            item_estimate: 0,
+            baseline_rejection: None,
+            sealed: false,
+            sequence: 0,
+            segment_offset: 0,
+            gateway_id: gateway_id.into(),
+        }
+    }
+
+    /// The parameters of the filter the record's bits belong to.
+    pub fn filter_params(&self) -> FilterParams {
+        FilterParams {
+            window_millis: self.window_millis,
+            expected_traces: self.expected_items,
+            bitmap_bytes: self.bitmap_bytes,
+            hashes: self.hashes,
+            seed: self.seed,
+        }
+    }
+
     /// True when filters described by `self` and `other` merge with a bitwise OR: same
     /// window, same size, hash count, seed and scheme.
     pub fn same_filter(&self, other: &DecisionHeader) -> bool {

@@ -1,13 +1,13 @@
 //! `weir-tail-router`: the cold path of tail sampling. It reads the gateways' decision
 //! records (`decisions.rs`) and the hot topic `delay` behind real time (`hot.rs`), and copies
 //! the records of marked and baseline traces to the cold topic. Instances of one consumer
-//! group share the hot topic's partitions; each reads every decision record.
+//! group share the hot topic's partitions; each reads every decision record. The records'
+//! codec and the window filter are the gateways' own (`weir_proto::decision`).
 //! See `docs/tail-sampling.md`.
 
 pub mod decisions;
 pub mod hot;
 
-use crate::admin;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::ClientContext;
@@ -21,6 +21,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weir_config::tail_router::{RouterKafka, TailRouterConfig};
 use weir_exporters::kafka::KafkaExporter;
+use weir_gateway::admin;
+use weir_proto::decision::unix_millis;
 
 /// The consumers' context: librdkafka logs into `tracing`, and partitions revoked by a
 /// rebalance noted for the hot loop (which forgets the records it held of them).
@@ -104,7 +106,7 @@ pub async fn run(
         "{}-decisions-{}-{}",
         k.group_id,
         std::process::id(),
-        crate::tail::unix_millis()
+        unix_millis()
     );
     let decisions_consumer: StreamConsumer<RouterContext> = consumer_config(k, &decisions_group)?
         .create_with_context(RouterContext::default())
