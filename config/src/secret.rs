@@ -176,7 +176,10 @@ mod tests {
         let e = Secret::one_of(at, "dsn", Some(&inline), Some(&file), None).unwrap_err();
         assert_eq!(e.key(), Some(at), "{e}");
         assert!(e.to_string().contains("dsn, dsn_file, dsn_env"), "{e}");
-        assert_eq!(format!("{:?}", Secret::Inline(inline)), "Inline(<redacted>)");
+        assert_eq!(
+            format!("{:?}", Secret::Inline(inline)),
+            "Inline(<redacted>)"
+        );
 
         let unset = Secret::Env("WEIR_SECRET_TEST_SURELY_UNSET".into());
         let e = unset.read("storage.postgres.dsn").unwrap_err();

@@ -138,11 +138,17 @@ impl Signal for Traces {
             }
         })?;
         let items = view.spans.len() as u64;
-        let mut plan = plan_traces_for(route.policy, body, &view, &route.topic.topic, route.tenant);
+        let mut plan = plan_traces_for(
+            route.policy,
+            route.windows,
+            body,
+            &view,
+            &route.topic.topic,
+            route.tenant,
+        );
         let over_limits = route
             .attribute_limits
             .and_then(|limits| limits.apply(body, &view, &mut plan));
-use crate::tail::DecisionWindows;
         let mut batch = traces_batch(
             body,
             &view,

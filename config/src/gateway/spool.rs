@@ -128,6 +128,7 @@ impl SpoolConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ConfigFile;
     use crate::GatewayConfig;
 
     fn key_of(yaml: &str) -> String {

@@ -238,6 +238,7 @@ where
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use weir_config::ConfigFile;
     use weir_config::auth::TokenEntry;
 
     fn authenticator(api_key_header: Option<&str>) -> Authenticator {

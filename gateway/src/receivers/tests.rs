@@ -16,7 +16,7 @@ use rdkafka::producer::DefaultProducerContext;
 use std::io::Write;
 use std::sync::Arc;
 use tower::ServiceExt;
-use weir_config::GatewayConfig;
+use weir_config::{ConfigFile, GatewayConfig};
 use weir_exporters::kafka::KafkaExporter;
 use weir_proto::otlp::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -46,7 +46,12 @@ fn receiver(auth: bool) -> (Receiver, MockCluster<'static, DefaultProducerContex
     let exporter =
         Arc::new(KafkaExporter::new(&config.kafka, config.limits.export_timeout).unwrap());
     let policies = Arc::new(PolicyStore::new(None).unwrap());
-    let pipeline = Arc::new(Pipeline::new(config.clone(), exporter, policies));
+    let pipeline = Arc::new(Pipeline::new(
+        config.clone(),
+        exporter,
+        policies,
+        Default::default(),
+    ));
     (Receiver::new(&config, pipeline).unwrap(), cluster)
 }
 

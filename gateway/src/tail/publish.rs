@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use weir_exporters::kafka::{KafkaExporter, Record};
-use weir_proto::decision::filter::{fill_ratio, for_each_new_position};
+use weir_proto::decision::filter::{FilterParams, fill_ratio, for_each_new_position};
 use weir_proto::decision::{self, DecisionHeader, Payload, SparseWriter, unix_millis};
 
 /// How often the publisher looks again when the policy has no `tail` section.
