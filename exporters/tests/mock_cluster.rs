@@ -11,37 +11,20 @@ use std::time::{Duration, Instant};
 use weir_config::gateway::{Encoding, KafkaConfig};
 use weir_exporters::kafka::{KafkaExporter, TracePlan, traces_batch};
 use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
-use weir_proto::otlp::common::v1::{AnyValue, KeyValue, any_value::Value};
-use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
+use weir_proto::otlp::trace::v1::{Span, TracesData};
+use weir_proto::test_support::{named_span, string_kv, traces_request};
 use weir_proto::wire::TraceRequestView;
 
 fn request(traces: u8, spans_per_trace: u8, pad: usize) -> ExportTraceServiceRequest {
     let spans = (0..traces)
         .flat_map(|t| {
             (0..spans_per_trace).map(move |s| Span {
-                trace_id: vec![t + 1; 16],
-                span_id: vec![s + 1; 8],
-                name: format!("t{t}s{s}"),
-                attributes: vec![KeyValue {
-                    key: "pad".into(),
-                    value: Some(AnyValue {
-                        value: Some(Value::StringValue("p".repeat(pad))),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
+                attributes: vec![string_kv("pad", &"p".repeat(pad))],
+                ..named_span(t + 1, s + 1, &format!("t{t}s{s}"))
             })
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    traces_request(spans)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,9 +18,8 @@ use std::time::Instant;
 use weir_gateway::policy::{PolicyStore, plan_traces};
 use weir_gateway::tail::DecisionWindows;
 use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
-use weir_proto::otlp::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value};
-use weir_proto::otlp::resource::v1::Resource;
-use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use weir_proto::otlp::trace::v1::Span;
+use weir_proto::test_support::{resource_spans, scope, service, string_kv};
 use weir_proto::wire::TraceRequestView;
 
 /// Distinct requests cycled through.
@@ -53,16 +52,6 @@ impl Lcg {
     }
 }
 
-fn text(key: &str, value: String) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(Value::StringValue(value)),
-        }),
-        ..Default::default()
-    }
-}
-
 /// One request of `weir-loadgen`'s shape, encoded.
 fn request(rng: &mut Lcg) -> Vec<u8> {
     let mut per_service: Vec<Vec<Span>> = vec![Vec::new(); SERVICES];
@@ -90,7 +79,7 @@ fn request(rng: &mut Lcg) -> Vec<u8> {
             start_time_unix_nano: start,
             end_time_unix_nano: start + 100_000 + rng.next() % 49_900_000,
             attributes: (0..5)
-                .map(|a| text(&format!("attr.{a}"), rng.letters(16)))
+                .map(|a| string_kv(&format!("attr.{a}"), &rng.letters(16)))
                 .collect(),
             ..Default::default()
         });
@@ -99,20 +88,12 @@ fn request(rng: &mut Lcg) -> Vec<u8> {
         resource_spans: per_service
             .into_iter()
             .enumerate()
-            .map(|(i, spans)| ResourceSpans {
-                resource: Some(Resource {
-                    attributes: vec![text("service.name", format!("service-{i}"))],
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "weir-loadgen".into(),
-                        ..Default::default()
-                    }),
+            .map(|(i, spans)| {
+                resource_spans(
+                    Some(service(&format!("service-{i}"))),
+                    Some(scope("weir-loadgen")),
                     spans,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
+                )
             })
             .collect(),
     }

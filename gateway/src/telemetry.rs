@@ -1,22 +1,13 @@
-//! The gateway's own metrics, through the `metrics` crate with a Prometheus recorder (logs are
-//! set up by weir-runtime). Metric names mirror the Collector's with a `weir_` prefix.
+//! The gateway's own metrics, through the `metrics` crate with weir-runtime's Prometheus
+//! recorder (logs are set up by weir-runtime too). Metric names mirror the Collector's with a
+//! `weir_` prefix.
 
-use anyhow::Context;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Installs the Prometheus recorder and describes every metric the gateway emits.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            &[
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ],
-        )
-        .context("histogram buckets")?
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let handle = weir_runtime::admin::install_metrics_recorder()?;
     for (name, what) in [
         (
             "weir_receiver_accepted_spans_total",
@@ -85,10 +76,6 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         "weir_receiver_inflight_bytes",
         Unit::Bytes,
         "Request bytes held by requests in flight."
-    );
-    describe_gauge!(
-        "weir_exporter_broker_up",
-        "1 while the Kafka broker answers metadata requests."
     );
     describe_histogram!(
         "weir_exporter_produce_latency_seconds",

@@ -162,11 +162,9 @@ mod impls {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_proto::otlp::common::v1::{
-        AnyValue, InstrumentationScope, KeyValue, any_value::Value,
-    };
-    use weir_proto::otlp::logs::v1::{LogRecord, LogsData, ResourceLogs, ScopeLogs};
-    use weir_proto::otlp::resource::v1::Resource;
+    use weir_proto::otlp::common::v1::{AnyValue, any_value::Value};
+    use weir_proto::otlp::logs::v1::{LogRecord, LogsData, ResourceLogs};
+    use weir_proto::test_support::{self, scope, service};
 
     fn record(i: u32, pad: usize) -> LogRecord {
         LogRecord {
@@ -180,25 +178,12 @@ mod tests {
 
     fn resource_logs(n: u32, pad: usize) -> ResourceLogs {
         ResourceLogs {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(Value::StringValue("checkout".into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            scope_logs: vec![ScopeLogs {
-                scope: Some(InstrumentationScope {
-                    name: "lib".into(),
-                    ..Default::default()
-                }),
-                log_records: (0..n).map(|i| record(i, pad)).collect(),
-                schema_url: String::new(),
-            }],
             schema_url: "https://opentelemetry.io/schemas/1.26.0".into(),
+            ..test_support::resource_logs(
+                Some(service("checkout")),
+                Some(scope("lib")),
+                (0..n).map(|i| record(i, pad)).collect(),
+            )
         }
     }
 

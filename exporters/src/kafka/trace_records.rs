@@ -307,28 +307,16 @@ impl Writer<'_> {
 mod tests {
     use super::*;
     use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
-    use weir_proto::otlp::common::v1::{
-        AnyValue, InstrumentationScope, KeyValue, any_value::Value,
-    };
-    use weir_proto::otlp::resource::v1::Resource;
+    use weir_proto::otlp::common::v1::any_value::Value;
     use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
-
-    fn kv(k: &str, v: &str) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue {
-                value: Some(Value::StringValue(v.into())),
-            }),
-            ..Default::default()
-        }
-    }
+    use weir_proto::test_support::{scope, service, string_kv};
 
     fn span(trace: u8, n: u32, pad: usize) -> Span {
         Span {
             trace_id: vec![trace; 16],
             span_id: u64::from(n + 1).to_be_bytes().to_vec(),
             name: format!("t{trace}-{n}"),
-            attributes: vec![kv("pad", &"p".repeat(pad))],
+            attributes: vec![string_kv("pad", &"p".repeat(pad))],
             ..Default::default()
         }
     }
@@ -336,16 +324,10 @@ mod tests {
     /// Two resources, each with two scopes, and traces interleaved across all four.
     fn request(spans_per_scope: u32, pad: usize) -> ExportTraceServiceRequest {
         let resource = |svc: &str, base: u32| ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", svc)],
-                ..Default::default()
-            }),
+            resource: Some(service(svc)),
             scope_spans: (0..2)
                 .map(|sc| ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: format!("{svc}-scope{sc}"),
-                        ..Default::default()
-                    }),
+                    scope: Some(scope(&format!("{svc}-scope{sc}"))),
                     spans: (0..spans_per_scope)
                         .map(|i| span((i % 3) as u8 + 1, base + sc * 1000 + i, pad))
                         .collect(),

@@ -200,16 +200,12 @@ pub fn evaluate_policy(policy: Policy) {
 /// A request whose spans differ in everything a policy can match on: service, scope, name,
 /// kind, status, duration, parent, attribute types, and an arriving tracestate threshold.
 pub fn sample_request() -> &'static [u8] {
-    use weir_proto::otlp::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+    use weir_proto::otlp::common::v1::{InstrumentationScope, any_value};
     use weir_proto::otlp::resource::v1::Resource;
     use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+    use weir_proto::test_support::kv;
     static BODY: OnceLock<Vec<u8>> = OnceLock::new();
     BODY.get_or_init(|| {
-        let kv = |k: &str, v: any_value::Value| KeyValue {
-            key: k.into(),
-            value: Some(AnyValue { value: Some(v) }),
-            ..Default::default()
-        };
         let services = ["checkout", "search", "batch-nightly", "frontend"];
         let names = ["GET /healthz", "POST /cart", "SELECT", "charge"];
         let resource_spans = services

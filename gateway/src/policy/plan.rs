@@ -129,42 +129,19 @@ mod tests {
     use prost::Message;
     use weir_policy::Policy;
     use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
-    use weir_proto::otlp::common::v1::{AnyValue, KeyValue, any_value::Value};
-    use weir_proto::otlp::resource::v1::Resource;
-    use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
-
-    fn kv(k: &str, v: &str) -> KeyValue {
-        KeyValue {
-            key: k.into(),
-            value: Some(AnyValue {
-                value: Some(Value::StringValue(v.into())),
-            }),
-            ..Default::default()
-        }
-    }
+    use weir_proto::otlp::common::v1::KeyValue;
+    use weir_proto::otlp::trace::v1::Span;
+    use weir_proto::test_support::{
+        error_status, named_span, resource_spans, service, string_kv, traces_request,
+    };
 
     fn request() -> Vec<u8> {
         let span = |t: u8, name: &str, error: bool| Span {
-            trace_id: vec![t; 16],
-            span_id: vec![t; 8],
-            name: name.into(),
-            status: error.then(|| Status {
-                code: 2,
-                ..Default::default()
-            }),
-            ..Default::default()
+            status: error.then(error_status),
+            ..named_span(t, t, name)
         };
-        let resource = |svc: &str, spans: Vec<Span>| ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", svc)],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
+        let resource =
+            |svc: &str, spans: Vec<Span>| resource_spans(Some(service(svc)), None, spans);
         ExportTraceServiceRequest {
             resource_spans: vec![
                 resource(
@@ -235,24 +212,10 @@ routing:
     #[test]
     fn span_attribute_rules_route_by_the_span_that_has_the_attribute() {
         let span = |t: u8, attrs: Vec<KeyValue>| Span {
-            trace_id: vec![t; 16],
-            span_id: vec![t; 8],
-            name: "op".into(),
             attributes: attrs,
-            ..Default::default()
+            ..named_span(t, t, "op")
         };
-        let body = |spans: Vec<Span>| {
-            ExportTraceServiceRequest {
-                resource_spans: vec![ResourceSpans {
-                    scope_spans: vec![ScopeSpans {
-                        spans,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-            }
-            .encode_to_vec()
-        };
+        let body = |spans: Vec<Span>| traces_request(spans).encode_to_vec();
         let active = ActivePolicy::new(
             Policy::parse(
                 "version: 1\nrouting:\n  rules:\n    - name: gold\n      match: { span_attribute: customer.tier, eq: gold }\n      action: { topic: gold }\n",
@@ -269,13 +232,19 @@ routing:
         };
         // The key is in the request: only the span that has it with the value is routed by it.
         let mixed = body(vec![
-            span(1, vec![kv("a", "b"), kv("customer.tier", "gold")]),
-            span(2, vec![kv("customer.tier", "silver")]),
-            span(3, vec![kv("note", "customer.tier gold")]),
+            span(
+                1,
+                vec![string_kv("a", "b"), string_kv("customer.tier", "gold")],
+            ),
+            span(2, vec![string_kv("customer.tier", "silver")]),
+            span(3, vec![string_kv("note", "customer.tier gold")]),
         ]);
         assert_eq!(topics(&mixed), ["gold", "spans", "spans"]);
         // Nowhere in the request: every span goes to the default topic, unread.
-        let none = body(vec![span(4, vec![kv("a", "gold")]), span(5, Vec::new())]);
+        let none = body(vec![
+            span(4, vec![string_kv("a", "gold")]),
+            span(5, Vec::new()),
+        ]);
         assert_eq!(topics(&none), ["spans", "spans"]);
     }
 

@@ -168,13 +168,7 @@ impl PolicyStore {
                 .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
         };
         let mut last = stamp(&path);
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; the policy file is still watched");
-                None
-            }
-        };
+        let mut hangups = weir_runtime::Hangups::listen("the policy file is still watched");
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -185,7 +179,7 @@ impl PolicyStore {
                         self.reload();
                     }
                 }
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                _ = hangups.recv() => {
                     tracing::info!("SIGHUP: reloading the policy");
                     last = stamp(&path);
                     self.reload();

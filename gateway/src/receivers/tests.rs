@@ -18,11 +18,9 @@ use std::sync::Arc;
 use tower::ServiceExt;
 use weir_config::{ConfigFile, GatewayConfig};
 use weir_exporters::kafka::KafkaExporter;
-use weir_proto::otlp::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use weir_proto::otlp::collector::trace::v1::ExportTraceServiceResponse;
 use weir_proto::rpc;
+use weir_proto::test_support::{named_span, traces_request};
 
 const TOKEN_ENV: &str = "WEIR_RECEIVER_STACK_TEST_TOKEN";
 
@@ -57,23 +55,9 @@ fn receiver(auth: bool) -> (Receiver, MockCluster<'static, DefaultProducerContex
 
 fn traces(spans: u8) -> Vec<u8> {
     let spans = (0..spans)
-        .map(|s| Span {
-            trace_id: vec![1; 16],
-            span_id: vec![s + 1; 8],
-            name: format!("s{s}"),
-            ..Default::default()
-        })
+        .map(|s| named_span(1, s + 1, &format!("s{s}")))
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
+    traces_request(spans).encode_to_vec()
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {

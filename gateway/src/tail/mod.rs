@@ -314,30 +314,16 @@ mod tests {
     #[test]
     fn plan_traces_marks_the_traces_tail_rules_match() {
         use prost::Message;
-        use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
-        use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+        use weir_proto::otlp::trace::v1::Span;
+        use weir_proto::test_support::{error_status, named_span, traces_request};
         use weir_proto::wire::TraceRequestView;
 
         let span = |t: u8, error: bool| Span {
-            trace_id: vec![t; 16],
-            span_id: vec![t; 8],
-            name: "op".into(),
-            status: error.then(|| Status {
-                code: 2,
-                ..Default::default()
-            }),
-            ..Default::default()
+            status: error.then(error_status),
+            ..named_span(t, t, "op")
         };
-        let body = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans: vec![span(0xa7, false), span(0xa7, true), span(0xb7, false)],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
-        .encode_to_vec();
+        let body = traces_request(vec![span(0xa7, false), span(0xa7, true), span(0xb7, false)])
+            .encode_to_vec();
         let store = crate::policy::PolicyStore::new(None).unwrap();
         store.apply(
             Policy::parse(

@@ -21,8 +21,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weir_config::tail_router::{RouterKafka, TailRouterConfig};
 use weir_exporters::kafka::KafkaExporter;
-use weir_gateway::admin;
 use weir_proto::decision::unix_millis;
+use weir_runtime::admin;
 
 /// The consumers' context: librdkafka logs into `tracing`, and partitions revoked by a
 /// rebalance noted for the hot loop (which forgets the records it held of them).

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
 fn start(config: TailRouterConfig) -> anyhow::Result<()> {
     let log = config.log.clone();
     weir_runtime::run_until_signal(&log, |shutdown| async move {
-        let prometheus = weir_gateway::telemetry::init_metrics()?;
+        let prometheus = weir_runtime::admin::install_metrics_recorder()?;
         weir_tail_router::run(config, prometheus, shutdown).await
     })
 }

@@ -204,7 +204,7 @@ async fn start_http(delay: Duration, close_after_reply: bool) -> (SocketAddr, Ar
 
 /// Reads the ids back out of an OTLP/JSON body, independently of the generator's encoder.
 fn from_json(body: &[u8]) -> ExportTraceServiceRequest {
-    use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use weir_proto::otlp::trace::v1::Span;
     let doc: serde_json::Value = serde_json::from_slice(body).unwrap();
     let unhex = |s: &serde_json::Value| -> Vec<u8> {
         let s = s.as_str().unwrap();
@@ -225,15 +225,7 @@ fn from_json(body: &[u8]) -> ExportTraceServiceRequest {
             ..Default::default()
         })
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    weir_proto::test_support::traces_request(spans)
 }
 
 fn shape() -> Shape {

@@ -20,20 +20,13 @@ use crate::otlp::metrics::v1::{
 use crate::otlp::resource::v1::Resource;
 use crate::otlp::trace::v1::span::{Event, Link};
 use crate::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use crate::test_support::{kv, resource_metrics};
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures: every field set, every AnyValue kind, values that stress the encoding.
 
 fn any(v: V) -> AnyValue {
     AnyValue { value: Some(v) }
-}
-
-fn kv(key: &str, v: V) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(any(v)),
-        key_strindex: 0,
-    }
 }
 
 fn rich_attributes() -> Vec<KeyValue> {
@@ -519,22 +512,20 @@ fn doubles_round_trip_exactly() {
         0.1 + 0.2,
     ]);
     let data = MetricsData {
-        resource_metrics: vec![ResourceMetrics {
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    data: Some(Data::Histogram(Histogram {
-                        data_points: vec![HistogramDataPoint {
-                            explicit_bounds: bounds.clone(),
-                            ..Default::default()
-                        }],
-                        aggregation_temporality: 0,
-                    })),
-                    ..Default::default()
-                }],
+        resource_metrics: vec![resource_metrics(
+            None,
+            None,
+            vec![Metric {
+                data: Some(Data::Histogram(Histogram {
+                    data_points: vec![HistogramDataPoint {
+                        explicit_bounds: bounds.clone(),
+                        ..Default::default()
+                    }],
+                    aggregation_temporality: 0,
+                })),
                 ..Default::default()
             }],
-            ..Default::default()
-        }],
+        )],
     };
     let back = decode_metrics_request(&encoded(&data, encode_metrics_data)).unwrap();
     let Some(Data::Histogram(h)) = &back.resource_metrics[0].scope_metrics[0].metrics[0].data
@@ -559,23 +550,21 @@ fn non_finite_doubles_round_trip() {
         ..Default::default()
     };
     let data = MetricsData {
-        resource_metrics: vec![ResourceMetrics {
-            scope_metrics: vec![ScopeMetrics {
-                metrics: vec![Metric {
-                    data: Some(Data::Gauge(Gauge {
-                        data_points: vec![
-                            point(f64::NAN),
-                            point(f64::INFINITY),
-                            point(f64::NEG_INFINITY),
-                            point(-0.0),
-                        ],
-                    })),
-                    ..Default::default()
-                }],
+        resource_metrics: vec![resource_metrics(
+            None,
+            None,
+            vec![Metric {
+                data: Some(Data::Gauge(Gauge {
+                    data_points: vec![
+                        point(f64::NAN),
+                        point(f64::INFINITY),
+                        point(f64::NEG_INFINITY),
+                        point(-0.0),
+                    ],
+                })),
                 ..Default::default()
             }],
-            ..Default::default()
-        }],
+        )],
     };
     let json = encoded(&data, encode_metrics_data);
     let points = &parsed(&json)["resourceMetrics"][0]["scopeMetrics"][0]["metrics"][0]["gauge"]["dataPoints"];

@@ -158,17 +158,14 @@ mod tests {
     use super::*;
     use crate::otlp::common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value};
     use crate::otlp::trace::v1::Span;
-    use crate::wire::test_support::kv;
+    use crate::test_support::{kv, named_span};
     use prost::Message;
 
     fn span(attributes: Vec<KeyValue>, dropped: u32) -> Vec<u8> {
         Span {
-            trace_id: vec![1; 16],
-            span_id: vec![2; 8],
-            name: "op".into(),
             attributes,
             dropped_attributes_count: dropped,
-            ..Default::default()
+            ..named_span(1, 2, "op")
         }
         .encode_to_vec()
     }

@@ -146,20 +146,20 @@ pub struct TraceRequestView {
 mod tests {
     use super::*;
     use crate::otlp::common::v1::any_value::Value;
-    use crate::wire::test_support::{kv, request, span};
+    use crate::test_support::{kv, sample_request, sample_span};
     use prost::Message;
 
     #[test]
     fn scanning_attributes_reads_only_wanted_keys_in_any_layout() {
         let long_key = "k".repeat(200);
-        let mut sp = span(1, 1);
+        let mut sp = sample_span(1, 1);
         sp.attributes = vec![
             kv("a", Value::StringValue("b".into())),
             kv(&long_key, Value::StringValue("long".into())),
             kv("n", Value::IntValue(-5)),
             kv("c", Value::StringValue("x".repeat(300))),
         ];
-        let body = request(vec![sp]).encode_to_vec();
+        let body = sample_request(vec![sp]).encode_to_vec();
         let view = TraceRequestView::parse(&body).unwrap();
         let (e, bytes) = (&view.spans[0], &body[view.spans[0].range()]);
         let scan = |wanted: &dyn Fn(&[u8]) -> bool| {

@@ -18,9 +18,6 @@ mod rewrite;
 mod unchecked;
 pub mod validate;
 
-#[cfg(test)]
-mod test_support;
-
 pub use attribute_limits::{
     AttributeExcess, AttributeLimits, attribute_excess, write_span_within_limits,
 };

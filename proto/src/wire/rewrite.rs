@@ -51,12 +51,12 @@ pub fn varint_len(v: u64) -> usize {
 mod tests {
     use super::*;
     use crate::otlp::trace::v1::Span;
-    use crate::wire::test_support::span;
+    use crate::test_support::sample_span;
     use prost::Message;
 
     #[test]
     fn rewrites_trace_state() {
-        let mut sp = span(1, 1);
+        let mut sp = sample_span(1, 1);
         sp.trace_state = "ot=rv:abc".into();
         let bytes = sp.encode_to_vec();
         let mut out = Vec::new();

@@ -278,14 +278,14 @@ pub fn scope_name(head: &[u8]) -> &str {
 mod tests {
     use super::*;
     use crate::otlp::common::v1::any_value::Value;
+    use crate::test_support::{kv, sample_request, sample_span};
     use crate::wire::TraceRequestView;
-    use crate::wire::test_support::{kv, request, span};
     use prost::Message;
 
     #[test]
     fn reads_span_fields_and_attributes() {
         use crate::otlp::trace::v1::Status;
-        let mut sp = span(1, 1);
+        let mut sp = sample_span(1, 1);
         sp.kind = 3;
         sp.start_time_unix_nano = 10;
         sp.end_time_unix_nano = 250;
@@ -296,7 +296,7 @@ mod tests {
         });
         sp.attributes.push(kv("ratio", Value::DoubleValue(0.5)));
         sp.attributes.push(kv("ok", Value::BoolValue(true)));
-        let req = request(vec![sp.clone()]);
+        let req = sample_request(vec![sp.clone()]);
         let body = req.encode_to_vec();
         let view = TraceRequestView::parse(&body).unwrap();
         let (f, bytes) = (&view.spans[0], &body[view.spans[0].range()]);

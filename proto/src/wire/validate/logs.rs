@@ -26,25 +26,18 @@ pub fn logs_request(req: &ExportLogsServiceRequest) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otlp::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use crate::otlp::logs::v1::LogRecord;
+    use crate::test_support;
 
     fn req(trace_id: usize, span_id: usize) -> ExportLogsServiceRequest {
-        ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                scope_logs: vec![ScopeLogs {
-                    log_records: vec![
-                        LogRecord::default(),
-                        LogRecord {
-                            trace_id: vec![1; trace_id],
-                            span_id: vec![2; span_id],
-                            ..Default::default()
-                        },
-                    ],
-                    ..Default::default()
-                }],
+        test_support::logs_request(vec![
+            LogRecord::default(),
+            LogRecord {
+                trace_id: vec![1; trace_id],
+                span_id: vec![2; span_id],
                 ..Default::default()
-            }],
-        }
+            },
+        ])
     }
 
     #[test]

@@ -222,13 +222,17 @@ mod tests {
     use crate::otlp::collector::trace::v1::ExportTraceServiceRequest;
     use crate::otlp::common::v1::{AnyValue, ArrayValue, KeyValue, any_value::Value};
     use crate::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use crate::test_support::{sample_request, sample_span};
     use crate::wire::put_varint;
-    use crate::wire::test_support::{request, span};
     use prost::Message;
 
     #[test]
     fn indexes_spans_and_heads() {
-        let req = request(vec![span(1, 1), span(2, 2), span(1, 3)]);
+        let req = sample_request(vec![
+            sample_span(1, 1),
+            sample_span(2, 2),
+            sample_span(1, 3),
+        ]);
         let body = req.encode_to_vec();
         let view = TraceRequestView::parse(&body).unwrap();
         assert_eq!(view.resources.len(), 1);
@@ -252,31 +256,31 @@ mod tests {
 
     #[test]
     fn bad_ids_are_named() {
-        let mut bad = span(1, 1);
+        let mut bad = sample_span(1, 1);
         bad.trace_id.pop();
-        let body = request(vec![span(1, 1), bad]).encode_to_vec();
+        let body = sample_request(vec![sample_span(1, 1), bad]).encode_to_vec();
         let e = TraceRequestView::parse(&body).unwrap_err();
         assert!(e.is_invalid_id());
         assert_eq!(
             e.to_string(),
             "resource_spans[0].scope_spans[0].spans[1].trace_id: must be 16 bytes, got 15 bytes"
         );
-        let mut bad = span(1, 1);
+        let mut bad = sample_span(1, 1);
         bad.links[0].span_id = vec![1; 7];
-        let e = TraceRequestView::parse(&request(vec![bad]).encode_to_vec()).unwrap_err();
+        let e = TraceRequestView::parse(&sample_request(vec![bad]).encode_to_vec()).unwrap_err();
         assert_eq!(
             e.path(),
             "resource_spans[0].scope_spans[0].spans[0].links[0].span_id"
         );
-        let mut bad = span(1, 1);
+        let mut bad = sample_span(1, 1);
         bad.parent_span_id = vec![1; 3];
-        let e = TraceRequestView::parse(&request(vec![bad]).encode_to_vec()).unwrap_err();
+        let e = TraceRequestView::parse(&sample_request(vec![bad]).encode_to_vec()).unwrap_err();
         assert!(e.reason().contains("or empty"), "{e}");
     }
 
     #[test]
     fn agrees_with_prost_on_malformed_bodies() {
-        let good = request(vec![span(1, 1), span(2, 2)]).encode_to_vec();
+        let good = sample_request(vec![sample_span(1, 1), sample_span(2, 2)]).encode_to_vec();
         // Every truncation and a set of byte flips: we must refuse whatever prost refuses.
         for cut in 0..good.len() {
             let b = &good[..cut];
@@ -339,7 +343,7 @@ mod tests {
     #[test]
     fn validation_records_the_span_fields() {
         use crate::otlp::trace::v1::Status;
-        let mut sp = span(1, 1);
+        let mut sp = sample_span(1, 1);
         sp.kind = 3;
         sp.start_time_unix_nano = 10;
         sp.end_time_unix_nano = u64::MAX;
@@ -349,9 +353,9 @@ mod tests {
             code: 2,
             message: "boom".into(),
         });
-        let mut negative = span(2, 2);
+        let mut negative = sample_span(2, 2);
         negative.kind = -3;
-        let body = request(vec![sp, negative]).encode_to_vec();
+        let body = sample_request(vec![sp, negative]).encode_to_vec();
         let view = TraceRequestView::parse(&body).unwrap();
         let (e, bytes) = (&view.spans[0], &body[view.spans[0].range()]);
         assert_eq!(
@@ -373,9 +377,9 @@ mod tests {
 
     #[test]
     fn invalid_utf8_and_deep_nesting_are_refused() {
-        let mut s = span(1, 1);
+        let mut s = sample_span(1, 1);
         s.name = "\u{e9}".into();
-        let mut body = request(vec![s]).encode_to_vec();
+        let mut body = sample_request(vec![s]).encode_to_vec();
         let pos = body.windows(2).position(|w| w == [0xc3, 0xa9]).unwrap();
         body[pos] = 0xff;
         let e = TraceRequestView::parse(&body).unwrap_err();
@@ -393,13 +397,13 @@ mod tests {
                 value: Some(Value::ArrayValue(ArrayValue { values: vec![v] })),
             };
         }
-        let mut s = span(1, 1);
+        let mut s = sample_span(1, 1);
         s.attributes = vec![KeyValue {
             key: "deep".into(),
             value: Some(v),
             ..Default::default()
         }];
-        let e = TraceRequestView::parse(&request(vec![s]).encode_to_vec()).unwrap_err();
+        let e = TraceRequestView::parse(&sample_request(vec![s]).encode_to_vec()).unwrap_err();
         assert!(e.reason().contains("nested deeper"), "{e}");
     }
 }
