@@ -10,7 +10,8 @@ mod trace_records;
 pub use errors::ExportError;
 pub use exporter::{KafkaExporter, producer_config, set_security};
 pub use records::{
-    Batch, Record, RecordHeaders, data_points, logs_batch, metrics_batch, resource_key, trace_key,
+    Batch, OutputBudget, OutputLimit, OutputRefused, Record, RecordHeaders, Unlimited, data_points,
+    logs_batch, metrics_batch, resource_key, trace_key,
 };
-pub use split::{Container, split};
+pub use split::{Container, Split, SplitLen, split, split_len};
 pub use trace_records::{TracePlan, traces_batch};
