@@ -168,8 +168,16 @@ fn logs_request(resources: usize, scopes: usize, records: usize) -> ExportLogsSe
                                     value: Some(s(&format!("log line {i} of scope {sc}"))),
                                 }),
                                 attributes: attributes(i % 7, i),
-                                trace_id: if i % 2 == 0 { vec![1; 16] } else { Vec::new() },
-                                span_id: if i % 2 == 0 { vec![2; 8] } else { Vec::new() },
+                                trace_id: if i.is_multiple_of(2) {
+                                    vec![1; 16]
+                                } else {
+                                    Vec::new()
+                                },
+                                span_id: if i.is_multiple_of(2) {
+                                    vec![2; 8]
+                                } else {
+                                    Vec::new()
+                                },
                                 ..Default::default()
                             })
                             .collect(),
@@ -186,7 +194,7 @@ fn metrics_request(resources: usize, points: usize) -> ExportMetricsServiceReque
     let number = |i: usize| NumberDataPoint {
         attributes: attributes(i % 4, i),
         time_unix_nano: i as u64,
-        exemplars: if i % 3 == 0 {
+        exemplars: if i.is_multiple_of(3) {
             vec![Exemplar {
                 filtered_attributes: attributes(1, i),
                 span_id: vec![3; 8],
@@ -308,7 +316,11 @@ fn traces_request(spans: usize) -> ExportTraceServiceRequest {
                     .map(|i| Span {
                         trace_id: vec![i as u8 | 1; 16],
                         span_id: vec![2; 8],
-                        parent_span_id: if i % 2 == 0 { vec![3; 8] } else { Vec::new() },
+                        parent_span_id: if i.is_multiple_of(2) {
+                            vec![3; 8]
+                        } else {
+                            Vec::new()
+                        },
                         name: format!("GET /api/{i}"),
                         kind: 2,
                         start_time_unix_nano: 1,
@@ -319,7 +331,7 @@ fn traces_request(spans: usize) -> ExportTraceServiceRequest {
                             attributes: attributes(2, i),
                             ..Default::default()
                         }],
-                        links: if i % 4 == 0 {
+                        links: if i.is_multiple_of(4) {
                             vec![Link {
                                 trace_id: vec![5; 16],
                                 span_id: vec![6; 8],

@@ -123,13 +123,13 @@ pub fn traces_batch(
         let size = writer.encoded_len(spans);
         whole.push(size <= limit);
         if size <= limit {
-            needed += TRACE_KEY_LEN + size;
+            needed = needed.saturating_add(TRACE_KEY_LEN + size);
         } else {
             writer.pack(
                 spans,
                 limit,
                 &mut |w, kept| {
-                    needed += TRACE_KEY_LEN + w.encoded_len(kept);
+                    needed = needed.saturating_add(TRACE_KEY_LEN + w.encoded_len(kept));
                     Ok(())
                 },
                 &mut |_, _| {},
