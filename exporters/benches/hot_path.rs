@@ -7,7 +7,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
 use std::hint::black_box;
 use weir_config::gateway::Encoding;
-use weir_exporters::kafka::{TracePlan, traces_batch};
+use weir_exporters::kafka::{TracePlan, Unlimited, traces_batch};
 use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use weir_proto::wire::TraceRequestView;
 
@@ -34,7 +34,9 @@ fn hot_path(c: &mut Criterion) {
                 &TracePlan::everything_to("otlp_spans".into(), &view),
                 Encoding::OtlpProto,
                 1_000_000,
+                &mut Unlimited,
             )
+            .unwrap()
         })
     });
     g.bench_function("validate_group_split_encode", |b| {
@@ -46,7 +48,9 @@ fn hot_path(c: &mut Criterion) {
                 &TracePlan::everything_to("otlp_spans".into(), &view),
                 Encoding::OtlpProto,
                 1_000_000,
+                &mut Unlimited,
             )
+            .unwrap()
         })
     });
     g.finish();

@@ -9,7 +9,7 @@ mod fixture;
 use prost::Message;
 use std::hint::black_box;
 use weir_config::gateway::Encoding;
-use weir_exporters::kafka::{TracePlan, traces_batch};
+use weir_exporters::kafka::{TracePlan, Unlimited, traces_batch};
 use weir_proto::wire::TraceRequestView;
 
 fn main() {
@@ -27,7 +27,9 @@ fn main() {
             &TracePlan::everything_to("otlp_spans".into(), &view),
             Encoding::OtlpProto,
             1_000_000,
+            &mut Unlimited,
         )
+        .unwrap()
         .records
         .len();
     }

@@ -9,7 +9,7 @@ use rdkafka::mocking::MockCluster;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use weir_config::gateway::{Encoding, KafkaConfig};
-use weir_exporters::kafka::{KafkaExporter, TracePlan, traces_batch};
+use weir_exporters::kafka::{KafkaExporter, TracePlan, Unlimited, traces_batch};
 use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
 use weir_proto::otlp::trace::v1::{Span, TracesData};
 use weir_proto::test_support::{named_span, string_kv, traces_request};
@@ -46,7 +46,9 @@ async fn records_are_keyed_by_trace_and_split_under_the_limit() {
         &TracePlan::everything_to("spans".into(), &view),
         Encoding::OtlpProto,
         max,
-    );
+        &mut Unlimited,
+    )
+    .unwrap();
     assert_eq!(batch.rejected, 0);
     assert!(batch.records.len() > 3, "the 40 KB traces must be split");
     exporter.send(&batch.records).await.unwrap();
@@ -115,7 +117,9 @@ async fn send_fails_in_time_when_the_broker_is_down() {
         &TracePlan::everything_to("spans".into(), &view),
         Encoding::OtlpProto,
         1 << 20,
-    );
+        &mut Unlimited,
+    )
+    .unwrap();
     let start = Instant::now();
     let err = exporter.send(&batch.records).await.unwrap_err();
     assert!(

@@ -5,14 +5,15 @@
 
 use crate::attribute_limits::AttributeLimitPolicy;
 use crate::policy::PolicyStore;
+use crate::receivers::admission::{Admission, Admitted};
 use crate::receivers::request::{Format, RequestMeta, Transport};
-use crate::signal::{Route, Signal};
+use crate::signal::{RecordsError, Route, Signal};
 use crate::tail::DecisionWindows;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 use weir_config::GatewayConfig;
-use weir_exporters::kafka::KafkaExporter;
+use weir_exporters::kafka::{KafkaExporter, OutputBudget, OutputRefused};
 
 /// Bodies larger than this are turned into records off the async worker's hot loop.
 const BLOCKING_BODY_BYTES: usize = 512 * 1024;
@@ -43,6 +44,32 @@ pub struct Pipeline {
     /// The tail sampling decision windows the requests' spans are marked in.
     windows: Arc<DecisionWindows>,
     attribute_limits: Option<AttributeLimitPolicy>,
+    /// The in-flight byte budget: the receivers reserve bodies in it, the pipeline what
+    /// decoding and the records hold.
+    admission: Admission,
+}
+
+/// A request's share of the in-flight budget for what it decodes and the records it builds,
+/// on top of its body (reserved by the receivers' admission layer).
+struct RequestBudget<'a> {
+    admission: &'a Admission,
+    held: Admitted,
+    body: usize,
+}
+
+impl OutputBudget for RequestBudget<'_> {
+    fn charge(&mut self, bytes: usize) -> Result<(), OutputRefused> {
+        if self.admission.grow(&mut self.held, bytes) {
+            return Ok(());
+        }
+        Err(OutputRefused {
+            needed: self
+                .body
+                .saturating_add(self.held.bytes())
+                .saturating_add(bytes),
+            available: self.admission.max_bytes(),
+        })
+    }
 }
 
 impl Pipeline {
@@ -55,13 +82,20 @@ impl Pipeline {
         windows: Arc<DecisionWindows>,
     ) -> Self {
         let attribute_limits = AttributeLimitPolicy::from_config(&config.limits);
+        let admission = Admission::new(config.limits.max_in_flight_bytes.as_usize());
         Self {
             exporter,
             config,
             policies,
             windows,
             attribute_limits,
+            admission,
         }
+    }
+
+    /// The in-flight byte budget the receivers and the pipeline share.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     /// The largest message accepted, after decompression.
@@ -92,16 +126,19 @@ impl Pipeline {
             tenant: meta.tenant.as_deref(),
             attribute_limits: self.attribute_limits,
         };
+        // Held until the reply: what decoding and the records take of the in-flight budget.
+        let mut budget = RequestBudget {
+            admission: &self.admission,
+            held: self.admission.empty(),
+            body: body.len(),
+        };
         // Large bodies take long enough to hold up other requests on this worker thread.
         let prepared = if body.len() > BLOCKING_BODY_BYTES {
-            tokio::task::block_in_place(|| S::records(&body, format, &route))
+            tokio::task::block_in_place(|| S::records(&body, format, &route, &mut budget))
         } else {
-            S::records(&body, format, &route)
+            S::records(&body, format, &route, &mut budget)
         };
-        let prepared = prepared.map_err(|e| {
-            self.refused_request(transport, "invalid");
-            PipelineError::InvalidArgument(e)
-        })?;
+        let prepared = prepared.map_err(|e| self.refused(transport, e))?;
         drop(body);
         let (mut batch, items) = (prepared.batch, prepared.items);
         if let Some(headers) = &meta.record_headers {
@@ -135,6 +172,33 @@ impl Pipeline {
                 Err(PipelineError::Unavailable(format!("{e}; retry later")))
             }
         }
+    }
+
+    /// The client's answer to a request that was not made into records: INVALID_ARGUMENT for
+    /// a malformed body; for one that would hold more than the in-flight budget,
+    /// RESOURCE_EXHAUSTED, retryable (429) only when it could fit once the budget is free.
+    fn refused(&self, transport: Transport, e: RecordsError) -> PipelineError {
+        let (what, refused) = match e {
+            RecordsError::Invalid(message) => {
+                self.refused_request(transport, "invalid");
+                return PipelineError::InvalidArgument(message);
+            }
+            RecordsError::DecodeTooLarge(r) => ("decoding the request would hold", r),
+            RecordsError::OutputTooLarge(r) => ("the request's records would take", r),
+        };
+        let limit = self.config.limits.max_in_flight_bytes.0;
+        if refused.needed > refused.available {
+            self.refused_request(transport, "too_large");
+            return PipelineError::TooLarge(format!(
+                "{what} {} bytes with the request, over limits.max_in_flight_bytes ({limit})",
+                refused.needed
+            ));
+        }
+        self.refused_request(transport, "in_flight_limit");
+        PipelineError::Overloaded(format!(
+            "{what} {} bytes with the request, and the gateway holds its limit of {limit} in-flight bytes (limits.max_in_flight_bytes); retry later",
+            refused.needed
+        ))
     }
 
     fn refused_request(&self, transport: Transport, reason: &'static str) {

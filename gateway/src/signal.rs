@@ -7,7 +7,10 @@ use crate::receivers::request::Format;
 use crate::tail::DecisionWindows;
 use prost::Message;
 use weir_config::gateway::{KafkaConfig, SignalTopic};
-use weir_exporters::kafka::{Batch, logs_batch, metrics_batch, traces_batch};
+use weir_exporters::kafka::{
+    Batch, OutputBudget, OutputRefused, logs_batch, metrics_batch, traces_batch,
+};
+use weir_proto::decoded_size;
 use weir_proto::json;
 use weir_proto::otlp::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
@@ -43,9 +46,15 @@ pub trait Signal: Send + Sync + 'static {
     fn encode_json_response(resp: &Self::Response, out: &mut Vec<u8>);
     /// The topic and encoding of this signal.
     fn topic(cfg: &KafkaConfig) -> &SignalTopic;
-    /// Decodes and validates a request body and turns it into records; `Err` says what is
-    /// wrong with the body (an INVALID_ARGUMENT).
-    fn records(body: &[u8], format: Format, route: &Route<'_>) -> Result<Prepared, String>;
+    /// Decodes and validates a request body and turns it into records, charging what
+    /// decoding and the records will hold to `budget` before allocating it; `Err` says what is
+    /// wrong with the body (an INVALID_ARGUMENT) or what did not fit.
+    fn records(
+        body: &[u8],
+        format: Format,
+        route: &Route<'_>,
+        budget: &mut dyn OutputBudget,
+    ) -> Result<Prepared, RecordsError>;
     /// The response, with `partial_success` when items were rejected.
     fn response(rejected: u64, reason: Option<String>) -> Self::Response;
 }
@@ -72,6 +81,42 @@ pub struct Prepared {
     pub batch: Batch,
     /// Spans, metric data points or log records in the request.
     pub items: u64,
+}
+
+/// Why a request was not made into records.
+#[derive(Debug)]
+pub enum RecordsError {
+    /// The body is malformed: what is wrong with it, as the client is told.
+    Invalid(String),
+    /// Decoding the body would hold more than the in-flight budget has.
+    DecodeTooLarge(OutputRefused),
+    /// The records would take more than the in-flight budget has.
+    OutputTooLarge(OutputRefused),
+}
+
+impl From<String> for RecordsError {
+    fn from(message: String) -> Self {
+        RecordsError::Invalid(message)
+    }
+}
+
+/// Charges what decoding `body` will hold before it is decoded: protobuf metrics and logs are
+/// walked on the wire (an empty element is 2 bytes there and hundreds decoded), OTLP/JSON is
+/// bounded by one scan. A body the walk refuses is left to the decoder for its message.
+fn charge_decoding(
+    body: &[u8],
+    format: Format,
+    protobuf_size: fn(&[u8]) -> Result<usize, decoded_size::DecodeError>,
+    budget: &mut dyn OutputBudget,
+) -> Result<(), RecordsError> {
+    let size = match format {
+        Format::Protobuf => match protobuf_size(body) {
+            Ok(size) => size,
+            Err(_) => return Ok(()),
+        },
+        Format::Json => decoded_size::json_decoded_size_bound(body),
+    };
+    budget.charge(size).map_err(RecordsError::DecodeTooLarge)
 }
 
 /// Why a body does not decode, as the client is told.
@@ -119,11 +164,21 @@ impl Signal for Traces {
     }
     /// Spans take the byte-level path: validated and grouped without being decoded. JSON is
     /// decoded, then encoded once to protobuf to join the same path.
-    fn records(body: &[u8], format: Format, route: &Route<'_>) -> Result<Prepared, String> {
+    fn records(
+        body: &[u8],
+        format: Format,
+        route: &Route<'_>,
+        budget: &mut dyn OutputBudget,
+    ) -> Result<Prepared, RecordsError> {
         let encoded;
         let body = match format {
             Format::Protobuf => body,
             Format::Json => {
+                // The decoded request and its protobuf copy are held at once.
+                charge_decoding(body, format, |_| Ok(0), budget)?;
+                budget
+                    .charge(body.len())
+                    .map_err(RecordsError::DecodeTooLarge)?;
                 encoded = json::decode_trace_request(body)
                     .map_err(|e| undecodable(format, e))?
                     .encode_to_vec();
@@ -155,7 +210,9 @@ impl Signal for Traces {
             &plan,
             route.topic.encoding,
             route.max_message_size,
-        );
+            budget,
+        )
+        .map_err(RecordsError::OutputTooLarge)?;
         if let Some((rejected, reason)) = over_limits {
             batch.rejected += rejected;
             batch.reject_reason = Some(match batch.reject_reason.take() {
@@ -192,7 +249,18 @@ impl Signal for Metrics {
     fn topic(cfg: &KafkaConfig) -> &SignalTopic {
         &cfg.metrics
     }
-    fn records(body: &[u8], format: Format, route: &Route<'_>) -> Result<Prepared, String> {
+    fn records(
+        body: &[u8],
+        format: Format,
+        route: &Route<'_>,
+        budget: &mut dyn OutputBudget,
+    ) -> Result<Prepared, RecordsError> {
+        charge_decoding(
+            body,
+            format,
+            decoded_size::metrics_request_decoded_size,
+            budget,
+        )?;
         let req: ExportMetricsServiceRequest = decode(body, format, json::decode_metrics_request)?;
         validate::metrics_request(&req).map_err(|e| e.to_string())?;
         let items = req
@@ -208,7 +276,9 @@ impl Signal for Metrics {
                 &route.topic.topic.as_str().into(),
                 route.topic.encoding,
                 route.max_message_size,
-            ),
+                budget,
+            )
+            .map_err(RecordsError::OutputTooLarge)?,
             items,
         })
     }
@@ -238,7 +308,18 @@ impl Signal for Logs {
     fn topic(cfg: &KafkaConfig) -> &SignalTopic {
         &cfg.logs
     }
-    fn records(body: &[u8], format: Format, route: &Route<'_>) -> Result<Prepared, String> {
+    fn records(
+        body: &[u8],
+        format: Format,
+        route: &Route<'_>,
+        budget: &mut dyn OutputBudget,
+    ) -> Result<Prepared, RecordsError> {
+        charge_decoding(
+            body,
+            format,
+            decoded_size::logs_request_decoded_size,
+            budget,
+        )?;
         let req: ExportLogsServiceRequest = decode(body, format, json::decode_logs_request)?;
         validate::logs_request(&req).map_err(|e| e.to_string())?;
         let items = req
@@ -253,7 +334,9 @@ impl Signal for Logs {
                 &route.topic.topic.as_str().into(),
                 route.topic.encoding,
                 route.max_message_size,
-            ),
+                budget,
+            )
+            .map_err(RecordsError::OutputTooLarge)?,
             items,
         })
     }

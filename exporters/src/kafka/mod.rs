@@ -12,7 +12,8 @@ pub use client_log::{error_to_tracing, log_to_tracing};
 pub use errors::ExportError;
 pub use exporter::{KafkaExporter, producer_config, set_security};
 pub use records::{
-    Batch, Record, RecordHeaders, data_points, logs_batch, metrics_batch, resource_key, trace_key,
+    Batch, OutputBudget, OutputLimit, OutputRefused, Record, RecordHeaders, Unlimited, data_points,
+    logs_batch, metrics_batch, resource_key, trace_key,
 };
-pub use split::{Container, split};
+pub use split::{Container, Split, SplitLen, split, split_len};
 pub use trace_records::{TracePlan, traces_batch};

@@ -3,11 +3,11 @@
 //! decode and re-encode of span contents. `TraceRequestView` (in `weir-proto`) has already
 //! validated the request and found each span.
 
-use super::records::{Batch, RECORD_OVERHEAD, Record, trace_key};
+use super::records::{Batch, OutputBudget, OutputRefused, Record, to_json, trace_key, value_limit};
 use prost::Message;
 use prost::encoding::encoded_len_varint;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{Hash, Hasher};
 use std::ops::Range;
 use std::sync::Arc;
 use weir_config::gateway::Encoding;
@@ -21,20 +21,21 @@ const TAG_RESOURCE_SPANS: u8 = 0x0a;
 const TAG_SCOPE_SPANS: u8 = 0x12;
 const TAG_SPANS: u8 = 0x12;
 
-/// Trace ids are random, so their first eight bytes are already a good hash.
-#[derive(Default)]
-struct TraceIdHasher(u64);
+/// The bytes of a record key: a trace id (16 bytes) as hex.
+const TRACE_KEY_LEN: usize = 32;
 
-impl Hasher for TraceIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
-        }
+/// What spans are grouped by: one record (or several, split) per topic and trace id.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct GroupKey {
+    topic: u16,
+    trace_id: [u8; 16],
+}
+
+impl Hash for GroupKey {
+    /// One 128-bit word: a single multiply with foldhash, where hashing the fields one by one
+    /// takes three (the topic only tells apart copies of a trace routed to several topics).
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_le_bytes(self.trace_id) ^ u128::from(self.topic));
     }
 }
 
@@ -70,26 +71,36 @@ impl TracePlan {
 
 /// One record per topic and trace id (several when a trace is over the budget), in
 /// first-seen order.
+///
+/// Records repeat their resource and scope, so their total can be far larger than the request:
+/// the exact size of the protobuf records (keys and values) is charged to `budget` once, after
+/// grouping and before any record is allocated; OTLP/JSON's excess over it is charged record
+/// by record as each is encoded. A refusal stops building at once.
 pub fn traces_batch(
     body: &[u8],
     view: &TraceRequestView,
     plan: &TracePlan,
     encoding: Encoding,
     max_message_size: usize,
-) -> Batch {
+    budget: &mut dyn OutputBudget,
+) -> Result<Batch, OutputRefused> {
     // Number the (topic, trace) groups in order of first appearance, then list span indices
-    // group by group (a counting sort: no allocation per group).
-    let mut ids: HashMap<(u16, [u8; 16]), u32, BuildHasherDefault<TraceIdHasher>> =
-        HashMap::default();
+    // group by group (a counting sort: no allocation per group). Trace ids come from clients,
+    // so the map's hasher is seeded per process: ids chosen to collide under a fixed hash
+    // would make grouping quadratic.
+    let mut ids: HashMap<GroupKey, u32, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(plan.routes.len(), Default::default());
     let mut group_of = Vec::with_capacity(plan.routes.len());
     for &(topic, span) in &plan.routes {
         let next = ids.len() as u32;
-        group_of.push(
-            *ids.entry((topic, view.spans[span as usize].trace_id))
-                .or_insert(next),
-        );
+        let key = GroupKey {
+            topic,
+            trace_id: view.spans[span as usize].trace_id,
+        };
+        group_of.push(*ids.entry(key).or_insert(next));
     }
     let groups = ids.len();
+    drop(ids);
     let mut starts = vec![0u32; groups + 1];
     for &g in &group_of {
         starts[g as usize + 1] += 1;
@@ -112,44 +123,87 @@ pub fn traces_batch(
     for (span, range) in &plan.replaced {
         bytes[*span as usize] = &plan.rewritten[range.clone()];
     }
-    let mut batch = Batch {
-        records: Vec::with_capacity(groups),
-        ..Default::default()
-    };
     let mut writer = Writer {
         spans: &bytes,
         view,
         runs: Vec::new(),
     };
+    let limit = value_limit(max_message_size, TRACE_KEY_LEN);
+    let group_spans = |g: usize| &order[starts[g] as usize..starts[g + 1] as usize];
+
+    // Sizes first: the records' exact bytes, found without making them. `whole` remembers
+    // which traces fit one record, so the usual trace is measured once here and once when
+    // written, as before.
+    let mut needed = 0usize;
+    let mut whole = Vec::with_capacity(groups);
     for g in 0..groups {
-        let spans = &order[starts[g] as usize..starts[g + 1] as usize];
+        let spans = group_spans(g);
+        let size = writer.encoded_len(spans);
+        whole.push(size <= limit);
+        if size <= limit {
+            needed = needed.saturating_add(TRACE_KEY_LEN + size);
+        } else {
+            writer.pack(
+                spans,
+                limit,
+                &mut |w, kept| {
+                    needed = needed.saturating_add(TRACE_KEY_LEN + w.encoded_len(kept));
+                    Ok(())
+                },
+                &mut |_, _| {},
+            )?;
+        }
+    }
+    budget.charge(needed)?;
+
+    let mut batch = Batch {
+        records: Vec::with_capacity(groups),
+        ..Default::default()
+    };
+    for g in 0..groups {
+        let spans = group_spans(g);
         let topic = &plan.topics[usize::from(plan.routes[first_route[g]].0)];
         let key = trace_key(&view.spans[spans[0] as usize].trace_id);
-        let budget = max_message_size
-            .saturating_sub(key.len() + RECORD_OVERHEAD)
-            .max(1);
-        writer.chunks(spans, budget, &mut batch, |value, items, batch| {
+        let mut emit = |w: &mut Writer<'_>, kept: &[u32]| {
+            let value = w.write(kept);
             let value = match encoding {
                 Encoding::OtlpProto => value,
                 Encoding::OtlpJson => {
                     let data = TracesData::decode(&value[..])
                         .expect("bytes written from a validated request decode");
-                    let mut out = Vec::with_capacity(value.len() * 2);
-                    json::encode_traces_data(&data, &mut out);
-                    out
+                    to_json(&data, value.len(), json::encode_traces_data, budget)?
                 }
             };
             batch.records.push(Record {
                 topic: topic.clone(),
                 key: key.clone(),
                 value,
-                items,
+                items: kept.len() as u64,
                 headers: None,
             });
-        });
+            Ok(())
+        };
+        if whole[g] {
+            emit(&mut writer, spans)?;
+            continue;
+        }
+        let mut rejected = Vec::new();
+        writer.pack(spans, limit, &mut emit, &mut |w, si| {
+            rejected.push(w.span_len(si))
+        })?;
+        for span_len in rejected {
+            batch.rejected += 1;
+            batch.reject_reason = Some(format!(
+                "{} span(s) too large for one Kafka record: a span of {span_len} bytes, the record value limit is {limit} bytes (kafka.max_message_size less key and framing)",
+                batch.rejected,
+            ));
+        }
     }
-    batch
+    Ok(batch)
 }
+
+/// What `Writer::pack` hands each record's spans to.
+type OnChunk<'c, 'a> = dyn FnMut(&mut Writer<'a>, &[u32]) -> Result<(), OutputRefused> + 'c;
 
 /// Writes `TracesData` records from spans of the request body.
 struct Writer<'a> {
@@ -160,7 +214,7 @@ struct Writer<'a> {
     runs: Vec<usize>,
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
     fn span(&self, i: u32) -> &SpanEntry {
         &self.view.spans[i as usize]
     }
@@ -181,20 +235,17 @@ impl Writer<'_> {
         &self.view.resources[self.resource_of(s) as usize].head
     }
 
-    /// Packs `spans` (of one trace) into records of at most `budget` bytes and hands each to
-    /// `emit`. A span too large for any record is counted in `batch.rejected`.
-    fn chunks(
+    /// Packs `spans` (of one trace, too large for one record) into records of at most `limit`
+    /// bytes and hands each record's spans to `chunk`; a span too large for any record goes
+    /// to `too_large`. The sizing pass and the writing pass both pack with this, so they
+    /// agree on every record.
+    fn pack(
         &mut self,
         spans: &[u32],
-        budget: usize,
-        batch: &mut Batch,
-        mut emit: impl FnMut(Vec<u8>, u64, &mut Batch),
-    ) {
-        // The usual trace fits one record whole.
-        if self.encoded_len(spans) <= budget {
-            let value = self.write(spans);
-            return emit(value, spans.len() as u64, batch);
-        }
+        limit: usize,
+        chunk: &mut OnChunk<'_, 'a>,
+        too_large: &mut dyn FnMut(&Self, u32),
+    ) -> Result<(), OutputRefused> {
         let mut kept: Vec<u32> = Vec::new();
         let mut size = 0;
         let mut last: Option<(u32, u32)> = None;
@@ -205,13 +256,8 @@ impl Writer<'_> {
             // Upper bounds: each level's head plus the largest length prefix it can get.
             let r_over = self.resource_head(&s).len() + 6;
             let s_over = self.scope_head(&s).len() + 6;
-            if r_over + s_over + span_len > budget {
-                batch.rejected += 1;
-                batch.reject_reason = Some(format!(
-                    "{} span(s) too large for one Kafka record: a span of {} bytes, the record value limit is {budget} bytes (kafka.max_message_size less key and framing)",
-                    batch.rejected,
-                    self.span_len(si)
-                ));
+            if r_over + s_over + span_len > limit {
+                too_large(self, si);
                 continue;
             }
             let mut extra = span_len
@@ -220,10 +266,9 @@ impl Writer<'_> {
                     Some((r, _)) if r == resource => s_over,
                     _ => s_over + r_over,
                 };
-            if size + extra > budget {
+            if size + extra > limit {
                 // `kept` is not empty here: alone, this span fits (checked above).
-                let value = self.write(&kept);
-                emit(value, kept.len() as u64, batch);
+                chunk(self, &kept)?;
                 kept.clear();
                 size = 0;
                 extra = span_len + s_over + r_over;
@@ -233,9 +278,9 @@ impl Writer<'_> {
             last = Some((resource, s.scope));
         }
         if !kept.is_empty() {
-            let value = self.write(&kept);
-            emit(value, kept.len() as u64, batch);
+            chunk(self, &kept)?;
         }
+        Ok(())
     }
 
     /// The exact encoded size of a `TracesData` holding `spans`; fills `self.runs` with the
@@ -306,8 +351,11 @@ impl Writer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka::records::{OutputLimit, RECORD_OVERHEAD, Unlimited};
+    use std::time::{Duration, Instant};
     use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
     use weir_proto::otlp::common::v1::any_value::Value;
+    use weir_proto::otlp::resource::v1::Resource;
     use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span};
     use weir_proto::test_support::{scope, service, string_kv};
 
@@ -384,7 +432,9 @@ mod tests {
             &TracePlan::everything_to("t".into(), &view),
             encoding,
             max,
+            &mut Unlimited,
         )
+        .unwrap()
     }
 
     fn check(req: &ExportTraceServiceRequest, batch: &Batch, max: usize) {
@@ -479,5 +529,222 @@ mod tests {
             let from_proto = TracesData::decode(&p.value[..]).unwrap();
             assert_eq!(from_json.resource_spans, from_proto.resource_spans);
         }
+    }
+
+    /// The records of `req` built with a budget that keeps count, and what it was charged.
+    fn charged(req: &ExportTraceServiceRequest, encoding: Encoding, max: usize) -> (Batch, usize) {
+        let body = req.encode_to_vec();
+        let view = TraceRequestView::parse(&body).unwrap();
+        let mut budget = OutputLimit::new(usize::MAX);
+        let plan = TracePlan::everything_to("t".into(), &view);
+        let batch = traces_batch(&body, &view, &plan, encoding, max, &mut budget).unwrap();
+        (batch, budget.charged())
+    }
+
+    fn built(batch: &Batch) -> usize {
+        batch
+            .records
+            .iter()
+            .map(|r| r.key.len() + r.value.len())
+            .sum()
+    }
+
+    #[test]
+    fn the_charge_is_the_exact_size_of_protobuf_records() {
+        // Resources and scopes interleaved within traces, whole traces and split ones, and a
+        // span too large for any record.
+        let mut with_reject = request(5, 10);
+        with_reject.resource_spans[1].scope_spans[1].spans[3] = span(2, 778, 5000);
+        let cases = [
+            (request(30, 10), 1_000_000),
+            (request(200, 300), 20_000),
+            (request(60, 50), 3_000),
+            (request(1, 0), 1_000_000),
+            (with_reject, 2000),
+        ];
+        for (req, max) in &cases {
+            let (batch, charged) = charged(req, Encoding::OtlpProto, *max);
+            assert!(!batch.records.is_empty());
+            assert_eq!(charged, built(&batch), "max {max}");
+        }
+    }
+
+    #[test]
+    fn json_records_are_charged_at_least_their_size() {
+        for (req, max) in [(request(30, 10), 1_000_000), (request(200, 300), 20_000)] {
+            let (batch, charged) = charged(&req, Encoding::OtlpJson, max);
+            assert!(charged >= built(&batch), "{charged} < {}", built(&batch));
+        }
+    }
+
+    #[test]
+    fn a_refused_json_excess_stops_building() {
+        let req = request(30, 10);
+        let (proto, proto_charge) = charged(&req, Encoding::OtlpProto, 1_000_000);
+        assert_eq!(proto_charge, built(&proto));
+        // Room for the protobuf size only: the first JSON record's excess is refused.
+        let body = req.encode_to_vec();
+        let view = TraceRequestView::parse(&body).unwrap();
+        let plan = TracePlan::everything_to("t".into(), &view);
+        let mut budget = OutputLimit::new(proto_charge);
+        let refused = traces_batch(
+            &body,
+            &view,
+            &plan,
+            Encoding::OtlpJson,
+            1_000_000,
+            &mut budget,
+        )
+        .unwrap_err();
+        assert!(refused.needed > proto_charge);
+        assert_eq!(refused.available, proto_charge);
+    }
+
+    /// One resource with a 900 KB attribute and 3,000 spans of distinct trace ids: 2.7 GB of
+    /// records from a request of about 1 MB.
+    fn amplifying_request() -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        string_kv("service.name", "amplifier"),
+                        string_kv("blob", &"x".repeat(900_000)),
+                    ],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: (0..3000u32)
+                        .map(|i| Span {
+                            trace_id: [i.to_le_bytes(), [7; 4], [8; 4], [9; 4]].concat(),
+                            span_id: vec![1; 8],
+                            name: "s".into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn output_amplification_is_refused_before_records_are_built() {
+        let body = amplifying_request().encode_to_vec();
+        let view = TraceRequestView::parse(&body).unwrap();
+        let plan = TracePlan::everything_to("t".into(), &view);
+        let mut budget = OutputLimit::new(256 << 20);
+        let started = Instant::now();
+        let refused = traces_batch(
+            &body,
+            &view,
+            &plan,
+            Encoding::OtlpProto,
+            1_000_000,
+            &mut budget,
+        )
+        .unwrap_err();
+        let took = started.elapsed();
+        assert!(refused.needed > 2_000_000_000, "{refused:?}");
+        assert_eq!(refused.available, 256 << 20);
+        assert_eq!(budget.charged(), 0, "nothing is charged on a refusal");
+        // Building 2.7 GB of records takes seconds; sizing them takes milliseconds.
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    }
+
+    /// A trace id whose hash under the unkeyed rotate-xor hasher grouping used to have
+    /// (`h = rotl(h, 5) ^ next 8 bytes` over topic 0, the length 16 and the id) is the same
+    /// for every id: the first half varies, the second is chosen (as the black-box test does).
+    fn colliding_trace_id(first_half: u64) -> [u8; 16] {
+        let h = (16u64.rotate_left(5)) ^ first_half;
+        let second_half = h.rotate_left(5) ^ 0x5EED;
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&first_half.to_le_bytes());
+        id[8..].copy_from_slice(&second_half.to_le_bytes());
+        id
+    }
+
+    fn one_span_per_trace(ids: impl Iterator<Item = [u8; 16]>) -> Vec<u8> {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![string_kv("service.name", "flood")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: ids
+                        .map(|id| Span {
+                            trace_id: id.to_vec(),
+                            span_id: vec![1; 8],
+                            name: "c".into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    /// The fastest of three runs of `traces_batch` over `body`, and its record count.
+    fn fastest(body: &[u8]) -> (Duration, usize) {
+        let view = TraceRequestView::parse(body).unwrap();
+        let plan = TracePlan::everything_to("t".into(), &view);
+        let mut best = Duration::MAX;
+        let mut records = 0;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let batch = traces_batch(
+                body,
+                &view,
+                &plan,
+                Encoding::OtlpProto,
+                1_000_000,
+                &mut Unlimited,
+            )
+            .unwrap();
+            best = best.min(started.elapsed());
+            records = batch.records.len();
+        }
+        (best, records)
+    }
+
+    #[test]
+    fn colliding_trace_ids_group_as_fast_as_random_ones() {
+        const N: u64 = 60_000;
+        // The old hasher really did collide on these ids.
+        let colliding: Vec<[u8; 16]> = (0..N)
+            .map(|i| colliding_trace_id(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1))
+            .collect();
+        for id in &colliding[..3] {
+            let mut h = 0u64;
+            for word in [
+                0u64,
+                16,
+                u64::from_le_bytes(id[..8].try_into().unwrap()),
+                u64::from_le_bytes(id[8..].try_into().unwrap()),
+            ] {
+                h = h.rotate_left(5) ^ word;
+            }
+            assert_eq!(h, 0x5EED);
+        }
+        let random = one_span_per_trace((0..N).map(|i| {
+            let mut id = [0u8; 16];
+            id[..8]
+                .copy_from_slice(&(i.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0xABCD).to_le_bytes());
+            id[8..].copy_from_slice(&i.wrapping_mul(0x8CB9_2BA7_2F3D_8DD7).to_le_bytes());
+            id
+        }));
+        let hostile = one_span_per_trace(colliding.into_iter());
+        let (random_took, random_records) = fastest(&random);
+        let (hostile_took, hostile_records) = fastest(&hostile);
+        assert_eq!(random_records, N as usize);
+        assert_eq!(hostile_records, N as usize);
+        assert!(
+            hostile_took <= random_took * 5 + Duration::from_millis(50),
+            "colliding ids took {hostile_took:?}, random ones {random_took:?}"
+        );
     }
 }

@@ -1,13 +1,13 @@
 //! OTLP protobuf metrics and logs requests through what the gateway does with them: `prost`
-//! decoding, the id checks of `weir_proto::wire::validate`, and record building (grouping by
-//! resource, splitting by size) in both encodings. The first byte picks the signal; the rest is
-//! the body.
+//! decoding, the id checks of `weir_proto::wire::validate`, and record building (grouping by resource,
+//! splitting by size) in both encodings, with the records no larger than what was charged for
+//! them before they were built. The first byte picks the signal; the rest is the body.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use weir_config::gateway::Encoding;
-use weir_exporters::kafka::{Batch, data_points, logs_batch, metrics_batch};
+use weir_exporters::kafka::{Batch, OutputLimit, data_points, logs_batch, metrics_batch};
 use weir_proto::otlp::collector::logs::v1::ExportLogsServiceRequest;
 use weir_proto::otlp::collector::metrics::v1::ExportMetricsServiceRequest;
 use weir_proto::otlp::logs::v1::LogsData;
@@ -47,7 +47,10 @@ fn metrics(body: &[u8]) {
         .sum();
     for max in MAX_MESSAGE_SIZES {
         for encoding in [Encoding::OtlpProto, Encoding::OtlpJson] {
-            let batch = metrics_batch(req.clone(), &"metrics".into(), encoding, max);
+            let mut budget = OutputLimit::new(usize::MAX);
+            let batch = metrics_batch(req.clone(), &"metrics".into(), encoding, max, &mut budget)
+                .expect("an unlimited budget refuses nothing");
+            weir_fuzz::check_charge(&batch, budget.charged(), encoding);
             check(&batch, points, encoding, max);
             if encoding == Encoding::OtlpProto {
                 let sent: u64 = batch
@@ -88,7 +91,10 @@ fn logs(body: &[u8]) {
         .sum();
     for max in MAX_MESSAGE_SIZES {
         for encoding in [Encoding::OtlpProto, Encoding::OtlpJson] {
-            let batch = logs_batch(req.clone(), &"logs".into(), encoding, max);
+            let mut budget = OutputLimit::new(usize::MAX);
+            let batch = logs_batch(req.clone(), &"logs".into(), encoding, max, &mut budget)
+                .expect("an unlimited budget refuses nothing");
+            weir_fuzz::check_charge(&batch, budget.charged(), encoding);
             check(&batch, records, encoding, max);
             if encoding == Encoding::OtlpProto {
                 for r in &batch.records {

@@ -5,7 +5,7 @@
 use prost::Message;
 use std::sync::{Arc, OnceLock};
 use weir_config::gateway::Encoding;
-use weir_exporters::kafka::{Batch, TracePlan, traces_batch};
+use weir_exporters::kafka::{Batch, OutputLimit, TracePlan, traces_batch};
 use weir_gateway::policy::{ActivePolicy, PolicyStore, plan_traces};
 use weir_policy::Policy;
 use weir_gateway::tail::DecisionWindows;
@@ -55,7 +55,8 @@ fn decision_windows() -> &'static DecisionWindows {
 /// routing under each policy, and record building in both encodings at several size limits.
 /// Checks that a body the validator accepts decodes with `prost` too (the exporter relies on
 /// it), that no span is lost or invented on the way to records, and that every record is a
-/// valid `TracesData` within its size budget.
+/// valid `TracesData` within its size budget, and that the records are no larger than what
+/// was charged for them before they were built.
 pub fn trace_path(body: &[u8]) {
     let Ok(view) = TraceRequestView::parse(body) else {
         return;
@@ -88,13 +89,20 @@ pub fn trace_path(body: &[u8]) {
         // What validation recorded agrees with the decoded span.
         assert_eq!(&entry.trace_id[..], &span.trace_id[..]);
         let bytes = &body[entry.range()];
-        assert_eq!(entry.name(bytes), span.name.as_bytes(), "span name read from the wire");
+        assert_eq!(
+            entry.name(bytes),
+            span.name.as_bytes(),
+            "span name read from the wire"
+        );
         assert_eq!(entry.kind, span.kind, "span kind read from the wire");
         assert_eq!(entry.trace_state(bytes), span.trace_state.as_bytes());
         assert_eq!(entry.start_time_unix_nano, span.start_time_unix_nano);
         assert_eq!(entry.end_time_unix_nano, span.end_time_unix_nano);
         assert_eq!(entry.is_root, span.parent_span_id.is_empty());
-        assert_eq!(entry.status_code, span.status.as_ref().map_or(0, |s| s.code));
+        assert_eq!(
+            entry.status_code,
+            span.status.as_ref().map_or(0, |s| s.code)
+        );
         assert_eq!(entry.attributes(bytes).count(), span.attributes.len());
         let mut scanned = Vec::new();
         entry.scan_attributes(bytes, |_| true, |k, v| scanned.push((k, v)));
@@ -106,7 +114,7 @@ pub fn trace_path(body: &[u8]) {
     let plain = TracePlan::everything_to("traces".into(), &view);
     for &max in &MAX_MESSAGE_SIZES {
         for encoding in [Encoding::OtlpProto, Encoding::OtlpJson] {
-            let batch = traces_batch(body, &view, &plain, encoding, max);
+            let batch = charged_traces_batch(body, &view, &plain, encoding, max);
             check_batch(&batch, plain.routes.len(), encoding, max);
         }
     }
@@ -115,8 +123,44 @@ pub fn trace_path(body: &[u8]) {
         assert!(plan.routes.iter().all(|&(t, s)| {
             usize::from(t) < plan.topics.len() && (s as usize) < view.spans.len()
         }));
-        let batch = traces_batch(body, &view, &plan, Encoding::OtlpProto, 2048);
+        let batch = charged_traces_batch(body, &view, &plan, Encoding::OtlpProto, 2048);
         check_batch(&batch, plan.routes.len(), Encoding::OtlpProto, 2048);
+    }
+}
+
+/// `traces_batch` with a budget that keeps count: the records' key and value bytes are at
+/// most what was charged for them (exactly that for protobuf, whose size is known up front).
+fn charged_traces_batch(
+    body: &[u8],
+    view: &TraceRequestView,
+    plan: &TracePlan,
+    encoding: Encoding,
+    max: usize,
+) -> Batch {
+    let mut budget = OutputLimit::new(usize::MAX);
+    let batch = traces_batch(body, view, plan, encoding, max, &mut budget)
+        .expect("an unlimited budget refuses nothing");
+    check_charge(&batch, budget.charged(), encoding);
+    batch
+}
+
+/// The output-size bound admission relies on: what was built is no more than what was
+/// charged, and for protobuf exactly that.
+pub fn check_charge(batch: &Batch, charged: usize, encoding: Encoding) {
+    let built: usize = batch
+        .records
+        .iter()
+        .map(|r| r.key.len() + r.value.len())
+        .sum();
+    assert!(
+        built <= charged,
+        "records of {built} bytes were built for a charge of {charged}"
+    );
+    if encoding == Encoding::OtlpProto {
+        assert_eq!(
+            built, charged,
+            "protobuf records are charged their exact size"
+        );
     }
 }
 
@@ -192,7 +236,7 @@ pub fn evaluate_policy(policy: Policy) {
     // Twice: the second pass meets rate limits the first one drained.
     for _ in 0..2 {
         let plan = plan_traces(&active, decision_windows(), body, &view, "traces");
-        let batch = traces_batch(body, &view, &plan, Encoding::OtlpProto, 1 << 20);
+        let batch = charged_traces_batch(body, &view, &plan, Encoding::OtlpProto, 1 << 20);
         check_batch(&batch, plan.routes.len(), Encoding::OtlpProto, 1 << 20);
     }
 }

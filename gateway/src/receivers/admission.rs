@@ -26,7 +26,7 @@ pub struct Admission {
 
 /// Bytes held by one request; given back when dropped.
 pub struct Admitted {
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     bytes: u32,
 }
 
@@ -44,10 +44,48 @@ impl Admission {
         let bytes = u32::try_from(bytes.max(1)).ok()?;
         let permit = self.budget.clone().try_acquire_many_owned(bytes).ok()?;
         metrics::gauge!("weir_receiver_inflight_bytes").increment(f64::from(bytes));
-        Some(Admitted {
-            _permit: permit,
-            bytes,
-        })
+        Some(Admitted { permit, bytes })
+    }
+
+    /// The configured budget in bytes.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// A reservation of nothing yet, to be grown as a request's output is charged.
+    pub fn empty(&self) -> Admitted {
+        Admitted {
+            permit: self
+                .budget
+                .clone()
+                .try_acquire_many_owned(0)
+                .expect("a reservation of zero permits never waits"),
+            bytes: 0,
+        }
+    }
+
+    /// Adds `bytes` to `held`, or leaves it as it is when that would go past the budget.
+    pub fn grow(&self, held: &mut Admitted, bytes: usize) -> bool {
+        let Ok(n) = u32::try_from(bytes) else {
+            return false;
+        };
+        let Some(total) = held.bytes.checked_add(n) else {
+            return false;
+        };
+        let Ok(more) = self.budget.clone().try_acquire_many_owned(n) else {
+            return false;
+        };
+        held.permit.merge(more);
+        held.bytes = total;
+        metrics::gauge!("weir_receiver_inflight_bytes").increment(f64::from(n));
+        true
+    }
+}
+
+impl Admitted {
+    /// The bytes this reservation holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes as usize
     }
 }
 
@@ -151,5 +189,20 @@ mod tests {
         drop(first);
         assert!(a.try_admit(60).is_some());
         drop(second);
+    }
+
+    #[test]
+    fn a_reservation_grows_within_the_budget_and_gives_everything_back() {
+        let a = Admission::new(100);
+        let body = a.try_admit(30).unwrap();
+        let mut output = a.empty();
+        assert!(a.grow(&mut output, 50));
+        assert!(!a.grow(&mut output, 21), "30 + 50 + 21 is past 100");
+        assert_eq!(output.bytes(), 50);
+        assert!(a.grow(&mut output, 20));
+        assert!(a.try_admit(1).is_none());
+        drop(output);
+        drop(body);
+        assert!(a.try_admit(100).is_some());
     }
 }

@@ -45,9 +45,9 @@ impl Receiver {
     /// Reads the credentials, metadata keys and in-flight limit of `config`.
     pub fn new(config: &GatewayConfig, pipeline: Arc<Pipeline>) -> Result<Self, ConfigError> {
         Ok(Self {
+            admission: pipeline.admission().clone(),
             pipeline,
             ingress: Arc::new(Ingress::new(config)?),
-            admission: Admission::new(config.limits.max_in_flight_bytes.as_usize()),
         })
     }
 }
