@@ -110,6 +110,11 @@ pub struct Listener {
     /// arrive within this time, or the connection is closed (slow-loris).
     #[serde(default = "default_header_read_timeout", deserialize_with = "duration")]
     pub header_read_timeout: Duration,
+    /// A request's whole body must arrive within this time once its headers are in, or the
+    /// request is answered 408 and its share of the in-flight budget given back (a slow body
+    /// must not hold its slot forever). OTLP/HTTP receivers only.
+    #[serde(default = "default_body_read_timeout", deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
 }
 
 impl Listener {
@@ -123,6 +128,7 @@ impl Listener {
             max_concurrent_streams: default_max_concurrent_streams(),
             idle_timeout: default_idle_timeout(),
             header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: default_body_read_timeout(),
         }
     }
 
@@ -147,6 +153,7 @@ impl Listener {
         for (name, d) in [
             ("idle_timeout", self.idle_timeout),
             ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
         ] {
             if d < Duration::from_millis(10) {
                 return Err(ConfigError::invalid(
@@ -177,6 +184,10 @@ fn default_idle_timeout() -> Duration {
 
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// Limits that keep the gateway's memory and latency bounded.

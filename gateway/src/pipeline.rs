@@ -34,6 +34,10 @@ pub enum PipelineError {
     /// 503 / UNAVAILABLE with a retry delay: Kafka did not acknowledge in time.
     #[error("{0}")]
     Unavailable(String),
+    /// 408 (OTLP/HTTP) / DEADLINE_EXCEEDED: the body did not arrive within
+    /// `body_read_timeout`. Retryable.
+    #[error("{0}")]
+    BodyTimeout(String),
 }
 
 /// Everything a request needs, shared by all receivers.

@@ -57,6 +57,8 @@ pub mod prost_types_any {
 pub mod code {
     /// The request was bad: undecodable or with invalid ids.
     pub const INVALID_ARGUMENT: i32 = 3;
+    /// The request did not arrive in time (its body, past the read timeout).
+    pub const DEADLINE_EXCEEDED: i32 = 4;
     /// Too much: over the size limit or over the in-flight bound.
     pub const RESOURCE_EXHAUSTED: i32 = 8;
     /// An internal failure.

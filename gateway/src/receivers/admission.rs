@@ -24,6 +24,22 @@ pub struct Admission {
     max_bytes: usize,
 }
 
+/// A body's reservation taken before it was read (from its `Content-Length`), handed from the
+/// decompression layer to the admission layer in the request's extensions.
+#[derive(Clone)]
+pub struct ReadReservation(pub Arc<std::sync::Mutex<Option<Admitted>>>);
+
+impl ReadReservation {
+    /// Wraps a reservation for the request's extensions.
+    pub fn new(admitted: Admitted) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(admitted))))
+    }
+
+    fn take(&self) -> Option<Admitted> {
+        self.0.lock().ok()?.take()
+    }
+}
+
 /// Bytes held by one request; given back when dropped.
 pub struct Admitted {
     permit: OwnedSemaphorePermit,
@@ -138,8 +154,20 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: ExportRequest<Bytes>) -> Self::Future {
-        let Some(admitted) = self.admission.try_admit(req.http.body().len()) else {
+    fn call(&mut self, mut req: ExportRequest<Bytes>) -> Self::Future {
+        let len = req.http.body().len();
+        // A body reserved before it was read keeps that reservation, grown to the message
+        // when decompression made it larger.
+        let reserved = req
+            .http
+            .extensions_mut()
+            .remove::<ReadReservation>()
+            .and_then(|r| r.take())
+            .and_then(|mut held| {
+                let more = len.saturating_sub(held.bytes());
+                (more == 0 || self.admission.grow(&mut held, more)).then_some(held)
+            });
+        let Some(admitted) = reserved.or_else(|| self.admission.try_admit(len)) else {
             metrics::counter!("weir_receiver_refused_requests_total", "transport" => req.transport.label(), "reason" => "in_flight_limit")
                 .increment(1);
             return Either::Left(ready(Err(PipelineError::Overloaded(format!(

@@ -4,6 +4,7 @@
 //! limit in memory, never what it would inflate to. (OTLP/gRPC bodies are framed and
 //! inflated by tonic, in the `grpc` receiver's decode layer.)
 
+use super::admission::{Admission, Admitted, ReadReservation};
 use super::request::{ExportRequest, Format, RequestMeta, Transport};
 use super::status::ReceiverError;
 use crate::pipeline::PipelineError;
@@ -18,6 +19,7 @@ use std::future::Future;
 use std::io::Read;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 use tower::{Layer, Service};
 
 /// What reading a body can fail with (`Limited` boxes the body's own error).
@@ -131,15 +133,41 @@ fn read_bounded(
 }
 
 /// Decompression as a layer: what passes it is the whole message, at most `limit` bytes.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct DecompressLayer {
     limit: usize,
+    read: BodyRead,
+}
+
+/// How a body is read: its deadline, and the budget its declared length is reserved in
+/// before a byte of it is read.
+#[derive(Clone)]
+struct BodyRead {
+    timeout: Option<Duration>,
+    admission: Option<Admission>,
 }
 
 impl DecompressLayer {
     /// Refuses bodies larger than `limit` bytes, before or after decompression.
     pub fn new(limit: usize) -> Self {
-        Self { limit }
+        Self {
+            limit,
+            read: BodyRead {
+                timeout: None,
+                admission: None,
+            },
+        }
+    }
+
+    /// Also answers 408 to a body that has not arrived `timeout` after its headers, and
+    /// reserves a body's `Content-Length` in `admission` before reading it (429 at once when
+    /// it does not fit, instead of after the memory is spent).
+    pub fn reading_within(mut self, timeout: Duration, admission: Admission) -> Self {
+        self.read = BodyRead {
+            timeout: Some(timeout),
+            admission: Some(admission),
+        };
+        self
     }
 }
 
@@ -150,15 +178,17 @@ impl<Inner> Layer<Inner> for DecompressLayer {
         Decompress {
             inner,
             limit: self.limit,
+            read: self.read.clone(),
         }
     }
 }
 
 /// Reads and decompresses a request's body, then passes the message on.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Decompress<Inner> {
     inner: Inner,
     limit: usize,
+    read: BodyRead,
 }
 
 impl<Inner, B> Service<ExportRequest<B>> for Decompress<Inner>
@@ -190,12 +220,40 @@ where
                 error: Some(ReceiverError::UnsupportedMediaType(msg)),
             };
         };
+        // The declared length is reserved before the body is read (a longer one is refused by
+        // the size limit as it is read).
+        let declared_len = req
+            .http
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .filter(|&n| n > 0 && n <= self.limit);
+        let reserved = match (&self.read.admission, declared_len) {
+            (Some(admission), Some(n)) => match admission.try_admit(n) {
+                Some(held) => Some(held),
+                None => {
+                    metrics::counter!("weir_receiver_refused_requests_total", "transport" => req.transport.label(), "reason" => "in_flight_limit")
+                        .increment(1);
+                    return DecompressFuture::Refused {
+                        error: Some(
+                            PipelineError::Overloaded(format!(
+                                "the gateway holds its limit of {} in-flight request bytes; retry later",
+                                admission.max_bytes()
+                            ))
+                            .into(),
+                        ),
+                    };
+                }
+            },
+            _ => None,
+        };
         // The inner service is called once the body is in: take the one that is ready.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let (head, body) = req.http.into_parts();
         DecompressFuture::Reading {
             body: Limited::new(body, self.limit).collect(),
+            deadline: self.read.timeout.map(|t| Box::pin(tokio::time::sleep(t))),
             unread: Some(Unread {
                 head,
                 transport: req.transport,
@@ -203,6 +261,8 @@ where
                 meta: req.meta,
                 encoding,
                 limit: self.limit,
+                timeout: self.read.timeout,
+                reserved,
                 inner,
             }),
         }
@@ -217,6 +277,8 @@ pub struct Unread<Inner> {
     meta: RequestMeta,
     encoding: ContentEncoding,
     limit: usize,
+    timeout: Option<Duration>,
+    reserved: Option<Admitted>,
     inner: Inner,
 }
 
@@ -233,6 +295,7 @@ pin_project! {
         Reading {
             #[pin]
             body: Collect<Limited<B>>,
+            deadline: Option<Pin<Box<tokio::time::Sleep>>>,
             unread: Option<Unread<Inner>>,
         },
         /// The message went down; the inner answer is pending.
@@ -263,8 +326,28 @@ where
                     let error = error.take().expect("polled after completion");
                     return Poll::Ready(Err(error));
                 }
-                DecompressState::Reading { body, unread } => {
-                    let read = ready!(body.poll(cx));
+                DecompressState::Reading {
+                    body,
+                    deadline,
+                    unread,
+                } => {
+                    let read = match body.poll(cx) {
+                        Poll::Ready(read) => read,
+                        Poll::Pending => {
+                            if let Some(d) = deadline.as_mut() {
+                                ready!(d.as_mut().poll(cx));
+                                let u = unread.take().expect("polled after completion");
+                                metrics::counter!("weir_receiver_refused_requests_total", "transport" => u.transport.label(), "reason" => "body_timeout")
+                                    .increment(1);
+                                return Poll::Ready(Err(PipelineError::BodyTimeout(format!(
+                                    "the request body did not arrive within {} (receivers.http.body_read_timeout)",
+                                    format!("{:?}", u.timeout.unwrap_or_default())
+                                ))
+                                .into()));
+                            }
+                            return Poll::Pending;
+                        }
+                    };
                     let unread = unread.take().expect("polled after completion");
                     match read_and_decompress(read, unread.encoding, unread.limit) {
                         Ok(message) => unread.call(message),
@@ -280,8 +363,12 @@ where
 impl<Inner: Service<ExportRequest<Bytes>>> Unread<Inner> {
     /// Sends the request on with its whole message.
     fn call(mut self, message: Bytes) -> Inner::Future {
+        let mut http = http::Request::from_parts(self.head, message);
+        if let Some(held) = self.reserved.take() {
+            http.extensions_mut().insert(ReadReservation::new(held));
+        }
         self.inner.call(ExportRequest {
-            http: http::Request::from_parts(self.head, message),
+            http,
             transport: self.transport,
             format: self.format,
             meta: self.meta,

@@ -63,7 +63,10 @@ pub fn stack<S: Signal>(
         .layer(HttpStatusLayer::<S>::new(pipeline.retry_after()))
         .layer(AuthLayer::new(receiver.ingress.clone()))
         .layer(OtlpHttpLayer { path: S::HTTP_PATH })
-        .layer(DecompressLayer::new(pipeline.max_message_size()))
+        .layer(
+            DecompressLayer::new(pipeline.max_message_size())
+                .reading_within(receiver.body_read_timeout, receiver.admission.clone()),
+        )
         .layer(AdmissionLayer::new(receiver.admission.clone()))
         .service(Export::<S>::new(pipeline.clone()))
 }

@@ -39,6 +39,8 @@ pub struct Receiver {
     pub ingress: Arc<Ingress>,
     /// The in-flight byte budget.
     pub admission: Admission,
+    /// How long an OTLP/HTTP body may take to arrive once its headers are in.
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl Receiver {
@@ -46,6 +48,7 @@ impl Receiver {
     pub fn new(config: &GatewayConfig, pipeline: Arc<Pipeline>) -> Result<Self, ConfigError> {
         Ok(Self {
             admission: pipeline.admission().clone(),
+            body_read_timeout: config.receivers.http.body_read_timeout,
             pipeline,
             ingress: Arc::new(Ingress::new(config)?),
         })

@@ -94,6 +94,9 @@ pub fn http_error_response(err: &ReceiverError, format: Format, retry_after: Dur
             true,
         ),
         PipelineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, true),
+        PipelineError::BodyTimeout(_) => {
+            (StatusCode::REQUEST_TIMEOUT, code::DEADLINE_EXCEEDED, false)
+        }
     };
     let mut body = rpc::Status::new(code, pipeline_err.to_string());
     if retry {
@@ -163,6 +166,7 @@ pub fn grpc_status(err: &ReceiverError, retry_after: Duration) -> Status {
         PipelineError::TooLarge(_) => (Code::ResourceExhausted, false),
         PipelineError::Overloaded(_) => (Code::ResourceExhausted, true),
         PipelineError::Unavailable(_) => (Code::Unavailable, true),
+        PipelineError::BodyTimeout(_) => (Code::DeadlineExceeded, false),
     };
     let message = pipeline_err.to_string();
     if !retry {
