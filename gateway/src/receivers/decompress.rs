@@ -340,8 +340,8 @@ where
                                 metrics::counter!("weir_receiver_refused_requests_total", "transport" => u.transport.label(), "reason" => "body_timeout")
                                     .increment(1);
                                 return Poll::Ready(Err(PipelineError::BodyTimeout(format!(
-                                    "the request body did not arrive within {} (receivers.http.body_read_timeout)",
-                                    format!("{:?}", u.timeout.unwrap_or_default())
+                                    "the request body did not arrive within {:?} (receivers.http.body_read_timeout)",
+                                    u.timeout.unwrap_or_default()
                                 ))
                                 .into()));
                             }
