@@ -365,6 +365,8 @@ class Gateway:
                 "metrics": {"topic": self.topics["metrics"]},
                 "logs": {"topic": self.topics["logs"]},
             },
+            # A spool of its own, kept across restarts of this Gateway (same config).
+            "spool": {"directory": str(workdir / f"{self.name}-spool")},
             "shutdown_timeout": "10s",
         }
         for k, v in (overrides or {}).items():

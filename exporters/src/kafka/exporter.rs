@@ -289,10 +289,29 @@ fn owned_headers(headers: &[(String, Vec<u8>)]) -> OwnedHeaders {
     )
 }
 
-/// An `ExportError` for a librdkafka error, noting whether the broker fenced the producer.
+/// An `ExportError` for a librdkafka error, noting whether the broker fenced the producer,
+/// and telling apart the refusals that a retry cannot change.
 fn delivery_error(topic: &str, e: &KafkaError) -> ExportError {
+    let code = e.rdkafka_error_code();
+    if matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::PolicyViolation
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+        )
+    ) {
+        return ExportError::Refused {
+            topic: topic.to_string(),
+            reason: e.to_string(),
+        };
+    }
     let fenced = matches!(
-        e.rdkafka_error_code(),
+        code,
         Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
     );
     ExportError::Delivery {
