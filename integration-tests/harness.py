@@ -156,12 +156,13 @@ def proc_status_kib(pid: int, field: str) -> int:
 
 
 class Broker:
-    """A Tansu broker with the in-memory engine on a free loopback port."""
+    """A Tansu broker with the in-memory engine on a free loopback port, or on `port` (a fresh
+    broker in the place of one that was stopped: same address, none of its state)."""
 
-    def __init__(self, workdir: Path, name: str = "tansu"):
+    def __init__(self, workdir: Path, name: str = "tansu", port: int | None = None):
         self.workdir = workdir
         self.name = name
-        self.port = free_ports(1)[0]
+        self.port = port or free_ports(1)[0]
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
@@ -208,6 +209,12 @@ class Broker:
     def stop(self):
         if self.proc is not None:
             stop_process(self.proc, term_timeout=10)
+
+    def kill(self):
+        """SIGKILL: the broker and its in-memory data are gone at once."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
     def create_topic(self, name: str, partitions: int = TOPIC_PARTITIONS):
         """Creates a topic with the Tansu CLI and waits until its metadata shows every partition."""
@@ -365,6 +372,8 @@ class Gateway:
                 "metrics": {"topic": self.topics["metrics"]},
                 "logs": {"topic": self.topics["logs"]},
             },
+            # A spool of its own, kept across restarts of this Gateway (same config).
+            "spool": {"directory": str(workdir / f"{self.name}-spool")},
             "shutdown_timeout": "10s",
         }
         for k, v in (overrides or {}).items():

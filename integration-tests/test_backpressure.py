@@ -1,6 +1,7 @@
-"""When Kafka does not answer: clients are told to retry (never a false OK), readiness drops, and
-the bytes of waiting requests are bounded. Each test pauses a broker of its own (SIGSTOP keeps
-its in-memory data) so the other tests' broker is not disturbed."""
+"""When Kafka does not answer and there is no spool: clients are told to retry (never a false
+OK), readiness drops, and the bytes of waiting requests are bounded (test_spool.py covers the
+spool). Each test pauses a broker of its own (SIGSTOP keeps its in-memory data) so the other
+tests' broker is not disturbed."""
 
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ def one_span_request(name: str, **attrs):
 
 def test_broker_not_answering(broker_factory, gateway_factory):
     b = broker_factory()
-    gw = gateway_factory({"limits.export_timeout": f"{EXPORT_TIMEOUT_S}s"}, on_broker=b)
+    # Without a spool: the 503 after export_timeout is what this test holds the gateway to.
+    gw = gateway_factory(
+        {"limits.export_timeout": f"{EXPORT_TIMEOUT_S}s", "spool.enabled": False}, on_broker=b
+    )
     acked = []
     for i in range(5):
         tid, req = one_span_request(f"before-{i}")
@@ -95,6 +99,8 @@ def test_in_flight_bytes_bound(broker_factory, gateway_factory):
             "limits.max_in_flight_bytes": "2MiB",
             "limits.max_message_size": "1MiB",
             "limits.export_timeout": "10s",
+            # Held requests must wait on Kafka, not be spooled after ack_deadline.
+            "spool.enabled": False,
         },
         on_broker=b,
     )

@@ -84,10 +84,12 @@ start_process control-plane "$API_PORT" /healthz \
   "$BIN/weir-control-plane" --config "$WEIR_ROOT/config/control-plane.yaml"
 
 # The example config, plus the local control plane (its dev gateway token, see
-# config/control-plane.yaml) and a state directory for the last policy it pushed.
+# config/control-plane.yaml), a state directory for the last policy it pushed, and the
+# spool under the run directory (kept across runs: what it holds is replayed at start).
 GATEWAY_CONFIG="$RUN_DIR/gateway.yaml"
 {
-  cat "$CONFIG"
+  # The example's spool directory is a system path: the spool goes under the run directory.
+  sed "s|^  directory: /var/lib/weir-gateway/spool\$|  directory: $RUN_DIR/gateway-spool|" "$CONFIG"
   cat <<EOF
 
 # Added by scripts/run.sh: the local control plane.
@@ -99,6 +101,8 @@ control_plane:
   state_dir: $RUN_DIR/gateway-state
 EOF
 } >"$GATEWAY_CONFIG"
+grep -q "directory: $RUN_DIR/gateway-spool" "$GATEWAY_CONFIG" ||
+  die "config/gateway.yaml no longer has the spool directory this script rewrites; update scripts/run.sh"
 start_process gateway "$ADMIN_PORT" /readyz "$BIN/weir-gateway" --config "$GATEWAY_CONFIG"
 start_process tail-router "$ROUTER_ADMIN_PORT" /healthz \
   "$BIN/weir-tail-router" --config "$WEIR_ROOT/config/tail-router.yaml"

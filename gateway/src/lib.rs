@@ -1,10 +1,12 @@
 //! `weir-gateway`: OTLP in (gRPC 4317, HTTP 4318), Kafka out, acknowledged only after Kafka
-//! acknowledged. `run` wires the receivers, the pipeline, the exporter and the admin listener
-//! together and owns the shutdown sequence.
+//! acknowledged (or the spool fsynced the records). `run` wires the receivers, the pipeline,
+//! the exporter, the spool and its replayer and the admin listener together and owns the
+//! shutdown sequence.
 
 pub mod admin;
 pub mod attribute_limits;
 pub mod control_plane;
+pub mod kafka_health;
 pub mod pipeline;
 pub mod policy;
 pub mod receivers;
@@ -28,6 +30,8 @@ use weir_exporters::kafka::KafkaExporter;
 
 /// How often the broker is probed for `/readyz`.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often `/readyz` takes in the produce outcomes and the spool's room (cheap reads).
+const DURABILITY_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Runs the gateway until `shutdown` is cancelled, then drains: stops accepting, lets
 /// in-flight requests finish, and flushes the producer, within `shutdown_timeout`.
@@ -59,14 +63,34 @@ pub async fn run(
         })
         .transpose()
         .context("control_plane")?;
+    // The spool's recovery reads every segment: off the async workers.
+    let spool = match config.spool.enabled {
+        true => {
+            let options = spool::SpoolOptions::from(&config.spool);
+            let dir = options.directory.clone();
+            let opened = tokio::task::spawn_blocking(move || spool::Spool::open(options))
+                .await
+                .context("opening the spool")?
+                .with_context(|| {
+                    format!("opening the spool in {} (spool.directory)", dir.display())
+                })?;
+            Some(opened)
+        }
+        false => None,
+    };
     // Tail sampling's decision windows: marked by the pipeline, published by the publisher.
     let decision_windows = Arc::new(tail::DecisionWindows::default());
-    let pipeline = Arc::new(pipeline::Pipeline::new(
+    let mut pipeline = pipeline::Pipeline::new(
         config.clone(),
         exporter.clone(),
         policies.clone(),
         decision_windows.clone(),
-    ));
+    );
+    if let Some(s) = &spool {
+        pipeline = pipeline.with_spool(s.clone(), config.spool.ack_deadline);
+    }
+    let kafka_health = pipeline.kafka_health();
+    let pipeline = Arc::new(pipeline);
     let readiness = Arc::new(admin::Readiness::default());
     let receiver = receivers::Receiver::new(&config, pipeline.clone())
         .context("reading the receivers' credentials")?;
@@ -163,6 +187,24 @@ pub async fn run(
         readiness.clone(),
         admin_stop.clone(),
     ));
+    let durability_task = tokio::spawn(watch_durability(
+        kafka_health.clone(),
+        spool.clone(),
+        readiness.clone(),
+        admin_stop.clone(),
+    ));
+    // Replay drains the spool to Kafka until the receivers have drained.
+    let replay_stop = CancellationToken::new();
+    let replay_task = spool.clone().map(|s| {
+        let sink = spool::KafkaReplaySink::new(exporter.clone(), kafka_health.clone());
+        let rate = config.spool.replay_bytes_per_second.0;
+        let stop = replay_stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = s.replay(&sink, rate, stop).await {
+                tracing::error!(error = %e, "spool replay stopped; spooled records wait for a restart");
+            }
+        })
+    });
     // Tail sampling decisions: published until the receivers have drained, then sealed.
     let tail_stop = CancellationToken::new();
     let tail_task = tokio::spawn(
@@ -215,6 +257,13 @@ pub async fn run(
     {
         tracing::warn!("shutdown_timeout passed before the last decision window was published");
     }
+    // What replay has not sent stays in the spool for the next start.
+    replay_stop.cancel();
+    if let Some(t) = replay_task
+        && tokio::time::timeout_at(deadline.into(), t).await.is_err()
+    {
+        tracing::warn!("shutdown_timeout passed before spool replay stopped");
+    }
     let remaining = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
@@ -225,12 +274,38 @@ pub async fn run(
     admin_stop.cancel();
     let _ = admin_task.await;
     let _ = probe_task.await;
+    let _ = durability_task.await;
     let _ = policy_task.await;
     if let Some(t) = control_plane_task {
         let _ = t.await;
     }
+    // The spool goes last: dropping its last handle waits for the writer's final fsync, a
+    // blocking wait kept off the async workers.
+    drop(receiver);
+    drop(pipeline);
+    if let Some(s) = spool {
+        let _ = tokio::task::spawn_blocking(move || drop(s)).await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Takes the produce outcomes and the spool's room into `/readyz` every
+/// `DURABILITY_INTERVAL`, until `stop`.
+async fn watch_durability(
+    health: Arc<kafka_health::KafkaHealth>,
+    spool: Option<spool::Spool>,
+    readiness: Arc<admin::Readiness>,
+    stop: CancellationToken,
+) {
+    loop {
+        readiness.set_kafka_failing(!health.acknowledging());
+        readiness.set_spool(spool.as_ref().map(spool::Spool::has_room));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(DURABILITY_INTERVAL) => {}
+        }
+    }
 }
 
 /// Probes the broker every `PROBE_INTERVAL` and records the result for `/readyz`.

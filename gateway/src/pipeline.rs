@@ -1,19 +1,22 @@
 //! The per-request path shared by both receivers, below their layers (authentication,
 //! decompression, admission: `receivers/`):
 //! decode -> validate -> group and split into records -> produce -> wait for Kafka
-//! -> answer. The OTLP success reply is built only after Kafka acknowledged every record.
+//! (with a spool: at most `spool.ack_deadline`, then append to the spool) -> answer. The OTLP
+//! success reply is built only after Kafka acknowledged every record, or the spool fsynced them.
 
 use crate::attribute_limits::AttributeLimitPolicy;
+use crate::kafka_health::KafkaHealth;
 use crate::policy::PolicyStore;
 use crate::receivers::admission::{Admission, Admitted};
 use crate::receivers::request::{Format, RequestMeta, Transport};
 use crate::signal::{RecordsError, Route, Signal};
+use crate::spool::{Spool, SpoolError};
 use crate::tail::DecisionWindows;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 use weir_config::GatewayConfig;
-use weir_exporters::kafka::{KafkaExporter, OutputBudget, OutputRefused};
+use weir_exporters::kafka::{ExportError, KafkaExporter, OutputBudget, OutputRefused, Record};
 
 /// Bodies larger than this are turned into records off the async worker's hot loop.
 const BLOCKING_BODY_BYTES: usize = 512 * 1024;
@@ -31,7 +34,8 @@ pub enum PipelineError {
     /// receivers' admission layer).
     #[error("{0}")]
     Overloaded(String),
-    /// 503 / UNAVAILABLE with a retry delay: Kafka did not acknowledge in time.
+    /// 503 / UNAVAILABLE with a retry delay: Kafka did not acknowledge in time (and the spool
+    /// is off, full or failed).
     #[error("{0}")]
     Unavailable(String),
     /// 408 (OTLP/HTTP) / DEADLINE_EXCEEDED: the body did not arrive within
@@ -51,6 +55,67 @@ pub struct Pipeline {
     /// The in-flight byte budget: the receivers reserve bodies in it, the pipeline what
     /// decoding and the records hold.
     admission: Admission,
+    /// What recent sends say about Kafka; shared with the replayer and `/readyz`.
+    health: Arc<KafkaHealth>,
+    /// Where records go when Kafka does not acknowledge them in time; `None`: the request
+    /// gets 503 after `limits.export_timeout`.
+    spool: Option<SpoolFallback>,
+}
+
+/// The spool as the request path uses it.
+struct SpoolFallback {
+    spool: Spool,
+    /// How long a request waits for Kafka before its records are spooled.
+    ack_deadline: Duration,
+}
+
+/// Where a request's records were made durable.
+enum Durable {
+    /// Kafka acknowledged every record.
+    Kafka,
+    /// The spool fsynced them; replay sends them to Kafka later.
+    Spooled,
+}
+
+/// Why a request's records went to the spool rather than Kafka.
+#[derive(Clone, Copy, Debug)]
+enum SpoolReason {
+    /// Recent sends failed: the request did not wait for Kafka.
+    KafkaDown,
+    /// Kafka failed a record.
+    Failed,
+    /// Kafka did not acknowledge within the ack deadline.
+    Deadline,
+}
+
+impl SpoolReason {
+    /// The `reason` label of `weir_spool_spooled_requests_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Self::KafkaDown => "kafka_down",
+            Self::Failed => "failed",
+            Self::Deadline => "deadline",
+        }
+    }
+}
+
+impl std::fmt::Display for SpoolReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::KafkaDown => "Kafka is down",
+            Self::Failed => "Kafka failed the records",
+            Self::Deadline => "Kafka did not acknowledge the records in time",
+        })
+    }
+}
+
+/// Why a request's records were made durable nowhere.
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    #[error("{0}")]
+    Kafka(ExportError),
+    #[error("{why}, and the records could not be spooled: {spool}")]
+    Spool { why: SpoolReason, spool: SpoolError },
 }
 
 /// A request's share of the in-flight budget for what it decodes and the records it builds,
@@ -94,7 +159,24 @@ impl Pipeline {
             windows,
             attribute_limits,
             admission,
+            health: Arc::new(KafkaHealth::default()),
+            spool: None,
         }
+    }
+
+    /// The same pipeline, spooling the records of a request that Kafka does not acknowledge
+    /// within `ack_deadline` (or at once while Kafka is known down) into `spool`.
+    pub fn with_spool(mut self, spool: Spool, ack_deadline: Duration) -> Self {
+        self.spool = Some(SpoolFallback {
+            spool,
+            ack_deadline,
+        });
+        self
+    }
+
+    /// What the request path's sends say about Kafka, for the replayer and `/readyz`.
+    pub fn kafka_health(&self) -> Arc<KafkaHealth> {
+        self.health.clone()
     }
 
     /// The in-flight byte budget the receivers and the pipeline share.
@@ -151,8 +233,8 @@ impl Pipeline {
             }
         }
         let sent_items: u64 = batch.records.iter().map(|r| r.items).sum();
-        match self.exporter.send(&batch.records).await {
-            Ok(()) => {
+        match self.make_durable(&batch.records).await {
+            Ok(durable) => {
                 let labels = [("transport", transport.label())];
                 // Accepted: everything but what could not be made into records. Spans a policy
                 // dropped were accepted; the policy's own counters say where they went.
@@ -161,9 +243,16 @@ impl Pipeline {
                 if batch.rejected > 0 {
                     metrics::counter!(S::REFUSED_METRIC, &labels).increment(batch.rejected);
                 }
-                metrics::counter!("weir_exporter_sent_records_total", "exporter" => "kafka")
-                    .increment(batch.records.len() as u64);
-                metrics::counter!(S::SENT_METRIC, "exporter" => "kafka").increment(sent_items);
+                match durable {
+                    Durable::Kafka => {
+                        metrics::counter!("weir_exporter_sent_records_total", "exporter" => "kafka")
+                            .increment(batch.records.len() as u64);
+                        metrics::counter!(S::SENT_METRIC, "exporter" => "kafka")
+                            .increment(sent_items);
+                    }
+                    // Counted by `make_durable`, and by replay once in Kafka.
+                    Durable::Spooled => {}
+                }
                 Ok(S::response(batch.rejected, batch.reject_reason))
             }
             Err(e) => {
@@ -203,6 +292,63 @@ impl Pipeline {
             "{what} {} bytes with the request, and the gateway holds its limit of {limit} in-flight bytes (limits.max_in_flight_bytes); retry later",
             refused.needed
         ))
+    }
+
+    /// Makes `records` durable: in Kafka, or (with a spool, when Kafka does not acknowledge
+    /// them within the ack deadline, fails them, or is known down) fsynced in the spool.
+    async fn make_durable(&self, records: &[Record]) -> Result<Durable, DeliveryError> {
+        let Some(fallback) = &self.spool else {
+            return self
+                .send_to_kafka(records)
+                .await
+                .map(|()| Durable::Kafka)
+                .map_err(DeliveryError::Kafka);
+        };
+        let why = if self.health.known_down() {
+            SpoolReason::KafkaDown
+        } else {
+            match tokio::time::timeout(fallback.ack_deadline, self.exporter.send(records)).await {
+                Ok(Ok(())) => {
+                    self.health.acknowledged();
+                    return Ok(Durable::Kafka);
+                }
+                // Spooled, its replay would fail the same way forever: the client hears of it.
+                Ok(Err(e)) if e.is_permanent() => return Err(DeliveryError::Kafka(e)),
+                Ok(Err(e)) => {
+                    self.health.failed();
+                    tracing::debug!(error = %e, "Kafka failed the request's records; spooling them");
+                    SpoolReason::Failed
+                }
+                // Dropping the send leaves its records in the producer's queue: they may still
+                // reach Kafka, and again through replay (at least once, see docs/spool.md).
+                Err(_) => {
+                    self.health.failed();
+                    SpoolReason::Deadline
+                }
+            }
+        };
+        match fallback.spool.append(records).await {
+            Ok(_) => {
+                let reason = why.label();
+                metrics::counter!("weir_spool_spooled_requests_total", "reason" => reason)
+                    .increment(1);
+                metrics::counter!("weir_spool_spooled_records_total", "reason" => reason)
+                    .increment(records.len() as u64);
+                Ok(Durable::Spooled)
+            }
+            Err(spool) => Err(DeliveryError::Spool { why, spool }),
+        }
+    }
+
+    /// Sends to Kafka and waits up to `limits.export_timeout`, recording the outcome.
+    async fn send_to_kafka(&self, records: &[Record]) -> Result<(), ExportError> {
+        let sent = self.exporter.send(records).await;
+        match &sent {
+            Ok(()) => self.health.acknowledged(),
+            Err(e) if !e.is_permanent() => self.health.failed(),
+            Err(_) => {}
+        }
+        sent
     }
 
     fn refused_request(&self, transport: Transport, reason: &'static str) {

@@ -1,6 +1,6 @@
 //! The admin listener the gateway (8888) and the tail router (8889) serve: `/healthz` (the
-//! process serves), `/readyz` (ready to take traffic: the broker answers, nothing is still
-//! being prepared and shutdown has not begun) and `/metrics` (Prometheus, from the recorder
+//! process serves), `/readyz` (ready to take traffic: requests can be made durable, in Kafka
+//! or in the gateway's spool, nothing is still being prepared and shutdown has not begun) and `/metrics` (Prometheus, from the recorder
 //! `install_metrics_recorder` installs).
 
 use crate::listener::{self, ServeOptions};
@@ -39,6 +39,12 @@ pub fn install_metrics_recorder() -> anyhow::Result<PrometheusHandle> {
 #[derive(Default)]
 pub struct Readiness {
     broker: AtomicBool,
+    /// Produced records fail or time out although the broker may answer its probe.
+    kafka_failing: AtomicBool,
+    /// A spool takes what Kafka does not acknowledge.
+    spool_enabled: AtomicBool,
+    /// The spool has room (see `Spool::has_room`).
+    spool_has_room: AtomicBool,
     draining: AtomicBool,
     /// Why the process is still preparing (the tail router catching up on decisions).
     preparing: std::sync::Mutex<Option<&'static str>>,
@@ -62,6 +68,27 @@ impl Readiness {
         });
     }
 
+    /// Records whether recent produce requests failed or timed out with none acknowledged
+    /// since (the gateway's Kafka health).
+    pub fn set_kafka_failing(&self, failing: bool) {
+        let was = self.kafka_failing.swap(failing, Ordering::Relaxed);
+        if was != failing && failing {
+            tracing::warn!("Kafka does not acknowledge produced records");
+        }
+    }
+
+    /// Records whether a spool takes what Kafka does not acknowledge (`None`: no spool) and
+    /// whether it has room: while it has, the gateway is ready whatever Kafka does.
+    pub fn set_spool(&self, has_room: Option<bool>) {
+        self.spool_enabled
+            .store(has_room.is_some(), Ordering::Relaxed);
+        let room = has_room.unwrap_or(false);
+        let was = self.spool_has_room.swap(room, Ordering::Relaxed);
+        if has_room.is_some() && was != room && !room {
+            tracing::warn!("the spool is full or failed");
+        }
+    }
+
     /// Marks the process as shutting down, so load balancers stop sending to it.
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
@@ -79,10 +106,30 @@ impl Readiness {
             Some("shutting down")
         } else if let Some(why) = preparing {
             Some(why)
-        } else if !self.broker.load(Ordering::Relaxed) {
-            Some("the Kafka broker does not answer")
         } else {
-            None
+            self.kafka_not_ready_reason()
+        }
+    }
+
+    /// Why requests cannot be made durable, or `None` when Kafka acknowledges them or the
+    /// spool has room for them.
+    fn kafka_not_ready_reason(&self) -> Option<&'static str> {
+        let spool_enabled = self.spool_enabled.load(Ordering::Relaxed);
+        if spool_enabled && self.spool_has_room.load(Ordering::Relaxed) {
+            return None;
+        }
+        // With a spool that has no room, say so: it is the half an operator can act on.
+        let spool_full = spool_enabled;
+        let broker = self.broker.load(Ordering::Relaxed);
+        let failing = self.kafka_failing.load(Ordering::Relaxed);
+        match (broker, failing, spool_full) {
+            (true, false, _) => None,
+            (false, _, false) => Some("the Kafka broker does not answer"),
+            (false, _, true) => Some("the Kafka broker does not answer and the spool is full"),
+            (true, true, false) => Some("Kafka does not acknowledge produced records"),
+            (true, true, true) => {
+                Some("Kafka does not acknowledge produced records and the spool is full")
+            }
         }
     }
 }
@@ -163,5 +210,32 @@ mod tests {
         assert_eq!(r.not_ready_reason(), None);
         r.set_draining();
         assert_eq!(r.not_ready_reason(), Some("shutting down"));
+    }
+
+    #[test]
+    fn a_spool_with_room_keeps_the_gateway_ready_while_kafka_is_not() {
+        let r = Readiness::default();
+        r.set_broker(true);
+        r.set_kafka_failing(true);
+        assert_eq!(
+            r.not_ready_reason(),
+            Some("Kafka does not acknowledge produced records")
+        );
+        r.set_spool(Some(true));
+        assert_eq!(r.not_ready_reason(), None);
+        r.set_broker(false);
+        assert_eq!(r.not_ready_reason(), None);
+        r.set_spool(Some(false));
+        assert_eq!(
+            r.not_ready_reason(),
+            Some("the Kafka broker does not answer and the spool is full")
+        );
+        r.set_broker(true);
+        r.set_kafka_failing(false);
+        assert_eq!(
+            r.not_ready_reason(),
+            None,
+            "Kafka acknowledges: a full spool drains"
+        );
     }
 }

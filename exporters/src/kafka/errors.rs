@@ -1,6 +1,7 @@
 //! Why records could not be delivered.
 
-/// A failure to deliver a request's records to Kafka. Every variant is retryable by the client.
+/// A failure to deliver a request's records to Kafka. Every variant is retryable by the client
+/// (a `Refused` record only once the cause is fixed).
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     /// The producer could not be created from the config.
@@ -14,7 +15,16 @@ pub enum ExportError {
         /// The configured export timeout.
         timeout_ms: u128,
     },
-    /// Kafka refused or failed a record.
+    /// Kafka refused a record for a reason that sending it again cannot change (too large,
+    /// not authorized, an invalid topic): it must not be kept for a later retry.
+    #[error("Kafka refused a record for {topic}: {reason}")]
+    Refused {
+        /// The topic.
+        topic: String,
+        /// librdkafka's reason.
+        reason: String,
+    },
+    /// Kafka failed a record.
     #[error("Kafka failed to deliver a record to {topic}: {reason}")]
     Delivery {
         /// The topic.
@@ -30,5 +40,11 @@ impl ExportError {
     /// True when the broker fenced the producer that failed.
     pub fn is_fenced(&self) -> bool {
         matches!(self, ExportError::Delivery { fenced: true, .. })
+    }
+
+    /// True when Kafka refused a record it will refuse again (`Refused`): a spool must not keep
+    /// it, or its replay would retry it forever.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ExportError::Refused { .. })
     }
 }

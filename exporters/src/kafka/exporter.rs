@@ -81,6 +81,38 @@ pub fn set_security(c: &mut ClientConfig, security: &KafkaSecurity) -> Result<()
 
 type Producer_ = FutureProducer<TracingContext>;
 
+/// How long the broker must answer probes while every send fails before the producer counts
+/// as wedged and is replaced. A broker that lost the producer's state (replaced, or restarted
+/// without it) answers each produce with UNKNOWN_PRODUCER_ID, and librdkafka's idempotent
+/// producer only bumps its epoch and retries under the same producer id, forever, without a
+/// fatal error: only a new producer (a new id from the broker) gets out of it.
+const WEDGED_AFTER: Duration = Duration::from_secs(4);
+
+/// What the probe needs to tell a wedged producer from a broker that is down.
+#[derive(Default)]
+struct Liveness {
+    /// When Kafka last acknowledged a send.
+    last_ack: Option<Instant>,
+    /// When a send last failed or timed out.
+    last_failure: Option<Instant>,
+    /// Since when probes have found the broker answering (`None`: the last one did not), or
+    /// since the last replacement.
+    up_since: Option<Instant>,
+}
+
+impl Liveness {
+    /// True when the broker has answered for `WEDGED_AFTER` and sends failed since it came
+    /// back, with none acknowledged.
+    fn wedged(&self, now: Instant) -> bool {
+        let Some(up) = self.up_since else {
+            return false;
+        };
+        now.duration_since(up) >= WEDGED_AFTER
+            && self.last_failure.is_some_and(|f| f > up)
+            && self.last_ack.is_none_or(|a| a < up)
+    }
+}
+
 /// Produces records to Kafka and reports when the brokers have acknowledged them.
 ///
 /// A producer that hit a fatal error (for example an idempotent producer fenced by the broker
@@ -91,6 +123,8 @@ pub struct KafkaExporter {
     config: ClientConfig,
     /// Serializes replacements, so that one fatal error replaces the producer once.
     replacing: Mutex<()>,
+    /// Recent send outcomes and probe results, to find a producer that is wedged.
+    liveness: Mutex<Liveness>,
     export_timeout: Duration,
 }
 
@@ -104,6 +138,7 @@ impl KafkaExporter {
             producer: ArcSwap::from_pointee(producer),
             config,
             replacing: Mutex::new(()),
+            liveness: Mutex::new(Liveness::default()),
             export_timeout,
         })
     }
@@ -133,12 +168,24 @@ impl KafkaExporter {
             return;
         }
         tracing::error!(?code, %reason, "the Kafka producer cannot produce any more; replacing it");
-        metrics::counter!("weir_exporter_producer_restarts_total", "exporter" => "kafka")
+        self.replace("fatal");
+    }
+
+    /// Stores a new producer; the old one goes once the sends holding it are done. Call with
+    /// `replacing` held.
+    fn replace(&self, reason: &'static str) {
+        metrics::counter!("weir_exporter_producer_restarts_total", "exporter" => "kafka", "reason" => reason)
             .increment(1);
         match Self::create(&self.config) {
             Ok(p) => self.producer.store(Arc::new(p)),
             Err(e) => tracing::error!(error = %e, "cannot create a new Kafka producer; will retry"),
         }
+    }
+
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.liveness
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Produces `records` (each to its topic) and waits until Kafka acknowledged all of them.
@@ -149,8 +196,14 @@ impl KafkaExporter {
     pub async fn send(&self, records: &[Record]) -> Result<(), ExportError> {
         let producer = self.producer.load_full();
         let result = self.send_with(&producer, records).await;
-        if let Err(e) = &result {
-            self.replace_if_broken(&producer, e.is_fenced());
+        match &result {
+            Ok(()) => self.liveness().last_ack = Some(Instant::now()),
+            Err(e) => {
+                if !e.is_permanent() {
+                    self.liveness().last_failure = Some(Instant::now());
+                }
+                self.replace_if_broken(&producer, e.is_fenced());
+            }
         }
         result
     }
@@ -219,17 +272,45 @@ impl KafkaExporter {
     }
 
     /// True when a broker answered a metadata request within `timeout` and the producer can
-    /// produce (a producer with a fatal error is replaced first). Blocking.
+    /// produce. A producer with a fatal error is replaced first; so is one that stays wedged
+    /// (see `WEDGED_AFTER`) while the broker answers. Blocking.
     pub fn probe(&self, timeout: Duration) -> bool {
         let producer = self.producer.load_full();
         if producer.client().fatal_error().is_some() {
             self.replace_if_broken(&producer, false);
             return false;
         }
-        producer
+        let up = producer
             .client()
             .fetch_metadata(None, Timeout::After(timeout))
-            .is_ok()
+            .is_ok();
+        let now = Instant::now();
+        let wedged = {
+            let mut l = self.liveness();
+            if !up {
+                l.up_since = None;
+            } else if l.up_since.is_none() {
+                l.up_since = Some(now);
+            }
+            let wedged = l.wedged(now);
+            if wedged {
+                // The next replacement waits as long again.
+                l.up_since = Some(now);
+            }
+            wedged
+        };
+        if wedged {
+            let _guard = self
+                .replacing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            tracing::error!(
+                after = ?WEDGED_AFTER,
+                "the Kafka broker answers but acknowledges no record (it may have lost this producer's state: a replaced broker); replacing the producer"
+            );
+            self.replace("wedged");
+        }
+        up
     }
 
     /// Which of `topics` the brokers' metadata does not know (sorted, each once), asked within
@@ -289,15 +370,80 @@ fn owned_headers(headers: &[(String, Vec<u8>)]) -> OwnedHeaders {
     )
 }
 
-/// An `ExportError` for a librdkafka error, noting whether the broker fenced the producer.
+/// An `ExportError` for a librdkafka error, noting whether the broker fenced the producer,
+/// and telling apart the refusals that a retry cannot change.
 fn delivery_error(topic: &str, e: &KafkaError) -> ExportError {
+    let code = e.rdkafka_error_code();
+    if matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidTopic
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::PolicyViolation
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+        )
+    ) {
+        return ExportError::Refused {
+            topic: topic.to_string(),
+            reason: e.to_string(),
+        };
+    }
     let fenced = matches!(
-        e.rdkafka_error_code(),
+        code,
         Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
     );
     ExportError::Delivery {
         topic: topic.to_string(),
         reason: e.to_string(),
         fenced,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Liveness, WEDGED_AFTER};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn wedged_only_when_the_broker_answers_and_nothing_is_acknowledged_since() {
+        let t0 = Instant::now();
+        let later = t0 + WEDGED_AFTER + Duration::from_millis(1);
+        let failing = Liveness {
+            last_ack: Some(t0 - Duration::from_secs(30)),
+            last_failure: Some(t0 + Duration::from_millis(500)),
+            up_since: Some(t0),
+        };
+        assert!(failing.wedged(later));
+        assert!(
+            !failing.wedged(t0 + WEDGED_AFTER / 2),
+            "not up long enough yet"
+        );
+        let down = Liveness {
+            up_since: None,
+            ..failing
+        };
+        assert!(
+            !down.wedged(later),
+            "a broker that does not answer is down, not wedged"
+        );
+        let acked = Liveness {
+            last_ack: Some(t0 + Duration::from_secs(1)),
+            ..failing
+        };
+        assert!(
+            !acked.wedged(later),
+            "acknowledged since the broker came back"
+        );
+        let stale_failure = Liveness {
+            last_failure: Some(t0 - Duration::from_secs(1)),
+            ..failing
+        };
+        assert!(
+            !stale_failure.wedged(later),
+            "no send failed since the broker came back"
+        );
     }
 }

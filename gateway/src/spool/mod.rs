@@ -6,9 +6,11 @@
 //! - `frame`: one request's records as one CRC-checked frame;
 //! - `segment`: segment files, the recovery scan, reading a frame back;
 //! - `writer`: the thread that writes and fsyncs (group commit);
-//! - `replay`: the replayer, its sink and its checkpoint.
+//! - `replay`: the replayer, its sink and its checkpoint;
+//! - `kafka_sink`: the sink the gateway replays into (its Kafka producer).
 
 mod frame;
+mod kafka_sink;
 mod replay;
 mod segment;
 mod writer;
@@ -16,6 +18,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use kafka_sink::KafkaReplaySink;
 pub use replay::ReplaySink;
 
 use std::fs::File;

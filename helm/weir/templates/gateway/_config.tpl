@@ -65,6 +65,8 @@ id, so each pod differs): one id shared by all replicas would merge their decisi
 {{- else if hasKey $v.config "control_plane" }}
 {{- fail "gateway.config.control_plane is set but the gateway has no control plane: enable controlPlane or set gateway.controlPlane.endpoint" }}
 {{- end }}
+{{- /* Where the deployment mounts the spool's volume (merged into config.spool). */}}
+{{- $_ := set $owned "spool" (dict "directory" "/var/lib/weir-gateway/spool") }}
 {{- $cfg = mustMergeOverwrite $cfg $owned }}
 {{- toYaml $cfg }}
 {{- end }}

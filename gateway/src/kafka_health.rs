@@ -1,0 +1,106 @@
+//! What recent produce outcomes say about Kafka: whether it is known down (the pipeline then
+//! spools a request at once instead of waiting `spool.ack_deadline` for it) and whether it
+//! acknowledges records at all (`/readyz`; a broker can answer metadata requests while every
+//! produce fails).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Consecutive failed sends after which Kafka counts as down.
+const DOWN_AFTER_FAILURES: u32 = 3;
+/// How long after the last failure Kafka still counts as down: past it, the next request waits
+/// for Kafka again, which finds out whether it is back.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+/// How long after a failure, with no acknowledged send since, Kafka counts as not
+/// acknowledging. Bounded, so that a gateway that gets no traffic (not ready: a load
+/// balancer sends it nothing) becomes ready again once the broker answers its probe.
+const FAILING_FOR: Duration = Duration::from_secs(5);
+
+/// The outcomes of recent sends to Kafka (live requests and spool replay), shared by the
+/// pipeline, the replayer and the readiness task.
+pub struct KafkaHealth {
+    /// Failed or timed-out sends since the last acknowledged one.
+    failures: AtomicU32,
+    /// When the last send failed: milliseconds since `epoch`, plus one (0: never).
+    last_failure_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for KafkaHealth {
+    fn default() -> Self {
+        Self {
+            failures: AtomicU32::new(0),
+            last_failure_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl KafkaHealth {
+    /// Records a send Kafka acknowledged.
+    pub fn acknowledged(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Records a send that failed or was not acknowledged in time.
+    pub fn failed(&self) {
+        self.last_failure_ms
+            .store(self.now_ms().saturating_add(1), Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// True when the last sends failed, the latest less than `DOWN_FOR` ago: a request is
+    /// spooled without waiting for Kafka.
+    pub fn known_down(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) >= DOWN_AFTER_FAILURES && self.failed_within(DOWN_FOR)
+    }
+
+    /// False when a send failed less than `FAILING_FOR` ago and none was acknowledged since.
+    pub fn acknowledging(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) == 0 || !self.failed_within(FAILING_FOR)
+    }
+
+    fn failed_within(&self, window: Duration) -> bool {
+        let last = self.last_failure_ms.load(Ordering::Relaxed);
+        last != 0
+            && self.now_ms().saturating_add(1).saturating_sub(last) < window.as_millis() as u64
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_after_repeated_failures_and_up_after_an_acknowledgement() {
+        let h = KafkaHealth::default();
+        assert!(h.acknowledging() && !h.known_down());
+        h.failed();
+        assert!(!h.acknowledging(), "a recent failure: not acknowledging");
+        assert!(!h.known_down(), "one failure is not enough to skip Kafka");
+        h.failed();
+        h.failed();
+        assert!(h.known_down());
+        h.acknowledged();
+        assert!(h.acknowledging() && !h.known_down());
+    }
+
+    #[test]
+    fn failures_age_out() {
+        let h = KafkaHealth {
+            epoch: Instant::now() - Duration::from_secs(60),
+            ..KafkaHealth::default()
+        };
+        for _ in 0..DOWN_AFTER_FAILURES {
+            h.failed();
+        }
+        // Pretend the last failure was long ago.
+        h.last_failure_ms.store(1, Ordering::Relaxed);
+        assert!(!h.known_down());
+        assert!(h.acknowledging());
+    }
+}
