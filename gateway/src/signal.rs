@@ -127,16 +127,20 @@ fn undecodable(format: Format, err: impl std::fmt::Display) -> String {
     }
 }
 
-/// Decodes a metrics or logs request in either format.
+/// Decodes a metrics or logs request in either format, once what decoding will hold is
+/// charged to `budget`.
 fn decode<M: Message + Default>(
     body: &[u8],
     format: Format,
+    protobuf_size: fn(&[u8]) -> Result<usize, decoded_size::DecodeError>,
     json: fn(&[u8]) -> Result<M, json::JsonError>,
-) -> Result<M, String> {
-    match format {
-        Format::Protobuf => M::decode(body).map_err(|e| undecodable(format, e)),
-        Format::Json => json(body).map_err(|e| undecodable(format, e)),
-    }
+    budget: &mut dyn OutputBudget,
+) -> Result<M, RecordsError> {
+    charge_decoding(body, format, protobuf_size, budget)?;
+    Ok(match format {
+        Format::Protobuf => M::decode(body).map_err(|e| undecodable(format, e))?,
+        Format::Json => json(body).map_err(|e| undecodable(format, e))?,
+    })
 }
 
 /// Spans.
@@ -255,13 +259,13 @@ impl Signal for Metrics {
         route: &Route<'_>,
         budget: &mut dyn OutputBudget,
     ) -> Result<Prepared, RecordsError> {
-        charge_decoding(
+        let req: ExportMetricsServiceRequest = decode(
             body,
             format,
             decoded_size::metrics_request_decoded_size,
+            json::decode_metrics_request,
             budget,
         )?;
-        let req: ExportMetricsServiceRequest = decode(body, format, json::decode_metrics_request)?;
         validate::metrics_request(&req).map_err(|e| e.to_string())?;
         let items = req
             .resource_metrics
@@ -314,13 +318,13 @@ impl Signal for Logs {
         route: &Route<'_>,
         budget: &mut dyn OutputBudget,
     ) -> Result<Prepared, RecordsError> {
-        charge_decoding(
+        let req: ExportLogsServiceRequest = decode(
             body,
             format,
             decoded_size::logs_request_decoded_size,
+            json::decode_logs_request,
             budget,
         )?;
-        let req: ExportLogsServiceRequest = decode(body, format, json::decode_logs_request)?;
         validate::logs_request(&req).map_err(|e| e.to_string())?;
         let items = req
             .resource_logs
