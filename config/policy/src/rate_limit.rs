@@ -100,7 +100,7 @@ pub(crate) struct RateLimiter {
 }
 
 /// How services the policy does not name are limited, and how many buckets they may hold.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct UnnamedLimits {
     /// The limit of each such service.
     pub limit: Limit,
