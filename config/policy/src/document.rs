@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 /// The whole document.
 #[derive(Deserialize)]
@@ -177,6 +178,12 @@ pub(crate) struct RateLimitDoc {
     /// How many unlisted services get a bucket of their own; the rest share one.
     #[serde(default = "default_max_services")]
     pub max_services: usize,
+    /// How many of those one tenant's services may hold; default: a quarter of
+    /// `max_services`, rounded up.
+    pub max_services_per_tenant: Option<usize>,
+    /// How long an unlisted service's bucket stays full (unused) before it is freed.
+    #[serde(default = "default_bucket_idle_timeout")]
+    pub bucket_idle_timeout: Dur,
     /// Limits of named services.
     #[serde(default)]
     pub services: BTreeMap<ServiceName, ServiceLimitDoc>,
@@ -184,6 +191,10 @@ pub(crate) struct RateLimitDoc {
 
 fn default_max_services() -> usize {
     10_000
+}
+
+fn default_bucket_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(300))
 }
 
 /// `sampling.rate_limit.services.NAME`.
@@ -337,5 +348,22 @@ impl<'de> Deserialize<'de> for TopicName {
             )));
         }
         Ok(TopicName(name))
+    }
+}
+
+/// A duration with a unit ("200ms", "1m").
+#[derive(Clone, Copy)]
+pub(crate) struct Dur(pub Duration);
+
+impl Dur {
+    /// The duration in nanoseconds, saturating (about 584 years).
+    pub(crate) fn nanos(self) -> u64 {
+        u64::try_from(self.0.as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        weir_config::units::duration(d).map(Dur)
     }
 }

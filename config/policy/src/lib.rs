@@ -21,7 +21,7 @@
 //! Rules are indexed by the facts a span must show to match them (`rule_index.rs`): an
 //! attribute value, a name prefix, a kind...; a span is tested only against the rules whose
 //! facts it shows, and those that have none. Evaluation allocates nothing (up to 512 rules),
-//! except the first time a rate-limited policy sees a service it does not name. A `Policy` is
+//! except the first time a rate-limited policy sees a service (or tenant) it does not name. A `Policy` is
 //! immutable apart from its rate-limit buckets, and `Send + Sync`: the gateway shares one
 //! behind an `ArcSwap` and swaps in a new one when the document changes.
 //! The document's schema is documented in `docs/policy.md`, with examples in `config/policies/`.
@@ -54,7 +54,7 @@ pub use threshold::{
 };
 
 use document::{Action, Document, RateLimitDoc, RuleName};
-use rate_limit::{Limit, RateLimiter};
+use rate_limit::{Limit, RateLimiter, UnnamedLimits};
 use routing::{RoutingBuilder, RoutingRule, RuleAction};
 use rule_index::RuleIndex;
 use sampling::{Chance, Sampled, Sampling, SamplingRule};
@@ -481,7 +481,7 @@ impl Policy {
 
         if let Some(limiter) = &self.sampling.rate_limit
             && !(limiter.exempt_errors && span.status_code() == STATUS_CODE_ERROR)
-            && !limiter.allow(service_name(span), now_nanos)
+            && !limiter.allow(service_name(span), span.tenant(), now_nanos)
         {
             return d.dropped(Outcome::RateLimited);
         }
@@ -546,12 +546,23 @@ impl Policy {
     }
 
     /// Continues the rate-limit buckets of `previous` (the policy this one replaces) whose
-    /// limits did not change. Call it before swapping this policy in, so that a reload does
+    /// limits did not change, except those idle at `now_nanos` (the clock of
+    /// [`Policy::evaluate`]). Call it before swapping this policy in, so that a reload does
     /// not hand every service a fresh burst.
-    pub fn carry_over_rate_limits(&self, previous: &Policy) {
+    pub fn carry_over_rate_limits(&self, previous: &Policy, now_nanos: u64) {
         if let (Some(new), Some(old)) = (&self.sampling.rate_limit, &previous.sampling.rate_limit) {
-            new.carry_over(old);
+            new.carry_over(old, now_nanos);
         }
+    }
+
+    /// How many rate-limit buckets the services the policy does not name hold now: one per
+    /// (tenant, service) seen and not idle, and one overflow bucket per tenant. For a gauge
+    /// (a load of one atomic).
+    pub fn rate_limit_buckets(&self) -> usize {
+        self.sampling
+            .rate_limit
+            .as_ref()
+            .map_or(0, RateLimiter::buckets_held)
     }
 }
 
@@ -608,9 +619,16 @@ fn rate_limiter(doc: RateLimitDoc) -> Result<RateLimiter, PolicyError> {
             "limits nothing: set `spans_per_second` (each service) or `services` (named ones)",
         ));
     }
-    let others = doc.spans_per_second.map(|r| Limit {
-        spans_per_second: r.0,
-        burst: burst(r.0, doc.burst),
+    let unnamed = doc.spans_per_second.map(|r| UnnamedLimits {
+        limit: Limit {
+            spans_per_second: r.0,
+            burst: burst(r.0, doc.burst),
+        },
+        max_services: doc.max_services,
+        max_services_per_tenant: doc
+            .max_services_per_tenant
+            .unwrap_or(doc.max_services.div_ceil(4)),
+        idle_timeout_nanos: doc.bucket_idle_timeout.nanos(),
     });
     let named: Vec<(&str, Limit)> = doc
         .services
@@ -625,10 +643,5 @@ fn rate_limiter(doc: RateLimitDoc) -> Result<RateLimiter, PolicyError> {
             )
         })
         .collect();
-    Ok(RateLimiter::new(
-        named,
-        others,
-        doc.max_services,
-        doc.exempt_errors,
-    ))
+    Ok(RateLimiter::new(named, unnamed, doc.exempt_errors))
 }

@@ -17,14 +17,13 @@
 //! - `service`, `span_name`, `span_kind`: restrictions, written as in conditions.
 
 use super::PolicyError;
-use super::document::{Probability, RuleName};
+use super::document::{Dur, Probability, RuleName};
 use super::matcher::Condition;
 use super::prefilter::Prefilter;
 use super::rule_index::{RuleBits, RuleIndex, first_match};
 use super::span::SpanView;
 use super::threshold::{Randomness, Threshold};
 use serde::Deserialize;
-use serde::de::Deserializer;
 use serde_yaml_ng::{Mapping, Value};
 use std::time::Duration;
 // The filter and its sizing belong to the decision record's filter, which the tail router
@@ -72,16 +71,6 @@ fn default_false_positive_rate() -> f64 {
 }
 fn default_publish_interval() -> Dur {
     Dur(Duration::from_secs(5))
-}
-
-/// A duration with a unit ("200ms", "1m").
-#[derive(Clone, Copy)]
-struct Dur(Duration);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        weir_config::units::duration(d).map(Dur)
-    }
 }
 
 /// One tail rule as written.
@@ -332,7 +321,7 @@ fn compile_rule(i: usize, r: TailRuleDoc) -> Result<TailRule, PolicyError> {
         }
         None => {}
     }
-    let longer_than = |d: Dur| Condition::Duration(nanos(d.0).saturating_add(1), u64::MAX);
+    let longer_than = |d: Dur| Condition::Duration(d.nanos().saturating_add(1), u64::MAX);
     if let Some(d) = r.slower_than {
         triggers += 1;
         parts.push(longer_than(d));
@@ -375,10 +364,6 @@ fn compile_rule(i: usize, r: TailRuleDoc) -> Result<TailRule, PolicyError> {
         name: r.name.0,
         condition,
     })
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The condition `{ key: value }`, refused with `path` when the value is not one `key` takes.

@@ -187,6 +187,16 @@ fn errors_name_the_key_and_the_reason() {
             "must be above 0",
         ),
         (
+            "version: 1\nsampling:\n  rate_limit: { spans_per_second: 5, bucket_idle_timeout: soon }\n",
+            "sampling.rate_limit.bucket_idle_timeout",
+            "is not a duration",
+        ),
+        (
+            "version: 1\nsampling:\n  rate_limit: { spans_per_second: 5, max_services_per_tenant: -1 }\n",
+            "sampling.rate_limit.max_services_per_tenant",
+            "expected usize",
+        ),
+        (
             "version: 1\nsampling:\n  rate_limit:\n    services:\n      checkout: { spans_per_second: 5, burst: 0 }\n",
             "sampling.rate_limit.services.checkout.burst",
             "at least 1",
@@ -543,13 +553,37 @@ fn reloads_carry_rate_limits_over() {
     let s = TestSpan::new("web", "op");
     assert!(old.evaluate(&s, SEC).keep);
     let new = policy(&text.replace("version: 1", "version: 2"));
-    new.carry_over_rate_limits(&old);
+    new.carry_over_rate_limits(&old, SEC);
     assert!(
         !new.evaluate(&s, SEC).keep,
         "the bucket stayed empty across the reload"
     );
     let fresh = policy(text);
     assert!(fresh.evaluate(&s, SEC).keep);
+}
+
+#[test]
+fn rate_limit_buckets_are_bounded_per_tenant_and_freed_when_idle() {
+    // The keys as the gateway's black-box tests write them.
+    let p = policy(
+        "version: 1\nsampling:\n  rate_limit:\n    spans_per_second: 1\n    max_services: 8\n    max_services_per_tenant: 1\n    bucket_idle_timeout: 2s\n",
+    );
+    let span = |service: &str, tenant: Option<&str>| TestSpan {
+        tenant: tenant.map(Into::into),
+        ..TestSpan::new(service, "op")
+    };
+    assert!(p.evaluate(&span("a", Some("t")), SEC).keep);
+    assert!(p.evaluate(&span("b", Some("t")), SEC).keep, "t's overflow");
+    assert!(
+        !p.evaluate(&span("c", Some("t")), SEC).keep,
+        "shared with b"
+    );
+    assert!(p.evaluate(&span("c", None), SEC).keep);
+    assert!(p.evaluate(&span("c", Some("u")), SEC).keep);
+    assert_eq!(p.rate_limit_buckets(), 5, "3 services, 2 tenants' overflow");
+    assert!(p.evaluate(&span("d", None), 4 * SEC).keep);
+    assert_eq!(p.rate_limit_buckets(), 1, "idle 2 s: freed");
+    assert_eq!(policy("version: 1").rate_limit_buckets(), 0);
 }
 
 #[test]

@@ -75,6 +75,10 @@ pub fn plan_traces_for(
             plan.routes.push((topic_index(*topic), i as u32));
         }
     });
+    // Once per request: evaluation may have added buckets or swept idle ones.
+    active
+        .rate_limit_buckets
+        .set(policy.rate_limit_buckets() as f64);
     plan
 }
 
@@ -118,7 +122,7 @@ fn topic_index(topic: Topic) -> u16 {
 }
 
 /// Nanoseconds on a monotonic clock, for rate limits.
-fn monotonic_nanos() -> u64 {
+pub(super) fn monotonic_nanos() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }

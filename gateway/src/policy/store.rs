@@ -4,7 +4,7 @@
 
 use super::metrics::RuleCounters;
 use arc_swap::ArcSwap;
-use metrics::Counter;
+use metrics::{Counter, Gauge};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,6 +21,8 @@ pub struct ActivePolicy {
     pub(super) counters: RuleCounters,
     /// `weir_tail_traces_marked_total` per tail rule, in rule order.
     pub(super) tail_marked: Vec<Counter>,
+    /// `weir_policy_rate_limit_buckets`, set after each request the policy evaluates.
+    pub(super) rate_limit_buckets: Gauge,
 }
 
 impl ActivePolicy {
@@ -33,10 +35,13 @@ impl ActivePolicy {
             .flat_map(|t| t.rule_names())
             .map(|rule| metrics::counter!("weir_tail_traces_marked_total", "rule" => rule.to_string()))
             .collect();
+        let rate_limit_buckets = metrics::gauge!("weir_policy_rate_limit_buckets");
+        rate_limit_buckets.set(policy.rate_limit_buckets() as f64);
         Self {
             policy,
             counters,
             tail_marked,
+            rate_limit_buckets,
         }
     }
 }
@@ -125,7 +130,7 @@ impl PolicyStore {
 
     fn swap_in(&self, policy: Policy) {
         let old = self.current.load();
-        policy.carry_over_rate_limits(&old.policy);
+        policy.carry_over_rate_limits(&old.policy, super::plan::monotonic_nanos());
         let version = policy.version();
         self.current.store(Arc::new(ActivePolicy::new(policy)));
         metrics::gauge!("weir_policy_version").set(version as f64);
