@@ -5,6 +5,7 @@
 pub mod controlplane;
 pub mod decision;
 pub mod decoded_size;
+pub mod echo;
 pub mod json;
 pub mod rpc;
 #[cfg(any(test, feature = "test-support"))]

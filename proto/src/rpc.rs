@@ -72,11 +72,12 @@ pub mod code {
 }
 
 impl Status {
-    /// A status with a code and message and no details.
+    /// A status with a code and message and no details. The message is cut to
+    /// [`crate::echo::MAX_REPLY_MESSAGE`] bytes: it may quote the request.
     pub fn new(code: i32, message: impl Into<String>) -> Self {
         Self {
             code,
-            message: message.into(),
+            message: crate::echo::reply_message(message.into()),
             details: Vec::new(),
         }
     }

@@ -9,6 +9,7 @@ use crate::otlp::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use crate::otlp::metrics::v1::{Metric, ResourceMetrics, ScopeMetrics};
 use crate::otlp::resource::v1::Resource;
 use crate::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::Link, status};
+use prost::Message;
 
 /// An attribute `key` = `value`, of any value type.
 pub fn kv(key: &str, value: Value) -> KeyValue {
@@ -108,6 +109,78 @@ pub fn traces_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
         resource_spans: vec![resource_spans(None, None, spans)],
     }
+}
+
+/// `request` encoded with the headers (tag and length) of each span attribute field, and of
+/// its key and value, written as varints of `header_len` bytes (or the shortest, when longer):
+/// overlong encodings, valid protobuf that decodes as `request`. Attributes go after a span's
+/// other fields, and scopes and spans after their message's other fields, whatever
+/// `header_len`.
+pub fn with_overlong_attribute_headers(
+    request: &ExportTraceServiceRequest,
+    header_len: usize,
+) -> Vec<u8> {
+    let header = |out: &mut Vec<u8>, v: u64| {
+        let len = header_len.max(crate::wire::varint_len(v));
+        for i in 0..len {
+            let low = ((v >> (7 * i)) & 0x7f) as u8;
+            out.push(if i + 1 < len { low | 0x80 } else { low });
+        }
+    };
+    let field = |out: &mut Vec<u8>, number: u64, bytes: &[u8]| {
+        header(out, (number << 3) | 2);
+        header(out, bytes.len() as u64);
+        out.extend_from_slice(bytes);
+    };
+    // Only attribute headers are overlong: the enclosing messages' are the usual ones.
+    let nested = |out: &mut Vec<u8>, number: u8, bytes: &[u8]| {
+        out.push((number << 3) | 2);
+        crate::wire::put_varint(out, bytes.len() as u64);
+        out.extend_from_slice(bytes);
+    };
+    let mut body = Vec::new();
+    for rs in &request.resource_spans {
+        let mut resource = ResourceSpans {
+            scope_spans: Vec::new(),
+            ..rs.clone()
+        }
+        .encode_to_vec();
+        for ss in &rs.scope_spans {
+            let mut scope = ScopeSpans {
+                spans: Vec::new(),
+                ..ss.clone()
+            }
+            .encode_to_vec();
+            for sp in &ss.spans {
+                let mut span = Span {
+                    attributes: Vec::new(),
+                    ..sp.clone()
+                }
+                .encode_to_vec();
+                for a in &sp.attributes {
+                    let mut kv = Vec::new();
+                    field(&mut kv, 1, a.key.as_bytes());
+                    if let Some(v) = &a.value {
+                        field(&mut kv, 2, &v.encode_to_vec());
+                    }
+                    // Any other field of the key-value, as prost writes it.
+                    kv.extend(
+                        KeyValue {
+                            key: String::new(),
+                            value: None,
+                            ..a.clone()
+                        }
+                        .encode_to_vec(),
+                    );
+                    field(&mut span, 9, &kv);
+                }
+                nested(&mut scope, 2, &span);
+            }
+            nested(&mut resource, 2, &scope);
+        }
+        nested(&mut body, 1, &resource);
+    }
+    body
 }
 
 /// One resource and one scope holding `records`, without schema URLs.

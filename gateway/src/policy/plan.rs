@@ -134,9 +134,11 @@ mod tests {
     use weir_policy::Policy;
     use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
     use weir_proto::otlp::common::v1::KeyValue;
+    use weir_proto::otlp::common::v1::any_value::Value;
     use weir_proto::otlp::trace::v1::Span;
     use weir_proto::test_support::{
-        error_status, named_span, resource_spans, service, string_kv, traces_request,
+        error_status, kv, named_span, resource_spans, service, string_kv, traces_request,
+        with_overlong_attribute_headers,
     };
 
     fn request() -> Vec<u8> {
@@ -250,6 +252,48 @@ routing:
             span(5, Vec::new()),
         ]);
         assert_eq!(topics(&none), ["spans", "spans"]);
+    }
+
+    /// Issue 16, item 6: attribute field headers written as overlong varints (valid protobuf)
+    /// match the rules the usual encoding matches, through the rule index's scan and the
+    /// evaluation's lookups alike.
+    #[test]
+    fn overlong_attribute_headers_route_as_the_usual_encoding() {
+        let active = ActivePolicy::new(
+            Policy::parse(
+                "version: 1\nrouting:\n  rules:\n    - name: routed\n      match: { span_attribute: route.me, eq: \"yes\" }\n      action: { topic: routed }\n    - name: big\n      match: { span_attribute: n, gte: 5 }\n      action: { topic: big }\n",
+            )
+            .unwrap(),
+        );
+        let span = |t: u8, attrs: Vec<KeyValue>| Span {
+            attributes: attrs,
+            ..named_span(t, t, "op")
+        };
+        let req = traces_request(vec![
+            span(1, vec![string_kv("a", "b"), string_kv("route.me", "yes")]),
+            span(2, vec![kv("n", Value::IntValue(7)), string_kv("c", "d")]),
+            span(
+                3,
+                vec![string_kv("route.me", "no"), kv("n", Value::IntValue(1))],
+            ),
+        ]);
+        let routes = |body: &[u8]| -> Vec<(String, u32)> {
+            let view = TraceRequestView::parse(body).unwrap();
+            let plan = plan_traces(&active, &DecisionWindows::default(), body, &view, "spans");
+            plan.routes
+                .iter()
+                .map(|(t, i)| (plan.topics[usize::from(*t)].to_string(), *i))
+                .collect()
+        };
+        let expected = routes(&req.encode_to_vec());
+        assert_eq!(
+            expected,
+            [("routed".into(), 0), ("big".into(), 1), ("spans".into(), 2)]
+        );
+        for header_len in [1, 2, 5] {
+            let body = with_overlong_attribute_headers(&req, header_len);
+            assert_eq!(routes(&body), expected, "{header_len}-byte headers");
+        }
     }
 
     #[test]

@@ -214,7 +214,7 @@ where
         let Some(encoding) = ContentEncoding::parse(declared) else {
             let msg = format!(
                 "Content-Encoding {} is not supported: use gzip, zstd, deflate or none",
-                declared.unwrap_or("")
+                weir_proto::echo::echoed_name(declared.unwrap_or(""))
             );
             return DecompressFuture::Refused {
                 error: Some(ReceiverError::UnsupportedMediaType(msg)),

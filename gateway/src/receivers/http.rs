@@ -40,7 +40,7 @@ pub fn router(receiver: Receiver) -> Router {
             let format = declared_format(req.headers()).unwrap_or(Format::Protobuf);
             let msg = format!(
                 "no OTLP endpoint at {}: use /v1/traces, /v1/metrics or /v1/logs",
-                req.uri().path()
+                weir_proto::echo::echoed_name(req.uri().path())
             );
             status_response(
                 StatusCode::NOT_FOUND,
@@ -137,6 +137,7 @@ where
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("none");
+            let got = weir_proto::echo::echoed_name(got);
             let msg = format!("Content-Type {got} is not supported: use {PROTOBUF} or {JSON}");
             return Either::Left(ready(Err(ReceiverError::UnsupportedMediaType(msg))));
         };

@@ -22,6 +22,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
+use weir_proto::echo::reply_message;
 use weir_proto::json;
 use weir_proto::rpc::{self, code};
 
@@ -168,7 +169,8 @@ pub fn grpc_status(err: &ReceiverError, retry_after: Duration) -> Status {
         PipelineError::Unavailable(_) => (Code::Unavailable, true),
         PipelineError::BodyTimeout(_) => (Code::DeadlineExceeded, false),
     };
-    let message = pipeline_err.to_string();
+    // Cut as the HTTP body's `rpc::Status` is: the message may quote the request.
+    let message = reply_message(pipeline_err.to_string());
     if !retry {
         return Status::new(code, message);
     }
@@ -401,5 +403,25 @@ where
             Err(e) => grpc_status(&e, *this.retry_after).into_http(),
         };
         Poll::Ready(Ok(resp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// Issue 16, item 7: whatever a refusal quotes, its message is at most 1 KiB on both
+    /// transports.
+    #[tokio::test]
+    async fn long_messages_are_cut_on_both_transports() {
+        let err = ReceiverError::Pipeline(PipelineError::InvalidArgument("m".repeat(1 << 20)));
+        let status = grpc_status(&err, Duration::from_secs(1));
+        assert!(status.message().len() <= 1024, "{}", status.message().len());
+        assert!(status.message().ends_with("… (1048576 bytes)"));
+        let resp = http_error_response(&err, Format::Protobuf, Duration::from_secs(1));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = rpc::Status::decode(body).unwrap();
+        assert_eq!(body.message, status.message());
     }
 }

@@ -145,8 +145,11 @@ pub struct TraceRequestView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::otlp::collector::trace::v1::ExportTraceServiceRequest;
     use crate::otlp::common::v1::any_value::Value;
-    use crate::test_support::{kv, sample_request, sample_span};
+    use crate::otlp::trace::v1::Span;
+    use crate::test_support::{kv, sample_request, sample_span, with_overlong_attribute_headers};
+    use crate::wire::{AttributeLimits, attribute_excess, write_span_within_limits};
     use prost::Message;
 
     #[test]
@@ -209,5 +212,76 @@ mod tests {
             got,
             vec![(b"z".to_vec(), Some(Vec::new())), (b"y".to_vec(), None)]
         );
+    }
+
+    /// What every reader of a span's attributes makes of each span of `body`: the attributes,
+    /// as bytes, as scanned, and the span under attribute limits (its excess and rewrite).
+    #[allow(clippy::type_complexity)]
+    fn attribute_readings(
+        body: &[u8],
+    ) -> Vec<(
+        Vec<(String, WireValue<'_>)>,
+        Vec<(&[u8], Option<&[u8]>)>,
+        Vec<(&[u8], Option<&[u8]>)>,
+        crate::wire::AttributeExcess,
+        Span,
+    )> {
+        let limits = AttributeLimits {
+            max_count: 3,
+            max_value_size: 10,
+        };
+        let view = TraceRequestView::parse(body).unwrap();
+        view.spans
+            .iter()
+            .map(|e| {
+                let bytes = &body[e.range()];
+                let mut scanned = Vec::new();
+                e.scan_attributes(bytes, |_| true, |k, v| scanned.push((k, v)));
+                let mut limited = Vec::new();
+                let excess = write_span_within_limits(bytes, &limits, &mut limited);
+                assert_eq!(excess, attribute_excess(bytes, &limits));
+                (
+                    e.attributes(bytes)
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
+                    e.raw_attributes(bytes).collect(),
+                    scanned,
+                    excess,
+                    Span::decode(&limited[..]).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Issue 16, item 6: an attribute's field headers (the span's tag 9, the key's and the
+    /// value's tags, their lengths) written as overlong varints are read as the usual ones.
+    #[test]
+    fn overlong_attribute_headers_read_as_the_usual_encoding() {
+        let mut sp = sample_span(1, 1);
+        sp.attributes = vec![
+            kv("route.me", Value::StringValue("yes".into())),
+            kv("n", Value::IntValue(5)),
+            kv("long", Value::StringValue("x".repeat(300))),
+            kv("ratio", Value::DoubleValue(0.5)),
+        ];
+        let mut bare = sample_span(2, 2);
+        bare.attributes.clear();
+        let req = sample_request(vec![sp, bare, sample_span(3, 3)]);
+        let usual = with_overlong_attribute_headers(&req, 1);
+        let expected = attribute_readings(&usual);
+        assert_eq!(expected[0].0.len(), 4);
+        assert_eq!(expected[0].0[0], ("route.me".into(), WireValue::Str("yes")));
+        assert_eq!(expected[1].0, Vec::new());
+        assert_eq!(expected[0].3.dropped + expected[0].3.truncated, 2);
+        for header_len in [2, 5] {
+            let body = with_overlong_attribute_headers(&req, header_len);
+            assert!(body.len() > usual.len());
+            assert_eq!(ExportTraceServiceRequest::decode(&body[..]).unwrap(), req);
+            assert_eq!(
+                attribute_readings(&body),
+                expected,
+                "{header_len}-byte headers"
+            );
+        }
     }
 }

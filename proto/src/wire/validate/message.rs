@@ -60,13 +60,14 @@ fn segment(name: &str, kind: Kind, index: u32) -> String {
 }
 
 /// Validates a message against a table of its known fields; unknown fields are skipped.
-/// Calls `seen` with each known field (number, LEN payload, scalar value), so callers can pick
-/// values out in the same pass.
+/// Calls `seen` with each known field as read (number, payload or value, and where the whole
+/// field is: a tag or length may be an overlong varint), so callers can pick values out in the
+/// same pass.
 pub(super) fn walk<'a>(
     buf: &'a [u8],
     depth: u32,
     fields: &[(u32, &str, Kind)],
-    mut seen: impl FnMut(u32, &'a [u8], u64),
+    mut seen: impl FnMut(&Field<'a>),
 ) -> Result<()> {
     if depth > MAX_DEPTH {
         return Err(WireError::new(format!(
@@ -91,12 +92,12 @@ pub(super) fn walk<'a>(
             *c += 1;
         }
         check_field(&f, kind, depth).map_err(|e| e.within(&segment(name, kind, index)))?;
-        seen(f.number, f.bytes, f.value);
+        seen(&f);
     }
     Ok(())
 }
 
 /// Validates a message against a table of its known fields.
 pub(super) fn check_message(buf: &[u8], depth: u32, fields: &[(u32, &str, Kind)]) -> Result<()> {
-    walk(buf, depth, fields, |_, _, _| {})
+    walk(buf, depth, fields, |_| {})
 }

@@ -9,7 +9,6 @@ use super::message::{Kind, check_field, check_message, walk};
 use super::{SPAN_ID_LEN, TRACE_ID_LEN, check_id};
 use crate::wire::index::{ResourceEntry, ScopeEntry, SpanEntry, TraceRequestView};
 use crate::wire::reader::{Reader, Result, WireError, WireType};
-use crate::wire::rewrite::varint_len;
 use crate::wire::unchecked::{VARINT, Validated};
 
 fn event(buf: &[u8], depth: u32) -> Result<()> {
@@ -46,9 +45,9 @@ fn link(buf: &[u8], depth: u32) -> Result<()> {
             (5, "dropped_attributes_count", Kind::Varint),
             (6, "flags", Kind::Fixed32),
         ],
-        |n, b, _| match n {
-            1 => trace_id = b,
-            2 => span_id = b,
+        |f| match f.number {
+            1 => trace_id = f.bytes,
+            2 => span_id = f.bytes,
             _ => {}
         },
     )?;
@@ -84,25 +83,24 @@ fn span(buf: &[u8], depth: u32, entry: &mut SpanEntry) -> Result<()> {
     // Payloads are subslices of `buf`: their offsets are pointer differences.
     let offset = |b: &[u8]| (b.as_ptr() as usize - buf.as_ptr() as usize) as u32;
     let range = |b: &[u8]| (offset(b), offset(b) + b.len() as u32);
-    walk(buf, depth, SPAN_FIELDS, |n, b, value| match n {
-        1 => trace_id = b,
-        2 => span_id = b,
-        3 => entry.trace_state = range(b),
-        4 => parent = b,
-        5 => entry.name = range(b),
+    walk(buf, depth, SPAN_FIELDS, |f| match f.number {
+        1 => trace_id = f.bytes,
+        2 => span_id = f.bytes,
+        3 => entry.trace_state = range(f.bytes),
+        4 => parent = f.bytes,
+        5 => entry.name = range(f.bytes),
         // An enum is an int32: a negative value is sign-extended to 64 bits on the wire.
-        6 => entry.kind = value as i32,
-        7 => entry.start_time_unix_nano = value,
-        8 => entry.end_time_unix_nano = value,
-        9 => {
-            // Field 9's tag is one byte, then the length.
-            let field_start = offset(b) - 1 - varint_len(b.len() as u64) as u32;
-            attributes = (attributes.0.min(field_start), offset(b) + b.len() as u32);
-        }
+        6 => entry.kind = f.value as i32,
+        7 => entry.start_time_unix_nano = f.value,
+        8 => entry.end_time_unix_nano = f.value,
+        // From the field's own start: its tag and length may be overlong varints, which a
+        // start worked out back from the payload would miss (and readers would then start
+        // mid-field).
+        9 => attributes = (attributes.0.min(f.span.start as u32), f.span.end as u32),
         // A repeated message field merges: a later `status` without a code keeps the earlier
         // code, as prost and every consumer read it (found by fuzzing).
         15 => {
-            if let Some(code) = Validated::new(b)
+            if let Some(code) = Validated::new(f.bytes)
                 .filter(|s| s.number == 3 && s.wire == VARINT)
                 .last()
             {
