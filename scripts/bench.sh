@@ -40,6 +40,8 @@
 #   BENCH_RECORD        1 (default) appends to docs/BENCHMARKS.md; 0 only prints
 #   BENCH_SKIP_BUILD    1 uses the binaries in BENCH_BIN_DIR (default target/release) as they are
 #   BENCH_KEEP          1 keeps the run directory (logs, per-run JSON) even on success
+#   BENCH_BASE_BIN      a weir-gateway built from another commit: the target weir-base runs it
+#                       with weir's config, so BENCH_PAIRED="weir-base weir" compares two commits
 #   BENCH_PAIRED        "A B": instead of the runs above, runs gateways A and B at the same time,
 #                       each with its own weir-loadgen at BENCH_PAIRED_RATE spans/s (default
 #                       60000) into its own topic, BENCH_ROUNDS times (default 5 here), and
@@ -74,7 +76,7 @@ COUNT_IDLE=5
 COUNT_MAX=900
 
 for t in "${TARGETS[@]}"; do
-  case "$t" in weir | weir-rules | weir-tail | weir-policy | rotel) ;; *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-rules, weir-tail, weir-policy, rotel)" ;; esac
+  case "$t" in weir | weir-base | weir-rules | weir-tail | weir-policy | rotel) ;; *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-base, weir-rules, weir-tail, weir-policy, rotel)" ;; esac
 done
 for v in DURATION ROUNDS WARMUP CONCURRENCY SPANS_PER_REQUEST SPANS_PER_TRACE ATTRIBUTES MAX_REQUESTS PARTITIONS MAX_MESSAGE; do
   [[ "${!v}" =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || die "BENCH_$v must be a positive integer, got '${!v}'"
@@ -232,8 +234,11 @@ start_gateway() {
   GW_ENDPOINT="http://127.0.0.1:$grpc_port"
   STARTED_PIDFILES+=("$GW_PIDFILE")
   case "$gateway" in
-    weir | weir-rules | weir-tail | weir-policy)
-      local policy=""
+    weir | weir-base | weir-rules | weir-tail | weir-policy)
+      local policy="" binary="$GATEWAY"
+      if [ "$gateway" = weir-base ]; then
+        binary="${BENCH_BASE_BIN:?weir-base needs BENCH_BASE_BIN, a weir-gateway built from another commit}"
+      fi
       if [ "$gateway" = weir-rules ]; then
         write_rules_policy "$RUN_DIR/$name.policy.yaml" "$topic"
         policy="policy_file: $RUN_DIR/$name.policy.yaml"
@@ -264,7 +269,7 @@ admin:
   endpoint: "127.0.0.1:$admin_port"
 $policy
 EOF
-      "$GATEWAY" --config "$RUN_DIR/$name.yaml" >"$GW_LOG" 2>&1 &
+      "$binary" --config "$RUN_DIR/$name.yaml" >"$GW_LOG" 2>&1 &
       echo $! >"$GW_PIDFILE"
       for ((i = 0; i < 300; i++)); do
         kill -0 "$(cat "$GW_PIDFILE")" 2>/dev/null || break
