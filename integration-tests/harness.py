@@ -562,6 +562,19 @@ def attrs_dict(kvs: Iterable[common_pb2.KeyValue]) -> dict:
     return {kv.key: val(kv.value) for kv in kvs}
 
 
+def varint(n: int) -> bytes:
+    """A protobuf base-128 varint, for request bytes written by hand."""
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
 def new_trace_id() -> bytes:
     return os.urandom(16)
 

@@ -19,6 +19,7 @@ from harness import (
     new_trace_id,
     post,
     traces_request,
+    varint,
 )
 
 MAX_MESSAGE = 1024 * 1024
@@ -158,29 +159,18 @@ def test_body_over_limit_grpc_is_resource_exhausted(gw):
     assert_serves(gw)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
 
 def gzip_bomb(inflated: int) -> bytes:
     """A gzip body that inflates to a valid ExportTraceServiceRequest of about `inflated` bytes:
     one span whose name is that many 'a's. Built in a stream, never whole in memory."""
     name_len = inflated
-    span = b"\x0a\x10" + new_trace_id() + b"\x12\x08" + new_span_id() + b"\x2a" + _varint(name_len)
+    span = b"\x0a\x10" + new_trace_id() + b"\x12\x08" + new_span_id() + b"\x2a" + varint(name_len)
     span_len = len(span) + name_len
-    scope_spans = b"\x12" + _varint(span_len)
+    scope_spans = b"\x12" + varint(span_len)
     scope_len = len(scope_spans) + span_len
-    resource_spans = b"\x12" + _varint(scope_len)
+    resource_spans = b"\x12" + varint(scope_len)
     rs_len = len(resource_spans) + scope_len
-    request = b"\x0a" + _varint(rs_len)
+    request = b"\x0a" + varint(rs_len)
     z = zlib.compressobj(9, zlib.DEFLATED, 31)
     out = [z.compress(request + resource_spans + scope_spans + span)]
     chunk = b"a" * (1 << 20)

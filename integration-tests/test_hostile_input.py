@@ -15,10 +15,8 @@ normal request to a gateway at the default configuration and checks four things:
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import socket
-import struct
 import threading
 import time
 
@@ -27,7 +25,6 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.logs.v1 import logs_pb2
-from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
 from harness import (
@@ -46,6 +43,7 @@ from harness import (
     post,
     traces_request,
     unique_name,
+    varint,
     wait_until,
 )
 
@@ -245,25 +243,10 @@ def test_many_resources_are_grouped_in_linear_time(gateway):
 def empty_elements_body(signal: str, megabytes: int = 60) -> bytes:
     """An Export request whose one scope holds `megabytes` MB of empty elements (2 bytes each
     on the wire: the field tag and a zero length)."""
-    n = megabytes * 1_000_000 // 2
-    if signal == "logs":
-        inner = b"\x12\x00" * n  # ScopeLogs.log_records (2)
-    else:
-        inner = b"\x12\x00" * n  # ScopeMetrics.metrics (2)
+    # ScopeLogs.log_records and ScopeMetrics.metrics are both field 2.
+    inner = b"\x12\x00" * (megabytes * 1_000_000 // 2)
     scope = b"\x12" + varint(len(inner)) + inner  # ResourceX.scope_x (2)
     return b"\x0a" + varint(len(scope)) + scope  # Export*Request.resource_x (1)
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 @pytest.mark.parametrize("signal,path", [("logs", LOGS_PATH), ("metrics", METRICS_PATH)])

@@ -178,10 +178,10 @@ impl Signal for Traces {
         let body = match format {
             Format::Protobuf => body,
             Format::Json => {
-                // The decoded request and its protobuf copy are held at once.
-                charge_decoding(body, format, |_| Ok(0), budget)?;
+                // The decoded request and its protobuf copy (at most the JSON's size) are held
+                // at once.
                 budget
-                    .charge(body.len())
+                    .charge(decoded_size::json_decoded_size_bound(body).saturating_add(body.len()))
                     .map_err(RecordsError::DecodeTooLarge)?;
                 encoded = json::decode_trace_request(body)
                     .map_err(|e| undecodable(format, e))?

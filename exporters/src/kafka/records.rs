@@ -354,7 +354,7 @@ fn encode<M: Message>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::{Duration, Instant};
     use weir_proto::otlp::common::v1::{AnyValue, InstrumentationScope, any_value::Value};
@@ -441,7 +441,8 @@ mod tests {
         }
     }
 
-    fn built(batch: &Batch) -> usize {
+    /// The key and value bytes of a batch's records: what a budget is charged for.
+    pub(crate) fn built(batch: &Batch) -> usize {
         batch
             .records
             .iter()

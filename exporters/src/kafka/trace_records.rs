@@ -351,6 +351,7 @@ impl<'a> Writer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka::records::tests::built;
     use crate::kafka::records::{OutputLimit, RECORD_OVERHEAD, Unlimited};
     use std::time::{Duration, Instant};
     use weir_proto::otlp::collector::trace::v1::ExportTraceServiceRequest;
@@ -539,14 +540,6 @@ mod tests {
         let plan = TracePlan::everything_to("t".into(), &view);
         let batch = traces_batch(&body, &view, &plan, encoding, max, &mut budget).unwrap();
         (batch, budget.charged())
-    }
-
-    fn built(batch: &Batch) -> usize {
-        batch
-            .records
-            .iter()
-            .map(|r| r.key.len() + r.value.len())
-            .sum()
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! than queued, so memory stays flat under overload and clients back off. It sits right
 //! above the pipeline and counts the decompressed message, held until the pipeline answers.
 
-use super::request::ExportRequest;
+use super::request::{ExportRequest, Transport};
 use super::status::ReceiverError;
 use crate::pipeline::PipelineError;
 use bytes::Bytes;
@@ -61,6 +61,17 @@ impl Admission {
         let permit = self.budget.clone().try_acquire_many_owned(bytes).ok()?;
         metrics::gauge!("weir_receiver_inflight_bytes").increment(f64::from(bytes));
         Some(Admitted { permit, bytes })
+    }
+
+    /// The answer to a request the budget has no room for (429 with a retry delay), counted.
+    pub fn refused(&self, transport: Transport) -> ReceiverError {
+        metrics::counter!("weir_receiver_refused_requests_total", "transport" => transport.label(), "reason" => "in_flight_limit")
+            .increment(1);
+        PipelineError::Overloaded(format!(
+            "the gateway holds its limit of {} in-flight request bytes; retry later",
+            self.max_bytes
+        ))
+        .into()
     }
 
     /// The configured budget in bytes.
@@ -168,13 +179,7 @@ where
                 (more == 0 || self.admission.grow(&mut held, more)).then_some(held)
             });
         let Some(admitted) = reserved.or_else(|| self.admission.try_admit(len)) else {
-            metrics::counter!("weir_receiver_refused_requests_total", "transport" => req.transport.label(), "reason" => "in_flight_limit")
-                .increment(1);
-            return Either::Left(ready(Err(PipelineError::Overloaded(format!(
-                "the gateway holds its limit of {} in-flight request bytes; retry later",
-                self.admission.max_bytes
-            ))
-            .into())));
+            return Either::Left(ready(Err(self.admission.refused(req.transport))));
         };
         Either::Right(Holding {
             future: self.inner.call(req),

@@ -232,16 +232,8 @@ where
             (Some(admission), Some(n)) => match admission.try_admit(n) {
                 Some(held) => Some(held),
                 None => {
-                    metrics::counter!("weir_receiver_refused_requests_total", "transport" => req.transport.label(), "reason" => "in_flight_limit")
-                        .increment(1);
                     return DecompressFuture::Refused {
-                        error: Some(
-                            PipelineError::Overloaded(format!(
-                                "the gateway holds its limit of {} in-flight request bytes; retry later",
-                                admission.max_bytes()
-                            ))
-                            .into(),
-                        ),
+                        error: Some(admission.refused(req.transport)),
                     };
                 }
             },

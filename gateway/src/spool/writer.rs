@@ -207,12 +207,7 @@ impl Writer {
             return;
         }
         if self.fsync == FsyncPolicy::Always {
-            let started = Instant::now();
-            let synced = active.file.sync_data();
-            metrics::histogram!("weir_spool_fsync_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
-            self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = synced {
+            if let Err(e) = timed_fsync(&active.file, &self.shared) {
                 // After a failed fsync the kernel may have dropped the dirty pages: nothing
                 // written since the last good fsync can be trusted, and retrying would lie.
                 let err = SpoolError::io(&segment_path(&self.shared.dir, active.seq), e);
@@ -253,12 +248,7 @@ impl Writer {
         let Some(active) = self.active.as_ref() else {
             return;
         };
-        let started = Instant::now();
-        let synced = active.file.sync_data();
-        metrics::histogram!("weir_spool_fsync_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = synced {
+        if let Err(e) = timed_fsync(&active.file, &self.shared) {
             self.fail(&SpoolError::io(
                 &segment_path(&self.shared.dir, active.seq),
                 e,
@@ -308,4 +298,14 @@ impl Writer {
         tracing::error!(error = %err, "the spool stopped accepting appends");
         self.shared.failed.store(true, Ordering::Release);
     }
+}
+
+/// fsyncs `file`'s data, timed and counted.
+fn timed_fsync(file: &File, shared: &Shared) -> std::io::Result<()> {
+    let started = Instant::now();
+    let synced = file.sync_data();
+    metrics::histogram!("weir_spool_fsync_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+    synced
 }
