@@ -59,7 +59,7 @@ impl Default for SpoolConfig {
             // A healthy broker acknowledges acks=all within tens of milliseconds; 500 ms is far
             // past that, so only a real stall spools, and it keeps the client's wait a small
             // part of the 10 s an OpenTelemetry SDK allows an export.
-            ack_deadline: Duration::from_millis(500),
+            ack_deadline: Duration::from_secs(2),
             // Drains a full default spool (1 GiB) in about a minute without taking more than
             // a fraction of one broker's produce bandwidth from live traffic.
             replay_bytes_per_second: ByteSize(16 << 20),
