@@ -349,6 +349,145 @@ def test_a_slow_body_loses_its_slot_at_the_body_read_timeout(gateway_factory):
     good_request_is_served(gw)
 
 
+class RawGrpcStream:
+    """One OTLP/gRPC trace Export over a raw HTTP/2 connection (the h2 package), so a test can
+    send a frame header announcing a message and then as much of the body as it likes, slowly
+    or never, which no gRPC library does."""
+
+    PATH = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+    def __init__(self, port: int, timeout: float = 60.0):
+        import h2.config
+        import h2.connection
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.stream = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(self.stream, [
+            (":method", "POST"), (":scheme", "http"), (":authority", f"127.0.0.1:{port}"),
+            (":path", self.PATH), ("content-type", "application/grpc"), ("te", "trailers"),
+        ])
+        self.sock.sendall(self.conn.data_to_send())
+
+    def send(self, data: bytes, end: bool = False):
+        self.conn.send_data(self.stream, data, end_stream=end)
+        self.sock.sendall(self.conn.data_to_send())
+
+    def grpc_status(self) -> tuple[str, str]:
+        """Waits for the answer's grpc-status and grpc-message (or ("reset", ...))."""
+        import h2.events
+
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (ConnectionResetError, socket.timeout) as e:
+                return "reset", repr(e)
+            if not data:
+                return "reset", "connection closed"
+            for event in self.conn.receive_data(data):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    headers = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+                               for k, v in event.headers}
+                    if "grpc-status" in headers:
+                        from urllib.parse import unquote
+
+                        return headers["grpc-status"], unquote(headers.get("grpc-message", ""))
+                if isinstance(event, h2.events.StreamReset):
+                    return "reset", f"RST_STREAM {event.error_code}"
+            out = self.conn.data_to_send()
+            if out:
+                self.sock.sendall(out)
+
+    def close(self):
+        self.sock.close()
+
+
+GRPC_OK, GRPC_INVALID_ARGUMENT, GRPC_DEADLINE_EXCEEDED, GRPC_RESOURCE_EXHAUSTED = "0", "3", "4", "8"
+
+
+def test_grpc_admission_reserves_the_frame_length_before_reading_the_message(gateway_factory):
+    """12 concurrent gRPC calls each announcing a 60 MB message (720 MB) against the 256 MiB
+    bound, then stalling: each is reserved from its frame header before its message is read, so
+    at most four are held and the others get RESOURCE_EXHAUSTED at once (within 5 s, with no
+    message byte sent); the held ones lose their slot at `receivers.grpc.body_read_timeout`
+    (4 s here) with DEADLINE_EXCEEDED. Peak RSS under max_in_flight_bytes + 192 MiB."""
+    gw = gateway_factory({"receivers.grpc.body_read_timeout": "4s"})
+    n, size = 12, 60 * 1_000_000
+    streams = [RawGrpcStream(gw.grpc_port) for _ in range(n)]
+    answers: list = [None] * n
+
+    def answer(i):
+        t0 = time.monotonic()
+        answers[i] = (*streams[i].grpc_status(), time.monotonic() - t0)
+
+    try:
+        started = time.monotonic()
+        threads = []
+        for i, st in enumerate(streams):
+            st.send(b"\x00" + size.to_bytes(4, "big") + b"\x0a")
+            t = threading.Thread(target=answer, args=(i,), daemon=True)
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join(timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        for st in streams:
+            st.close()
+    assert all(a is not None for a in answers), answers
+    refused = [a for a in answers if a[0] == GRPC_RESOURCE_EXHAUSTED]
+    timed_out = [a for a in answers if a[0] == GRPC_DEADLINE_EXCEEDED]
+    assert 8 <= len(refused) and len(refused) + len(timed_out) == n, answers
+    assert all(a[2] < 5 for a in refused), f"refusals must not wait for the body: {answers}"
+    assert all(3 <= a[2] <= 15 for a in timed_out), answers
+    assert all("in-flight" in a[1] for a in refused), refused[0]
+    assert all("body_read_timeout" in a[1] for a in timed_out), timed_out
+    assert elapsed < 30
+    wait_until("the slots are returned",
+               lambda: metric_value(gw.metrics(), "weir_receiver_inflight_bytes") == 0, timeout=10)
+    assert_memory_bound(gw, "12 concurrent 60 MB gRPC messages announced")
+    resp, err = grpc_export_traces(gw, traces_request([make_span(new_trace_id(), name="after")]))
+    assert err is None, err
+
+
+def test_a_slow_grpc_body_loses_its_slot_at_the_body_read_timeout(gateway_factory):
+    """A gRPC call that sends its whole message but never ends its stream is answered
+    DEADLINE_EXCEEDED at `receivers.grpc.body_read_timeout` (2 s here): a body that never
+    ends must not hold its slot forever."""
+    gw = gateway_factory({"receivers.grpc.body_read_timeout": "2s"})
+    msg = traces_request([make_span(new_trace_id(), name="slow")]).SerializeToString()
+    st = RawGrpcStream(gw.grpc_port, timeout=20)
+    try:
+        st.send(b"\x00" + len(msg).to_bytes(4, "big") + msg)
+        started = time.monotonic()
+        status, message = st.grpc_status()
+        waited = time.monotonic() - started
+    finally:
+        st.close()
+    assert status == GRPC_DEADLINE_EXCEEDED, (status, message)
+    assert 1.5 <= waited <= 8, waited
+    wait_until("the slot is returned",
+               lambda: metric_value(gw.metrics(), "weir_receiver_inflight_bytes") == 0, timeout=10)
+    resp, err = grpc_export_traces(gw, traces_request([make_span(new_trace_id(), name="after")]))
+    assert err is None, err
+
+
+def test_a_second_message_in_a_unary_grpc_call_is_refused(gateway):
+    """Data past the one message of a unary Export is INVALID_ARGUMENT as it arrives, not
+    decoded outside the in-flight budget."""
+    msg = traces_request([make_span(new_trace_id(), name="twice")]).SerializeToString()
+    frame = b"\x00" + len(msg).to_bytes(4, "big") + msg
+    st = RawGrpcStream(gateway.grpc_port, timeout=20)
+    try:
+        st.send(frame + frame, end=True)
+        status, message = st.grpc_status()
+    finally:
+        st.close()
+    assert status == GRPC_INVALID_ARGUMENT, (status, message)
+    assert "one message" in message
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. Rate-limit buckets keyed by any service.name.
 

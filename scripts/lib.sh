@@ -17,6 +17,8 @@ WEIR_PY_PACKAGES=(
   "opentelemetry-exporter-otlp-proto-http==1.45.2"
   "requests==2.34.2"
   "grpcio==1.85.1"
+  # A raw HTTP/2 client, for gRPC requests whose body arrives slowly or never ends.
+  "h2==4.4.1"
   "zstandard==0.25.0"
   "kubernetes-validate==1.37.0"
   "PyYAML==6.0.3"

@@ -112,7 +112,7 @@ pub struct Listener {
     pub header_read_timeout: Duration,
     /// A request's whole body must arrive within this time once its headers are in, or the
     /// request is answered 408 and its share of the in-flight budget given back (a slow body
-    /// must not hold its slot forever). OTLP/HTTP receivers only.
+    /// must not hold its slot forever): 408 on OTLP/HTTP, DEADLINE_EXCEEDED on OTLP/gRPC.
     #[serde(default = "default_body_read_timeout", deserialize_with = "duration")]
     pub body_read_timeout: Duration,
 }

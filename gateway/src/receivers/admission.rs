@@ -24,8 +24,8 @@ pub struct Admission {
     max_bytes: usize,
 }
 
-/// A body's reservation taken before it was read (from its `Content-Length`), handed from the
-/// decompression layer to the admission layer in the request's extensions.
+/// A body's reservation taken before it was read (from its `Content-Length`, or a gRPC
+/// message's frame header), handed to the admission layer in the request's extensions.
 #[derive(Clone)]
 pub struct ReadReservation(pub Arc<std::sync::Mutex<Option<Admitted>>>);
 
@@ -33,6 +33,18 @@ impl ReadReservation {
     /// Wraps a reservation for the request's extensions.
     pub fn new(admitted: Admitted) -> Self {
         Self(Arc::new(std::sync::Mutex::new(Some(admitted))))
+    }
+
+    /// A slot to be filled once the body's length is known.
+    pub fn unfilled() -> Self {
+        Self(Arc::new(std::sync::Mutex::new(None)))
+    }
+
+    /// Puts the reservation in the slot.
+    pub fn fill(&self, admitted: Admitted) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(admitted);
+        }
     }
 
     fn take(&self) -> Option<Admitted> {

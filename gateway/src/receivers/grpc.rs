@@ -8,6 +8,7 @@ use super::Receiver;
 use super::admission::AdmissionLayer;
 use super::auth::AuthLayer;
 use super::export::Export;
+use super::grpc_body::BodyGuard;
 use super::request::{ExportRequest, Format, RequestMeta, Transport};
 use super::status::{GrpcStatusLayer, ReceiverError, grpc_status};
 use crate::listener::{self, ServeOptions};
@@ -64,10 +65,12 @@ pub fn stack<S: Signal>(
     let layers = ServiceBuilder::new()
         .layer(GrpcStatusLayer::new(retry_after))
         .layer(AuthLayer::new(receiver.ingress.clone()))
-        .layer(GrpcDecodeLayer::<S>::new(
-            pipeline.max_message_size(),
+        .layer(GrpcDecodeLayer::<S>::new(BodyGuard {
+            admission: receiver.admission.clone(),
+            max_message_size: pipeline.max_message_size(),
+            timeout: receiver.grpc_body_read_timeout,
             retry_after,
-        ))
+        }))
         .layer(AdmissionLayer::new(receiver.admission.clone()))
         .service(Export::<S>::new(pipeline.clone()));
     ExportServer {
@@ -121,19 +124,18 @@ where
 }
 
 /// tonic's unary handling as a layer: framing, the gzip/zstd `grpc-encoding` and the size
-/// limit (after decompression). It is gRPC's decompression layer; the layers below it see
-/// the whole message.
+/// limit (after decompression), over a body guarded by `BodyGuard` (the message's length
+/// reserved before it is read, and a deadline). It is gRPC's decompression layer; the layers
+/// below it see the whole message.
 struct GrpcDecodeLayer<S> {
-    max_message_size: usize,
-    retry_after: Duration,
+    guard: BodyGuard,
     signal: PhantomData<fn() -> S>,
 }
 
 impl<S> GrpcDecodeLayer<S> {
-    fn new(max_message_size: usize, retry_after: Duration) -> Self {
+    fn new(guard: BodyGuard) -> Self {
         Self {
-            max_message_size,
-            retry_after,
+            guard,
             signal: PhantomData,
         }
     }
@@ -145,8 +147,7 @@ impl<S, Inner> Layer<Inner> for GrpcDecodeLayer<S> {
     fn layer(&self, inner: Inner) -> Self::Service {
         GrpcDecode {
             inner,
-            max_message_size: self.max_message_size,
-            retry_after: self.retry_after,
+            guard: self.guard.clone(),
             signal: PhantomData,
         }
     }
@@ -155,8 +156,7 @@ impl<S, Inner> Layer<Inner> for GrpcDecodeLayer<S> {
 /// Decodes a gRPC request's message with tonic and passes it on.
 struct GrpcDecode<S, Inner> {
     inner: Inner,
-    max_message_size: usize,
-    retry_after: Duration,
+    guard: BodyGuard,
     signal: PhantomData<fn() -> S>,
 }
 
@@ -164,8 +164,7 @@ impl<S, Inner: Clone> Clone for GrpcDecode<S, Inner> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            max_message_size: self.max_message_size,
-            retry_after: self.retry_after,
+            guard: self.guard.clone(),
             signal: PhantomData,
         }
     }
@@ -201,10 +200,14 @@ where
             inner: std::mem::replace(&mut self.inner, clone),
             transport: req.transport,
             meta: req.meta,
-            retry_after: self.retry_after,
+            retry_after: self.guard.retry_after,
             signal: PhantomData,
         };
-        let max = self.max_message_size;
+        let max = self.guard.max_message_size;
+        let (head, body) = req.http.into_parts();
+        let (body, reservation) = self.guard.guard(body);
+        let mut http = http::Request::from_parts(head, body);
+        http.extensions_mut().insert(reservation);
         Box::pin(async move {
             let mut grpc = Grpc::new(RawCodec::<S::Response>::default())
                 .accept_compressed(CompressionEncoding::Gzip)
@@ -212,7 +215,7 @@ where
                 .send_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(max);
-            Ok(grpc.unary(unary, req.http).await)
+            Ok(grpc.unary(unary, http).await)
         })
     }
 }

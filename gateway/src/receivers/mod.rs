@@ -8,7 +8,7 @@
 //! | error mapping | `status.rs` | the pipeline's answer or a refusal -> the transport's reply |
 //! | authentication | `auth.rs` | credentials and record headers (`RequestMeta`), before the body is read |
 //! | (OTLP/HTTP only) method and `Content-Type` | `http.rs` | 405 and 415 |
-//! | decompression | `decompress.rs` (HTTP), tonic's codec in `grpc.rs` (gRPC) | the whole message, within the size limit |
+//! | decompression | `decompress.rs` (HTTP), tonic's codec in `grpc.rs` (gRPC, its body guarded by `grpc_body.rs`) | the whole message, within the size limit and the body deadline; the declared length reserved before it is read |
 //! | admission | `admission.rs` | the in-flight byte budget shared by both receivers |
 //! | export | `export.rs` | hands the message to the `Pipeline` |
 //!
@@ -19,6 +19,7 @@ pub mod auth;
 pub mod decompress;
 pub mod export;
 pub mod grpc;
+pub mod grpc_body;
 pub mod http;
 pub mod request;
 pub mod status;
@@ -41,6 +42,8 @@ pub struct Receiver {
     pub admission: Admission,
     /// How long an OTLP/HTTP body may take to arrive once its headers are in.
     pub body_read_timeout: std::time::Duration,
+    /// How long an OTLP/gRPC body may take to arrive once its headers are in.
+    pub grpc_body_read_timeout: std::time::Duration,
 }
 
 impl Receiver {
@@ -49,6 +52,7 @@ impl Receiver {
         Ok(Self {
             admission: pipeline.admission().clone(),
             body_read_timeout: config.receivers.http.body_read_timeout,
+            grpc_body_read_timeout: config.receivers.grpc.body_read_timeout,
             pipeline,
             ingress: Arc::new(Ingress::new(config)?),
         })
