@@ -20,7 +20,7 @@ use std::time::Duration;
 pub struct ControlPlaneConfig {
     /// The REST API listener (`/api/v1`), default 0.0.0.0:8080.
     #[serde(default = "default_api")]
-    pub api: CpListener,
+    pub api: ApiListener,
     /// The gRPC watch-stream listener gateways connect to, default 0.0.0.0:8081.
     #[serde(default = "default_watch")]
     pub watch: CpListener,
@@ -37,10 +37,14 @@ pub struct ControlPlaneConfig {
     pub log: Log,
 }
 
-fn default_api() -> CpListener {
-    CpListener {
+fn default_api() -> ApiListener {
+    ApiListener {
         endpoint: "0.0.0.0:8080".into(),
         tls: None,
+        max_connections: default_api_max_connections(),
+        max_concurrent_streams: default_api_max_concurrent_streams(),
+        idle_timeout: default_api_idle_timeout(),
+        header_read_timeout: default_api_header_read_timeout(),
     }
 }
 
@@ -64,6 +68,77 @@ pub struct CpListener {
     /// Serve TLS with these files instead of plain text.
     #[serde(default)]
     pub tls: Option<ServerTls>,
+}
+
+/// The REST API listener: the address, optional TLS, and the connection limits the gateway's
+/// listeners have (served by the same code, weir-runtime's listener).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiListener {
+    /// `host:port` to bind.
+    pub endpoint: String,
+    /// Serve TLS with these files instead of plain text.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    /// Connections served at once; past it a new connection is closed at once. Default 1024.
+    #[serde(default = "default_api_max_connections")]
+    pub max_connections: usize,
+    /// HTTP/2 streams (concurrent requests) per connection. Default 100.
+    #[serde(default = "default_api_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// A connection with no request in progress for this long is closed. Default 120s.
+    #[serde(default = "default_api_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// The TLS handshake and a request's headers must arrive within this time, or the
+    /// connection is closed: half-open and slow-loris clients do not hold descriptors.
+    /// Default 10s.
+    #[serde(
+        default = "default_api_header_read_timeout",
+        deserialize_with = "duration"
+    )]
+    pub header_read_timeout: Duration,
+}
+
+fn default_api_max_connections() -> usize {
+    1024
+}
+
+fn default_api_max_concurrent_streams() -> u32 {
+    100
+}
+
+fn default_api_idle_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_api_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl ApiListener {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "api.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(ConfigError::invalid(
+                "api.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        for (key, d) in [
+            ("api.idle_timeout", self.idle_timeout),
+            ("api.header_read_timeout", self.header_read_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                return Err(ConfigError::invalid(key, "must be at least 100ms"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The storage backend: exactly one of `sqlite` and `postgres` (SQLite when neither is given).
@@ -282,17 +357,21 @@ impl Auth {
 
 impl ConfigFile for ControlPlaneConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        for (key, l) in [("api", &self.api), ("watch", &self.watch)] {
-            l.endpoint.parse::<SocketAddr>().map_err(|e| {
+        for (key, endpoint, tls) in [
+            ("api", &self.api.endpoint, &self.api.tls),
+            ("watch", &self.watch.endpoint, &self.watch.tls),
+        ] {
+            endpoint.parse::<SocketAddr>().map_err(|e| {
                 ConfigError::invalid(
                     format!("{key}.endpoint"),
-                    format!("`{}` is not host:port ({e})", l.endpoint),
+                    format!("`{endpoint}` is not host:port ({e})"),
                 )
             })?;
-            if let Some(tls) = &l.tls {
+            if let Some(tls) = tls {
                 tls.validate(&format!("{key}.tls"))?;
             }
         }
+        self.api.validate()?;
         if let Some(pg) = &self.storage.postgres {
             if pg.max_connections == 0 {
                 return Err(ConfigError::invalid(

@@ -81,7 +81,12 @@ fn start(config: ControlPlaneConfig, tokens: Tokens) -> anyhow::Result<()> {
             api_listener,
             ServeOptions {
                 name: "api",
-                limits: ConnLimits::default(),
+                limits: ConnLimits {
+                    max_connections: config.api.max_connections,
+                    max_concurrent_streams: config.api.max_concurrent_streams,
+                    idle_timeout: config.api.idle_timeout,
+                    header_read_timeout: config.api.header_read_timeout,
+                },
                 tls: api_tls,
                 protocols: Protocols::Http1And2,
                 drain_timeout: Some(config.shutdown_timeout),

@@ -72,7 +72,7 @@ fills) and the tokens (files from the tokens Secret). */}}
 {{- $tokens = append $tokens (dict "name" .name "role" .role "sha256" .sha256) }}
 {{- end }}
 {{- $owned := dict
-  "api" (dict "endpoint" (printf "0.0.0.0:%d" (int $v.ports.api)))
+  "api" (merge (dict "endpoint" (printf "0.0.0.0:%d" (int $v.ports.api))) (deepCopy $v.api))
   "watch" (dict "endpoint" (printf "0.0.0.0:%d" (int $v.ports.watch)))
   "storage" $storage
   "auth" (dict "tokens" $tokens) }}

@@ -1,0 +1,89 @@
+"""The control plane behind its front door, black-box against the real binary: the REST
+listener's connection limits (header timeout, connection cap, clean shutdown with clients
+hanging on), the bounds on what gateways may claim and leave behind (TTL prune, DELETE),
+`/healthz` without a database query per hit, `/metrics`, and certificate reload."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from control_plane_harness import (  # noqa: F401  (control_plane_factory: fixture)
+    VIEWER_TOKEN,
+    control_plane_factory,
+)
+
+
+def with_api_keys(cp, keys: str):
+    """Adds `keys` (YAML lines, indented two spaces) to the api section of cp's config."""
+    text = cp.config_path.read_text()
+    line = f"endpoint: 127.0.0.1:{cp.api_port}\n"
+    cp.config_path.write_text(text.replace(line, line + keys, 1))
+
+
+def closed_by_server(s: socket.socket, within: float) -> bool:
+    """True when the server closes s (EOF or reset) within `within` seconds."""
+    s.settimeout(within)
+    try:
+        return s.recv(64) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def still_open(s: socket.socket) -> bool:
+    s.setblocking(False)
+    try:
+        return s.recv(64) != b""
+    except BlockingIOError:
+        return True
+    except ConnectionResetError:
+        return False
+    finally:
+        s.setblocking(True)
+
+
+def http_get(s: socket.socket, path: str, token: str) -> bytes:
+    s.sendall(
+        f"GET {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\n\r\n".encode()
+    )
+    s.settimeout(5)
+    return s.recv(4096)
+
+
+def test_half_open_connections_are_cut_and_the_cap_refuses_the_rest(control_plane_factory):
+    cp = control_plane_factory("sqlite", start=False)
+    with_api_keys(cp, "  max_connections: 4\n  header_read_timeout: 2s\n  idle_timeout: 60s\n")
+    cp.start()
+    time.sleep(0.3)  # the readiness probe's connection is gone
+    addr = ("127.0.0.1", cp.api_port)
+    half_open = []
+    for i in range(4):
+        s = socket.create_connection(addr, timeout=5)
+        if i % 2:
+            s.sendall(b"GET /api/v1/policies HTTP/1.1\r\nhost: x\r\n")  # a header cut short
+        half_open.append(s)
+    time.sleep(0.3)
+    opened = time.monotonic()
+    extra = socket.create_connection(addr, timeout=5)
+    assert closed_by_server(extra, 1.0), "the connection past max_connections is refused at once"
+    assert all(still_open(s) for s in half_open), "the four under the cap are still waiting"
+    for s in half_open:
+        assert closed_by_server(s, 4.0), "a half-open connection is cut after header_read_timeout"
+    assert time.monotonic() - opened < 5.0
+    for s in half_open + [extra]:
+        s.close()
+
+    # Slots are back: a normal request is served, and a kept-alive client does not hold up
+    # shutdown.
+    time.sleep(0.2)
+    keep = socket.create_connection(addr, timeout=5)
+    assert http_get(keep, "/api/v1/policies", VIEWER_TOKEN).startswith(b"HTTP/1.1 200")
+    hanging = socket.create_connection(addr, timeout=5)
+    hanging.sendall(b"GET /api/v1/poli")
+    started = time.monotonic()
+    assert cp.stop() == 0
+    assert time.monotonic() - started < 4.0, "shutdown waited on idle or half-open clients"
+    keep.close()
+    hanging.close()
