@@ -29,6 +29,9 @@ pub struct ControlPlaneConfig {
     pub storage: Storage,
     /// Bearer tokens and their roles.
     pub auth: Auth,
+    /// What the control plane keeps about gateways.
+    #[serde(default)]
+    pub gateways: Gateways,
     /// How long shutdown waits for in-flight requests.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -139,6 +142,29 @@ impl ApiListener {
         }
         Ok(())
     }
+}
+
+/// What the control plane keeps about gateways.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateways {
+    /// A gateway with no open watch stream that was not seen for this long is deleted from
+    /// the gateway list (under a Deployment every restart brings a new instance id); `0s`
+    /// keeps them forever. Default 24h.
+    #[serde(default = "default_gateway_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+}
+
+impl Default for Gateways {
+    fn default() -> Self {
+        Self {
+            ttl: default_gateway_ttl(),
+        }
+    }
+}
+
+fn default_gateway_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// The storage backend: exactly one of `sqlite` and `postgres` (SQLite when neither is given).
@@ -316,6 +342,10 @@ pub struct Token {
     /// An environment variable holding the token itself.
     #[serde(default)]
     pub env: Option<String>,
+    /// Gateway tokens only: the instance ids this token may connect as, as patterns where `*`
+    /// stands for any run of characters (`gw-eu-*`); absent: any instance id.
+    #[serde(default)]
+    pub instances: Option<Vec<String>>,
 }
 
 impl Token {
@@ -409,6 +439,26 @@ impl ConfigFile for ControlPlaneConfig {
                 ));
             }
             t.source(&key)?;
+            if let Some(patterns) = &t.instances {
+                if t.role != Role::Gateway {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.instances"),
+                        "only gateway tokens connect as instances; remove it or use role gateway",
+                    ));
+                }
+                if patterns.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.instances"),
+                        "list at least one instance id pattern, or leave it out",
+                    ));
+                }
+                if let Some(i) = patterns.iter().position(|p| p.trim().is_empty()) {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.instances[{i}]"),
+                        "must not be empty",
+                    ));
+                }
+            }
         }
         if !self.auth.tokens.iter().any(|t| t.role == Role::Admin) {
             return Err(ConfigError::invalid(
@@ -481,6 +531,26 @@ mod tests {
         assert_eq!(e.key(), Some("storage"), "{e}");
         let e = ControlPlaneConfig::from_yaml(&format!("{MINIMAL}auth2: 1\n")).unwrap_err();
         assert!(e.to_string().contains("auth2"), "{e}");
+    }
+
+    #[test]
+    fn instance_patterns_belong_to_gateway_tokens() {
+        let c = ControlPlaneConfig::from_yaml(&format!(
+            "{MINIMAL}    - name: g\n      role: gateway\n      env: G\n      instances: [\"gw-*\"]\ngateways:\n  ttl: 1h\n"
+        ))
+        .unwrap();
+        assert_eq!(c.auth.tokens[1].instances, Some(vec!["gw-*".to_string()]));
+        assert_eq!(c.gateways.ttl, Duration::from_secs(3600));
+        let e = ControlPlaneConfig::from_yaml(&format!(
+            "{MINIMAL}    - name: v\n      role: viewer\n      env: V\n      instances: [a]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key(), Some("auth.tokens[1].instances"), "{e}");
+        let e = ControlPlaneConfig::from_yaml(&format!(
+            "{MINIMAL}    - name: g\n      role: gateway\n      env: G\n      instances: []\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key(), Some("auth.tokens[1].instances"), "{e}");
     }
 
     #[test]

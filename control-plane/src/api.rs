@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -210,6 +210,11 @@ pub fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
             post(rollback),
         ),
         ("/api/v1/gateways", Method::GET, get(list_gateways)),
+        (
+            "/api/v1/gateways/{id}",
+            Method::DELETE,
+            delete(delete_gateway),
+        ),
         ("/api/v1/audit", Method::GET, get(audit)),
     ]
 }
@@ -395,6 +400,16 @@ async fn list_gateways(State(cp): State<AppState>, headers: HeaderMap) -> ApiRes
         })
         .collect();
     ok(StatusCode::OK, json!({"gateways": gateways}))
+}
+
+async fn delete_gateway(
+    State(cp): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let caller = authorize(&cp, &headers, Need::Write)?;
+    cp.delete_gateway(&id, &caller).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn audit(

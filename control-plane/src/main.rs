@@ -34,7 +34,12 @@ fn main() -> ExitCode {
 /// The config, with its tokens read and hashed and its storage backend resolved.
 fn check(path: &Path) -> anyhow::Result<(ControlPlaneConfig, Tokens)> {
     let config = ControlPlaneConfig::load(path)?;
-    let tokens = Tokens::new(config.auth.resolve()?);
+    let mut tokens = Tokens::new(config.auth.resolve()?);
+    for t in &config.auth.tokens {
+        if let Some(patterns) = &t.instances {
+            tokens.bind_instances(&t.name, patterns.clone());
+        }
+    }
     config.storage.backend()?;
     Ok((config, tokens))
 }
@@ -60,6 +65,7 @@ fn start(config: ControlPlaneConfig, tokens: Tokens) -> anyhow::Result<()> {
             .await
             .context("opening storage")?;
         cp.spawn_change_poller(config.storage.poll_interval, shutdown.clone());
+        cp.spawn_gateway_pruner(config.gateways.ttl, shutdown.clone());
         let api_listener = tokio::net::TcpListener::bind(&config.api.endpoint)
             .await
             .with_context(|| format!("api.endpoint: cannot bind {}", config.api.endpoint))?;

@@ -7,7 +7,8 @@
 
 use crate::auth::{Caller, Tokens};
 use crate::store::{
-    Actor, AuditEntry, GatewayRecord, PolicyMeta, PolicyRecord, Release, Rollout, RolloutOp, Store,
+    Actor, AuditEntry, GatewayRecord, Millis, Nacked, PolicyMeta, PolicyRecord, Release, Rollout,
+    RolloutOp, Store,
 };
 use crate::targeting::Target;
 use sha2::{Digest, Sha256};
@@ -203,15 +204,20 @@ impl ControlPlane {
     }
 
     /// NACK: the instance refused `version` with `error`; pauses every active rollout of that
-    /// version.
+    /// version that reaches the instance. A rollout whose released stages do not target it is
+    /// left alone (logged and counted): a gateway outside a canary cannot stop it.
     pub async fn record_nack(
         &self,
         instance_id: &str,
+        labels: &BTreeMap<String, String>,
         version: u64,
         error: &str,
-    ) -> Result<(), Error> {
-        let (paused, counter) = self.store.record_nack(instance_id, version, error).await?;
-        for id in &paused {
+    ) -> Result<Nacked, Error> {
+        let nacked = self
+            .store
+            .record_nack(instance_id, labels, version, error)
+            .await?;
+        for id in &nacked.paused {
             tracing::warn!(
                 rollout = id,
                 version,
@@ -220,8 +226,16 @@ impl ControlPlane {
                 "NACK: rollout paused"
             );
         }
-        self.publish(counter);
-        Ok(())
+        for id in &nacked.ignored {
+            tracing::warn!(
+                rollout = id,
+                version,
+                instance_id,
+                "NACK ignored for a rollout whose released stages do not target this gateway"
+            );
+        }
+        self.publish(nacked.counter);
+        Ok(nacked)
     }
 
     /// A receiver that changes whenever any instance's desired version may have changed
@@ -231,17 +245,57 @@ impl ControlPlane {
         self.changes.subscribe()
     }
 
-    /// Checks a gateway token (constant-time compare against the configured ones).
-    pub fn gateway_token_ok(&self, presented: Option<&str>) -> bool {
+    /// The holder of a gateway token (constant-time compare against the configured ones), or
+    /// None when the token is missing, unknown or not a gateway's.
+    pub fn gateway_caller(&self, presented: Option<&str>) -> Option<Caller> {
         // Accept both the bare token and an `authorization` header value.
-        let Some(presented) = presented else {
-            return false;
-        };
+        let presented = presented?;
         let caller = self
             .tokens
             .identify_header(Some(presented))
-            .or_else(|| self.tokens.identify(presented.trim()));
-        caller.is_some_and(|c| c.role == Role::Gateway)
+            .or_else(|| self.tokens.identify(presented.trim()))?;
+        (caller.role == Role::Gateway).then_some(caller)
+    }
+
+    /// Deletes gateways with no open stream not seen for `ttl`; returns how many.
+    pub async fn prune_gateways(&self, ttl: Duration) -> Result<u64, Error> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let before = Millis(crate::store::now().0.saturating_sub(ttl_ms));
+        self.store.prune_gateways(before).await
+    }
+
+    /// Prunes gateways not seen for `ttl` every `ttl / 4` (between 100ms and a minute) until
+    /// `shutdown`; a zero `ttl` keeps them forever.
+    pub fn spawn_gateway_pruner(self: &Arc<Self>, ttl: Duration, shutdown: CancellationToken) {
+        if ttl.is_zero() {
+            return;
+        }
+        let every = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let cp = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                match cp.prune_gateways(ttl).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(pruned = n, ?ttl, "removed gateways not seen for the TTL")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot prune gateways"),
+                }
+            }
+        });
+    }
+
+    /// Deletes a gateway's record (an admin's cleanup); refused while it is connected.
+    pub async fn delete_gateway(&self, instance_id: &str, by: &Caller) -> Result<(), Error> {
+        self.store.delete_gateway(instance_id, &actor(by)).await?;
+        tracing::info!(instance_id, by = by.name, "gateway deleted");
+        Ok(())
     }
 
     // The REST API's operations.

@@ -55,7 +55,8 @@ impl Serialize for Millis {
     }
 }
 
-fn now() -> Millis {
+/// The current time.
+pub fn now() -> Millis {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -196,6 +197,17 @@ pub struct GatewayRecord {
     pub first_seen: Millis,
     /// When it last connected, answered or disconnected.
     pub last_seen: Millis,
+}
+
+/// What a NACK did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nacked {
+    /// The rollouts it paused: active ones of the version that reach the gateway.
+    pub paused: Vec<i64>,
+    /// Active rollouts of the version whose released stages do not target the gateway.
+    pub ignored: Vec<i64>,
+    /// The change counter after the change.
+    pub counter: u64,
 }
 
 /// One audit log entry.
@@ -864,14 +876,17 @@ impl Store {
         Ok(())
     }
 
-    /// The gateway refused `version`; every active rollout of it pauses. Returns the paused
-    /// rollouts' ids and the new change counter.
+    /// The gateway refused `version`: every active rollout of it that reaches this gateway
+    /// (with these labels) at its current stage pauses. Returns the paused rollouts' ids, the
+    /// ids of active rollouts of that version that do not reach it (their stage does not
+    /// target this gateway, so its NACK does not pause them), and the new change counter.
     pub async fn record_nack(
         &self,
         instance_id: &str,
+        labels: &BTreeMap<String, String>,
         version: u64,
         error: &str,
-    ) -> Result<(Vec<i64>, u64), Error> {
+    ) -> Result<Nacked, Error> {
         let v = to_i64(version)?;
         let (mut tx, counter) = self.begin_change().await?;
         let at = now().0;
@@ -886,20 +901,38 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        let paused: Vec<i64> = sqlx::query_scalar(
-            "UPDATE rollouts SET state = 'paused', updated_at = $1 \
-             WHERE version = $2 AND state = 'active' RETURNING id",
-        )
-        .bind(at)
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM rollouts WHERE version = $1 AND state = 'active' ORDER BY id",
+            Self::ROLLOUT_COLUMNS
+        ))
         .bind(v)
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
+        let mut nacked = Nacked {
+            paused: Vec::new(),
+            ignored: Vec::new(),
+            counter,
+        };
+        for row in &rows {
+            let r = Self::rollout(row)?;
+            if r.reaches(instance_id, labels) {
+                nacked.paused.push(r.id);
+            } else {
+                nacked.ignored.push(r.id);
+            }
+        }
         let actor = Actor {
             name: instance_id.to_string(),
             role: "gateway".into(),
         };
-        for id in &paused {
+        for id in &nacked.paused {
+            sqlx::query("UPDATE rollouts SET state = 'paused', updated_at = $1 WHERE id = $2")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
             Self::audit(
                 &mut tx,
                 &actor,
@@ -915,7 +948,57 @@ impl Store {
             .await?;
         }
         tx.commit().await.map_err(db)?;
-        Ok((paused, counter))
+        Ok(nacked)
+    }
+
+    /// Deletes the gateways with no open stream last seen before `before`; returns how many.
+    pub async fn prune_gateways(&self, before: Millis) -> Result<u64, Error> {
+        let done = sqlx::query("DELETE FROM gateways WHERE connected = 0 AND last_seen < $1")
+            .bind(before.0)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes one gateway's record, refusing (Conflict) while it has an open stream, and
+    /// writes the audit entry.
+    pub async fn delete_gateway(&self, instance_id: &str, actor: &Actor) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let connected: Option<i64> =
+            sqlx::query_scalar("SELECT connected FROM gateways WHERE instance_id = $1")
+                .bind(instance_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        match connected {
+            None => {
+                return Err(Error::NotFound(format!(
+                    "gateway {instance_id} is not in the gateway list"
+                )));
+            }
+            Some(n) if n > 0 => {
+                return Err(Error::Conflict(format!(
+                    "gateway {instance_id} has an open watch stream: stop it (or revoke its \
+                     token) first, or it would reappear at once"
+                )));
+            }
+            Some(_) => {}
+        }
+        sqlx::query("DELETE FROM gateways WHERE instance_id = $1")
+            .bind(instance_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        Self::audit(
+            &mut tx,
+            actor,
+            "gateway.delete",
+            serde_json::json!({ "instance_id": instance_id }),
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
     }
 
     /// Every gateway ever seen, by instance id.

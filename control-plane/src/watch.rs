@@ -90,13 +90,11 @@ fn bearer_token<T>(request: &Request<T>) -> Option<&str> {
         .then_some(token.trim())
 }
 
-/// Checks the Hello and turns it into the control plane's form.
+/// Checks the Hello against the bounds on what a gateway may claim and turns it into the
+/// control plane's form.
 fn read_hello(hello: Hello) -> Result<GatewayHello, Status> {
-    if hello.instance_id.trim().is_empty() {
-        return Err(Status::invalid_argument(
-            "Hello.instance_id is empty: every gateway needs a stable instance id",
-        ));
-    }
+    crate::identity::check_claims(&hello.instance_id, &hello.labels, &hello.build)
+        .map_err(Status::invalid_argument)?;
     Ok(GatewayHello {
         instance_id: hello.instance_id,
         labels: hello.labels,
@@ -117,7 +115,7 @@ impl PolicyService for WatchService {
         request: Request<Streaming<GatewayMessage>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let peer = request.remote_addr();
-        if !self.cp.gateway_token_ok(bearer_token(&request)) {
+        let Some(caller) = self.cp.gateway_caller(bearer_token(&request)) else {
             tracing::warn!(
                 ?peer,
                 "watch stream refused: missing or wrong gateway token"
@@ -125,7 +123,7 @@ impl PolicyService for WatchService {
             return Err(Status::unauthenticated(
                 "missing or wrong gateway token (send `authorization: Bearer <token>`)",
             ));
-        }
+        };
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => {
@@ -154,6 +152,22 @@ impl PolicyService for WatchService {
                 ));
             }
         };
+        if !self
+            .cp
+            .tokens()
+            .may_be_instance(&caller.name, &hello.instance_id)
+        {
+            tracing::warn!(
+                ?peer,
+                token = caller.name,
+                instance = %hello.instance_id,
+                "watch stream refused: the token is not bound to this instance id"
+            );
+            return Err(Status::permission_denied(format!(
+                "token `{}` may not connect as instance `{}` (see auth.tokens[].instances)",
+                caller.name, hello.instance_id
+            )));
+        }
         // Subscribe before reading the desired version, so a change in between is not missed.
         let changes = self.cp.changes();
         self.cp
@@ -308,7 +322,7 @@ impl Session {
             let error = if error.trim().is_empty() {
                 "the gateway refused the policy without saying why"
             } else {
-                error.as_str()
+                crate::identity::bounded_error(&error)
             };
             tracing::warn!(
                 instance,
@@ -316,7 +330,10 @@ impl Session {
                 error,
                 "gateway refused the policy (NACK)"
             );
-            self.cp.record_nack(instance, version, error).await
+            self.cp
+                .record_nack(instance, &self.hello.labels, version, error)
+                .await
+                .map(|_| ())
         };
         recorded.map_err(|e| Status::unavailable(format!("recording the gateway's report: {e}")))
     }
@@ -368,10 +385,12 @@ mod tests {
         use weir_config::auth::hash_token;
         use weir_config::control_plane::{Backend, Role};
         let dir = tempfile::tempdir().unwrap();
-        let tokens = crate::auth::Tokens::new(vec![
+        let mut tokens = crate::auth::Tokens::new(vec![
             ("ops".into(), Role::Admin, hash_token(b"a")),
             ("gws".into(), Role::Gateway, hash_token(b"g")),
+            ("eu-gws".into(), Role::Gateway, hash_token(b"eu")),
         ]);
+        tokens.bind_instances("eu-gws", vec!["gw-eu-*".into()]);
         let cp = ControlPlane::open(&Backend::Sqlite(dir.path().join("cp.db")), tokens)
             .await
             .unwrap();
@@ -499,6 +518,55 @@ mod tests {
         assert!(s.cp.gateways().await.unwrap().is_empty());
         s.shutdown.cancel();
         s.server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_bound_token_connects_only_as_its_instances() {
+        let s = serve_test().await;
+        let status = open(&s.endpoint, "eu", hello("gw-us-1", 0))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(status.message().contains("gw-us-1"), "{}", status.message());
+        let _gw = open(&s.endpoint, "eu", hello("gw-eu-1", 0)).await.unwrap();
+        wait_gateway(&s.cp, "gw-eu-1", |g| g.connected).await;
+        let ids: Vec<String> =
+            s.cp.gateways()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(g, _)| g.instance_id)
+                .collect();
+        assert_eq!(
+            ids,
+            vec!["gw-eu-1".to_string()],
+            "the refused one was not recorded"
+        );
+        s.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn oversized_claims_are_refused() {
+        let s = serve_test().await;
+        let long_id = "g".repeat(crate::identity::MAX_INSTANCE_ID_BYTES + 1);
+        let status = open(&s.endpoint, "g", hello(&long_id, 0))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let many = Some(Message::Hello(Hello {
+            instance_id: "gw-1".into(),
+            labels: (0..=crate::identity::MAX_LABELS)
+                .map(|i| (format!("k{i}"), "v".into()))
+                .collect(),
+            current_version: 0,
+            build: String::new(),
+        }));
+        let status = open(&s.endpoint, "g", many).await.err().unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(s.cp.gateways().await.unwrap().is_empty());
+        s.shutdown.cancel();
     }
 
     #[tokio::test]
