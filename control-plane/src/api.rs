@@ -6,7 +6,7 @@
 //! Errors are `{"error": "..."}` with the status the failure calls for.
 
 use crate::auth::Caller;
-use crate::state::{ControlPlane, Error, validate_document};
+use crate::state::{ControlPlane, Error};
 use crate::store::{GatewayRecord, RolloutOp};
 use crate::targeting::Target;
 use axum::Router;
@@ -53,6 +53,8 @@ impl From<Error> for ApiError {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %e, "request failed");
@@ -249,7 +251,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
 }
 
 async fn healthz(State(cp): State<AppState>) -> ApiResult {
-    cp.store().counter().await?;
+    cp.health().await?;
     ok(StatusCode::OK, json!({"status": "ok"}))
 }
 
@@ -281,15 +283,14 @@ async fn validate_policy(
 ) -> ApiResult {
     authorize(&cp, &headers, Need::Read)?;
     let doc: DocumentBody = body(request).await?;
-    match validate_document(&doc.document) {
+    match cp.validate(&doc.document).await {
         Ok(v) => ok(
             StatusCode::OK,
             json!({"valid": true, "version": v.version, "format": v.format}),
         ),
-        Err(e) => ok(
-            StatusCode::OK,
-            json!({"valid": false, "error": e.to_string()}),
-        ),
+        Err(Error::Invalid(why)) => ok(StatusCode::OK, json!({"valid": false, "error": why})),
+        // Too large or too busy is not a verdict on the document.
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -20,12 +20,31 @@ use tokio_util::sync::CancellationToken;
 use weir_config::control_plane::{Backend, Role};
 use weir_policy::Policy;
 
+/// The largest policy document accepted, in bytes (a document with thousands of rules fits).
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+/// Documents validated (parsed and compiled, regular expressions included) at once, each on a
+/// blocking thread; more wait for a slot, so API clients cannot take every core.
+pub const VALIDATIONS_AT_ONCE: usize = 2;
+/// How long a validation or a diff may take, waiting for a slot included, before the request
+/// is answered 503 (the work itself finishes in the background, holding its slot).
+pub const CPU_WORK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a diff may search for the smallest edit before it settles for a larger one.
+const DIFF_DEADLINE: Duration = Duration::from_secs(1);
+/// The most bytes two documents may hold together to be diffed.
+pub const MAX_DIFF_BYTES: usize = 2 * MAX_DOCUMENT_BYTES;
+/// How long `/healthz` reuses the result of its last storage check.
+pub const HEALTH_CACHE: Duration = Duration::from_secs(1);
+
 /// Shared state of a control-plane process: storage plus change notification.
 pub struct ControlPlane {
     store: Store,
     tokens: Tokens,
     changes: watch::Sender<u64>,
     release: Mutex<Option<(u64, Arc<Release>)>>,
+    /// Slots for CPU-heavy work from API requests (validation, diffs).
+    cpu_slots: Arc<tokio::sync::Semaphore>,
+    /// When storage last answered `/healthz`'s check, and with what.
+    health: Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
 }
 
 /// What a gateway said when it connected.
@@ -62,6 +81,12 @@ pub enum Error {
     /// The request conflicts with the stored state (409).
     #[error("{0}")]
     Conflict(String),
+    /// Too large to handle (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Too busy to do it now; retry later (503).
+    #[error("{0}")]
+    Busy(String),
     /// What the request names does not exist (404).
     #[error("{0}")]
     NotFound(String),
@@ -76,8 +101,15 @@ pub struct Validated {
     pub format: &'static str,
 }
 
-/// Runs the gateway's own validator on a document.
+/// Runs the gateway's own validator on a document, on the calling thread (see
+/// [`ControlPlane::validate`] for the bounded, offloaded form the API uses).
 pub fn validate_document(document: &str) -> Result<Validated, Error> {
+    if document.len() > MAX_DOCUMENT_BYTES {
+        return Err(Error::TooLarge(format!(
+            "the document is {} bytes long: at most {MAX_DOCUMENT_BYTES}",
+            document.len()
+        )));
+    }
     let policy = Policy::parse(document).map_err(|e| Error::Invalid(e.to_string()))?;
     let format = if document.trim_start().starts_with('{') {
         "json"
@@ -105,6 +137,8 @@ impl ControlPlane {
             tokens,
             changes,
             release: Mutex::new(None),
+            cpu_slots: Arc::new(tokio::sync::Semaphore::new(VALIDATIONS_AT_ONCE)),
+            health: Mutex::new(None),
         }))
     }
 
@@ -116,6 +150,69 @@ impl ControlPlane {
     /// The configured tokens.
     pub fn tokens(&self) -> &Tokens {
         &self.tokens
+    }
+
+    /// Runs `work` on a blocking thread once one of the CPU slots is free, so that
+    /// validations and diffs neither stall the async workers nor pile up without bound;
+    /// Busy when it is not done within [`CPU_WORK_TIMEOUT`].
+    async fn offload<T: Send + 'static>(
+        &self,
+        what: &str,
+        work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let slots = Arc::clone(&self.cpu_slots);
+        let run = async move {
+            let slot = slots
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Busy("shutting down".into()))?;
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                work()
+            })
+            .await
+            .map_err(|e| Error::Storage(format!("a blocking task failed: {e}")))?
+        };
+        tokio::time::timeout(CPU_WORK_TIMEOUT, run)
+            .await
+            .map_err(|_| {
+                Error::Busy(format!(
+                    "{what} did not finish within {CPU_WORK_TIMEOUT:?}: the control plane is busy \
+                     with other validations or diffs; retry later"
+                ))
+            })?
+    }
+
+    /// Validates a document with the gateway's validator on a blocking thread (bounded in
+    /// size, concurrency and time).
+    pub async fn validate(&self, document: &str) -> Result<Validated, Error> {
+        if document.len() > MAX_DOCUMENT_BYTES {
+            return validate_document(document);
+        }
+        let document = document.to_string();
+        self.offload("validating the document", move || {
+            validate_document(&document)
+        })
+        .await
+    }
+
+    /// Whether storage answers, checked at most once per [`HEALTH_CACHE`]: probes and load
+    /// balancers hitting `/healthz` share one query instead of one each.
+    pub async fn health(&self) -> Result<(), Error> {
+        let mut last = self.health.lock().await;
+        if let Some((at, result)) = last.as_ref()
+            && at.elapsed() < HEALTH_CACHE
+        {
+            return result.clone().map_err(Error::Storage);
+        }
+        let result = self
+            .store
+            .counter()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        *last = Some((tokio::time::Instant::now(), result.clone()));
+        result.map_err(Error::Storage)
     }
 
     /// Publishes a change counter value read from or written to the database.
@@ -302,7 +399,7 @@ impl ControlPlane {
 
     /// Validates and stores a new policy version.
     pub async fn submit_policy(&self, document: &str, by: &Caller) -> Result<PolicyMeta, Error> {
-        let v = validate_document(document)?;
+        let v = self.validate(document).await?;
         let sha = hex::encode(Sha256::digest(document.as_bytes()));
         let (meta, counter) = self
             .store
@@ -327,14 +424,26 @@ impl ControlPlane {
 
     /// A unified diff from version `from` to version `to`.
     pub async fn diff(&self, from: u64, to: u64) -> Result<String, Error> {
-        let a = self.policy(from).await?;
-        let b = self.policy(to).await?;
-        let diff = similar::TextDiff::from_lines(&a.document, &b.document);
-        Ok(diff
-            .unified_diff()
-            .context_radius(3)
-            .header(&format!("version {from}"), &format!("version {to}"))
-            .to_string())
+        let a = self.policy(from).await?.document;
+        let b = self.policy(to).await?.document;
+        let size = a.len() + b.len();
+        if size > MAX_DIFF_BYTES {
+            return Err(Error::TooLarge(format!(
+                "versions {from} and {to} hold {size} bytes together: diffs are computed for at \
+                 most {MAX_DIFF_BYTES}; get both versions and compare them locally"
+            )));
+        }
+        self.offload("the diff", move || {
+            let diff = similar::TextDiff::configure()
+                .timeout(DIFF_DEADLINE)
+                .diff_lines(&a, &b);
+            Ok(diff
+                .unified_diff()
+                .context_radius(3)
+                .header(&format!("version {from}"), &format!("version {to}"))
+                .to_string())
+        })
+        .await
     }
 
     /// Starts a rollout.

@@ -583,3 +583,63 @@ async fn a_newer_rollout_wins_and_its_rollback_returns_to_what_was_before() {
         }
     }
 }
+
+#[tokio::test]
+async fn healthz_reuses_its_last_check_for_a_moment() {
+    let f = backends().await.remove(0);
+    f.cp.health().await.unwrap();
+    // Storage gone: the next second still answers from the last check, without a query...
+    f.cp.store().close().await;
+    f.cp.health().await.unwrap();
+    // ...and the check after that sees it.
+    tokio::time::sleep(crate::state::HEALTH_CACHE + Duration::from_millis(100)).await;
+    assert!(matches!(f.cp.health().await, Err(Error::Storage(_))));
+}
+
+/// A valid document of about `bytes` bytes: routing rules, each with a regular expression.
+fn big_document(version: u64, bytes: usize) -> String {
+    let mut doc = format!("version: {version}\nrouting:\n  rules:\n");
+    let mut i = 0;
+    while doc.len() < bytes {
+        doc.push_str(&format!(
+            "    - {{ name: r{i}, match: {{ span_attribute: a, regex: '^(x|y){{1,20}}z{i}[a-f]+$' }}, action: drop }}\n"
+        ));
+        i += 1;
+    }
+    doc
+}
+
+#[tokio::test]
+async fn documents_are_bounded_and_validated_off_the_async_threads() {
+    let f = backends().await.remove(0);
+    let too_big = big_document(1, crate::state::MAX_DOCUMENT_BYTES + 1);
+    assert!(matches!(
+        f.cp.submit_policy(&too_big, &admin()).await,
+        Err(Error::TooLarge(_))
+    ));
+    assert!(matches!(
+        f.cp.validate(&too_big).await,
+        Err(Error::TooLarge(_))
+    ));
+    // This test runs on one thread: a ticker only advances while validation is elsewhere.
+    let doc = big_document(1, 400_000);
+    let ticks = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&ticks);
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    tokio::task::yield_now().await;
+    let started = std::time::Instant::now();
+    let v = f.cp.validate(&doc).await.unwrap();
+    let took = started.elapsed();
+    ticker.abort();
+    assert_eq!(v.version, 1);
+    let seen = ticks.load(Ordering::Relaxed);
+    assert!(
+        took < Duration::from_millis(50) || seen >= 3,
+        "validation took {took:?} and the async thread ticked {seen} times"
+    );
+}
