@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.request
 
 from control_plane_harness import (  # noqa: F401  (control_plane_factory: fixture)
     VIEWER_TOKEN,
     control_plane_factory,
+    wait_for,
 )
+from harness import metric_value, parse_prometheus
 
 
 def with_api_keys(cp, keys: str):
@@ -87,3 +90,35 @@ def test_half_open_connections_are_cut_and_the_cap_refuses_the_rest(control_plan
     assert time.monotonic() - started < 4.0, "shutdown waited on idle or half-open clients"
     keep.close()
     hanging.close()
+
+
+def scrape(cp) -> list:
+    with urllib.request.urlopen(f"{cp.api_base}/metrics", timeout=5) as r:
+        assert r.status == 200
+        return parse_prometheus(r.read().decode())
+
+
+def test_metrics_count_requests_rollouts_and_storage(control_plane_factory):
+    cp = control_plane_factory("sqlite")
+    cp.submit("version: 1\n")
+    cp.api("GET", "/policies", VIEWER_TOKEN)
+    assert cp.request("GET", "/policies", "wrong-token")[0] == 401
+    assert cp.request("POST", "/policies", VIEWER_TOKEN, {"document": "version: 2\n"})[0] == 403
+    rollout = cp.release(1, {"percent": 10})
+    cp.api("POST", f"/rollouts/{rollout['id']}/pause")
+
+    def paused_counted():
+        return metric_value(scrape(cp), "weir_cp_rollouts", state="paused") == 1
+
+    wait_for("weir_cp_rollouts follows the paused rollout", paused_counted, timeout=10)
+    samples = scrape(cp)
+    count = lambda **labels: metric_value(samples, "weir_cp_http_requests_total", **labels)  # noqa: E731
+    assert count(route="/api/v1/policies", method="POST", status="201") == 1
+    assert count(route="/api/v1/policies", method="POST", status="403") == 1
+    assert count(route="/api/v1/policies", method="GET", status="200") == 1
+    assert count(route="/api/v1/policies", method="GET", status="401") == 1
+    assert count(route="/api/v1/rollouts/{id}/pause", method="POST", status="200") == 1
+    assert metric_value(samples, "weir_cp_rollouts", state="active") == 0
+    assert metric_value(samples, "weir_cp_storage_duration_seconds_count", op="insert_policy") == 1
+    assert metric_value(samples, "weir_cp_storage_duration_seconds_count", op="counter") >= 1
+    assert metric_value(samples, "weir_cp_http_request_duration_seconds_count", route="/healthz") >= 1

@@ -186,6 +186,7 @@ struct StartRollout {
 pub fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
     vec![
         ("/healthz", Method::GET, get(healthz)),
+        ("/metrics", Method::GET, get(prometheus_metrics)),
         ("/api/v1/openapi.json", Method::GET, get(openapi)),
         ("/api/v1/policies", Method::GET, get(list_policies)),
         ("/api/v1/policies", Method::POST, post(submit_policy)),
@@ -232,6 +233,13 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
     }
     let mut router = Router::new();
     for (path, handler) in by_path {
+        // Each route records its own template, so `route` has one value per route rather than
+        // one per URL a client made up.
+        let handler = handler.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                count_request(path, req, next)
+            },
+        ));
         router = router.route(path, handler);
     }
     router
@@ -248,6 +256,31 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
             )
         })
         .with_state(cp)
+}
+
+/// Counts a request in `weir_cp_http_requests_total{route, method, status}` and times it in
+/// `weir_cp_http_request_duration_seconds{route, method}`.
+async fn count_request(
+    route: &'static str,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    metrics::histogram!("weir_cp_http_request_duration_seconds", "route" => route, "method" => method.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("weir_cp_http_requests_total", "route" => route, "method" => method, "status" => resp.status().as_u16().to_string())
+        .increment(1);
+    resp
+}
+
+async fn prometheus_metrics(State(cp): State<AppState>) -> Response {
+    match cp.render_metrics() {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, "no metrics recorder in this process")
+            .into_response(),
+    }
 }
 
 async fn healthz(State(cp): State<AppState>) -> ApiResult {

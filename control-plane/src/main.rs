@@ -60,10 +60,12 @@ fn start(config: ControlPlaneConfig, tokens: Tokens) -> anyhow::Result<()> {
             .as_ref()
             .map(|t| tls::tonic_config(t, "watch.tls"))
             .transpose()?;
+        let prometheus = weir_runtime::admin::install_metrics_recorder()?;
         let backend = config.storage.backend()?;
         let cp = ControlPlane::open(&backend, tokens)
             .await
             .context("opening storage")?;
+        cp.set_prometheus(prometheus);
         cp.spawn_change_poller(config.storage.poll_interval, shutdown.clone());
         cp.spawn_gateway_pruner(config.gateways.ttl, shutdown.clone());
         let api_listener = tokio::net::TcpListener::bind(&config.api.endpoint)

@@ -8,9 +8,10 @@
 use crate::auth::{Caller, Tokens};
 use crate::store::{
     Actor, AuditEntry, GatewayRecord, Millis, Nacked, PolicyMeta, PolicyRecord, Release, Rollout,
-    RolloutOp, Store,
+    RolloutOp, RolloutState, Store,
 };
 use crate::targeting::Target;
+use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct ControlPlane {
     cpu_slots: Arc<tokio::sync::Semaphore>,
     /// When storage last answered `/healthz`'s check, and with what.
     health: Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
+    /// The Prometheus recorder `/metrics` renders, once installed.
+    prometheus: std::sync::OnceLock<PrometheusHandle>,
 }
 
 /// What a gateway said when it connected.
@@ -139,6 +142,7 @@ impl ControlPlane {
             release: Mutex::new(None),
             cpu_slots: Arc::new(tokio::sync::Semaphore::new(VALIDATIONS_AT_ONCE)),
             health: Mutex::new(None),
+            prometheus: std::sync::OnceLock::new(),
         }))
     }
 
@@ -215,6 +219,36 @@ impl ControlPlane {
         result.map_err(Error::Storage)
     }
 
+    /// Serves `handle`'s metrics on `/metrics` (the process installs one recorder; tests do
+    /// not).
+    pub fn set_prometheus(&self, handle: PrometheusHandle) {
+        // A second recorder cannot exist in one process, so a second call has nothing to set.
+        let _ = self.prometheus.set(handle);
+    }
+
+    /// The Prometheus text exposition, when a recorder is installed.
+    pub fn render_metrics(&self) -> Option<String> {
+        self.prometheus.get().map(PrometheusHandle::render)
+    }
+
+    /// Sets `weir_cp_rollouts{state}` from storage.
+    async fn count_rollouts(&self) -> Result<(), Error> {
+        let counts = self.store.rollout_states().await?;
+        for state in [
+            RolloutState::Active,
+            RolloutState::Paused,
+            RolloutState::Completed,
+            RolloutState::RolledBack,
+        ] {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == state.as_str())
+                .map_or(0, |(_, n)| *n);
+            metrics::gauge!("weir_cp_rollouts", "state" => state.as_str()).set(n as f64);
+        }
+        Ok(())
+    }
+
     /// Publishes a change counter value read from or written to the database.
     fn publish(&self, counter: u64) {
         self.changes.send_if_modified(|v| {
@@ -234,6 +268,8 @@ impl ControlPlane {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The rollout gauges follow the change counter (any replica's changes included).
+            let mut counted = None;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -242,6 +278,13 @@ impl ControlPlane {
                 match cp.store.counter().await {
                     Ok(c) => cp.publish(c),
                     Err(e) => tracing::warn!(error = %e, "cannot read the change counter"),
+                }
+                let now = *cp.changes.borrow();
+                if counted != Some(now) {
+                    match cp.count_rollouts().await {
+                        Ok(()) => counted = Some(now),
+                        Err(e) => tracing::warn!(error = %e, "cannot count rollouts"),
+                    }
                 }
             }
         });
@@ -297,6 +340,7 @@ impl ControlPlane {
 
     /// ACK: the instance runs `version`.
     pub async fn record_ack(&self, instance_id: &str, version: u64) -> Result<(), Error> {
+        metrics::counter!("weir_cp_reports_total", "result" => "ack").increment(1);
         self.store.record_ack(instance_id, version).await
     }
 
@@ -323,6 +367,12 @@ impl ControlPlane {
                 "NACK: rollout paused"
             );
         }
+        let result = if nacked.paused.is_empty() && !nacked.ignored.is_empty() {
+            "nack_ignored"
+        } else {
+            "nack"
+        };
+        metrics::counter!("weir_cp_reports_total", "result" => result).increment(1);
         for id in &nacked.ignored {
             tracing::warn!(
                 rollout = id,

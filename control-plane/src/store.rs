@@ -19,6 +19,29 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use weir_config::control_plane::Backend;
 
+/// Records how long one storage operation took, when dropped (also on an error return), in
+/// `weir_cp_storage_duration_seconds{op}`.
+struct StorageTimer {
+    op: &'static str,
+    started: std::time::Instant,
+}
+
+impl StorageTimer {
+    fn start(op: &'static str) -> Self {
+        Self {
+            op,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for StorageTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("weir_cp_storage_duration_seconds", "op" => self.op)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
 /// The storage: a connection pool and the backend it talks to.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -405,6 +428,7 @@ impl Store {
 
     /// The change counter: increases with every change to what gateways should run.
     pub async fn counter(&self) -> Result<u64, Error> {
+        let _timer = StorageTimer::start("counter");
         let v: i64 = sqlx::query_scalar("SELECT counter FROM change_counter WHERE id = 1")
             .fetch_one(&self.pool)
             .await
@@ -455,6 +479,7 @@ impl Store {
         sha256: &str,
         actor: &Actor,
     ) -> Result<(PolicyMeta, u64), Error> {
+        let _timer = StorageTimer::start("insert_policy");
         let (mut tx, counter) = self.begin_change().await?;
         let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM policy_versions")
             .fetch_one(&mut *tx)
@@ -512,6 +537,7 @@ impl Store {
 
     /// Every stored version, oldest first, without documents.
     pub async fn policies(&self) -> Result<Vec<PolicyMeta>, Error> {
+        let _timer = StorageTimer::start("policies");
         let rows = sqlx::query(
             "SELECT version, format, sha256, created_by, created_at FROM policy_versions \
              ORDER BY version",
@@ -524,6 +550,7 @@ impl Store {
 
     /// One stored version with its document.
     pub async fn policy(&self, version: u64) -> Result<Option<PolicyRecord>, Error> {
+        let _timer = StorageTimer::start("policy");
         let Ok(v) = i64::try_from(version) else {
             return Ok(None);
         };
@@ -576,6 +603,7 @@ impl Store {
         stages: Vec<Stage>,
         actor: &Actor,
     ) -> Result<(Rollout, u64), Error> {
+        let _timer = StorageTimer::start("start_rollout");
         let v = to_i64(version)?;
         let (mut tx, counter) = self.begin_change().await?;
         let exists: Option<i64> =
@@ -651,6 +679,7 @@ impl Store {
         op: RolloutOp,
         actor: &Actor,
     ) -> Result<(Rollout, u64), Error> {
+        let _timer = StorageTimer::start("change_rollout");
         let (mut tx, counter) = self.begin_change().await?;
         let row = sqlx::query(&format!(
             "SELECT {} FROM rollouts WHERE id = $1",
@@ -742,6 +771,7 @@ impl Store {
 
     /// Every rollout, newest first.
     pub async fn rollouts(&self) -> Result<Vec<Rollout>, Error> {
+        let _timer = StorageTimer::start("rollouts");
         let rows = sqlx::query(&format!(
             "SELECT {} FROM rollouts ORDER BY id DESC",
             Self::ROLLOUT_COLUMNS
@@ -754,6 +784,7 @@ impl Store {
 
     /// One rollout.
     pub async fn rollout_by_id(&self, id: i64) -> Result<Option<Rollout>, Error> {
+        let _timer = StorageTimer::start("rollout_by_id");
         let row = sqlx::query(&format!(
             "SELECT {} FROM rollouts WHERE id = $1",
             Self::ROLLOUT_COLUMNS
@@ -767,6 +798,7 @@ impl Store {
 
     /// The rollouts that decide what gateways run now, and their documents.
     pub async fn release(&self) -> Result<Release, Error> {
+        let _timer = StorageTimer::start("release");
         let mut conn = self.pool.acquire().await.map_err(db)?;
         let rollouts = Self::deciding(&mut conn).await?;
         let mut documents = BTreeMap::new();
@@ -807,8 +839,24 @@ impl Store {
         Ok(rollouts)
     }
 
+    /// How many rollouts are in each state.
+    pub async fn rollout_states(&self) -> Result<Vec<(String, u64)>, Error> {
+        let _timer = StorageTimer::start("rollout_states");
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM rollouts GROUP BY state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let n: i64 = row.try_get("n").map_err(db)?;
+                Ok((row.try_get("state").map_err(db)?, to_u64(n, "count")?))
+            })
+            .collect()
+    }
+
     /// Marks every gateway disconnected: at start-up of the only process using the database.
     pub async fn reset_connections(&self) -> Result<(), Error> {
+        let _timer = StorageTimer::start("reset_connections");
         sqlx::query("UPDATE gateways SET connected = 0")
             .execute(&self.pool)
             .await
@@ -824,6 +872,7 @@ impl Store {
         build: &str,
         running: u64,
     ) -> Result<(), Error> {
+        let _timer = StorageTimer::start("gateway_connected");
         let labels = serde_json::to_string(labels)
             .map_err(|e| Error::Storage(format!("cannot encode labels: {e}")))?;
         let at = now().0;
@@ -847,6 +896,7 @@ impl Store {
 
     /// One stream of the gateway closed.
     pub async fn gateway_disconnected(&self, instance_id: &str) -> Result<(), Error> {
+        let _timer = StorageTimer::start("gateway_disconnected");
         sqlx::query(
             "UPDATE gateways SET connected = CASE WHEN connected > 0 THEN connected - 1 ELSE 0 END, \
              last_seen = $1 WHERE instance_id = $2",
@@ -861,6 +911,7 @@ impl Store {
 
     /// The gateway applied `version`.
     pub async fn record_ack(&self, instance_id: &str, version: u64) -> Result<(), Error> {
+        let _timer = StorageTimer::start("record_ack");
         let at = now().0;
         sqlx::query(
             "UPDATE gateways SET running_version = $1, last_report = 'ack', \
@@ -887,6 +938,7 @@ impl Store {
         version: u64,
         error: &str,
     ) -> Result<Nacked, Error> {
+        let _timer = StorageTimer::start("record_nack");
         let v = to_i64(version)?;
         let (mut tx, counter) = self.begin_change().await?;
         let at = now().0;
@@ -953,6 +1005,7 @@ impl Store {
 
     /// Deletes the gateways with no open stream last seen before `before`; returns how many.
     pub async fn prune_gateways(&self, before: Millis) -> Result<u64, Error> {
+        let _timer = StorageTimer::start("prune_gateways");
         let done = sqlx::query("DELETE FROM gateways WHERE connected = 0 AND last_seen < $1")
             .bind(before.0)
             .execute(&self.pool)
@@ -964,6 +1017,7 @@ impl Store {
     /// Deletes one gateway's record, refusing (Conflict) while it has an open stream, and
     /// writes the audit entry.
     pub async fn delete_gateway(&self, instance_id: &str, actor: &Actor) -> Result<(), Error> {
+        let _timer = StorageTimer::start("delete_gateway");
         let mut tx = self.pool.begin().await.map_err(db)?;
         let connected: Option<i64> =
             sqlx::query_scalar("SELECT connected FROM gateways WHERE instance_id = $1")
@@ -1003,6 +1057,7 @@ impl Store {
 
     /// Every gateway ever seen, by instance id.
     pub async fn gateways(&self) -> Result<Vec<GatewayRecord>, Error> {
+        let _timer = StorageTimer::start("gateways");
         let rows = sqlx::query(
             "SELECT instance_id, labels, build, running_version, last_report, \
              last_report_version, last_error, last_report_at, connected, first_seen, last_seen \
@@ -1041,6 +1096,7 @@ impl Store {
 
     /// The newest `limit` audit entries, newest first.
     pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, Error> {
+        let _timer = StorageTimer::start("audit_log");
         let rows = sqlx::query(
             "SELECT id, at, actor, role, action, details FROM audit_log ORDER BY id DESC LIMIT $1",
         )

@@ -218,6 +218,7 @@ impl Session {
         shutdown: CancellationToken,
     ) {
         changes.borrow_and_update();
+        metrics::gauge!("weir_cp_watch_streams").increment(1.0);
         let end = match self.push_desired().await {
             Err(status) => End::Failed(status),
             Ok(()) => loop {
@@ -257,6 +258,7 @@ impl Session {
             }
             End::Shutdown => tracing::info!(instance, "watch stream closed for shutdown"),
         }
+        metrics::gauge!("weir_cp_watch_streams").decrement(1.0);
         // The control plane counts open streams per instance, so a gateway that reconnected
         // before its old stream was noticed dead stays connected when the old one ends.
         if let Err(e) = self.cp.gateway_disconnected(instance).await {
@@ -280,6 +282,7 @@ impl Session {
         tracing::info!(instance = %self.hello.instance_id, version, "pushing policy");
         self.last_pushed = version;
         self.pushed.insert(version);
+        metrics::counter!("weir_cp_assignments_sent_total").increment(1);
         // A closed channel means the gateway is gone; the loop notices through `closed()`.
         let _ = self.tx.send(Ok(Assignment { version, document })).await;
         Ok(())
@@ -307,6 +310,7 @@ impl Session {
         };
         if !self.pushed.contains(&version) {
             // Recording it would claim the instance runs a version nobody sent it.
+            metrics::counter!("weir_cp_reports_total", "result" => "unknown_version").increment(1);
             tracing::warn!(
                 instance,
                 version,
