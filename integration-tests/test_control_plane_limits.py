@@ -5,9 +5,14 @@ hanging on), the bounds on what gateways may claim and leave behind (TTL prune, 
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import ssl
+import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 from control_plane_harness import (  # noqa: F401  (control_plane_factory: fixture)
     VIEWER_TOKEN,
@@ -122,3 +127,91 @@ def test_metrics_count_requests_rollouts_and_storage(control_plane_factory):
     assert metric_value(samples, "weir_cp_storage_duration_seconds_count", op="insert_policy") == 1
     assert metric_value(samples, "weir_cp_storage_duration_seconds_count", op="counter") >= 1
     assert metric_value(samples, "weir_cp_http_request_duration_seconds_count", route="/healthz") >= 1
+
+
+class Ca:
+    """A throwaway CA (openssl) that issues localhost server certificates."""
+
+    def __init__(self, d: Path):
+        self.d = d
+        self.pem, self.key = d / "ca.pem", d / "ca-key.pem"
+        self.serial = 0
+        self._openssl("req", "-x509", *self.EC, "-keyout", self.key, "-out", self.pem, "-days", "1",
+                      "-subj", "/CN=weir test CA")
+
+    EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def _openssl(self, *args):
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=30)
+
+    def issue(self) -> tuple[Path, Path]:
+        self.serial += 1
+        n = self.serial
+        cert, key, csr, ext = (self.d / f"{n}.{s}" for s in ("crt", "key", "csr", "cnf"))
+        ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+        self._openssl("req", *self.EC, "-keyout", key, "-out", csr, "-subj", "/CN=localhost")
+        self._openssl("x509", "-req", "-in", csr, "-CA", self.pem, "-CAkey", self.key, "-set_serial", n,
+                      "-out", cert, "-days", "1", "-extfile", ext)
+        return cert, key
+
+
+def served_certificate(port: int, ca: Path, alpn: str) -> bytes:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.set_alpn_protocols([alpn])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as conn:
+            return conn.getpeercert(binary_form=True)
+
+
+def test_rotated_certificates_are_served_on_both_listeners_without_a_restart(
+    control_plane_factory, tmp_path
+):
+    ca = Ca(tmp_path)
+    first_cert, first_key = ca.issue()
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(first_cert, cert)
+    shutil.copy(first_key, key)
+    cp = control_plane_factory("sqlite", start=False)
+    tls = f"  tls:\n    cert_file: {cert}\n    key_file: {key}\n    reload_interval: 200ms\n"
+    with_api_keys(cp, tls)
+    text = cp.config_path.read_text()
+    line = f"endpoint: 127.0.0.1:{cp.watch_port}\n"
+    cp.config_path.write_text(text.replace(line, line + tls, 1))
+    cp.health = lambda: _https_health(cp.api_port, ca.pem)
+    cp.start()
+    pid = cp.proc.pid
+    ports = {"api": (cp.api_port, "http/1.1"), "watch": (cp.watch_port, "h2")}
+    before = {name: served_certificate(port, ca.pem, alpn) for name, (port, alpn) in ports.items()}
+
+    new_cert, new_key = ca.issue()
+    # Replace key and certificate atomically, one after the other: a reload in between sees a
+    # pair that does not match, refuses it and keeps the old one until the next change.
+    for src, dst in [(new_key, key), (new_cert, cert)]:
+        tmp = dst.with_suffix(".tmp")
+        shutil.copy(src, tmp)
+        os.replace(tmp, dst)
+    for name, (port, alpn) in ports.items():
+        wait_for(
+            f"the {name} listener serves the rotated certificate",
+            lambda: served_certificate(port, ca.pem, alpn) != before[name],
+            timeout=10,
+        )
+    assert cp.proc.pid == pid and cp.proc.poll() is None, "no restart"
+    samples = scrape_https(cp.api_port, ca.pem)
+    for name in ports:
+        assert metric_value(samples, "weir_tls_reloads_total", listener=name, result="ok") >= 1, name
+
+
+def _https_health(port: int, ca: Path) -> int | None:
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=2, context=ctx) as r:
+            return r.status
+    except OSError:
+        return None
+
+
+def scrape_https(port: int, ca: Path) -> list:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", timeout=5, context=ctx) as r:
+        return parse_prometheus(r.read().decode())

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use weir_config::{ConfigFile, ControlPlaneConfig};
 use weir_control_plane::auth::Tokens;
-use weir_control_plane::{ControlPlane, api, tls, watch};
+use weir_control_plane::{ControlPlane, api, watch};
 use weir_runtime::ConfigArgs;
 use weir_runtime::listener::{self, ConnLimits, Protocols, ServeOptions};
-use weir_runtime::tls::{ALPN_H2_HTTP1, ReloadingTls};
+use weir_runtime::tls::{ALPN_H2, ALPN_H2_HTTP1, ReloadingTls};
 
 /// The Weir control plane: versioned policies rolled out to gateways.
 #[derive(Parser)]
@@ -58,7 +58,7 @@ fn start(config: ControlPlaneConfig, tokens: Tokens) -> anyhow::Result<()> {
             .watch
             .tls
             .as_ref()
-            .map(|t| tls::tonic_config(t, "watch.tls"))
+            .map(|t| ReloadingTls::new("watch", t, ALPN_H2).context("watch.tls"))
             .transpose()?;
         let prometheus = weir_runtime::admin::install_metrics_recorder()?;
         let backend = config.storage.backend()?;
@@ -82,7 +82,7 @@ fn start(config: ControlPlaneConfig, tokens: Tokens) -> anyhow::Result<()> {
             storage = ?cp.store().kind(),
             "control plane listening"
         );
-        if let Some(t) = &api_tls {
+        for t in [&api_tls, &watch_tls].into_iter().flatten() {
             tokio::spawn(t.clone().watch(shutdown.clone()));
         }
         let mut rest = tokio::spawn(listener::serve(

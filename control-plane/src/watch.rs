@@ -14,13 +14,16 @@ use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use weir_proto::controlplane::v1::gateway_message::Message;
 use weir_proto::controlplane::v1::policy_service_server::{PolicyService, PolicyServiceServer};
 use weir_proto::controlplane::v1::{Assignment, GatewayMessage, Hello, Report};
+use weir_runtime::tls::ReloadingTls;
 
 /// How long a gateway has to send its Hello after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,30 +37,84 @@ const MAX_MESSAGE_SIZE: usize = 16 << 20;
 /// newest desired version is all that matters anyway.
 const OUTBOUND_QUEUE: usize = 4;
 
-/// Serves the gRPC watch stream on `listener` until `shutdown`.
+/// How long a TLS handshake on the watch listener may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the gRPC watch stream on `listener` until `shutdown`, over TLS when `tls` is given
+/// (each connection gets the certificate in force when it arrives, so files rotated on disk
+/// and reloaded by `ReloadingTls::watch` serve new connections without a restart).
 pub async fn serve(
     cp: Arc<ControlPlane>,
     listener: tokio::net::TcpListener,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<Arc<ReloadingTls>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let service = WatchService::new(cp, shutdown.clone());
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| anyhow::anyhow!("watch listener TLS: {e}"))?;
-    }
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(KEEPALIVE_INTERVAL));
-    builder
-        .add_service(service.into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await
-        .map_err(|e| anyhow::anyhow!("watch server: {e}"))
+    let router = builder.add_service(service.into_server());
+    let served = match tls {
+        None => {
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(KEEPALIVE_INTERVAL));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+        }
+        Some(tls) => {
+            let incoming = tls_incoming(listener, tls, shutdown.clone());
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+        }
+    };
+    served.map_err(|e| anyhow::anyhow!("watch server: {e}"))
+}
+
+/// TLS connections accepted on `listener` until `shutdown`: each handshake runs on its own
+/// task, bounded by [`HANDSHAKE_TIMEOUT`], so a slow client holds up no one else.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    tls: Arc<ReloadingTls>,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "watch listener: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = tls.acceptor();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        // A closed channel means the server stopped.
+                        let _ = tx.send(Ok(tls_stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        metrics::counter!("weir_receiver_tls_handshake_failures_total", "listener" => "watch")
+                            .increment(1);
+                        tracing::debug!(%peer, error = %e, "watch listener: TLS handshake failed");
+                    }
+                    Err(_) => tracing::debug!(%peer, "watch listener: TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// The `PolicyService` implementation: one session task per connected gateway.
@@ -386,6 +443,10 @@ mod tests {
     }
 
     async fn serve_test() -> Served {
+        serve_test_with(None).await
+    }
+
+    async fn serve_test_with(tls: Option<Arc<ReloadingTls>>) -> Served {
         use weir_config::auth::hash_token;
         use weir_config::control_plane::{Backend, Role};
         let dir = tempfile::tempdir().unwrap();
@@ -401,7 +462,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(cp.clone(), listener, None, shutdown.clone()));
+        let server = tokio::spawn(serve(cp.clone(), listener, tls, shutdown.clone()));
         Served {
             cp,
             endpoint,
@@ -418,10 +479,21 @@ mod tests {
     }
 
     async fn open(endpoint: &str, token: &str, first: Option<Message>) -> Result<Gw, Status> {
-        use weir_proto::controlplane::v1::policy_service_client::PolicyServiceClient;
-        let mut client = PolicyServiceClient::connect(endpoint.to_string())
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+            .unwrap()
+            .connect()
             .await
             .unwrap();
+        open_on(channel, token, first).await
+    }
+
+    async fn open_on(
+        channel: tonic::transport::Channel,
+        token: &str,
+        first: Option<Message>,
+    ) -> Result<Gw, Status> {
+        use weir_proto::controlplane::v1::policy_service_client::PolicyServiceClient;
+        let mut client = PolicyServiceClient::new(channel);
         let (tx, mut rx) = mpsc::channel(8);
         if let Some(m) = first {
             tx.send(GatewayMessage { message: Some(m) }).await.unwrap();
@@ -520,6 +592,59 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         // None of them was recorded.
         assert!(s.cp.gateways().await.unwrap().is_empty());
+        s.shutdown.cancel();
+        s.server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn streams_run_over_tls_with_the_reloading_certificate() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert_file, leaf.pem()).unwrap();
+        std::fs::write(&key_file, leaf_key.serialize_pem()).unwrap();
+        let settings: weir_config::ServerTls = serde_yaml_ng::from_str(&format!(
+            "cert_file: {}\nkey_file: {}\n",
+            cert_file.display(),
+            key_file.display()
+        ))
+        .unwrap();
+        let tls = ReloadingTls::new("watch", &settings, weir_runtime::tls::ALPN_H2).unwrap();
+
+        let s = serve_test_with(Some(tls)).await;
+        let port = s.endpoint.rsplit(':').next().unwrap().to_string();
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+                    .domain_name("localhost"),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut gw = open_on(channel, "g", hello("gw-tls", 0)).await.unwrap();
+        release(&s.cp, 1, Default::default()).await;
+        assert_eq!(gw.next(LONG).await.map(|a| a.version), Some(1));
+        // Plain text on the TLS listener gets nowhere.
+        let plain = tonic::transport::Endpoint::from_shared(s.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await;
+        if let Ok(channel) = plain {
+            assert!(open_on(channel, "g", hello("gw-plain", 0)).await.is_err());
+        }
         s.shutdown.cancel();
         s.server.await.unwrap().unwrap();
     }
