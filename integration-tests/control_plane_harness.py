@@ -220,10 +220,13 @@ class ControlPlane:
         except OSError:
             return None
 
-    def stop(self):
+    def stop(self) -> int | None:
+        """Stops the process (SIGTERM, then SIGKILL); returns its exit code."""
+        code = None
         if self.proc is not None:
-            stop_process(self.proc)
+            code = stop_process(self.proc)
             self.proc = None
+        return code
 
     def restart(self):
         self.stop()

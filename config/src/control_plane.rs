@@ -20,7 +20,7 @@ use std::time::Duration;
 pub struct ControlPlaneConfig {
     /// The REST API listener (`/api/v1`), default 0.0.0.0:8080.
     #[serde(default = "default_api")]
-    pub api: CpListener,
+    pub api: ApiListener,
     /// The gRPC watch-stream listener gateways connect to, default 0.0.0.0:8081.
     #[serde(default = "default_watch")]
     pub watch: CpListener,
@@ -29,6 +29,9 @@ pub struct ControlPlaneConfig {
     pub storage: Storage,
     /// Bearer tokens and their roles.
     pub auth: Auth,
+    /// What the control plane keeps about gateways.
+    #[serde(default)]
+    pub gateways: Gateways,
     /// How long shutdown waits for in-flight requests.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "duration")]
     pub shutdown_timeout: Duration,
@@ -37,10 +40,14 @@ pub struct ControlPlaneConfig {
     pub log: Log,
 }
 
-fn default_api() -> CpListener {
-    CpListener {
+fn default_api() -> ApiListener {
+    ApiListener {
         endpoint: "0.0.0.0:8080".into(),
         tls: None,
+        max_connections: default_api_max_connections(),
+        max_concurrent_streams: default_api_max_concurrent_streams(),
+        idle_timeout: default_api_idle_timeout(),
+        header_read_timeout: default_api_header_read_timeout(),
     }
 }
 
@@ -64,6 +71,100 @@ pub struct CpListener {
     /// Serve TLS with these files instead of plain text.
     #[serde(default)]
     pub tls: Option<ServerTls>,
+}
+
+/// The REST API listener: the address, optional TLS, and the connection limits the gateway's
+/// listeners have (served by the same code, weir-runtime's listener).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiListener {
+    /// `host:port` to bind.
+    pub endpoint: String,
+    /// Serve TLS with these files instead of plain text.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    /// Connections served at once; past it a new connection is closed at once. Default 1024.
+    #[serde(default = "default_api_max_connections")]
+    pub max_connections: usize,
+    /// HTTP/2 streams (concurrent requests) per connection. Default 100.
+    #[serde(default = "default_api_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// A connection with no request in progress for this long is closed. Default 120s.
+    #[serde(default = "default_api_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// The TLS handshake and a request's headers must arrive within this time, or the
+    /// connection is closed: half-open and slow-loris clients do not hold descriptors.
+    /// Default 10s.
+    #[serde(
+        default = "default_api_header_read_timeout",
+        deserialize_with = "duration"
+    )]
+    pub header_read_timeout: Duration,
+}
+
+fn default_api_max_connections() -> usize {
+    1024
+}
+
+fn default_api_max_concurrent_streams() -> u32 {
+    100
+}
+
+fn default_api_idle_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_api_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl ApiListener {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "api.max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(ConfigError::invalid(
+                "api.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        for (key, d) in [
+            ("api.idle_timeout", self.idle_timeout),
+            ("api.header_read_timeout", self.header_read_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                return Err(ConfigError::invalid(key, "must be at least 100ms"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the control plane keeps about gateways.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateways {
+    /// A gateway with no open watch stream that was not seen for this long is deleted from
+    /// the gateway list (under a Deployment every restart brings a new instance id); `0s`
+    /// keeps them forever. Default 24h.
+    #[serde(default = "default_gateway_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+}
+
+impl Default for Gateways {
+    fn default() -> Self {
+        Self {
+            ttl: default_gateway_ttl(),
+        }
+    }
+}
+
+fn default_gateway_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 /// The storage backend: exactly one of `sqlite` and `postgres` (SQLite when neither is given).
@@ -241,6 +342,10 @@ pub struct Token {
     /// An environment variable holding the token itself.
     #[serde(default)]
     pub env: Option<String>,
+    /// Gateway tokens only: the instance ids this token may connect as, as patterns where `*`
+    /// stands for any run of characters (`gw-eu-*`); absent: any instance id.
+    #[serde(default)]
+    pub instances: Option<Vec<String>>,
 }
 
 impl Token {
@@ -282,17 +387,21 @@ impl Auth {
 
 impl ConfigFile for ControlPlaneConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        for (key, l) in [("api", &self.api), ("watch", &self.watch)] {
-            l.endpoint.parse::<SocketAddr>().map_err(|e| {
+        for (key, endpoint, tls) in [
+            ("api", &self.api.endpoint, &self.api.tls),
+            ("watch", &self.watch.endpoint, &self.watch.tls),
+        ] {
+            endpoint.parse::<SocketAddr>().map_err(|e| {
                 ConfigError::invalid(
                     format!("{key}.endpoint"),
-                    format!("`{}` is not host:port ({e})", l.endpoint),
+                    format!("`{endpoint}` is not host:port ({e})"),
                 )
             })?;
-            if let Some(tls) = &l.tls {
+            if let Some(tls) = tls {
                 tls.validate(&format!("{key}.tls"))?;
             }
         }
+        self.api.validate()?;
         if let Some(pg) = &self.storage.postgres {
             if pg.max_connections == 0 {
                 return Err(ConfigError::invalid(
@@ -330,6 +439,26 @@ impl ConfigFile for ControlPlaneConfig {
                 ));
             }
             t.source(&key)?;
+            if let Some(patterns) = &t.instances {
+                if t.role != Role::Gateway {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.instances"),
+                        "only gateway tokens connect as instances; remove it or use role gateway",
+                    ));
+                }
+                if patterns.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.instances"),
+                        "list at least one instance id pattern, or leave it out",
+                    ));
+                }
+                if let Some(i) = patterns.iter().position(|p| p.trim().is_empty()) {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.instances[{i}]"),
+                        "must not be empty",
+                    ));
+                }
+            }
         }
         if !self.auth.tokens.iter().any(|t| t.role == Role::Admin) {
             return Err(ConfigError::invalid(
@@ -402,6 +531,26 @@ mod tests {
         assert_eq!(e.key(), Some("storage"), "{e}");
         let e = ControlPlaneConfig::from_yaml(&format!("{MINIMAL}auth2: 1\n")).unwrap_err();
         assert!(e.to_string().contains("auth2"), "{e}");
+    }
+
+    #[test]
+    fn instance_patterns_belong_to_gateway_tokens() {
+        let c = ControlPlaneConfig::from_yaml(&format!(
+            "{MINIMAL}    - name: g\n      role: gateway\n      env: G\n      instances: [\"gw-*\"]\ngateways:\n  ttl: 1h\n"
+        ))
+        .unwrap();
+        assert_eq!(c.auth.tokens[1].instances, Some(vec!["gw-*".to_string()]));
+        assert_eq!(c.gateways.ttl, Duration::from_secs(3600));
+        let e = ControlPlaneConfig::from_yaml(&format!(
+            "{MINIMAL}    - name: v\n      role: viewer\n      env: V\n      instances: [a]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key(), Some("auth.tokens[1].instances"), "{e}");
+        let e = ControlPlaneConfig::from_yaml(&format!(
+            "{MINIMAL}    - name: g\n      role: gateway\n      env: G\n      instances: []\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key(), Some("auth.tokens[1].instances"), "{e}");
     }
 
     #[test]

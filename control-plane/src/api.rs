@@ -6,7 +6,7 @@
 //! Errors are `{"error": "..."}` with the status the failure calls for.
 
 use crate::auth::Caller;
-use crate::state::{ControlPlane, Error, validate_document};
+use crate::state::{ControlPlane, Error};
 use crate::store::{GatewayRecord, RolloutOp};
 use crate::targeting::Target;
 use axum::Router;
@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -53,6 +53,8 @@ impl From<Error> for ApiError {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %e, "request failed");
@@ -184,6 +186,7 @@ struct StartRollout {
 pub fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
     vec![
         ("/healthz", Method::GET, get(healthz)),
+        ("/metrics", Method::GET, get(prometheus_metrics)),
         ("/api/v1/openapi.json", Method::GET, get(openapi)),
         ("/api/v1/policies", Method::GET, get(list_policies)),
         ("/api/v1/policies", Method::POST, post(submit_policy)),
@@ -210,6 +213,11 @@ pub fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
             post(rollback),
         ),
         ("/api/v1/gateways", Method::GET, get(list_gateways)),
+        (
+            "/api/v1/gateways/{id}",
+            Method::DELETE,
+            delete(delete_gateway),
+        ),
         ("/api/v1/audit", Method::GET, get(audit)),
     ]
 }
@@ -225,6 +233,13 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
     }
     let mut router = Router::new();
     for (path, handler) in by_path {
+        // Each route records its own template, so `route` has one value per route rather than
+        // one per URL a client made up.
+        let handler = handler.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                count_request(path, req, next)
+            },
+        ));
         router = router.route(path, handler);
     }
     router
@@ -243,8 +258,33 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         .with_state(cp)
 }
 
+/// Counts a request in `weir_cp_http_requests_total{route, method, status}` and times it in
+/// `weir_cp_http_request_duration_seconds{route, method}`.
+async fn count_request(
+    route: &'static str,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    metrics::histogram!("weir_cp_http_request_duration_seconds", "route" => route, "method" => method.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("weir_cp_http_requests_total", "route" => route, "method" => method, "status" => resp.status().as_u16().to_string())
+        .increment(1);
+    resp
+}
+
+async fn prometheus_metrics(State(cp): State<AppState>) -> Response {
+    match cp.render_metrics() {
+        Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, "no metrics recorder in this process")
+            .into_response(),
+    }
+}
+
 async fn healthz(State(cp): State<AppState>) -> ApiResult {
-    cp.store().counter().await?;
+    cp.health().await?;
     ok(StatusCode::OK, json!({"status": "ok"}))
 }
 
@@ -276,15 +316,14 @@ async fn validate_policy(
 ) -> ApiResult {
     authorize(&cp, &headers, Need::Read)?;
     let doc: DocumentBody = body(request).await?;
-    match validate_document(&doc.document) {
+    match cp.validate(&doc.document).await {
         Ok(v) => ok(
             StatusCode::OK,
             json!({"valid": true, "version": v.version, "format": v.format}),
         ),
-        Err(e) => ok(
-            StatusCode::OK,
-            json!({"valid": false, "error": e.to_string()}),
-        ),
+        Err(Error::Invalid(why)) => ok(StatusCode::OK, json!({"valid": false, "error": why})),
+        // Too large or too busy is not a verdict on the document.
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -395,6 +434,16 @@ async fn list_gateways(State(cp): State<AppState>, headers: HeaderMap) -> ApiRes
         })
         .collect();
     ok(StatusCode::OK, json!({"gateways": gateways}))
+}
+
+async fn delete_gateway(
+    State(cp): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let caller = authorize(&cp, &headers, Need::Write)?;
+    cp.delete_gateway(&id, &caller).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn audit(

@@ -6,10 +6,13 @@ use subtle::ConstantTimeEq;
 use weir_config::auth::{TokenHash, hash_token};
 use weir_config::control_plane::Role;
 
-/// The configured tokens: name, role and digest.
+/// The configured tokens: name, role and digest; and, for gateway tokens, the instance ids
+/// each may connect as.
 #[derive(Clone)]
 pub struct Tokens {
     entries: Vec<(String, Role, TokenHash)>,
+    /// Token name -> instance id patterns; a gateway token not listed may be any instance.
+    instances: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Never shows digests.
@@ -33,7 +36,25 @@ pub struct Caller {
 impl Tokens {
     /// Tokens from resolved config entries.
     pub fn new(entries: Vec<(String, Role, TokenHash)>) -> Self {
-        Self { entries }
+        Self {
+            entries,
+            instances: Default::default(),
+        }
+    }
+
+    /// Binds the token named `name` to instance ids matching `patterns` (`*` = any run of
+    /// characters): a gateway holding it may connect only as one of those.
+    pub fn bind_instances(&mut self, name: &str, patterns: Vec<String>) {
+        self.instances.insert(name.to_string(), patterns);
+    }
+
+    /// Whether the holder of the token named `name` may connect as `instance_id`.
+    pub fn may_be_instance(&self, name: &str, instance_id: &str) -> bool {
+        self.instances.get(name).is_none_or(|patterns| {
+            patterns
+                .iter()
+                .any(|p| crate::identity::matches_pattern(p, instance_id))
+        })
     }
 
     /// The holder of `presented` (the token itself), if it is a configured token.
@@ -112,6 +133,17 @@ mod tests {
         assert!(t.identify_header(Some("admin-secret")).is_none());
         assert!(t.identify_header(Some("Bearer ")).is_none());
         assert!(t.identify_header(None).is_none());
+    }
+
+    #[test]
+    fn bound_tokens_connect_only_as_their_instances() {
+        let mut t = tokens();
+        assert!(t.may_be_instance("gws", "anything"));
+        t.bind_instances("gws", vec!["gw-eu-*".into(), "edge-1".into()]);
+        assert!(t.may_be_instance("gws", "gw-eu-3"));
+        assert!(t.may_be_instance("gws", "edge-1"));
+        assert!(!t.may_be_instance("gws", "gw-us-3"));
+        assert!(!t.may_be_instance("gws", "edge-10"));
     }
 
     #[test]

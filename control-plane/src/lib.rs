@@ -6,17 +6,17 @@
 //! - `store.rs`: storage (SQLite or PostgreSQL) and migrations;
 //! - `targeting.rs`: which gateways a rollout stage reaches;
 //! - `auth.rs`: bearer tokens and roles;
+//! - `identity.rs`: the bounds on what a gateway claims, and which instances a token may be;
 //! - `api.rs` + `openapi.json`: the REST API (served by weir-runtime's listener, as the
 //!   gateway's listeners are);
-//! - `tls.rs`: loading certificates for the watch stream;
 //! - `watch.rs`: the gRPC watch stream.
 
 pub mod api;
 pub mod auth;
+pub mod identity;
 pub mod state;
 pub mod store;
 pub mod targeting;
-pub mod tls;
 pub mod watch;
 
 #[cfg(test)]

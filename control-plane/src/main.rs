@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use weir_config::{ConfigFile, ControlPlaneConfig};
 use weir_control_plane::auth::Tokens;
-use weir_control_plane::{ControlPlane, api, tls, watch};
+use weir_control_plane::{ControlPlane, api, watch};
 use weir_runtime::ConfigArgs;
 use weir_runtime::listener::{self, ConnLimits, Protocols, ServeOptions};
-use weir_runtime::tls::{ALPN_H2_HTTP1, ReloadingTls};
+use weir_runtime::tls::{ALPN_H2, ALPN_H2_HTTP1, ReloadingTls};
 
 /// The Weir control plane: versioned policies rolled out to gateways.
 #[derive(Parser)]
@@ -34,7 +34,12 @@ fn main() -> ExitCode {
 /// The config, with its tokens read and hashed and its storage backend resolved.
 fn check(path: &Path) -> anyhow::Result<(ControlPlaneConfig, Tokens)> {
     let config = ControlPlaneConfig::load(path)?;
-    let tokens = Tokens::new(config.auth.resolve()?);
+    let mut tokens = Tokens::new(config.auth.resolve()?);
+    for t in &config.auth.tokens {
+        if let Some(patterns) = &t.instances {
+            tokens.bind_instances(&t.name, patterns.clone());
+        }
+    }
     config.storage.backend()?;
     Ok((config, tokens))
 }
@@ -53,13 +58,16 @@ fn start(config: ControlPlaneConfig, tokens: Tokens) -> anyhow::Result<()> {
             .watch
             .tls
             .as_ref()
-            .map(|t| tls::tonic_config(t, "watch.tls"))
+            .map(|t| ReloadingTls::new("watch", t, ALPN_H2).context("watch.tls"))
             .transpose()?;
+        let prometheus = weir_runtime::admin::install_metrics_recorder()?;
         let backend = config.storage.backend()?;
         let cp = ControlPlane::open(&backend, tokens)
             .await
             .context("opening storage")?;
+        cp.set_prometheus(prometheus);
         cp.spawn_change_poller(config.storage.poll_interval, shutdown.clone());
+        cp.spawn_gateway_pruner(config.gateways.ttl, shutdown.clone());
         let api_listener = tokio::net::TcpListener::bind(&config.api.endpoint)
             .await
             .with_context(|| format!("api.endpoint: cannot bind {}", config.api.endpoint))?;
@@ -74,14 +82,19 @@ fn start(config: ControlPlaneConfig, tokens: Tokens) -> anyhow::Result<()> {
             storage = ?cp.store().kind(),
             "control plane listening"
         );
-        if let Some(t) = &api_tls {
+        for t in [&api_tls, &watch_tls].into_iter().flatten() {
             tokio::spawn(t.clone().watch(shutdown.clone()));
         }
         let mut rest = tokio::spawn(listener::serve(
             api_listener,
             ServeOptions {
                 name: "api",
-                limits: ConnLimits::default(),
+                limits: ConnLimits {
+                    max_connections: config.api.max_connections,
+                    max_concurrent_streams: config.api.max_concurrent_streams,
+                    idle_timeout: config.api.idle_timeout,
+                    header_read_timeout: config.api.header_read_timeout,
+                },
                 tls: api_tls,
                 protocols: Protocols::Http1And2,
                 drain_timeout: Some(config.shutdown_timeout),

@@ -19,6 +19,29 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use weir_config::control_plane::Backend;
 
+/// Records how long one storage operation took, when dropped (also on an error return), in
+/// `weir_cp_storage_duration_seconds{op}`.
+struct StorageTimer {
+    op: &'static str,
+    started: std::time::Instant,
+}
+
+impl StorageTimer {
+    fn start(op: &'static str) -> Self {
+        Self {
+            op,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for StorageTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("weir_cp_storage_duration_seconds", "op" => self.op)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
 /// The storage: a connection pool and the backend it talks to.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -55,7 +78,8 @@ impl Serialize for Millis {
     }
 }
 
-fn now() -> Millis {
+/// The current time.
+pub fn now() -> Millis {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -196,6 +220,17 @@ pub struct GatewayRecord {
     pub first_seen: Millis,
     /// When it last connected, answered or disconnected.
     pub last_seen: Millis,
+}
+
+/// What a NACK did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nacked {
+    /// The rollouts it paused: active ones of the version that reach the gateway.
+    pub paused: Vec<i64>,
+    /// Active rollouts of the version whose released stages do not target the gateway.
+    pub ignored: Vec<i64>,
+    /// The change counter after the change.
+    pub counter: u64,
 }
 
 /// One audit log entry.
@@ -393,6 +428,7 @@ impl Store {
 
     /// The change counter: increases with every change to what gateways should run.
     pub async fn counter(&self) -> Result<u64, Error> {
+        let _timer = StorageTimer::start("counter");
         let v: i64 = sqlx::query_scalar("SELECT counter FROM change_counter WHERE id = 1")
             .fetch_one(&self.pool)
             .await
@@ -443,6 +479,7 @@ impl Store {
         sha256: &str,
         actor: &Actor,
     ) -> Result<(PolicyMeta, u64), Error> {
+        let _timer = StorageTimer::start("insert_policy");
         let (mut tx, counter) = self.begin_change().await?;
         let latest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM policy_versions")
             .fetch_one(&mut *tx)
@@ -500,6 +537,7 @@ impl Store {
 
     /// Every stored version, oldest first, without documents.
     pub async fn policies(&self) -> Result<Vec<PolicyMeta>, Error> {
+        let _timer = StorageTimer::start("policies");
         let rows = sqlx::query(
             "SELECT version, format, sha256, created_by, created_at FROM policy_versions \
              ORDER BY version",
@@ -512,6 +550,7 @@ impl Store {
 
     /// One stored version with its document.
     pub async fn policy(&self, version: u64) -> Result<Option<PolicyRecord>, Error> {
+        let _timer = StorageTimer::start("policy");
         let Ok(v) = i64::try_from(version) else {
             return Ok(None);
         };
@@ -564,6 +603,7 @@ impl Store {
         stages: Vec<Stage>,
         actor: &Actor,
     ) -> Result<(Rollout, u64), Error> {
+        let _timer = StorageTimer::start("start_rollout");
         let v = to_i64(version)?;
         let (mut tx, counter) = self.begin_change().await?;
         let exists: Option<i64> =
@@ -639,6 +679,7 @@ impl Store {
         op: RolloutOp,
         actor: &Actor,
     ) -> Result<(Rollout, u64), Error> {
+        let _timer = StorageTimer::start("change_rollout");
         let (mut tx, counter) = self.begin_change().await?;
         let row = sqlx::query(&format!(
             "SELECT {} FROM rollouts WHERE id = $1",
@@ -730,6 +771,7 @@ impl Store {
 
     /// Every rollout, newest first.
     pub async fn rollouts(&self) -> Result<Vec<Rollout>, Error> {
+        let _timer = StorageTimer::start("rollouts");
         let rows = sqlx::query(&format!(
             "SELECT {} FROM rollouts ORDER BY id DESC",
             Self::ROLLOUT_COLUMNS
@@ -742,6 +784,7 @@ impl Store {
 
     /// One rollout.
     pub async fn rollout_by_id(&self, id: i64) -> Result<Option<Rollout>, Error> {
+        let _timer = StorageTimer::start("rollout_by_id");
         let row = sqlx::query(&format!(
             "SELECT {} FROM rollouts WHERE id = $1",
             Self::ROLLOUT_COLUMNS
@@ -755,6 +798,7 @@ impl Store {
 
     /// The rollouts that decide what gateways run now, and their documents.
     pub async fn release(&self) -> Result<Release, Error> {
+        let _timer = StorageTimer::start("release");
         let mut conn = self.pool.acquire().await.map_err(db)?;
         let rollouts = Self::deciding(&mut conn).await?;
         let mut documents = BTreeMap::new();
@@ -795,8 +839,24 @@ impl Store {
         Ok(rollouts)
     }
 
+    /// How many rollouts are in each state.
+    pub async fn rollout_states(&self) -> Result<Vec<(String, u64)>, Error> {
+        let _timer = StorageTimer::start("rollout_states");
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM rollouts GROUP BY state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let n: i64 = row.try_get("n").map_err(db)?;
+                Ok((row.try_get("state").map_err(db)?, to_u64(n, "count")?))
+            })
+            .collect()
+    }
+
     /// Marks every gateway disconnected: at start-up of the only process using the database.
     pub async fn reset_connections(&self) -> Result<(), Error> {
+        let _timer = StorageTimer::start("reset_connections");
         sqlx::query("UPDATE gateways SET connected = 0")
             .execute(&self.pool)
             .await
@@ -812,6 +872,7 @@ impl Store {
         build: &str,
         running: u64,
     ) -> Result<(), Error> {
+        let _timer = StorageTimer::start("gateway_connected");
         let labels = serde_json::to_string(labels)
             .map_err(|e| Error::Storage(format!("cannot encode labels: {e}")))?;
         let at = now().0;
@@ -835,6 +896,7 @@ impl Store {
 
     /// One stream of the gateway closed.
     pub async fn gateway_disconnected(&self, instance_id: &str) -> Result<(), Error> {
+        let _timer = StorageTimer::start("gateway_disconnected");
         sqlx::query(
             "UPDATE gateways SET connected = CASE WHEN connected > 0 THEN connected - 1 ELSE 0 END, \
              last_seen = $1 WHERE instance_id = $2",
@@ -849,6 +911,7 @@ impl Store {
 
     /// The gateway applied `version`.
     pub async fn record_ack(&self, instance_id: &str, version: u64) -> Result<(), Error> {
+        let _timer = StorageTimer::start("record_ack");
         let at = now().0;
         sqlx::query(
             "UPDATE gateways SET running_version = $1, last_report = 'ack', \
@@ -864,14 +927,18 @@ impl Store {
         Ok(())
     }
 
-    /// The gateway refused `version`; every active rollout of it pauses. Returns the paused
-    /// rollouts' ids and the new change counter.
+    /// The gateway refused `version`: every active rollout of it that reaches this gateway
+    /// (with these labels) at its current stage pauses. Returns the paused rollouts' ids, the
+    /// ids of active rollouts of that version that do not reach it (their stage does not
+    /// target this gateway, so its NACK does not pause them), and the new change counter.
     pub async fn record_nack(
         &self,
         instance_id: &str,
+        labels: &BTreeMap<String, String>,
         version: u64,
         error: &str,
-    ) -> Result<(Vec<i64>, u64), Error> {
+    ) -> Result<Nacked, Error> {
+        let _timer = StorageTimer::start("record_nack");
         let v = to_i64(version)?;
         let (mut tx, counter) = self.begin_change().await?;
         let at = now().0;
@@ -886,20 +953,38 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        let paused: Vec<i64> = sqlx::query_scalar(
-            "UPDATE rollouts SET state = 'paused', updated_at = $1 \
-             WHERE version = $2 AND state = 'active' RETURNING id",
-        )
-        .bind(at)
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM rollouts WHERE version = $1 AND state = 'active' ORDER BY id",
+            Self::ROLLOUT_COLUMNS
+        ))
         .bind(v)
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
+        let mut nacked = Nacked {
+            paused: Vec::new(),
+            ignored: Vec::new(),
+            counter,
+        };
+        for row in &rows {
+            let r = Self::rollout(row)?;
+            if r.reaches(instance_id, labels) {
+                nacked.paused.push(r.id);
+            } else {
+                nacked.ignored.push(r.id);
+            }
+        }
         let actor = Actor {
             name: instance_id.to_string(),
             role: "gateway".into(),
         };
-        for id in &paused {
+        for id in &nacked.paused {
+            sqlx::query("UPDATE rollouts SET state = 'paused', updated_at = $1 WHERE id = $2")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
             Self::audit(
                 &mut tx,
                 &actor,
@@ -915,11 +1000,64 @@ impl Store {
             .await?;
         }
         tx.commit().await.map_err(db)?;
-        Ok((paused, counter))
+        Ok(nacked)
+    }
+
+    /// Deletes the gateways with no open stream last seen before `before`; returns how many.
+    pub async fn prune_gateways(&self, before: Millis) -> Result<u64, Error> {
+        let _timer = StorageTimer::start("prune_gateways");
+        let done = sqlx::query("DELETE FROM gateways WHERE connected = 0 AND last_seen < $1")
+            .bind(before.0)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes one gateway's record, refusing (Conflict) while it has an open stream, and
+    /// writes the audit entry.
+    pub async fn delete_gateway(&self, instance_id: &str, actor: &Actor) -> Result<(), Error> {
+        let _timer = StorageTimer::start("delete_gateway");
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let connected: Option<i64> =
+            sqlx::query_scalar("SELECT connected FROM gateways WHERE instance_id = $1")
+                .bind(instance_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        match connected {
+            None => {
+                return Err(Error::NotFound(format!(
+                    "gateway {instance_id} is not in the gateway list"
+                )));
+            }
+            Some(n) if n > 0 => {
+                return Err(Error::Conflict(format!(
+                    "gateway {instance_id} has an open watch stream: stop it (or revoke its \
+                     token) first, or it would reappear at once"
+                )));
+            }
+            Some(_) => {}
+        }
+        sqlx::query("DELETE FROM gateways WHERE instance_id = $1")
+            .bind(instance_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        Self::audit(
+            &mut tx,
+            actor,
+            "gateway.delete",
+            serde_json::json!({ "instance_id": instance_id }),
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
     }
 
     /// Every gateway ever seen, by instance id.
     pub async fn gateways(&self) -> Result<Vec<GatewayRecord>, Error> {
+        let _timer = StorageTimer::start("gateways");
         let rows = sqlx::query(
             "SELECT instance_id, labels, build, running_version, last_report, \
              last_report_version, last_error, last_report_at, connected, first_seen, last_seen \
@@ -958,6 +1096,7 @@ impl Store {
 
     /// The newest `limit` audit entries, newest first.
     pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, Error> {
+        let _timer = StorageTimer::start("audit_log");
         let rows = sqlx::query(
             "SELECT id, at, actor, role, action, details FROM audit_log ORDER BY id DESC LIMIT $1",
         )

@@ -2,6 +2,11 @@
 //! instance ids, an explicit instance list, or several of these at once (all must hold).
 //! Stages are cumulative: at stage k a rollout reaches every instance any of stages 0..=k
 //! reaches.
+//!
+//! A percentage hashes the gateway's stable key: the value of its `stable_key` label when it
+//! reports one, else its instance id. Under a Deployment the instance id (the pod name)
+//! changes on every restart; a label that survives restarts (e.g. the node name) keeps a
+//! restarted pod in the bucket it had.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -42,6 +47,16 @@ pub struct Target {
     pub stages: Option<Vec<Stage>>,
 }
 
+/// The label whose value percentage targeting hashes instead of the instance id.
+pub const STABLE_KEY_LABEL: &str = "stable_key";
+
+/// What percentage targeting hashes for a gateway: its `stable_key` label, else its id.
+pub fn stable_key<'a>(instance_id: &'a str, labels: &'a BTreeMap<String, String>) -> &'a str {
+    labels
+        .get(STABLE_KEY_LABEL)
+        .map_or(instance_id, String::as_str)
+}
+
 /// The hash bucket (0..10000) of an instance: the first 8 bytes of SHA-256(instance id) as a
 /// big-endian integer, modulo 10000.
 pub fn bucket(instance_id: &str) -> u64 {
@@ -62,7 +77,9 @@ impl Stage {
         self.selector
             .iter()
             .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
-            && self.percent.is_none_or(|p| in_percent(instance_id, p))
+            && self
+                .percent
+                .is_none_or(|p| in_percent(stable_key(instance_id, labels), p))
             && self
                 .instances
                 .as_ref()
@@ -188,6 +205,22 @@ mod tests {
         let b = bucket("gateway-7");
         assert!(in_percent("gateway-7", (b + 1) as f64 / 100.0));
         assert!(!in_percent("gateway-7", b as f64 / 100.0));
+    }
+
+    #[test]
+    fn percent_follows_the_stable_key_across_instance_ids() {
+        // Two pod names of one restarted gateway fall on either side of a 5% canary...
+        let (old, new) = ("gw-1", "gateway-a");
+        assert!(in_percent(old, 5.0) && !in_percent(new, 5.0));
+        // ...but with the same stable_key label both get that key's bucket.
+        let s = Stage {
+            percent: Some(5.0),
+            ..Stage::default()
+        };
+        let keyed = labels(&[(STABLE_KEY_LABEL, "node-7")]);
+        assert_eq!(s.matches(old, &keyed), s.matches(new, &keyed));
+        assert_eq!(s.matches(old, &keyed), in_percent("node-7", 5.0));
+        assert!(s.matches(old, &labels(&[])) && !s.matches(new, &labels(&[])));
     }
 
     #[test]

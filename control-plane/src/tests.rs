@@ -10,6 +10,7 @@ use sqlx::Connection;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 use weir_config::auth::hash_token;
 use weir_config::control_plane::{Backend, Role};
 
@@ -326,7 +327,7 @@ async fn gateways_acks_and_a_nack_that_pauses_the_rollout() {
         cp.record_ack("gw-a", 2).await.unwrap();
         let mut changes = cp.changes();
         changes.borrow_and_update();
-        cp.record_nack("gw-b", 2, "topic `x` unknown")
+        cp.record_nack("gw-b", &labels(&[("zone", "z1")]), 2, "topic `x` unknown")
             .await
             .unwrap();
         assert!(
@@ -380,14 +381,112 @@ async fn gateways_acks_and_a_nack_that_pauses_the_rollout() {
 #[tokio::test]
 async fn gateway_tokens_are_checked() {
     let f = backends().await.remove(0);
-    assert!(f.cp.gateway_token_ok(Some("g")));
-    assert!(f.cp.gateway_token_ok(Some("Bearer g")));
+    assert_eq!(
+        f.cp.gateway_caller(Some("g")).map(|c| c.name),
+        Some("gws".into())
+    );
+    assert!(f.cp.gateway_caller(Some("Bearer g")).is_some());
     assert!(
-        !f.cp.gateway_token_ok(Some("a")),
+        f.cp.gateway_caller(Some("a")).is_none(),
         "an admin token is not a gateway token"
     );
-    assert!(!f.cp.gateway_token_ok(Some("x")));
-    assert!(!f.cp.gateway_token_ok(None));
+    assert!(f.cp.gateway_caller(Some("x")).is_none());
+    assert!(f.cp.gateway_caller(None).is_none());
+}
+
+#[tokio::test]
+async fn a_nack_from_a_gateway_the_stage_does_not_target_pauses_nothing() {
+    for f in backends().await {
+        let cp = &f.cp;
+        for v in 1..=2 {
+            cp.submit_policy(&doc(v), &admin()).await.unwrap();
+        }
+        cp.start_rollout(1, Target::default(), &admin())
+            .await
+            .unwrap();
+        // A canary of version 2 in region eu; a gateway claiming us NACKs version 2.
+        let canary = Target {
+            selector: labels(&[("region", "eu")]),
+            ..Target::default()
+        };
+        let r = cp.start_rollout(2, canary, &admin()).await.unwrap();
+        let nacked = cp
+            .record_nack("gw-us", &labels(&[("region", "us")]), 2, "no")
+            .await
+            .unwrap();
+        assert_eq!((nacked.paused, nacked.ignored), (vec![], vec![r.id]));
+        assert_eq!(
+            cp.rollout(r.id).await.unwrap().state,
+            RolloutState::Active,
+            "{}",
+            f.name
+        );
+        // One the stage targets still pauses it.
+        let nacked = cp
+            .record_nack("gw-eu", &labels(&[("region", "eu")]), 2, "no")
+            .await
+            .unwrap();
+        assert_eq!(nacked.paused, vec![r.id]);
+        assert_eq!(cp.rollout(r.id).await.unwrap().state, RolloutState::Paused);
+    }
+}
+
+#[tokio::test]
+async fn gateways_not_seen_for_the_ttl_are_pruned_and_admins_delete_them() {
+    for f in backends().await {
+        let cp = &f.cp;
+        let hello = |id: &str| GatewayHello {
+            instance_id: id.into(),
+            labels: labels(&[]),
+            current_version: 0,
+            build: "t".into(),
+        };
+        for id in ["gone", "here", "old"] {
+            cp.gateway_connected(&hello(id)).await.unwrap();
+        }
+        cp.gateway_disconnected("gone").await.unwrap();
+        cp.gateway_disconnected("old").await.unwrap();
+        // A long TTL keeps everyone; a short one removes the disconnected ones only.
+        assert_eq!(
+            cp.prune_gateways(Duration::from_secs(3600)).await.unwrap(),
+            0
+        );
+        // "old" comes back and leaves again: only "gone" was away longer than the TTL.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        cp.gateway_connected(&hello("old")).await.unwrap();
+        cp.gateway_disconnected("old").await.unwrap();
+        let pruned = cp.prune_gateways(Duration::from_millis(600)).await.unwrap();
+        let ids: Vec<String> = cp
+            .gateways()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(g, _)| g.instance_id)
+            .collect();
+        assert_eq!(
+            (pruned, ids),
+            (1, vec!["here".to_string(), "old".into()]),
+            "{}",
+            f.name
+        );
+
+        // DELETE: refused while connected, unknown ids are 404, and it is audited.
+        match cp.delete_gateway("here", &admin()).await {
+            Err(Error::Conflict(m)) => assert!(m.contains("open watch stream"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            cp.delete_gateway("nobody", &admin()).await,
+            Err(Error::NotFound(_))
+        ));
+        cp.delete_gateway("old", &admin()).await.unwrap();
+        assert_eq!(cp.gateways().await.unwrap().len(), 1);
+        let entry = &cp.audit_log(1).await.unwrap()[0];
+        assert_eq!(
+            (entry.action.as_str(), entry.details["instance_id"].as_str()),
+            ("gateway.delete", Some("old"))
+        );
+    }
 }
 
 #[tokio::test]
@@ -450,7 +549,9 @@ async fn a_newer_rollout_wins_and_its_rollback_returns_to_what_was_before() {
             ..Target::default()
         };
         let r2 = cp.start_rollout(2, canary, &admin()).await.unwrap();
-        cp.record_nack("gw-a", 2, "bad").await.unwrap();
+        cp.record_nack("gw-a", &labels(&[]), 2, "bad")
+            .await
+            .unwrap();
         assert_eq!(cp.rollout(r2.id).await.unwrap().state, RolloutState::Paused);
         // A fixed version to everyone supersedes the paused canary.
         let r3 = cp
@@ -462,7 +563,9 @@ async fn a_newer_rollout_wins_and_its_rollback_returns_to_what_was_before() {
         assert_eq!(desired(cp, "gw-a", &none).await, Some(3));
         assert_eq!(desired(cp, "gw-b", &none).await, Some(3));
         // A NACK pauses a rollout that reaches everyone, too.
-        cp.record_nack("gw-b", 3, "bad too").await.unwrap();
+        cp.record_nack("gw-b", &labels(&[]), 3, "bad too")
+            .await
+            .unwrap();
         assert_eq!(cp.rollout(r3.id).await.unwrap().state, RolloutState::Paused);
         // Rolling it back returns everyone to version 1, the canary's gateway included:
         // the paused canary of 2 is not revived.
@@ -480,4 +583,64 @@ async fn a_newer_rollout_wins_and_its_rollback_returns_to_what_was_before() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn healthz_reuses_its_last_check_for_a_moment() {
+    let f = backends().await.remove(0);
+    f.cp.health().await.unwrap();
+    // Storage gone: the next second still answers from the last check, without a query...
+    f.cp.store().close().await;
+    f.cp.health().await.unwrap();
+    // ...and the check after that sees it.
+    tokio::time::sleep(crate::state::HEALTH_CACHE + Duration::from_millis(100)).await;
+    assert!(matches!(f.cp.health().await, Err(Error::Storage(_))));
+}
+
+/// A valid document of about `bytes` bytes: routing rules, each with a regular expression.
+fn big_document(version: u64, bytes: usize) -> String {
+    let mut doc = format!("version: {version}\nrouting:\n  rules:\n");
+    let mut i = 0;
+    while doc.len() < bytes {
+        doc.push_str(&format!(
+            "    - {{ name: r{i}, match: {{ span_attribute: a, regex: '^(x|y){{1,20}}z{i}[a-f]+$' }}, action: drop }}\n"
+        ));
+        i += 1;
+    }
+    doc
+}
+
+#[tokio::test]
+async fn documents_are_bounded_and_validated_off_the_async_threads() {
+    let f = backends().await.remove(0);
+    let too_big = big_document(1, crate::state::MAX_DOCUMENT_BYTES + 1);
+    assert!(matches!(
+        f.cp.submit_policy(&too_big, &admin()).await,
+        Err(Error::TooLarge(_))
+    ));
+    assert!(matches!(
+        f.cp.validate(&too_big).await,
+        Err(Error::TooLarge(_))
+    ));
+    // This test runs on one thread: a ticker only advances while validation is elsewhere.
+    let doc = big_document(1, 400_000);
+    let ticks = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&ticks);
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    tokio::task::yield_now().await;
+    let started = std::time::Instant::now();
+    let v = f.cp.validate(&doc).await.unwrap();
+    let took = started.elapsed();
+    ticker.abort();
+    assert_eq!(v.version, 1);
+    let seen = ticks.load(Ordering::Relaxed);
+    assert!(
+        took < Duration::from_millis(50) || seen >= 3,
+        "validation took {took:?} and the async thread ticked {seen} times"
+    );
 }

@@ -14,13 +14,16 @@ use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use weir_proto::controlplane::v1::gateway_message::Message;
 use weir_proto::controlplane::v1::policy_service_server::{PolicyService, PolicyServiceServer};
 use weir_proto::controlplane::v1::{Assignment, GatewayMessage, Hello, Report};
+use weir_runtime::tls::ReloadingTls;
 
 /// How long a gateway has to send its Hello after opening the stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,30 +37,84 @@ const MAX_MESSAGE_SIZE: usize = 16 << 20;
 /// newest desired version is all that matters anyway.
 const OUTBOUND_QUEUE: usize = 4;
 
-/// Serves the gRPC watch stream on `listener` until `shutdown`.
+/// How long a TLS handshake on the watch listener may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the gRPC watch stream on `listener` until `shutdown`, over TLS when `tls` is given
+/// (each connection gets the certificate in force when it arrives, so files rotated on disk
+/// and reloaded by `ReloadingTls::watch` serve new connections without a restart).
 pub async fn serve(
     cp: Arc<ControlPlane>,
     listener: tokio::net::TcpListener,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<Arc<ReloadingTls>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let service = WatchService::new(cp, shutdown.clone());
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| anyhow::anyhow!("watch listener TLS: {e}"))?;
-    }
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(KEEPALIVE_INTERVAL));
-    builder
-        .add_service(service.into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await
-        .map_err(|e| anyhow::anyhow!("watch server: {e}"))
+    let router = builder.add_service(service.into_server());
+    let served = match tls {
+        None => {
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(KEEPALIVE_INTERVAL));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+        }
+        Some(tls) => {
+            let incoming = tls_incoming(listener, tls, shutdown.clone());
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+        }
+    };
+    served.map_err(|e| anyhow::anyhow!("watch server: {e}"))
+}
+
+/// TLS connections accepted on `listener` until `shutdown`: each handshake runs on its own
+/// task, bounded by [`HANDSHAKE_TIMEOUT`], so a slow client holds up no one else.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    tls: Arc<ReloadingTls>,
+    shutdown: CancellationToken,
+) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "watch listener: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let acceptor = tls.acceptor();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        // A closed channel means the server stopped.
+                        let _ = tx.send(Ok(tls_stream)).await;
+                    }
+                    Ok(Err(e)) => {
+                        metrics::counter!("weir_receiver_tls_handshake_failures_total", "listener" => "watch")
+                            .increment(1);
+                        tracing::debug!(%peer, error = %e, "watch listener: TLS handshake failed");
+                    }
+                    Err(_) => tracing::debug!(%peer, "watch listener: TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// The `PolicyService` implementation: one session task per connected gateway.
@@ -90,13 +147,11 @@ fn bearer_token<T>(request: &Request<T>) -> Option<&str> {
         .then_some(token.trim())
 }
 
-/// Checks the Hello and turns it into the control plane's form.
+/// Checks the Hello against the bounds on what a gateway may claim and turns it into the
+/// control plane's form.
 fn read_hello(hello: Hello) -> Result<GatewayHello, Status> {
-    if hello.instance_id.trim().is_empty() {
-        return Err(Status::invalid_argument(
-            "Hello.instance_id is empty: every gateway needs a stable instance id",
-        ));
-    }
+    crate::identity::check_claims(&hello.instance_id, &hello.labels, &hello.build)
+        .map_err(Status::invalid_argument)?;
     Ok(GatewayHello {
         instance_id: hello.instance_id,
         labels: hello.labels,
@@ -117,7 +172,7 @@ impl PolicyService for WatchService {
         request: Request<Streaming<GatewayMessage>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let peer = request.remote_addr();
-        if !self.cp.gateway_token_ok(bearer_token(&request)) {
+        let Some(caller) = self.cp.gateway_caller(bearer_token(&request)) else {
             tracing::warn!(
                 ?peer,
                 "watch stream refused: missing or wrong gateway token"
@@ -125,7 +180,7 @@ impl PolicyService for WatchService {
             return Err(Status::unauthenticated(
                 "missing or wrong gateway token (send `authorization: Bearer <token>`)",
             ));
-        }
+        };
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => {
@@ -154,6 +209,22 @@ impl PolicyService for WatchService {
                 ));
             }
         };
+        if !self
+            .cp
+            .tokens()
+            .may_be_instance(&caller.name, &hello.instance_id)
+        {
+            tracing::warn!(
+                ?peer,
+                token = caller.name,
+                instance = %hello.instance_id,
+                "watch stream refused: the token is not bound to this instance id"
+            );
+            return Err(Status::permission_denied(format!(
+                "token `{}` may not connect as instance `{}` (see auth.tokens[].instances)",
+                caller.name, hello.instance_id
+            )));
+        }
         // Subscribe before reading the desired version, so a change in between is not missed.
         let changes = self.cp.changes();
         self.cp
@@ -204,6 +275,7 @@ impl Session {
         shutdown: CancellationToken,
     ) {
         changes.borrow_and_update();
+        metrics::gauge!("weir_cp_watch_streams").increment(1.0);
         let end = match self.push_desired().await {
             Err(status) => End::Failed(status),
             Ok(()) => loop {
@@ -243,6 +315,7 @@ impl Session {
             }
             End::Shutdown => tracing::info!(instance, "watch stream closed for shutdown"),
         }
+        metrics::gauge!("weir_cp_watch_streams").decrement(1.0);
         // The control plane counts open streams per instance, so a gateway that reconnected
         // before its old stream was noticed dead stays connected when the old one ends.
         if let Err(e) = self.cp.gateway_disconnected(instance).await {
@@ -266,6 +339,7 @@ impl Session {
         tracing::info!(instance = %self.hello.instance_id, version, "pushing policy");
         self.last_pushed = version;
         self.pushed.insert(version);
+        metrics::counter!("weir_cp_assignments_sent_total").increment(1);
         // A closed channel means the gateway is gone; the loop notices through `closed()`.
         let _ = self.tx.send(Ok(Assignment { version, document })).await;
         Ok(())
@@ -293,6 +367,7 @@ impl Session {
         };
         if !self.pushed.contains(&version) {
             // Recording it would claim the instance runs a version nobody sent it.
+            metrics::counter!("weir_cp_reports_total", "result" => "unknown_version").increment(1);
             tracing::warn!(
                 instance,
                 version,
@@ -308,7 +383,7 @@ impl Session {
             let error = if error.trim().is_empty() {
                 "the gateway refused the policy without saying why"
             } else {
-                error.as_str()
+                crate::identity::bounded_error(&error)
             };
             tracing::warn!(
                 instance,
@@ -316,7 +391,10 @@ impl Session {
                 error,
                 "gateway refused the policy (NACK)"
             );
-            self.cp.record_nack(instance, version, error).await
+            self.cp
+                .record_nack(instance, &self.hello.labels, version, error)
+                .await
+                .map(|_| ())
         };
         recorded.map_err(|e| Status::unavailable(format!("recording the gateway's report: {e}")))
     }
@@ -365,20 +443,26 @@ mod tests {
     }
 
     async fn serve_test() -> Served {
+        serve_test_with(None).await
+    }
+
+    async fn serve_test_with(tls: Option<Arc<ReloadingTls>>) -> Served {
         use weir_config::auth::hash_token;
         use weir_config::control_plane::{Backend, Role};
         let dir = tempfile::tempdir().unwrap();
-        let tokens = crate::auth::Tokens::new(vec![
+        let mut tokens = crate::auth::Tokens::new(vec![
             ("ops".into(), Role::Admin, hash_token(b"a")),
             ("gws".into(), Role::Gateway, hash_token(b"g")),
+            ("eu-gws".into(), Role::Gateway, hash_token(b"eu")),
         ]);
+        tokens.bind_instances("eu-gws", vec!["gw-eu-*".into()]);
         let cp = ControlPlane::open(&Backend::Sqlite(dir.path().join("cp.db")), tokens)
             .await
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(cp.clone(), listener, None, shutdown.clone()));
+        let server = tokio::spawn(serve(cp.clone(), listener, tls, shutdown.clone()));
         Served {
             cp,
             endpoint,
@@ -395,10 +479,21 @@ mod tests {
     }
 
     async fn open(endpoint: &str, token: &str, first: Option<Message>) -> Result<Gw, Status> {
-        use weir_proto::controlplane::v1::policy_service_client::PolicyServiceClient;
-        let mut client = PolicyServiceClient::connect(endpoint.to_string())
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+            .unwrap()
+            .connect()
             .await
             .unwrap();
+        open_on(channel, token, first).await
+    }
+
+    async fn open_on(
+        channel: tonic::transport::Channel,
+        token: &str,
+        first: Option<Message>,
+    ) -> Result<Gw, Status> {
+        use weir_proto::controlplane::v1::policy_service_client::PolicyServiceClient;
+        let mut client = PolicyServiceClient::new(channel);
         let (tx, mut rx) = mpsc::channel(8);
         if let Some(m) = first {
             tx.send(GatewayMessage { message: Some(m) }).await.unwrap();
@@ -499,6 +594,108 @@ mod tests {
         assert!(s.cp.gateways().await.unwrap().is_empty());
         s.shutdown.cancel();
         s.server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn streams_run_over_tls_with_the_reloading_certificate() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let (cert_file, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert_file, leaf.pem()).unwrap();
+        std::fs::write(&key_file, leaf_key.serialize_pem()).unwrap();
+        let settings: weir_config::ServerTls = serde_yaml_ng::from_str(&format!(
+            "cert_file: {}\nkey_file: {}\n",
+            cert_file.display(),
+            key_file.display()
+        ))
+        .unwrap();
+        let tls = ReloadingTls::new("watch", &settings, weir_runtime::tls::ALPN_H2).unwrap();
+
+        let s = serve_test_with(Some(tls)).await;
+        let port = s.endpoint.rsplit(':').next().unwrap().to_string();
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+                    .domain_name("localhost"),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut gw = open_on(channel, "g", hello("gw-tls", 0)).await.unwrap();
+        release(&s.cp, 1, Default::default()).await;
+        assert_eq!(gw.next(LONG).await.map(|a| a.version), Some(1));
+        // Plain text on the TLS listener gets nowhere.
+        let plain = tonic::transport::Endpoint::from_shared(s.endpoint.clone())
+            .unwrap()
+            .connect()
+            .await;
+        if let Ok(channel) = plain {
+            assert!(open_on(channel, "g", hello("gw-plain", 0)).await.is_err());
+        }
+        s.shutdown.cancel();
+        s.server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_bound_token_connects_only_as_its_instances() {
+        let s = serve_test().await;
+        let status = open(&s.endpoint, "eu", hello("gw-us-1", 0))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(status.message().contains("gw-us-1"), "{}", status.message());
+        let _gw = open(&s.endpoint, "eu", hello("gw-eu-1", 0)).await.unwrap();
+        wait_gateway(&s.cp, "gw-eu-1", |g| g.connected).await;
+        let ids: Vec<String> =
+            s.cp.gateways()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(g, _)| g.instance_id)
+                .collect();
+        assert_eq!(
+            ids,
+            vec!["gw-eu-1".to_string()],
+            "the refused one was not recorded"
+        );
+        s.shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn oversized_claims_are_refused() {
+        let s = serve_test().await;
+        let long_id = "g".repeat(crate::identity::MAX_INSTANCE_ID_BYTES + 1);
+        let status = open(&s.endpoint, "g", hello(&long_id, 0))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let many = Some(Message::Hello(Hello {
+            instance_id: "gw-1".into(),
+            labels: (0..=crate::identity::MAX_LABELS)
+                .map(|i| (format!("k{i}"), "v".into()))
+                .collect(),
+            current_version: 0,
+            build: String::new(),
+        }));
+        let status = open(&s.endpoint, "g", many).await.err().unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(s.cp.gateways().await.unwrap().is_empty());
+        s.shutdown.cancel();
     }
 
     #[tokio::test]

@@ -412,6 +412,13 @@ impl ScalarSet {
     }
 }
 
+/// The longest regular expression accepted, in bytes.
+pub(crate) const MAX_PATTERN_BYTES: usize = 4096;
+/// The most memory one compiled regular expression may take (the regex crate's default is
+/// 10 MiB): documents come from API clients too, and a few nested repetitions would otherwise
+/// cost seconds of CPU and megabytes each to compile.
+pub(crate) const MAX_COMPILED_PATTERN_BYTES: usize = 1 << 20;
+
 /// A regular expression, compiled as it is read so that a bad one is refused with its path.
 /// Matching is unanchored, as in the Collector: write `^...$` to match a whole value.
 pub(crate) struct Pattern(Regex);
@@ -419,7 +426,16 @@ pub(crate) struct Pattern(Regex);
 impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Regex::new(&s).map(Pattern).map_err(|e| {
+        if s.len() > MAX_PATTERN_BYTES {
+            return Err(de::Error::custom(format!(
+                "the regular expression is {} bytes long: at most {MAX_PATTERN_BYTES}",
+                s.len()
+            )));
+        }
+        let compiled = regex::RegexBuilder::new(&s)
+            .size_limit(MAX_COMPILED_PATTERN_BYTES)
+            .build();
+        compiled.map(Pattern).map_err(|e| {
             // The syntax error is drawn over several lines; its last one says what is wrong.
             let text = e.to_string();
             let why = text

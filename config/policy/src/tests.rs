@@ -748,3 +748,23 @@ fn a_policy_says_whether_it_reads_resource_attributes() {
         "version: 1\ntail:\n  rules:\n    - { name: slow, slower_than: 1s, service: checkout }\n"
     ));
 }
+
+#[test]
+fn regular_expressions_are_bounded_in_length_and_compiled_size() {
+    let doc = |re: &str| {
+        format!(
+            "version: 1\nrouting:\n  rules:\n    - name: r\n      match: {{ span_attribute: a, regex: '{re}' }}\n      action: drop\n"
+        )
+    };
+    // Small text, large program: a counted Unicode class compiles to megabytes.
+    let e = Policy::parse(&doc(r"\w{50}\w{50}\w{50}")).unwrap_err();
+    assert!(
+        e.to_string().contains("routing.rules[0].match.regex"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("size limit"), "{e}");
+    let e = Policy::parse(&doc(&"a".repeat(4097))).unwrap_err();
+    assert!(e.to_string().contains("at most 4096"), "{e}");
+    // Ordinary patterns are untouched.
+    Policy::parse(&doc("^/api/v[0-9]+/(users|orders)/[^/]+$")).unwrap();
+}

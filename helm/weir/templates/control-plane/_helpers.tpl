@@ -69,10 +69,12 @@ fills) and the tokens (files from the tokens Secret). */}}
 {{- if has .name (list "admin" "viewer" "gateways") }}
 {{- fail (printf "controlPlane.auth.extraTokens: the name %s is the chart's own token's; pick another" .name) }}
 {{- end }}
-{{- $tokens = append $tokens (dict "name" .name "role" .role "sha256" .sha256) }}
+{{- $token := dict "name" .name "role" .role "sha256" .sha256 }}
+{{- if .instances }}{{- $_ := set $token "instances" .instances }}{{- end }}
+{{- $tokens = append $tokens $token }}
 {{- end }}
 {{- $owned := dict
-  "api" (dict "endpoint" (printf "0.0.0.0:%d" (int $v.ports.api)))
+  "api" (merge (dict "endpoint" (printf "0.0.0.0:%d" (int $v.ports.api))) (deepCopy $v.api))
   "watch" (dict "endpoint" (printf "0.0.0.0:%d" (int $v.ports.watch)))
   "storage" $storage
   "auth" (dict "tokens" $tokens) }}
