@@ -140,3 +140,45 @@ def marked(filters: dict[tuple, set[int]], trace_id: bytes) -> bool:
         if all(p in bits for p in positions(seed, hashes, fbytes * 8, trace_id)):
             return True
     return False
+
+
+def bitmap_bytes(n: int, p: float) -> int:
+    """The filter size in bytes for `n` items at false-positive rate `p` (the format document)."""
+    import math
+
+    return max(1, math.ceil(n * math.log(p) / (-8 * math.log(2) ** 2)))
+
+
+def hash_count(bits: int, n: int) -> int:
+    import math
+
+    return max(1, round(bits / n * math.log(2)))
+
+
+def encode(
+    *,
+    window_start: int,
+    window_length: int,
+    filter_bytes: int,
+    hashes: int,
+    seed: bytes,
+    expected_items: int,
+    set_positions: list[int],
+    gateway_id: str = "python",
+    sealed: bool = False,
+) -> bytes:
+    """A version-2 record with a sparse payload setting `set_positions` (increasing)."""
+    payload = bytearray()
+    nxt = 0
+    for p in set_positions:
+        gap = p - nxt
+        while gap >= 0x80:
+            payload.append(gap & 0x7F | 0x80)
+            gap >>= 7
+        payload.append(gap)
+        nxt = p + 1
+    gid = gateway_id.encode()
+    header = b"WTDR" + struct.pack(">HHBBHI", 2, 116 + len(gid), 2 | int(sealed), 1, len(gid), hashes)
+    header += struct.pack(">8Q", window_start, window_length, filter_bytes, expected_items, 0, 2**64 - 1, 1, 0)
+    header += struct.pack(">I", len(payload)) + seed + gid
+    return header + bytes(payload)
