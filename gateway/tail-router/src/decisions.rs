@@ -406,7 +406,7 @@ pub async fn consume(
             _ = stop.cancelled() => return Ok(()),
             _ = free.tick() => {
                 ticks += 1;
-                if ticks % 5 == 0 {
+                if ticks.is_multiple_of(5) {
                     store.free_before(cutoff(retention));
                 }
                 if !remaining.is_empty() {
