@@ -5,15 +5,20 @@ the independent consumer (confluent-kafka + opentelemetry-proto)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 import time
 
 import pytest
+from confluent_kafka import Producer
+from decision_hash import bitmap_bytes, encode, expand_seed, hash_count, positions
 from harness import (
     TRACE_PATH,
     Gateway,
     TailRouter,
     consume,
+    proc_status_kib,
     decode_traces,
     metric_value,
     post,
@@ -72,7 +77,7 @@ def span(trace_id: bytes, name: str, error: bool = False, millis: int = 1) -> tr
 class Setup:
     """Topics, the policy, two gateways and the router's overrides."""
 
-    def __init__(self, broker, workdir):
+    def __init__(self, broker, workdir, gateway_overrides: dict | None = None):
         self.broker = broker
         self.hot = unique_name("it-hot")
         self.cold = unique_name("it-cold")
@@ -92,6 +97,7 @@ class Setup:
                     "policy_file": str(policy),
                     "tail.decisions_topic": self.decisions,
                     "tail.gateway_id": gid,
+                    **(gateway_overrides or {}),
                 },
                 create_topics=False,
             )
@@ -258,3 +264,84 @@ def test_a_span_arriving_after_the_delay_stays_hot(tail):
     hot = consume(tail.broker.bootstrap, tail.hot, want=1 << 30, timeout=3, settle=0)
     hot_ids = {s.span_id for r in hot for _, _, s in spans_of(decode_traces(r.value))}
     assert {s.span_id for s in early_spans} <= hot_ids
+
+
+SIGNING_KEY = "it-decisions-key"
+
+
+@pytest.fixture
+def signed_tail(request, broker, workdir):
+    s = Setup(broker, workdir, {"tail.signing_key": SIGNING_KEY})
+    yield s
+    rep = getattr(request.node, "rep_call", None)
+    s.close(rep is None or rep.failed)
+
+
+def test_hostile_decision_records_are_bounded_counted_and_skipped(signed_tail):
+    tail = signed_tail
+    tail.router_overrides.update(
+        {
+            "decisions.signing_key": SIGNING_KEY,
+            "decisions.max_filter_bytes": "32MiB",
+            "decisions.max_total_bytes": "64MiB",
+        }
+    )
+    now_ms = int(time.time() * 1000)
+    window = 5000
+    start = now_ms - now_ms % window
+    seed = expand_seed(11)
+    size = bitmap_bytes(10000, FALSE_POSITIVE_RATE)
+    k = hash_count(size * 8, 10000)
+    forged = trace_id(baseline=False)
+
+    def record(**over):
+        fields = dict(
+            window_start=start, window_length=window, filter_bytes=size, hashes=k, seed=seed,
+            expected_items=10000, set_positions=[],
+        )
+        fields.update(over)
+        return encode(**fields)
+
+    def sign(value: bytes) -> list:
+        return [("weir-decision-hmac-sha256", hmac.new(SIGNING_KEY.encode(), value, hashlib.sha256).digest())]
+
+    forged_record = record(set_positions=sorted(set(positions(seed, k, size * 8, forged))))
+    day = 86_400_000
+    hostile = [
+        # Signed by someone holding the key, but past the bounds: 200 MiB of filter from a
+        # 150-byte record, a million hashes, a window a day ahead, a window length whose
+        # double overflows.
+        (record(filter_bytes=200 << 20, expected_items=1 << 30), True),
+        (record(hashes=1_000_000), True),
+        (record(window_start=start + day - (start + day) % window), True),
+        (record(window_start=0, window_length=1 << 62), True),
+        # Forged marks of `forged`: unsigned, and signed with another key.
+        (forged_record, False),
+    ]
+    producer = Producer({"bootstrap.servers": tail.broker.bootstrap, "acks": "all"})
+    for value, signed in hostile:
+        producer.produce(tail.decisions, key=str(start).encode(), value=value, headers=sign(value) if signed else None)
+    bad = [("weir-decision-hmac-sha256", hmac.new(b"other", forged_record, hashlib.sha256).digest())]
+    producer.produce(tail.decisions, key=str(start).encode(), value=forged_record, headers=bad)
+    assert producer.flush(15) == 0
+
+    router = tail.router()
+    marked = trace_id(baseline=False)
+    spans = [span(marked, "POST /pay", error=True), span(marked, "GET /cart")]
+    forged_spans = [span(forged, "GET /cart"), span(forged, "render")]
+    tail.send([spans[:1] + forged_spans[:1], spans[1:] + forged_spans[1:]])
+    want = {s.span_id for s in spans}
+    found = tail.cold_spans(want, timeout=60)
+    cold = {sid for _, sid in found}
+    assert want <= cold, f"the marked trace is routed as before; router log:\n{router.log(40)}"
+    assert not cold & {s.span_id for s in forged_spans}, "a forged mark kept a trace"
+
+    samples = router.metrics()
+    count = lambda result: metric_value(samples, "weir_tail_router_decision_records_total", result=result)
+    assert count("out_of_bounds") == 4, router.log(40)
+    assert count("unsigned") == 1
+    assert count("bad_signature") == 1
+    assert count("merged") > 0
+    rss_mib = proc_status_kib(router.proc.pid, "VmHWM") / 1024
+    assert rss_mib < 150, f"peak RSS {rss_mib:.0f} MiB: a hostile filter was allocated"
+    assert router.readyz() == 200

@@ -562,6 +562,14 @@ pub struct TailDecisions {
     pub decisions_topic: String,
     /// This gateway's id in its decision records; default: the host name and the process id.
     pub gateway_id: Option<String>,
+    /// A key shared with the tail routers: each decision record carries its HMAC-SHA256
+    /// under it (header `weir-decision-hmac-sha256`). At most one of `signing_key`,
+    /// `signing_key_file`, `signing_key_env`.
+    pub signing_key: Option<String>,
+    /// A file holding the signing key.
+    pub signing_key_file: Option<PathBuf>,
+    /// An environment variable holding the signing key.
+    pub signing_key_env: Option<String>,
 }
 
 impl Default for TailDecisions {
@@ -569,7 +577,30 @@ impl Default for TailDecisions {
         Self {
             decisions_topic: "weir.tail.decisions".into(),
             gateway_id: None,
+            signing_key: None,
+            signing_key_file: None,
+            signing_key_env: None,
         }
+    }
+}
+
+impl TailDecisions {
+    /// The key decision records are signed with, when one is configured.
+    pub fn signing_key(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let (inline, file, env) = (
+            self.signing_key.as_ref(),
+            self.signing_key_file.as_ref(),
+            self.signing_key_env.as_ref(),
+        );
+        if inline.is_none() && file.is_none() && env.is_none() {
+            return Ok(None);
+        }
+        let key =
+            Secret::one_of("tail", "signing_key", inline, file, env)?.read("tail.signing_key")?;
+        if key.is_empty() {
+            return Err(ConfigError::invalid("tail.signing_key", "the key is empty"));
+        }
+        Ok(Some(key.into_bytes()))
     }
 }
 
@@ -730,6 +761,7 @@ impl ConfigFile for GatewayConfig {
                 "must be 1 to 255 bytes, or left out for the host name and process id",
             ));
         }
+        self.tail.signing_key()?;
 
         let k = &self.kafka;
         check_brokers(&k.brokers)?;

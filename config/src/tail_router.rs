@@ -8,10 +8,13 @@ use crate::gateway::{
     is_topic_name,
 };
 use crate::load::ConfigFile;
+use crate::secret::Secret;
 use crate::units::{ByteSize, duration};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
+use weir_proto::decision::MAX_FILTER_BYTES;
 
 /// The whole bootstrap config of `weir-tail-router`.
 #[derive(Clone, Debug, Deserialize)]
@@ -40,6 +43,87 @@ pub struct TailRouterConfig {
     pub shutdown_timeout: Duration,
     /// Logging.
     pub log: Log,
+    /// What the router accepts of the decision records it reads.
+    pub decisions: RouterDecisions,
+    /// Hot record timestamps (CreateTime) further ahead of the router's clock than this are
+    /// taken as now plus this, so a gateway with a clock running ahead cannot hold a
+    /// partition back for the length of its skew.
+    #[serde(deserialize_with = "duration")]
+    pub max_timestamp_lead: Duration,
+}
+
+/// Bounds on the decision records the router merges, and their signature. Records past a
+/// bound are counted (`weir_tail_router_decision_records_total{result="out_of_bounds"}`) and
+/// skipped, so that whoever can produce to the decisions topic cannot make the router
+/// allocate, hash or hold without bound.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterDecisions {
+    /// The longest window length (the policy allows up to 24h).
+    #[serde(deserialize_with = "duration")]
+    pub max_window_length: Duration,
+    /// How far past the router's clock a window may start (gateways' clocks ahead of it).
+    #[serde(deserialize_with = "duration")]
+    pub max_window_lead: Duration,
+    /// The most filters (parameter sets) one window may have; a policy change mid-window
+    /// gives two.
+    pub max_filters_per_window: usize,
+    /// The most hash functions of a filter (30 at the policy's lowest rate, 1e-9).
+    pub max_hashes: u32,
+    /// The largest filter (the policy allows up to 256MiB).
+    pub max_filter_bytes: ByteSize,
+    /// The most filter bytes held over all windows; a new filter past it is refused.
+    pub max_total_bytes: ByteSize,
+    /// The most marked traces a filter may be sized for.
+    pub max_expected_items: u64,
+    /// The key that gateways sign decision records with (HMAC-SHA256, their
+    /// `tail.signing_key`); when set, unsigned and wrongly signed records are skipped.
+    /// Exactly one of `signing_key`, `signing_key_file`, `signing_key_env`, or none.
+    pub signing_key: Option<String>,
+    /// A file holding the signing key.
+    pub signing_key_file: Option<PathBuf>,
+    /// An environment variable holding the signing key.
+    pub signing_key_env: Option<String>,
+}
+
+impl Default for RouterDecisions {
+    fn default() -> Self {
+        Self {
+            max_window_length: Duration::from_secs(24 * 3600),
+            max_window_lead: Duration::from_secs(5 * 60),
+            max_filters_per_window: 4,
+            max_hashes: 32,
+            max_filter_bytes: ByteSize(MAX_FILTER_BYTES),
+            max_total_bytes: ByteSize(1 << 30),
+            max_expected_items: 1 << 40,
+            signing_key: None,
+            signing_key_file: None,
+            signing_key_env: None,
+        }
+    }
+}
+
+impl RouterDecisions {
+    /// The signing key records must carry a valid signature of, when one is configured.
+    pub fn signing_key(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        let (inline, file, env) = (
+            self.signing_key.as_ref(),
+            self.signing_key_file.as_ref(),
+            self.signing_key_env.as_ref(),
+        );
+        if inline.is_none() && file.is_none() && env.is_none() {
+            return Ok(None);
+        }
+        let key = Secret::one_of("decisions", "signing_key", inline, file, env)?
+            .read("decisions.signing_key")?;
+        if key.is_empty() {
+            return Err(ConfigError::invalid(
+                "decisions.signing_key",
+                "the key is empty",
+            ));
+        }
+        Ok(Some(key.into_bytes()))
+    }
 }
 
 impl Default for TailRouterConfig {
@@ -53,6 +137,8 @@ impl Default for TailRouterConfig {
             admin: RouterAdmin::default(),
             shutdown_timeout: Duration::from_secs(30),
             log: Log::default(),
+            decisions: RouterDecisions::default(),
+            max_timestamp_lead: Duration::from_secs(10),
         }
     }
 }
@@ -216,6 +302,58 @@ impl ConfigFile for TailRouterConfig {
                 "must be greater than zero",
             ));
         }
+        let d = &self.decisions;
+        if d.max_window_length < Duration::from_secs(1)
+            || d.max_window_length > Duration::from_secs(24 * 3600)
+        {
+            return Err(ConfigError::invalid(
+                "decisions.max_window_length",
+                "is out of range: use 1s to 24h (a policy's windows last 1s to 24h)",
+            ));
+        }
+        if d.max_window_lead > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::invalid(
+                "decisions.max_window_lead",
+                "is over 24h: a window that far ahead is a clock error, not a decision",
+            ));
+        }
+        if d.max_filters_per_window == 0 || d.max_filters_per_window > 64 {
+            return Err(ConfigError::invalid(
+                "decisions.max_filters_per_window",
+                "is out of range: use 1 to 64",
+            ));
+        }
+        if d.max_hashes == 0 || d.max_hashes > 64 {
+            return Err(ConfigError::invalid(
+                "decisions.max_hashes",
+                "is out of range: use 1 to 64",
+            ));
+        }
+        if d.max_filter_bytes.0 == 0 || d.max_filter_bytes.0 > MAX_FILTER_BYTES {
+            return Err(ConfigError::invalid(
+                "decisions.max_filter_bytes",
+                format!("is out of range: use 1 to {MAX_FILTER_BYTES} (256MiB)"),
+            ));
+        }
+        if d.max_total_bytes.0 < d.max_filter_bytes.0 {
+            return Err(ConfigError::invalid(
+                "decisions.max_total_bytes",
+                "is below decisions.max_filter_bytes: not even one largest filter would fit",
+            ));
+        }
+        if d.max_expected_items == 0 {
+            return Err(ConfigError::invalid(
+                "decisions.max_expected_items",
+                "must be at least 1",
+            ));
+        }
+        d.signing_key()?;
+        if self.max_timestamp_lead > Duration::from_secs(3600) {
+            return Err(ConfigError::invalid(
+                "max_timestamp_lead",
+                "is over 1h: keep it near the clock skew you tolerate between gateways and router",
+            ));
+        }
         if self.admin.endpoint.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::invalid(
                 "admin.endpoint",
@@ -257,6 +395,24 @@ mod tests {
             ("batch_size: 0", "batch_size"),
             ("admin: { endpoint: nowhere }", "admin.endpoint"),
             ("kafka: { brokers: [] }", "kafka.brokers"),
+            ("decisions: { max_hashes: 0 }", "decisions.max_hashes"),
+            (
+                "decisions: { max_window_length: 48h }",
+                "decisions.max_window_length",
+            ),
+            (
+                "decisions: { max_filter_bytes: 1GiB }",
+                "decisions.max_filter_bytes",
+            ),
+            (
+                "decisions: { max_total_bytes: 1MiB, max_filter_bytes: 2MiB }",
+                "decisions.max_total_bytes",
+            ),
+            (
+                "decisions: { signing_key: a, signing_key_env: B }",
+                "decisions",
+            ),
+            ("max_timestamp_lead: 2h", "max_timestamp_lead"),
             ("colour: red", "colour"),
         ] {
             let e = TailRouterConfig::from_yaml(doc).unwrap_err();

@@ -206,6 +206,10 @@ pub async fn run(
         })
     });
     // Tail sampling decisions: published until the receivers have drained, then sealed.
+    let tail_signing_key = config
+        .tail
+        .signing_key()
+        .context("reading tail.signing_key")?;
     let tail_stop = CancellationToken::new();
     let tail_task = tokio::spawn(
         tail::publish::Publisher::new(
@@ -219,6 +223,7 @@ pub async fn run(
                 .clone()
                 .unwrap_or_else(tail::publish::Publisher::default_gateway_id),
             config.kafka.max_message_size.as_usize(),
+            tail_signing_key,
         )
         .run(tail_stop.clone()),
     );

@@ -415,6 +415,22 @@ tail_router_config = obj(
         ),
         "shutdown_timeout": ref("duration"),
         "log": ref("logConfig"),
+        "max_timestamp_lead": ref("duration"),
+        "decisions": obj(
+            {
+                "max_window_length": ref("duration"),
+                "max_window_lead": ref("duration"),
+                "max_filters_per_window": s("integer", minimum=1, maximum=64),
+                "max_hashes": s("integer", minimum=1, maximum=64),
+                "max_filter_bytes": ref("byteSize"),
+                "max_total_bytes": ref("byteSize"),
+                "max_expected_items": s("integer", minimum=1),
+                # The key itself never goes into a ConfigMap: a mounted file or an env
+                # variable (extraEnv from a Secret).
+                "signing_key_file": s("string", minLength=1),
+                "signing_key_env": s("string", minLength=1),
+            }
+        ),
     },
     desc="The tail router's config in its own keys, less the keys the chart sets.",
 )

@@ -37,6 +37,8 @@ pub struct Publisher {
     windows: Arc<DecisionWindows>,
     topic: Arc<str>,
     gateway_id: String,
+    /// When set, every record carries its HMAC-SHA256 under this key in a header.
+    signing_key: Option<Vec<u8>>,
     max_segment: usize,
     sequence: u64,
     /// Buffers of the last tick (the open window's copy, the records' values), reused so that
@@ -73,7 +75,7 @@ struct Pending {
 
 impl Publisher {
     /// A publisher of `windows` producing through `exporter` to `topic`, each record at most
-    /// `max_message_size` bytes.
+    /// `max_message_size` bytes, signed with `signing_key` when there is one.
     pub fn new(
         exporter: Arc<KafkaExporter>,
         policies: Arc<PolicyStore>,
@@ -81,6 +83,7 @@ impl Publisher {
         topic: &str,
         gateway_id: String,
         max_message_size: usize,
+        signing_key: Option<Vec<u8>>,
     ) -> Self {
         Self {
             exporter,
@@ -88,6 +91,7 @@ impl Publisher {
             windows,
             topic: topic.into(),
             gateway_id,
+            signing_key,
             max_segment: max_message_size.saturating_sub(HEADER_ROOM).max(1024),
             sequence: 0,
             spare_snapshot: Vec::new(),
@@ -233,9 +237,15 @@ impl Publisher {
             .map(|value| Record {
                 topic: self.topic.clone(),
                 key: p.start.to_string().into_bytes(),
+                headers: self.signing_key.as_deref().map(|key| {
+                    vec![(
+                        decision::signature::SIGNATURE_HEADER.to_string(),
+                        decision::signature::sign(key, &value).to_vec(),
+                    )]
+                    .into()
+                }),
                 value,
                 items: 0,
-                headers: None,
             })
             .collect();
         let bytes: usize = records.iter().map(|r| r.value.len()).sum();

@@ -16,9 +16,10 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use weir_policy::{MAX_TAIL_FILTER_BYTES, Threshold, in_baseline};
+use weir_config::tail_router::RouterDecisions;
+use weir_policy::{Threshold, in_baseline};
 use weir_proto::decision::filter::WindowFilter;
-use weir_proto::decision::{self, Payload, unix_millis};
+use weir_proto::decision::{self, DecisionLimits, Payload, signature, unix_millis};
 
 /// What the windows say about a trace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,12 +59,53 @@ struct MergedWindow {
     sealed_by: BTreeSet<String>,
 }
 
+/// What the store accepts of a decision record ([`TailRouterConfig::decisions`]).
+///
+/// [`TailRouterConfig::decisions`]: weir_config::tail_router::TailRouterConfig
+#[derive(Clone, Copy, Debug)]
+pub struct StoreLimits {
+    /// Bounds of one record's filter, checked before its payload is read.
+    pub record: DecisionLimits,
+    /// How far past now a window may start, in milliseconds.
+    pub max_window_lead_millis: u64,
+    /// Filters (parameter sets) per window.
+    pub max_filters_per_window: usize,
+    /// Filter bytes held over all windows.
+    pub max_total_bytes: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self::from_config(&RouterDecisions::default())
+    }
+}
+
+impl StoreLimits {
+    /// The limits the router's `decisions` section sets.
+    pub fn from_config(d: &RouterDecisions) -> Self {
+        Self {
+            record: DecisionLimits {
+                max_window_millis: d.max_window_length.as_millis() as u64,
+                max_filter_bytes: d.max_filter_bytes.0,
+                max_hashes: d.max_hashes,
+                max_expected_items: d.max_expected_items,
+            },
+            max_window_lead_millis: d.max_window_lead.as_millis() as u64,
+            max_filters_per_window: d.max_filters_per_window,
+            max_total_bytes: d.max_total_bytes.0,
+        }
+    }
+}
+
 /// The merged decision windows, by start time.
 #[derive(Default)]
 pub struct DecisionStore {
     windows: RwLock<BTreeMap<u64, Vec<MergedWindow>>>,
     /// The longest window length seen, to bound lookups.
     longest: std::sync::atomic::AtomicU64,
+    limits: StoreLimits,
+    /// Filter bytes held over all windows.
+    total_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Why a decision record was not merged.
@@ -73,20 +115,47 @@ pub enum Refused {
     Malformed(String),
     /// Its window ended before the retention cutoff.
     Expired,
+    /// A field is past a configured bound (`decisions.*`).
+    OutOfBounds(String),
+}
+
+impl Refused {
+    /// The metric label of `weir_tail_router_decision_records_total{result}`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refused::Malformed(_) => "refused",
+            Refused::Expired => "expired",
+            Refused::OutOfBounds(_) => "out_of_bounds",
+        }
+    }
 }
 
 impl DecisionStore {
-    /// Merges one decision record. `cutoff_millis`: windows ending before it are not kept.
-    pub fn apply(&self, record: &[u8], cutoff_millis: u64) -> Result<(), Refused> {
+    /// A store that merges records within `limits`.
+    pub fn new(limits: StoreLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    /// Merges one decision record read at `now_millis`. `cutoff_millis`: windows ending
+    /// before it are not kept.
+    pub fn apply(&self, record: &[u8], now_millis: u64, cutoff_millis: u64) -> Result<(), Refused> {
         let (h, payload) =
-            decision::decode(record).map_err(|e| Refused::Malformed(e.to_string()))?;
+            decision::decode_within(record, &self.limits.record).map_err(|e| match e {
+                decision::DecisionError::OutOfBounds(why) => Refused::OutOfBounds(why),
+                other => Refused::Malformed(other.to_string()),
+            })?;
         if h.window_start_millis.saturating_add(h.window_millis) < cutoff_millis {
             return Err(Refused::Expired);
         }
-        if h.bitmap_bytes > MAX_TAIL_FILTER_BYTES {
-            return Err(Refused::Malformed(format!(
-                "a filter of {} bytes is over the limit of {}",
-                h.bitmap_bytes, MAX_TAIL_FILTER_BYTES
+        // A window from the future would never be freed (its end is never before the cutoff).
+        let latest = now_millis.saturating_add(self.limits.max_window_lead_millis);
+        if h.window_start_millis > latest {
+            return Err(Refused::OutOfBounds(format!(
+                "window start {} is more than decisions.max_window_lead ({} ms) past now ({now_millis})",
+                h.window_start_millis, self.limits.max_window_lead_millis
             )));
         }
         let params = h.filter_params();
@@ -95,16 +164,33 @@ impl DecisionStore {
         let at = match list.iter().position(|w| *w.filter.params() == params) {
             Some(i) => i,
             None => {
-                let filter = WindowFilter::new(&params).ok_or_else(|| {
-                    Refused::Malformed("the filter parameters cannot be built".into())
-                })?;
-                if filter.hashes() != h.hashes {
-                    return Err(Refused::Malformed(format!(
-                        "the record says {} hash functions, its size and item count give {}: incompatible filter",
-                        h.hashes,
-                        filter.hashes()
+                if list.len() >= self.limits.max_filters_per_window {
+                    return Err(Refused::OutOfBounds(format!(
+                        "window {} has {} filters already (decisions.max_filters_per_window)",
+                        h.window_start_millis,
+                        list.len()
                     )));
                 }
+                let total = self.total_bytes.load(std::sync::atomic::Ordering::Relaxed);
+                if total.saturating_add(params.bitmap_bytes) > self.limits.max_total_bytes {
+                    if list.is_empty() {
+                        windows.remove(&h.window_start_millis);
+                    }
+                    return Err(Refused::OutOfBounds(format!(
+                        "a filter of {} bytes over the {total} held would pass decisions.max_total_bytes ({})",
+                        params.bitmap_bytes, self.limits.max_total_bytes
+                    )));
+                }
+                let Some(filter) = WindowFilter::new(&params) else {
+                    if list.is_empty() {
+                        windows.remove(&h.window_start_millis);
+                    }
+                    return Err(Refused::Malformed(
+                        "the filter parameters cannot be built".into(),
+                    ));
+                };
+                self.total_bytes
+                    .fetch_add(params.bitmap_bytes, std::sync::atomic::Ordering::Relaxed);
                 list.push(MergedWindow {
                     filter,
                     baseline: h.baseline_rejection,
@@ -145,7 +231,7 @@ impl DecisionStore {
             return Verdict::NoWindow;
         }
         let windows = self.windows.read().unwrap_or_else(|p| p.into_inner());
-        let from = ts_millis.saturating_sub(2 * longest);
+        let from = ts_millis.saturating_sub(longest.saturating_mul(2));
         let to = ts_millis.saturating_add(longest);
         let mut any = false;
         let mut baseline = false;
@@ -154,7 +240,7 @@ impl DecisionStore {
                 let len = w.filter.params().window_millis;
                 // W(t) and its neighbours: windows overlapping [t - len, t + len].
                 let overlaps = start <= ts_millis.saturating_add(len)
-                    && start.saturating_add(2 * len) > ts_millis;
+                    && start.saturating_add(len.saturating_mul(2)) > ts_millis;
                 if !overlaps {
                     continue;
                 }
@@ -187,6 +273,8 @@ impl DecisionStore {
             .flatten()
             .map(|w| w.filter.params().bitmap_bytes)
             .sum();
+        self.total_bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
         metrics::gauge!("weir_tail_router_window_bytes").set(bytes as f64);
         if let Some((_, newest)) = windows.last_key_value() {
             let fill = newest
@@ -211,82 +299,172 @@ impl DecisionStore {
     }
 }
 
-/// Reads every partition of the decisions topic from its beginning into `store`, forever.
+/// The partitions of the decisions topic still to be read up to, with the high watermark
+/// to reach: those that hold records. A partition whose records all expired (low watermark
+/// equal to the high one) delivers nothing and counts as read.
+pub fn partitions_to_catch_up(watermarks: &[(i32, i64, i64)]) -> BTreeMap<i32, i64> {
+    watermarks
+        .iter()
+        .filter(|(_, low, high)| high > low)
+        .map(|&(p, _, high)| (p, high))
+        .collect()
+}
+
+/// The decisions reader's settings.
+pub struct DecisionsReader {
+    /// The decisions topic.
+    pub topic: String,
+    /// Where records are merged.
+    pub store: std::sync::Arc<DecisionStore>,
+    /// Windows that ended longer ago are freed.
+    pub retention: Duration,
+    /// When set, only records signed with it are merged.
+    pub signing_key: Option<Vec<u8>>,
+    /// Set once the records up to the high watermarks found at the start are read.
+    pub caught_up: std::sync::Arc<AtomicBool>,
+}
+
+/// Whether a record's signature header verifies under `key`: the metric label of the
+/// refusal when it does not.
+fn signature_refusal(
+    key: &[u8],
+    m: &rdkafka::message::BorrowedMessage<'_>,
+) -> Option<&'static str> {
+    use rdkafka::message::Headers;
+    let signature = m.headers().and_then(|hs| {
+        hs.iter()
+            .find(|h| h.key == signature::SIGNATURE_HEADER)
+            .and_then(|h| h.value)
+    });
+    match signature {
+        None => Some("unsigned"),
+        Some(sig) if signature::verify(key, m.payload().unwrap_or_default(), sig) => None,
+        Some(_) => Some("bad_signature"),
+    }
+}
+
+/// Reads every partition of the decisions topic from its beginning into the store, forever.
 /// Sets `caught_up` once it has read up to the high watermarks found at the start.
 pub async fn consume(
     consumer: StreamConsumer<super::RouterContext>,
-    topic: String,
-    store: std::sync::Arc<DecisionStore>,
-    retention: Duration,
-    caught_up: std::sync::Arc<AtomicBool>,
+    reader: DecisionsReader,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let DecisionsReader {
+        topic,
+        store,
+        retention,
+        signing_key,
+        caught_up,
+    } = reader;
     let consumer = std::sync::Arc::new(consumer);
-    // Partitions and their high watermarks, read off the async workers.
+    // Partitions and their watermarks, read off the async workers.
     let c = consumer.clone();
     let t = topic.clone();
-    let targets: Vec<(i32, i64)> = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let md = c.fetch_metadata(Some(&t), Duration::from_secs(10))?;
-        let partitions: Vec<i32> = md
-            .topics()
-            .iter()
-            .filter(|m| m.name() == t)
-            .flat_map(|m| m.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            anyhow::bail!("the decisions topic `{t}` has no partitions (does it exist?)");
-        }
-        let mut out = Vec::new();
-        for p in partitions {
-            let (_, high) = c.fetch_watermarks(&t, p, Duration::from_secs(10))?;
-            out.push((p, high));
-        }
-        Ok(out)
-    })
-    .await??;
+    let targets: Vec<(i32, i64, i64)> =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let md = c.fetch_metadata(Some(&t), Duration::from_secs(10))?;
+            let partitions: Vec<i32> = md
+                .topics()
+                .iter()
+                .filter(|m| m.name() == t)
+                .flat_map(|m| m.partitions().iter().map(|p| p.id()))
+                .collect();
+            if partitions.is_empty() {
+                anyhow::bail!("the decisions topic `{t}` has no partitions (does it exist?)");
+            }
+            let mut out = Vec::new();
+            for p in partitions {
+                let (low, high) = c.fetch_watermarks(&t, p, Duration::from_secs(10))?;
+                out.push((p, low, high));
+            }
+            Ok(out)
+        })
+        .await??;
     let mut tpl = TopicPartitionList::new();
-    for (p, _) in &targets {
+    for (p, _, _) in &targets {
         tpl.add_partition_offset(&topic, *p, rdkafka::Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let mut remaining: BTreeMap<i32, i64> = targets.into_iter().filter(|(_, h)| *h > 0).collect();
+    let mut remaining = partitions_to_catch_up(&targets);
     if remaining.is_empty() {
         caught_up.store(true, Ordering::Release);
     }
     tracing::info!(
         topic,
         partitions = tpl.count(),
+        signed = signing_key.is_some(),
         "reading decision records from the beginning"
     );
-    // Old windows are freed (and the window gauges set) every few seconds, records or not.
-    let mut free = tokio::time::interval(Duration::from_secs(5));
+    // Old windows are freed (and the window gauges set) every few seconds, records or not;
+    // until caught up, the positions are compared with the high watermarks every second too
+    // (a partition whose records expired while it was read delivers nothing more).
+    let mut free = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = free.tick() => {
-                store.free_before(cutoff(retention));
+                ticks += 1;
+                if ticks.is_multiple_of(5) {
+                    store.free_before(cutoff(retention));
+                }
+                if !remaining.is_empty() {
+                    let c = consumer.clone();
+                    let positions = tokio::task::spawn_blocking(move || c.position()).await;
+                    if let Ok(Ok(positions)) = positions {
+                        for e in positions.elements() {
+                            if let rdkafka::Offset::Offset(at) = e.offset()
+                                && remaining.get(&e.partition()).is_some_and(|high| at >= *high)
+                            {
+                                remaining.remove(&e.partition());
+                            }
+                        }
+                    }
+                    if remaining.is_empty() {
+                        tracing::info!("decision records caught up");
+                        caught_up.store(true, Ordering::Release);
+                    }
+                }
                 continue;
             }
             m = consumer.recv() => m,
         };
-        let cutoff = cutoff(retention);
+        let now = unix_millis();
+        let cutoff = cutoff_at(now, retention);
         match msg {
             Ok(m) => {
-                let result = match m.payload() {
-                    Some(p) => store.apply(p, cutoff),
-                    None => Err(Refused::Malformed("empty record".into())),
-                };
-                let label = match &result {
-                    Ok(()) => "merged",
-                    Err(Refused::Expired) => "expired",
-                    Err(Refused::Malformed(why)) => {
+                let refusal = signing_key
+                    .as_deref()
+                    .and_then(|key| signature_refusal(key, &m));
+                let label = match refusal {
+                    Some(label) => {
                         tracing::warn!(
                             partition = m.partition(),
                             offset = m.offset(),
-                            why,
-                            "decision record refused"
+                            why = label,
+                            "decision record skipped: its signature does not verify with decisions.signing_key"
                         );
-                        "refused"
+                        label
+                    }
+                    None => {
+                        let result = match m.payload() {
+                            Some(p) => store.apply(p, now, cutoff),
+                            None => Err(Refused::Malformed("empty record".into())),
+                        };
+                        match &result {
+                            Ok(()) => "merged",
+                            Err(Refused::Expired) => "expired",
+                            Err(Refused::Malformed(why) | Refused::OutOfBounds(why)) => {
+                                tracing::warn!(
+                                    partition = m.partition(),
+                                    offset = m.offset(),
+                                    why,
+                                    "decision record refused"
+                                );
+                                result.as_ref().err().map_or("refused", Refused::as_str)
+                            }
+                        }
                     }
                 };
                 metrics::counter!("weir_tail_router_decision_records_total", "result" => label)
@@ -311,7 +489,12 @@ pub async fn consume(
 
 /// Windows that ended before this (ms since the epoch) are freed.
 pub fn cutoff(retention: Duration) -> u64 {
-    unix_millis().saturating_sub(retention.as_millis() as u64)
+    cutoff_at(unix_millis(), retention)
+}
+
+/// The cutoff at `now_millis`.
+fn cutoff_at(now_millis: u64, retention: Duration) -> u64 {
+    now_millis.saturating_sub(retention.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -323,6 +506,8 @@ mod tests {
     };
 
     const LEN: u64 = 10_000;
+    /// The router's clock in the tests: after every window they use.
+    const NOW: u64 = 1_000_000;
 
     fn params(seed: u64) -> FilterParams {
         let n = 1000;
@@ -380,10 +565,10 @@ mod tests {
     fn windows_of_all_gateways_merge() {
         let store = DecisionStore::default();
         for r in records(100_000, "a", &[id(1)], 1, None, 3) {
-            store.apply(&r, 0).unwrap();
+            store.apply(&r, NOW, 0).unwrap();
         }
         for r in records(100_000, "b", &[id(2)], 1, None, 1) {
-            store.apply(&r, 0).unwrap();
+            store.apply(&r, NOW, 0).unwrap();
         }
         assert_eq!(store.verdict(&id(1), 105_000), Verdict::Marked);
         assert_eq!(store.verdict(&id(2), 105_000), Verdict::Marked);
@@ -398,7 +583,7 @@ mod tests {
     fn neighbouring_windows_are_asked() {
         let store = DecisionStore::default();
         for r in records(100_000, "a", &[id(1)], 1, None, 1) {
-            store.apply(&r, 0).unwrap();
+            store.apply(&r, NOW, 0).unwrap();
         }
         // A span of the window before, and of the window after, find the mark.
         assert_eq!(store.verdict(&id(1), 95_000), Verdict::Marked);
@@ -412,10 +597,10 @@ mod tests {
     fn a_policy_change_mid_window_keeps_both_filters() {
         let store = DecisionStore::default();
         for r in records(100_000, "a", &[id(1)], 1, None, 1) {
-            store.apply(&r, 0).unwrap();
+            store.apply(&r, NOW, 0).unwrap();
         }
         for r in records(100_000, "b", &[id(2)], 2, None, 1) {
-            store.apply(&r, 0).unwrap();
+            store.apply(&r, NOW, 0).unwrap();
         }
         assert_eq!(store.verdict(&id(1), 101_000), Verdict::Marked);
         assert_eq!(store.verdict(&id(2), 101_000), Verdict::Marked);
@@ -426,7 +611,7 @@ mod tests {
         let store = DecisionStore::default();
         let half = Threshold::from_probability(0.5, 14).unwrap().rejection();
         for r in records(100_000, "a", &[], 1, Some(half), 1) {
-            store.apply(&r, 0).unwrap();
+            store.apply(&r, NOW, 0).unwrap();
         }
         let mut high = [0u8; 16];
         high[9] = 0xf0;
@@ -438,18 +623,18 @@ mod tests {
     fn old_windows_are_freed_and_refused() {
         let store = DecisionStore::default();
         for r in records(100_000, "a", &[id(1)], 1, None, 1) {
-            store.apply(&r, 0).unwrap();
+            store.apply(&r, NOW, 0).unwrap();
         }
         for r in records(200_000, "a", &[id(1)], 1, None, 1) {
-            store.apply(&r, 0).unwrap();
+            store.apply(&r, NOW, 0).unwrap();
         }
         assert_eq!(store.free_before(150_000), 1);
         assert_eq!(store.verdict(&id(1), 105_000), Verdict::NoWindow);
         assert_eq!(store.verdict(&id(1), 205_000), Verdict::Marked);
         let old = records(100_000, "a", &[id(1)], 1, None, 1);
-        assert_eq!(store.apply(&old[0], 150_000), Err(Refused::Expired));
+        assert_eq!(store.apply(&old[0], NOW, 150_000), Err(Refused::Expired));
         assert!(matches!(
-            store.apply(b"junk", 0),
+            store.apply(b"junk", NOW, 0),
             Err(Refused::Malformed(_))
         ));
     }
@@ -480,10 +665,110 @@ mod tests {
             "two marks take a few bytes, not the filter"
         );
         let store = DecisionStore::default();
-        store.apply(&record, 0).unwrap();
+        store.apply(&record, NOW, 0).unwrap();
         assert_eq!(store.verdict(&id(4), 105_000), Verdict::Marked);
         assert_eq!(store.verdict(&id(5), 105_000), Verdict::Marked);
         assert_eq!(store.verdict(&id(6), 105_000), Verdict::Unmarked);
         assert_eq!(store.gateways(100_000).1, vec!["sparse".to_string()]);
+    }
+
+    /// A record of window `start` with `params`, setting the bits of `ids`.
+    fn record_with(start: u64, p: &FilterParams, ids: &[[u8; 16]]) -> Vec<u8> {
+        let mut f = WindowFilter::new(p).unwrap();
+        for id in ids {
+            f.insert(id);
+        }
+        let mut payload = Vec::new();
+        let mut writer = decision::SparseWriter::new(0);
+        for_each_new_position(f.bits(), None, |position| {
+            writer.push(position, &mut payload);
+            true
+        });
+        let mut out = Vec::new();
+        decision::encode(
+            &DecisionHeader::for_window(p, start, "hostile"),
+            Payload::Sparse(&payload),
+            &mut out,
+        );
+        out
+    }
+
+    #[test]
+    fn hostile_records_are_bounded_and_the_store_still_decides() {
+        let limits = StoreLimits {
+            max_total_bytes: 10 * params(1).bitmap_bytes,
+            ..StoreLimits::default()
+        };
+        let store = DecisionStore::new(limits);
+        for r in records(100_000, "a", &[id(1)], 1, None, 1) {
+            store.apply(&r, NOW, 0).unwrap();
+        }
+        let out_of_bounds = |r: Result<(), Refused>| matches!(r, Err(Refused::OutOfBounds(_)));
+        // A small sparse record that asks for a 256 MiB filter, past the total budget.
+        let mut huge = params(1);
+        huge.bitmap_bytes = 256 << 20;
+        assert!(out_of_bounds(store.apply(
+            &record_with(100_000, &huge, &[]),
+            NOW,
+            0
+        )));
+        // A million hash functions per lookup.
+        let mut many = params(1);
+        many.hashes = 1_000_000;
+        let mut r = record_with(100_000, &params(1), &[]);
+        r[12..16].copy_from_slice(&many.hashes.to_be_bytes());
+        assert!(out_of_bounds(store.apply(&r, NOW, 0)));
+        // A window far in the future (never freed), and one of u64::MAX / 2 ms whose
+        // `2 * longest` overflowed.
+        let future = NOW + 3_600_000 - (NOW + 3_600_000) % LEN;
+        assert!(out_of_bounds(store.apply(
+            &record_with(future, &params(1), &[]),
+            NOW,
+            0
+        )));
+        let mut endless = params(1);
+        endless.window_millis = u64::MAX / 2;
+        assert!(out_of_bounds(store.apply(
+            &record_with(0, &endless, &[]),
+            NOW,
+            0
+        )));
+        // Filters per window: a fifth parameter set of one window is refused.
+        for seed in 2..5 {
+            store
+                .apply(&record_with(100_000, &params(seed), &[]), NOW, 0)
+                .unwrap();
+        }
+        assert!(out_of_bounds(store.apply(
+            &record_with(100_000, &params(9), &[]),
+            NOW,
+            0
+        )));
+        // The total budget: the seventh window of ten filters' worth is past it.
+        let mut refused = 0;
+        for w in 0..8u64 {
+            let r = record_with(200_000 + w * LEN, &params(1), &[id(2)]);
+            refused += u32::from(out_of_bounds(store.apply(&r, NOW, 0)));
+        }
+        assert_eq!(
+            refused, 2,
+            "10 filters fit the budget: 4 of window 100000, 6 more"
+        );
+        // Nothing of it disturbed the verdicts.
+        assert_eq!(store.verdict(&id(1), 105_000), Verdict::Marked);
+        assert_eq!(store.verdict(&id(3), 105_000), Verdict::Unmarked);
+        assert_eq!(store.verdict(&id(2), 205_000), Verdict::Marked);
+        // Freed windows give their bytes back.
+        store.free_before(u64::MAX);
+        store
+            .apply(&record_with(900_000, &params(1), &[]), NOW, 0)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_partition_whose_records_all_expired_is_caught_up() {
+        // (partition, low, high): 0 holds records, 1 never had any, 2's all expired.
+        let remaining = partitions_to_catch_up(&[(0, 3, 10), (1, 0, 0), (2, 7, 7)]);
+        assert_eq!(remaining, BTreeMap::from([(0, 10)]));
     }
 }

@@ -143,6 +143,8 @@ pub struct HotLoop {
     pub cold_topic: Arc<str>,
     /// D, in milliseconds.
     pub delay_millis: u64,
+    /// Record timestamps later than now plus this are taken as now plus this.
+    pub max_timestamp_lead_millis: u64,
     /// Records decided per batch.
     pub batch_size: usize,
 }
@@ -211,11 +213,11 @@ impl HotLoop {
             }
         };
         // A record without a timestamp is held from when it is read.
-        let ts = m
-            .timestamp()
-            .to_millis()
-            .and_then(|t| u64::try_from(t).ok())
-            .unwrap_or_else(unix_millis);
+        let ts = record_time(
+            m.timestamp().to_millis(),
+            unix_millis(),
+            self.max_timestamp_lead_millis,
+        );
         let headers = m.headers().map(|hs| {
             hs.iter()
                 .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
@@ -332,6 +334,18 @@ impl HotLoop {
     }
 }
 
+/// The time a hot record is held and decided by: its timestamp (`CreateTime`, the gateway's
+/// clock), but no later than `now_millis + max_lead_millis`, so that a gateway whose clock runs
+/// ahead does not block its partition (records behind it keep their order) for the length of
+/// the skew; a record without one is held from `now_millis`.
+pub fn record_time(timestamp_millis: Option<i64>, now_millis: u64, max_lead_millis: u64) -> u64 {
+    timestamp_millis
+        .and_then(|t| u64::try_from(t).ok())
+        .map_or(now_millis, |t| {
+            t.min(now_millis.saturating_add(max_lead_millis))
+        })
+}
+
 /// The trace id a hot record's key names: 32 hex characters.
 pub fn trace_id_of_key(key: &[u8]) -> Option<[u8; 16]> {
     let mut id = [0u8; 16];
@@ -423,6 +437,19 @@ mod tests {
         assert_eq!(q.len(), 6);
         q.revoke(&[2]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn timestamps_ahead_of_the_clock_are_clamped() {
+        let now = 1_700_000_000_000;
+        assert_eq!(record_time(Some(now as i64 - 5), now, 10_000), now - 5);
+        // A gateway an hour ahead: held as if produced 10 s from now, not for an hour more.
+        assert_eq!(
+            record_time(Some(now as i64 + 3_600_000), now, 10_000),
+            now + 10_000
+        );
+        assert_eq!(record_time(None, now, 10_000), now);
+        assert_eq!(record_time(Some(-1), now, 10_000), now);
     }
 
     #[test]

@@ -133,15 +133,23 @@ pub async fn run(
         admin_stop.clone(),
     ));
 
-    let store = Arc::new(decisions::DecisionStore::default());
+    let store = Arc::new(decisions::DecisionStore::new(
+        decisions::StoreLimits::from_config(&config.decisions),
+    ));
     let caught_up = Arc::new(AtomicBool::new(false));
     let stop = CancellationToken::new();
     let mut decisions_task = tokio::spawn(decisions::consume(
         decisions_consumer,
-        k.decisions_topic.clone(),
-        store.clone(),
-        config.window_retention,
-        caught_up.clone(),
+        decisions::DecisionsReader {
+            topic: k.decisions_topic.clone(),
+            store: store.clone(),
+            retention: config.window_retention,
+            signing_key: config
+                .decisions
+                .signing_key()
+                .context("reading decisions.signing_key")?,
+            caught_up: caught_up.clone(),
+        },
         stop.clone(),
     ));
 
@@ -183,6 +191,7 @@ pub async fn run(
         hot_topic: k.hot_topic.clone(),
         cold_topic: k.cold_topic.as_str().into(),
         delay_millis: config.delay.as_millis() as u64,
+        max_timestamp_lead_millis: config.max_timestamp_lead.as_millis() as u64,
         batch_size: config.batch_size,
     };
     let hot_stop = CancellationToken::new();

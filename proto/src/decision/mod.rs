@@ -4,13 +4,15 @@
 //! - `filter.rs`: a decision window's Bloom filter, its parameters and its hash scheme (the
 //!   bit positions of a trace id), merged from published bits with a bitwise OR;
 //! - `record.rs`: the decision record that carries a window's filter bits to Kafka
-//!   (header and payload codec).
+//!   (header and payload codec);
+//! - `signature.rs`: records signed with a shared key (HMAC-SHA256 in a Kafka header).
 //!
 //! Both sides must agree on every bit, so the record format and the positions it carries
 //! live together here.
 
 pub mod filter;
 pub mod record;
+pub mod signature;
 
 pub use record::*;
 

@@ -22,11 +22,12 @@ pub const FORMAT_VERSION: u16 = 2;
 /// The format version of records with a dense payload, which version-1 readers also read.
 pub const FORMAT_VERSION_DENSE: u16 = 1;
 
-/// Hash scheme 1: the `bloomfilter` 3.x crate's double hashing (SipHash-1-3 keyed with the
-/// two halves of the seed) over the 16 trace id bytes as Rust's `Hash` feeds a `[u8; 16]`
-/// (a 64-bit little-endian length prefix, then the bytes); bit `i` is bit `i % 8` (LSB first)
-/// of byte `i / 8`.
-pub const HASH_SCHEME_BLOOMFILTER3: u8 = 1;
+/// Hash scheme 1: SipHash-1-3 of the trace id (behind a 64-bit little-endian length prefix
+/// 16), keyed with the two halves of the seed, then double hashing `h0 + i × h1` modulo
+/// `2^64 − 59`, each hash modulo the filter's bits; bit `i` is bit `i % 8` (LSB first) of
+/// byte `i / 8`. Defined in `proto/weir/tail/v1/decision_record.md`, computed by
+/// [`filter::positions_of`](super::filter::positions_of).
+pub const HASH_SCHEME_SIPHASH13: u8 = 1;
 
 /// The size of the fixed part of the header, before the gateway id.
 pub const FIXED_HEADER_LEN: usize = 116;
@@ -42,6 +43,37 @@ const FLAG_SPARSE: u8 = 2;
 
 /// The longest LEB128 gap a sparse payload may hold (nine bytes: 63 bits).
 const MAX_GAP_BYTES: usize = 9;
+
+/// The largest filter a decision record may describe, in bytes (256 MiB, the policy's bound).
+pub const MAX_FILTER_BYTES: u64 = 256 << 20;
+
+/// What a reader accepts of a record's filter, checked from the header alone before any of
+/// the payload is read ([`decode_within`]): a record from anyone who can produce to the
+/// decisions topic must not make the reader allocate or hash without bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecisionLimits {
+    /// The longest window, in milliseconds.
+    pub max_window_millis: u64,
+    /// The largest filter, in bytes.
+    pub max_filter_bytes: u64,
+    /// The most hash functions (each is a memory read per lookup).
+    pub max_hashes: u32,
+    /// The most marked traces a filter may be sized for.
+    pub max_expected_items: u64,
+}
+
+impl Default for DecisionLimits {
+    /// The bounds of the format: what a valid policy can give (windows up to 24 hours, filters
+    /// up to 256 MiB, false-positive rates down to 1e-9, i.e. 30 hashes, up to 2^40 traces).
+    fn default() -> Self {
+        Self {
+            max_window_millis: 24 * 3600 * 1000,
+            max_filter_bytes: MAX_FILTER_BYTES,
+            max_hashes: 32,
+            max_expected_items: 1 << 40,
+        }
+    }
+}
 
 /// The filter bits a decision record carries, to be ORed into the window's filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +155,7 @@ impl SparsePositions<'_> {
             if b & 0x80 == 0 {
                 self.bytes = &self.bytes[i + 1..];
                 let position = self.next.checked_add(gap).ok_or("a position overflows")?;
-                self.next = position + 1;
+                self.next = position.checked_add(1).ok_or("a position overflows")?;
                 return Ok(Some(position));
             }
         }
@@ -156,7 +188,7 @@ pub struct DecisionHeader {
     pub hashes: u32,
     /// The filter's seed (the two SipHash keys).
     pub seed: [u8; 32],
-    /// The hash scheme ([`HASH_SCHEME_BLOOMFILTER3`]).
+    /// The hash scheme ([`HASH_SCHEME_SIPHASH13`]).
     pub hash_scheme: u8,
     /// Marked traces the filter is sized for.
     pub expected_items: u64,
@@ -187,7 +219,7 @@ impl DecisionHeader {
             bitmap_bytes: params.bitmap_bytes,
             hashes: params.hashes,
             seed: params.seed,
-            hash_scheme: HASH_SCHEME_BLOOMFILTER3,
+            hash_scheme: HASH_SCHEME_SIPHASH13,
             expected_items: params.expected_traces,
             item_estimate: 0,
             baseline_rejection: None,
@@ -241,6 +273,9 @@ pub enum DecisionError {
     /// A field has an impossible value.
     #[error("invalid decision record: {0}")]
     Invalid(String),
+    /// A field is past what this reader accepts ([`DecisionLimits`]).
+    #[error("decision record out of bounds: {0}")]
+    OutOfBounds(String),
 }
 
 /// Appends the record of `header` carrying `payload` (its segment starts at
@@ -287,9 +322,18 @@ pub fn encode(header: &DecisionHeader, payload: Payload<'_>, out: &mut Vec<u8>) 
     out.extend_from_slice(bits);
 }
 
-/// Reads a decision record: its header and the filter bits it carries. A sparse payload is
-/// checked whole: every position lies in the filter.
+/// Reads a decision record within the format's own bounds ([`DecisionLimits::default`]).
 pub fn decode(record: &[u8]) -> Result<(DecisionHeader, Payload<'_>), DecisionError> {
+    decode_within(record, &DecisionLimits::default())
+}
+
+/// Reads a decision record: its header and the filter bits it carries. The header is held to
+/// `limits` before the payload is looked at; a sparse payload is then checked whole: every
+/// position lies in the filter.
+pub fn decode_within<'a>(
+    record: &'a [u8],
+    limits: &DecisionLimits,
+) -> Result<(DecisionHeader, Payload<'a>), DecisionError> {
     if record.len() < 8 {
         return Err(DecisionError::Truncated(
             "shorter than magic, version and length",
@@ -313,7 +357,7 @@ pub fn decode(record: &[u8]) -> Result<(DecisionHeader, Payload<'_>), DecisionEr
     };
     let flags = record[8];
     let hash_scheme = record[9];
-    if hash_scheme != HASH_SCHEME_BLOOMFILTER3 {
+    if hash_scheme != HASH_SCHEME_SIPHASH13 {
         return Err(DecisionError::UnsupportedHashScheme(hash_scheme));
     }
     let id_len = usize::from(u16::from_be_bytes([record[10], record[11]]));
@@ -368,6 +412,34 @@ pub fn decode(record: &[u8]) -> Result<(DecisionHeader, Payload<'_>), DecisionEr
             "a filter needs at least one hash function and one byte".into(),
         ));
     }
+    for (what, value, limit) in [
+        (
+            "window length (ms)",
+            header.window_millis,
+            limits.max_window_millis,
+        ),
+        (
+            "filter size (bytes)",
+            header.bitmap_bytes,
+            limits.max_filter_bytes,
+        ),
+        (
+            "hash count",
+            u64::from(header.hashes),
+            u64::from(limits.max_hashes),
+        ),
+        (
+            "expected items",
+            header.expected_items,
+            limits.max_expected_items,
+        ),
+    ] {
+        if value > limit {
+            return Err(DecisionError::OutOfBounds(format!(
+                "{what} {value} is over the limit of {limit}"
+            )));
+        }
+    }
     if version == FORMAT_VERSION_DENSE && flags & FLAG_SPARSE != 0 {
         return Err(DecisionError::Invalid(
             "a version-1 record cannot be sparse".into(),
@@ -420,7 +492,7 @@ mod tests {
             bitmap_bytes: 64,
             hashes: 7,
             seed: [9; 32],
-            hash_scheme: HASH_SCHEME_BLOOMFILTER3,
+            hash_scheme: HASH_SCHEME_SIPHASH13,
             expected_items: 100,
             item_estimate: 3,
             baseline_rejection: Some(0xff_ffff_ffff_ff00),
@@ -566,6 +638,65 @@ mod tests {
         out.clear();
         encode(&h, Payload::Sparse(&[]), &mut out);
         assert_eq!(decode(&out).unwrap().1, Payload::Sparse(&[][..]));
+    }
+
+    #[test]
+    fn hostile_headers_are_refused_before_the_payload_is_read() {
+        let limits = DecisionLimits::default();
+        for (field, value) in [
+            ("window", 25 * 3600 * 1000),
+            ("bytes", MAX_FILTER_BYTES + 1),
+            ("hashes", 33),
+            ("items", (1 << 40) + 1),
+        ] {
+            let mut h = header();
+            h.window_start_millis = 0;
+            match field {
+                "window" => h.window_millis = value,
+                "bytes" => h.bitmap_bytes = value,
+                "hashes" => h.hashes = value as u32,
+                _ => h.expected_items = value,
+            }
+            h.segment_offset = 0;
+            let mut out = Vec::new();
+            // A payload that would be slow to walk if it were read: the bound comes first.
+            encode(&h, Payload::Sparse(&[0; 200_000]), &mut out);
+            assert!(
+                matches!(
+                    decode_within(&out, &limits),
+                    Err(DecisionError::OutOfBounds(_))
+                ),
+                "{field}"
+            );
+        }
+        let tight = DecisionLimits {
+            max_filter_bytes: 32,
+            ..limits
+        };
+        let mut out = Vec::new();
+        encode(&header(), Payload::Dense(&[1; 32]), &mut out);
+        assert!(decode(&out).is_ok());
+        assert!(matches!(
+            decode_within(&out, &tight),
+            Err(DecisionError::OutOfBounds(m)) if m.contains("filter size")
+        ));
+    }
+
+    #[test]
+    fn a_position_at_the_end_of_the_range_does_not_overflow() {
+        // Gaps that reach u64::MAX (two: one holds 63 bits at most): the position after it
+        // cannot be counted, so the payload is refused rather than wrapped (or a panic).
+        let mut payload = Vec::new();
+        for mut gap in [(1u64 << 63) - 1, (1u64 << 63) - 129] {
+            while gap >= 0x80 {
+                payload.push((gap as u8) | 0x80);
+                gap >>= 7;
+            }
+            payload.push(gap as u8);
+        }
+        let mut positions = sparse_positions(16, &payload);
+        assert_eq!(positions.step(), Ok(Some(1 << 63 | 127)));
+        assert!(positions.step().is_err());
     }
 
     #[test]
