@@ -5,6 +5,7 @@
 //!
 //! | layer | file | what it does |
 //! |---|---|---|
+//! | (OTLP/HTTP only, when configured) CORS | `cors.rs` | answers preflights, marks responses to allowed origins |
 //! | error mapping | `status.rs` | the pipeline's answer or a refusal -> the transport's reply |
 //! | authentication | `auth.rs` | credentials and record headers (`RequestMeta`), before the body is read |
 //! | (OTLP/HTTP only) method and `Content-Type` | `http.rs` | 405 and 415 |
@@ -16,6 +17,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod cors;
 pub mod decompress;
 pub mod export;
 pub mod grpc;
@@ -41,6 +43,8 @@ pub struct Receiver {
     pub admission: Admission,
     /// How long an OTLP/HTTP body may take to arrive once its headers are in.
     pub body_read_timeout: std::time::Duration,
+    /// The OTLP/HTTP listener's CORS rules, when it has a `cors` section.
+    pub cors: Option<Arc<cors::CorsPolicy>>,
 }
 
 impl Receiver {
@@ -49,6 +53,12 @@ impl Receiver {
         Ok(Self {
             admission: pipeline.admission().clone(),
             body_read_timeout: config.receivers.http.body_read_timeout,
+            cors: config
+                .receivers
+                .http
+                .cors
+                .as_ref()
+                .map(|c| Arc::new(cors::CorsPolicy::new(c))),
             pipeline,
             ingress: Arc::new(Ingress::new(config)?),
         })
