@@ -38,7 +38,12 @@ pub fn set_service_identity(identity: ServiceIdentity) {
 /// Appends the process metrics (and `target_info`, once set) in Prometheus text format.
 pub fn render(out: &mut String) {
     let uptime = STARTED.get().map_or(0.0, |s| s.elapsed().as_secs_f64());
-    family(out, "otelcol_process_uptime", "counter", "Uptime of the process");
+    family(
+        out,
+        "otelcol_process_uptime",
+        "counter",
+        "Uptime of the process",
+    );
     let _ = writeln!(out, "otelcol_process_uptime {uptime}");
     if let Some(cpu) = cpu_seconds() {
         family(
@@ -115,8 +120,14 @@ mod tests {
         });
         let mut out = String::new();
         render(&mut out);
-        assert!(out.contains("# TYPE otelcol_process_uptime counter\n"), "{out}");
-        assert!(out.contains("# TYPE otelcol_process_cpu_seconds counter\n"), "{out}");
+        assert!(
+            out.contains("# TYPE otelcol_process_uptime counter\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# TYPE otelcol_process_cpu_seconds counter\n"),
+            "{out}"
+        );
         let rss: f64 = out
             .lines()
             .find_map(|l| l.strip_prefix("otelcol_process_memory_rss "))
