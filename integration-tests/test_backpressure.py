@@ -81,8 +81,8 @@ def test_broker_not_answering(broker_factory, gateway_factory):
 
     wait_until("a request is accepted again after SIGCONT", accepted_again, timeout=60, interval=0.5)
     wait_until("/readyz == 200 after SIGCONT", lambda: gw.readyz() == 200, timeout=30, interval=0.25)
-    refused = metric_value(gw.metrics(), "weir_receiver_refused_spans_total")
-    assert refused >= 2, f"weir_receiver_refused_spans_total is {refused} after 2 refused spans"
+    refused = metric_value(gw.metrics(), "otelcol_receiver_refused_spans")
+    assert refused >= 2, f"otelcol_receiver_refused_spans is {refused} after 2 refused spans"
 
     # Requests refused during the pause may still land (at-least-once); acknowledged ones must.
     _, landed = consume_spans(gw, want=len(acked) + len(after), timeout=30)

@@ -144,7 +144,7 @@ def missing_acknowledged(bootstrap: str, topic: str, acked: set[tuple[str, str]]
 
 def accepted_spans(admin_port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=2) as resp:
-        return metric_value(parse_prometheus(resp.read().decode()), "weir_receiver_accepted_spans_total")
+        return metric_value(parse_prometheus(resp.read().decode()), "otelcol_receiver_accepted_spans")
 
 
 class KillAndRestart:

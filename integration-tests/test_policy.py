@@ -92,7 +92,7 @@ routing:
     samples = gw.metrics()
     assert metric_value(samples, "weir_policy_dropped_spans_total", rule="drop-noisy") == 4
     assert metric_value(samples, "weir_policy_matched_spans_total", rule="errors-too") == 3
-    assert metric_value(samples, "weir_receiver_accepted_spans_total", transport="http") == 12
+    assert metric_value(samples, "otelcol_receiver_accepted_spans", transport="http") == 12
 
 
 def test_head_sampling_is_consistent_and_recorded(gateway_factory, workdir):

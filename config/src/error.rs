@@ -21,6 +21,14 @@ pub enum ConfigError {
         /// What was wrong with it.
         reason: String,
     },
+    /// A `${...}` reference could not be expanded.
+    #[error("line {line}: {reason}")]
+    Reference {
+        /// The line of the document it is on.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A value parsed but is not acceptable (out of range, inconsistent with another key).
     #[error("{key}: {reason}")]
     Invalid {
@@ -43,7 +51,7 @@ impl ConfigError {
     /// The path of the offending key, when the error is about one.
     pub fn key(&self) -> Option<&str> {
         match self {
-            Self::Io { .. } => None,
+            Self::Io { .. } | Self::Reference { .. } => None,
             Self::Parse { key, .. } | Self::Invalid { key, .. } => Some(key),
         }
     }

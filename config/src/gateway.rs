@@ -115,6 +115,128 @@ pub struct Listener {
     /// must not hold its slot forever): 408 on OTLP/HTTP, DEADLINE_EXCEEDED on OTLP/gRPC.
     #[serde(default = "default_body_read_timeout", deserialize_with = "duration")]
     pub body_read_timeout: Duration,
+    /// Connection ageing and HTTP/2 keepalive pings, spelled as the Collector's
+    /// `keepalive.server_parameters`.
+    #[serde(default)]
+    pub keepalive: Keepalive,
+    /// CORS for browser clients (OTLP/HTTP only); absent: no CORS headers, preflights go
+    /// unanswered as CORS.
+    #[serde(default)]
+    pub cors: Option<Cors>,
+}
+
+/// The `keepalive` section of a listener: the Collector's `keepalive` with its
+/// `server_parameters` (grpc-go's `keepalive.ServerParameters`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keepalive {
+    /// How connections age and how the server pings.
+    #[serde(default)]
+    pub server_parameters: KeepaliveServerParameters,
+}
+
+/// How long a connection may live and how the server checks that its peer is still there.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepaliveServerParameters {
+    /// A connection older than this (give or take 10%, so connections opened together do not
+    /// all leave together) is asked to go away (HTTP/2 GOAWAY; HTTP/1 closes after the
+    /// current response), so clients reconnect and spread over new replicas. Absent: never.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub max_connection_age: Option<Duration>,
+    /// How long requests in flight on an aged connection may take to finish before it is
+    /// cut. Absent: as long as they need.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub max_connection_age_grace: Option<Duration>,
+    /// With no frame from the client for this long, the server sends an HTTP/2 PING.
+    #[serde(default = "default_keepalive_time", deserialize_with = "duration")]
+    pub time: Duration,
+    /// A PING not answered within this time closes the connection.
+    #[serde(default = "default_keepalive_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for KeepaliveServerParameters {
+    fn default() -> Self {
+        Self {
+            max_connection_age: None,
+            max_connection_age_grace: None,
+            time: default_keepalive_time(),
+            timeout: default_keepalive_timeout(),
+        }
+    }
+}
+
+/// grpc-go's default `Time`: a PING after two hours without a frame.
+fn default_keepalive_time() -> Duration {
+    Duration::from_secs(2 * 3600)
+}
+
+/// grpc-go's default `Timeout`.
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+
+/// CORS on OTLP/HTTP, as the Collector's `cors` section of `confighttp`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {
+    /// Origins browsers may send from: exact (`https://app.example.com`), with one `*`
+    /// wildcard (`https://*.example.com`), or `*` for any.
+    pub allowed_origins: Vec<String>,
+    /// Request headers allowed besides `Accept`, `Accept-Language`, `Content-Type` and
+    /// `Content-Language` (always allowed); `*` allows any.
+    #[serde(default)]
+    pub allowed_headers: Vec<String>,
+    /// How long browsers may cache a preflight's answer, in seconds (the Collector's
+    /// integer); absent: no `Access-Control-Max-Age`.
+    #[serde(default)]
+    pub max_age: Option<u64>,
+}
+
+impl Cors {
+    /// Checks the origin patterns and header names; `key` is the section's path.
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.allowed_origins.is_empty() {
+            return Err(ConfigError::invalid(
+                format!("{key}.allowed_origins"),
+                "list at least one origin (or remove the cors section)",
+            ));
+        }
+        for (i, o) in self.allowed_origins.iter().enumerate() {
+            if o.matches('*').count() > 1 || o.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.allowed_origins[{i}]"),
+                    format!(
+                        "`{o}` is not an origin pattern: use an origin (scheme://host[:port]) with at most one `*`"
+                    ),
+                ));
+            }
+        }
+        for (i, h) in self.allowed_headers.iter().enumerate() {
+            if h != "*" && !is_token(h) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.allowed_headers[{i}]"),
+                    format!("`{h}` is not a header name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An HTTP token (RFC 9110 `tchar`s): what a header name may be made of.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Deserializes an optional duration ("5m"); absent or null: `None`.
+fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrapped(#[serde(deserialize_with = "duration")] Duration);
+    Ok(Option::<Wrapped>::deserialize(d)?.map(|Wrapped(d)| d))
 }
 
 impl Listener {
@@ -129,6 +251,8 @@ impl Listener {
             idle_timeout: default_idle_timeout(),
             header_read_timeout: default_header_read_timeout(),
             body_read_timeout: default_body_read_timeout(),
+            keepalive: Keepalive::default(),
+            cors: None,
         }
     }
 
@@ -161,6 +285,24 @@ impl Listener {
                     "must be at least 10ms",
                 ));
             }
+        }
+        let ka = &self.keepalive.server_parameters;
+        let ka_key = format!("{key}.keepalive.server_parameters");
+        for (name, d) in [
+            ("max_connection_age", ka.max_connection_age),
+            ("time", Some(ka.time)),
+            ("timeout", Some(ka.timeout)),
+        ] {
+            // Sub-second ages and pings only churn connections and cost CPU.
+            if d.is_some_and(|d| d < Duration::from_secs(1)) {
+                return Err(ConfigError::invalid(
+                    format!("{ka_key}.{name}"),
+                    "must be at least 1s",
+                ));
+            }
+        }
+        if let Some(cors) = &self.cors {
+            cors.validate(&format!("{key}.cors"))?;
         }
         Ok(())
     }
@@ -683,6 +825,12 @@ impl ConfigFile for GatewayConfig {
                 l.validate(key)?;
             }
         }
+        if self.receivers.grpc.cors.is_some() {
+            return Err(ConfigError::invalid(
+                "receivers.grpc.cors",
+                "browsers cannot speak gRPC: CORS belongs under receivers.http",
+            ));
+        }
         if let Some(auth) = &self.receivers.auth {
             auth.validate("receivers.auth")?;
         }
@@ -937,6 +1085,74 @@ mod tests {
         assert_eq!(cfg.kafka.max_message_size, def.kafka.max_message_size);
         assert_eq!(cfg.kafka.traces.topic, "otlp_spans");
         assert_eq!(cfg.kafka.linger, def.kafka.linger);
+    }
+
+    #[test]
+    fn keepalive_and_cors_parse_as_the_collector_spells_them() {
+        let cfg = GatewayConfig::from_yaml(
+            "receivers:\n  grpc:\n    endpoint: 0.0.0.0:4317\n    keepalive:\n      server_parameters:\n        max_connection_age: 5m\n        max_connection_age_grace: 30s\n        time: 1m\n        timeout: 5s\n  http:\n    endpoint: 0.0.0.0:4318\n    cors:\n      allowed_origins: [\"https://*.example.com\"]\n      allowed_headers: [x-tenant]\n      max_age: 7200\n",
+        )
+        .unwrap();
+        let ka = &cfg.receivers.grpc.keepalive.server_parameters;
+        assert_eq!(ka.max_connection_age, Some(Duration::from_secs(300)));
+        assert_eq!(ka.max_connection_age_grace, Some(Duration::from_secs(30)));
+        assert_eq!(
+            (ka.time, ka.timeout),
+            (Duration::from_secs(60), Duration::from_secs(5))
+        );
+        let cors = cfg.receivers.http.cors.as_ref().unwrap();
+        assert_eq!(cors.allowed_origins, ["https://*.example.com"]);
+        assert_eq!(cors.max_age, Some(7200));
+        let def = &GatewayConfig::default()
+            .receivers
+            .grpc
+            .keepalive
+            .server_parameters;
+        assert_eq!(def.max_connection_age, None);
+        assert_eq!(def.time, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn bad_keepalive_and_cors_values_name_their_key() {
+        let e = err(
+            "receivers:\n  grpc:\n    endpoint: 0.0.0.0:4317\n    keepalive:\n      server_parameters:\n        max_connection_age: 10ms\n",
+        );
+        assert_eq!(
+            e.key(),
+            Some("receivers.grpc.keepalive.server_parameters.max_connection_age")
+        );
+        let e = err(
+            "receivers:\n  http:\n    endpoint: 0.0.0.0:4318\n    cors:\n      allowed_origins: [\"https://*.*.example.com\"]\n",
+        );
+        assert_eq!(
+            e.key(),
+            Some("receivers.http.cors.allowed_origins[0]"),
+            "{e}"
+        );
+        let e = err(
+            "receivers:\n  grpc:\n    endpoint: 0.0.0.0:4317\n    cors:\n      allowed_origins: [\"*\"]\n",
+        );
+        assert_eq!(e.key(), Some("receivers.grpc.cors"), "{e}");
+        let e = err(
+            "receivers:\n  http:\n    endpoint: 0.0.0.0:4318\n    cors:\n      allowed_origins: [\"*\"]\n      allowed_headers: [\"bad header\"]\n",
+        );
+        assert_eq!(
+            e.key(),
+            Some("receivers.http.cors.allowed_headers[0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn env_references_are_expanded_before_parsing() {
+        // SAFETY: no other test reads or writes this name.
+        unsafe { std::env::set_var("WEIR_GATEWAY_TEST_STREAMS", "17") };
+        let cfg = GatewayConfig::from_yaml(
+            "receivers:\n  grpc:\n    endpoint: \"${env:WEIR_GATEWAY_TEST_HOST:-127.0.0.1}:4317\"\n    max_concurrent_streams: ${WEIR_GATEWAY_TEST_STREAMS}\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.receivers.grpc.endpoint, "127.0.0.1:4317");
+        assert_eq!(cfg.receivers.grpc.max_concurrent_streams, 17);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod control_plane;
 mod error;
+mod expand;
 pub mod gateway;
 mod load;
 pub mod secret;

@@ -1,6 +1,7 @@
 //! Reading a bootstrap config file: one loader for every binary's config (gateway, tail router,
 //! control plane), so each reports a bad file the same way: the path of the key at fault and,
-//! from the YAML parser, its line and column.
+//! from the YAML parser, its line and column. `${env:VAR}` and `${file:PATH}` references are
+//! expanded first, as the OpenTelemetry Collector does (`expand`).
 
 use crate::error::ConfigError;
 use serde::de::DeserializeOwned;
@@ -25,8 +26,11 @@ pub trait ConfigFile: DeserializeOwned {
         Self::from_yaml(&text)
     }
 
-    /// Parses and validates a config document.
+    /// Expands the document's `${env:...}` and `${file:...}` references (see `expand`),
+    /// then parses and validates it.
     fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        // Read before logging is set up (the config says how to log): warnings go to stderr.
+        let text = &crate::expand::expand(text, &mut |w| eprintln!("warning: config {w}"))?;
         let cfg = match Self::empty() {
             Some(empty) if text.trim().is_empty() => empty,
             _ => parse_yaml(text)?,

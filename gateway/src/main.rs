@@ -31,8 +31,14 @@ fn check(path: &Path) -> anyhow::Result<GatewayConfig> {
 
 fn start(config: GatewayConfig) -> anyhow::Result<()> {
     let log = config.log.clone();
+    // `target_info`'s instance: the id this gateway publishes its decisions under.
+    let instance_id = config
+        .tail
+        .gateway_id
+        .clone()
+        .unwrap_or_else(weir_gateway::tail::publish::Publisher::default_gateway_id);
     weir_runtime::run_until_signal(&log, |shutdown| async move {
-        let prometheus = weir_gateway::telemetry::init_metrics()?;
+        let prometheus = weir_gateway::telemetry::init_metrics(instance_id)?;
         weir_gateway::run(config, prometheus, shutdown).await
     })
 }

@@ -233,22 +233,22 @@ impl Pipeline {
             }
         }
         let sent_items: u64 = batch.records.iter().map(|r| r.items).sum();
+        // The Collector's labels; both counters of a pair move (by 0 too), as the Collector's
+        // do, so every series a dashboard queries exists once a request came in.
+        let receiver = [("receiver", "otlp"), ("transport", transport.label())];
+        let exporter = [("exporter", "kafka")];
         match self.make_durable(&batch.records).await {
             Ok(durable) => {
-                let labels = [("transport", transport.label())];
                 // Accepted: everything but what could not be made into records. Spans a policy
                 // dropped were accepted; the policy's own counters say where they went.
-                metrics::counter!(S::ACCEPTED_METRIC, &labels)
+                metrics::counter!(S::ACCEPTED_METRIC, &receiver)
                     .increment(items.saturating_sub(batch.rejected));
-                if batch.rejected > 0 {
-                    metrics::counter!(S::REFUSED_METRIC, &labels).increment(batch.rejected);
-                }
+                metrics::counter!(S::REFUSED_METRIC, &receiver).increment(batch.rejected);
                 match durable {
                     Durable::Kafka => {
-                        metrics::counter!("weir_exporter_sent_records_total", "exporter" => "kafka")
-                            .increment(batch.records.len() as u64);
-                        metrics::counter!(S::SENT_METRIC, "exporter" => "kafka")
-                            .increment(sent_items);
+                        count_records("weir_exporter_sent_records_total", &batch.records);
+                        metrics::counter!(S::SENT_METRIC, &exporter).increment(sent_items);
+                        metrics::counter!(S::FAILED_METRIC, &exporter).increment(0);
                     }
                     // Counted by `make_durable`, and by replay once in Kafka.
                     Durable::Spooled => {}
@@ -256,11 +256,11 @@ impl Pipeline {
                 Ok(S::response(batch.rejected, batch.reject_reason))
             }
             Err(e) => {
-                metrics::counter!(S::REFUSED_METRIC, "transport" => transport.label())
-                    .increment(items);
-                metrics::counter!("weir_exporter_send_failed_records_total", "exporter" => "kafka")
-                    .increment(batch.records.len() as u64);
-                metrics::counter!(S::FAILED_METRIC, "exporter" => "kafka").increment(sent_items);
+                metrics::counter!(S::ACCEPTED_METRIC, &receiver).increment(0);
+                metrics::counter!(S::REFUSED_METRIC, &receiver).increment(items);
+                count_records("weir_exporter_send_failed_records_total", &batch.records);
+                metrics::counter!(S::SENT_METRIC, &exporter).increment(0);
+                metrics::counter!(S::FAILED_METRIC, &exporter).increment(sent_items);
                 tracing::warn!(error = %e, records = batch.records.len(), "export failed; the client is told to retry");
                 Err(PipelineError::Unavailable(format!("{e}; retry later")))
             }
@@ -354,5 +354,18 @@ impl Pipeline {
     fn refused_request(&self, transport: Transport, reason: &'static str) {
         metrics::counter!("weir_receiver_refused_requests_total", "transport" => transport.label(), "reason" => reason)
             .increment(1);
+    }
+}
+
+/// Counts `records` in the per-topic counter `name` (`weir_exporter_sent_records_total` or
+/// `..._send_failed_...`): the Collector has no per-topic series. A request's records mostly
+/// share one topic, so a run of them is one counter update.
+fn count_records(name: &'static str, records: &[Record]) {
+    let mut rest = records;
+    while let Some(first) = rest.first() {
+        let run = rest.iter().take_while(|r| r.topic == first.topic).count();
+        metrics::counter!(name, "exporter" => "kafka", "topic" => first.topic.clone())
+            .increment(run as u64);
+        rest = &rest[run..];
     }
 }

@@ -33,13 +33,13 @@ pub trait Signal: Send + Sync + 'static {
     const GRPC_PATH: &'static str;
     /// The OTLP/HTTP path, e.g. `/v1/traces`.
     const HTTP_PATH: &'static str;
-    /// `weir_receiver_accepted_<items>_total`.
+    /// `otelcol_receiver_accepted_<items>`: the Collector's name, so its dashboards work.
     const ACCEPTED_METRIC: &'static str;
-    /// `weir_receiver_refused_<items>_total`.
+    /// `otelcol_receiver_refused_<items>`.
     const REFUSED_METRIC: &'static str;
-    /// `weir_exporter_sent_<items>_total`.
+    /// `otelcol_exporter_sent_<items>`.
     const SENT_METRIC: &'static str;
-    /// `weir_exporter_send_failed_<items>_total`.
+    /// `otelcol_exporter_send_failed_<items>`.
     const FAILED_METRIC: &'static str;
 
     /// Encodes a response as OTLP/JSON.
@@ -155,10 +155,10 @@ impl Signal for Traces {
     const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
     const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
     const HTTP_PATH: &'static str = "/v1/traces";
-    const ACCEPTED_METRIC: &'static str = "weir_receiver_accepted_spans_total";
-    const REFUSED_METRIC: &'static str = "weir_receiver_refused_spans_total";
-    const SENT_METRIC: &'static str = "weir_exporter_sent_spans_total";
-    const FAILED_METRIC: &'static str = "weir_exporter_send_failed_spans_total";
+    const ACCEPTED_METRIC: &'static str = "otelcol_receiver_accepted_spans";
+    const REFUSED_METRIC: &'static str = "otelcol_receiver_refused_spans";
+    const SENT_METRIC: &'static str = "otelcol_exporter_sent_spans";
+    const FAILED_METRIC: &'static str = "otelcol_exporter_send_failed_spans";
 
     fn encode_json_response(resp: &Self::Response, out: &mut Vec<u8>) {
         json::encode_trace_response(resp, out)
@@ -242,10 +242,10 @@ impl Signal for Metrics {
     const GRPC_PATH: &'static str =
         "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
     const HTTP_PATH: &'static str = "/v1/metrics";
-    const ACCEPTED_METRIC: &'static str = "weir_receiver_accepted_metric_points_total";
-    const REFUSED_METRIC: &'static str = "weir_receiver_refused_metric_points_total";
-    const SENT_METRIC: &'static str = "weir_exporter_sent_metric_points_total";
-    const FAILED_METRIC: &'static str = "weir_exporter_send_failed_metric_points_total";
+    const ACCEPTED_METRIC: &'static str = "otelcol_receiver_accepted_metric_points";
+    const REFUSED_METRIC: &'static str = "otelcol_receiver_refused_metric_points";
+    const SENT_METRIC: &'static str = "otelcol_exporter_sent_metric_points";
+    const FAILED_METRIC: &'static str = "otelcol_exporter_send_failed_metric_points";
 
     fn encode_json_response(resp: &Self::Response, out: &mut Vec<u8>) {
         json::encode_metrics_response(resp, out)
@@ -301,10 +301,10 @@ impl Signal for Logs {
     const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
     const GRPC_PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
     const HTTP_PATH: &'static str = "/v1/logs";
-    const ACCEPTED_METRIC: &'static str = "weir_receiver_accepted_log_records_total";
-    const REFUSED_METRIC: &'static str = "weir_receiver_refused_log_records_total";
-    const SENT_METRIC: &'static str = "weir_exporter_sent_log_records_total";
-    const FAILED_METRIC: &'static str = "weir_exporter_send_failed_log_records_total";
+    const ACCEPTED_METRIC: &'static str = "otelcol_receiver_accepted_log_records";
+    const REFUSED_METRIC: &'static str = "otelcol_receiver_refused_log_records";
+    const SENT_METRIC: &'static str = "otelcol_exporter_sent_log_records";
+    const FAILED_METRIC: &'static str = "otelcol_exporter_send_failed_log_records";
 
     fn encode_json_response(resp: &Self::Response, out: &mut Vec<u8>) {
         json::encode_logs_response(resp, out)

@@ -190,14 +190,47 @@ def pod_keys():
     }
 
 
-listener_opts = obj(
+listener_keepalive = obj(
     {
-        "max_connections": s("integer", minimum=1),
-        "max_concurrent_streams": s("integer", minimum=1),
-        "idle_timeout": ref("duration"),
-        "header_read_timeout": ref("duration"),
+        "server_parameters": obj(
+            {
+                "max_connection_age": ref("duration"),
+                "max_connection_age_grace": ref("duration"),
+                "time": ref("duration"),
+                "timeout": ref("duration"),
+            }
+        )
     },
+    desc="The Collector's keepalive.server_parameters: connection age and HTTP/2 pings.",
+)
+
+listener_limits = {
+    "max_connections": s("integer", minimum=1),
+    "max_concurrent_streams": s("integer", minimum=1),
+    "idle_timeout": ref("duration"),
+    "header_read_timeout": ref("duration"),
+    "keepalive": listener_keepalive,
+}
+
+listener_opts = obj(
+    listener_limits,
     desc="Listener limits (the chart sets enabled and endpoint).",
+)
+
+http_listener_opts = obj(
+    {
+        **listener_limits,
+        "cors": obj(
+            {
+                "allowed_origins": s("array", items=STR, minItems=1),
+                "allowed_headers": s("array", items=STR),
+                "max_age": s("integer", minimum=0),
+            },
+            required=["allowed_origins"],
+            desc="CORS for browser SDKs, as the Collector's otlp receiver.",
+        ),
+    },
+    desc="Listener limits and CORS (the chart sets enabled and endpoint).",
 )
 
 signal_encoding = obj(
@@ -207,7 +240,7 @@ signal_encoding = obj(
 
 gateway_config = obj(
     {
-        "receivers": obj({"grpc": listener_opts, "http": listener_opts}),
+        "receivers": obj({"grpc": listener_opts, "http": http_listener_opts}),
         "limits": obj(
             {
                 "max_message_size": ref("byteSize"),

@@ -1,7 +1,7 @@
 //! The admin listener the gateway (8888) and the tail router (8889) serve: `/healthz` (the
 //! process serves), `/readyz` (ready to take traffic: requests can be made durable, in Kafka
 //! or in the gateway's spool, nothing is still being prepared and shutdown has not begun) and `/metrics` (Prometheus, from the recorder
-//! `install_metrics_recorder` installs).
+//! `install_metrics_recorder` installs, then the Collector's process metrics).
 
 use crate::listener::{self, ServeOptions};
 use anyhow::Context;
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 /// Installs the process's Prometheus recorder, with latency buckets for every `*_seconds`
 /// histogram, and describes the metrics `Readiness` emits; the binary describes its own.
 pub fn install_metrics_recorder() -> anyhow::Result<PrometheusHandle> {
+    crate::process_metrics::start_clock();
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
@@ -182,7 +183,11 @@ pub async fn serve_with(
         )
         .route(
             "/metrics",
-            get(|State(s): State<AdminState>| async move { s.prometheus.render() }),
+            get(|State(s): State<AdminState>| async move {
+                let mut text = s.prometheus.render();
+                crate::process_metrics::render(&mut text);
+                text
+            }),
         )
         .with_state(AdminState {
             readiness,

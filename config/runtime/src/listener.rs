@@ -1,8 +1,9 @@
 //! Serving HTTP on a listener we accept ourselves, so every listener (the gateway's OTLP/gRPC,
 //! OTLP/HTTP and admin listeners, the tail router's admin, the control plane's REST API) gets
 //! the same front door: optional TLS (reloaded certificates, mTLS), a cap on
-//! concurrent connections, HTTP/2 stream limits, an idle timeout, and a header-read timeout
-//! against slow-loris clients. Each connection is served by hyper with the listener's tower
+//! concurrent connections, HTTP/2 stream limits, an idle timeout, a header-read timeout
+//! against slow-loris clients, a maximum connection age (so long-lived clients spread over
+//! replicas added later) and HTTP/2 keepalive pings. Each connection is served by hyper with the listener's tower
 //! service (tonic `Routes` or an axum `Router`).
 
 use crate::tls::ReloadingTls;
@@ -46,17 +47,37 @@ pub struct ConnLimits {
     pub idle_timeout: Duration,
     /// Deadline for the TLS handshake and the request headers (the first request's on HTTP/2).
     pub header_read_timeout: Duration,
+    /// Ask a connection to go away (GOAWAY) once it is this old, give or take 10%.
+    pub max_connection_age: Option<Duration>,
+    /// How long an aged connection's requests may take to finish before it is cut.
+    pub max_connection_age_grace: Option<Duration>,
+    /// Send an HTTP/2 PING after this long without a frame from the client.
+    pub keepalive_time: Duration,
+    /// Close the connection when a PING is not answered within this time.
+    pub keepalive_timeout: Duration,
 }
 
 impl ConnLimits {
     /// The limits a listener section configures.
     pub fn of(listener: &Listener) -> Self {
+        let keepalive = &listener.keepalive.server_parameters;
         Self {
             max_connections: listener.max_connections,
             max_concurrent_streams: listener.max_concurrent_streams,
             idle_timeout: listener.idle_timeout,
             header_read_timeout: listener.header_read_timeout,
+            max_connection_age: keepalive.max_connection_age,
+            max_connection_age_grace: keepalive.max_connection_age_grace,
+            keepalive_time: keepalive.time,
+            keepalive_timeout: keepalive.timeout,
         }
+    }
+
+    /// When a connection accepted at `started` has lived long enough: `max_connection_age`
+    /// give or take 10% (as grpc-go), so connections opened together do not all leave at once.
+    fn age_deadline(&self, started: Instant) -> Option<Instant> {
+        self.max_connection_age
+            .map(|age| started + age.mul_f64(rand::random_range(0.9..=1.1)))
     }
 }
 
@@ -311,22 +332,37 @@ async fn serve_http<I, S, B>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams);
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(Some(limits.keepalive_time))
+        .keep_alive_timeout(limits.keepalive_timeout);
     if options.protocols == Protocols::Http2 {
         builder = builder.http2_only();
     }
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
 
-    // Draining: asked to finish (shutdown or idleness); `force_at` ends the wait for idleness.
+    // Draining: asked to finish (shutdown, idleness or age); `force_at` ends the wait for
+    // idleness or age.
     let mut draining = false;
     let mut force_at: Option<Instant> = None;
+    let age_deadline = limits.age_deadline(started);
     loop {
+        let now = Instant::now();
+        if !draining && age_deadline.is_some_and(|at| now >= at) {
+            // GOAWAY: requests already sent finish; the client opens a new connection, which
+            // the Service may send to another replica.
+            closed(options.name, "max_connection_age");
+            tracing::debug!(listener = options.name, %peer, "closing connection: max_connection_age");
+            conn.as_mut().graceful_shutdown();
+            draining = true;
+            force_at = limits.max_connection_age_grace.map(|grace| now + grace);
+            continue;
+        }
         let wake = match force_at {
             Some(at) => at,
-            None if draining => Instant::now() + Duration::from_secs(3600),
-            None => match activity.check(limits, Instant::now()) {
-                Ok(at) => at,
+            None if draining => now + Duration::from_secs(3600),
+            None => match activity.check(limits, now) {
+                Ok(at) => age_deadline.map_or(at, |age| at.min(age)),
                 Err(reason) => {
                     closed(options.name, reason);
                     tracing::debug!(listener = options.name, %peer, reason, "closing connection");
@@ -378,6 +414,7 @@ mod tests {
             max_concurrent_streams: 4,
             idle_timeout: Duration::from_millis(600),
             header_read_timeout: Duration::from_millis(400),
+            ..ConnLimits::default()
         }
     }
 
@@ -385,7 +422,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
+        let app = axum::Router::new()
+            .route("/", axum::routing::get(|| async { "hi" }))
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                    "slow"
+                }),
+            );
         let options = ServeOptions {
             name: "test",
             limits,
@@ -399,7 +444,12 @@ mod tests {
 
     /// Sends one HTTP/1.1 GET on `s` and returns the response head's status line.
     async fn get(s: &mut TcpStream) -> String {
-        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        get_path(s, "/").await
+    }
+
+    /// Sends one HTTP/1.1 GET of `path` on `s` and returns the response head's status line.
+    async fn get_path(s: &mut TcpStream, path: &str) -> String {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
             .await
             .unwrap();
         let mut buf = vec![0u8; 1024];
@@ -446,6 +496,33 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn aged_connections_finish_their_request_then_close() {
+        let (addr, stop) = start(ConnLimits {
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            max_connection_age: Some(Duration::from_millis(300)),
+            ..limits()
+        })
+        .await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // The request is in flight when the connection reaches its age: it still succeeds.
+        assert_eq!(get_path(&mut s, "/slow").await, "HTTP/1.1 200 OK");
+        assert!(closed_within(&mut s, Duration::from_secs(2)).await);
+        // Without an age the same connection stays open past it.
+        stop.cancel();
+        let (addr, stop) = start(ConnLimits {
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            ..limits()
+        })
+        .await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(get_path(&mut s, "/slow").await, "HTTP/1.1 200 OK");
+        assert!(!closed_within(&mut s, Duration::from_millis(800)).await);
         stop.cancel();
     }
 

@@ -8,6 +8,7 @@
 use super::Receiver;
 use super::admission::AdmissionLayer;
 use super::auth::AuthLayer;
+use super::cors::CorsLayer;
 use super::decompress::DecompressLayer;
 use super::export::Export;
 use super::request::{ExportRequest, Format};
@@ -30,9 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service, ServiceBuilder};
 use weir_proto::rpc::{self, code};
 
-/// The OTLP/HTTP routes.
+/// The OTLP/HTTP routes, behind CORS when the listener has a `cors` section.
 pub fn router(receiver: Receiver) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(Traces::HTTP_PATH, any_service(stack::<Traces>(&receiver)))
         .route(Metrics::HTTP_PATH, any_service(stack::<Metrics>(&receiver)))
         .route(Logs::HTTP_PATH, any_service(stack::<Logs>(&receiver)))
@@ -47,7 +48,11 @@ pub fn router(receiver: Receiver) -> Router {
                 rpc::Status::new(code::UNIMPLEMENTED, msg),
                 format,
             )
-        })
+        });
+    match &receiver.cors {
+        Some(policy) => routes.layer(CorsLayer::new(policy.clone())),
+        None => routes,
+    }
 }
 
 /// One signal's OTLP/HTTP layers, outermost first (see the receivers' module docs).

@@ -5,6 +5,7 @@
 //!
 //! | layer | file | what it does |
 //! |---|---|---|
+//! | (OTLP/HTTP only, when configured) CORS | `cors.rs` | answers preflights, marks responses to allowed origins |
 //! | error mapping | `status.rs` | the pipeline's answer or a refusal -> the transport's reply |
 //! | authentication | `auth.rs` | credentials and record headers (`RequestMeta`), before the body is read |
 //! | (OTLP/HTTP only) method and `Content-Type` | `http.rs` | 405 and 415 |
@@ -16,6 +17,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod cors;
 pub mod decompress;
 pub mod export;
 pub mod grpc;
@@ -44,6 +46,8 @@ pub struct Receiver {
     pub body_read_timeout: std::time::Duration,
     /// How long an OTLP/gRPC body may take to arrive once its headers are in.
     pub grpc_body_read_timeout: std::time::Duration,
+    /// The OTLP/HTTP listener's CORS rules, when it has a `cors` section.
+    pub cors: Option<Arc<cors::CorsPolicy>>,
 }
 
 impl Receiver {
@@ -53,6 +57,12 @@ impl Receiver {
             admission: pipeline.admission().clone(),
             body_read_timeout: config.receivers.http.body_read_timeout,
             grpc_body_read_timeout: config.receivers.grpc.body_read_timeout,
+            cors: config
+                .receivers
+                .http
+                .cors
+                .as_ref()
+                .map(|c| Arc::new(cors::CorsPolicy::new(c))),
             pipeline,
             ingress: Arc::new(Ingress::new(config)?),
         })
