@@ -94,6 +94,7 @@ fn start(config: ControlPlaneConfig, tokens: Tokens) -> anyhow::Result<()> {
                     max_concurrent_streams: config.api.max_concurrent_streams,
                     idle_timeout: config.api.idle_timeout,
                     header_read_timeout: config.api.header_read_timeout,
+                    ..ConnLimits::default()
                 },
                 tls: api_tls,
                 protocols: Protocols::Http1And2,
