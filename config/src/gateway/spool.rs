@@ -31,6 +31,10 @@ pub struct SpoolConfig {
     pub ack_deadline: Duration,
     /// The most record bytes per second replay sends to Kafka, so live traffic keeps priority.
     pub replay_bytes_per_second: ByteSize,
+    /// At shutdown, once the receivers stopped, how long replay may drain the spool to a
+    /// reachable Kafka without its rate bound; what is left stays for the next start. 0: none.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
 }
 
 /// When the spool's appended records are flushed to stable storage.
@@ -63,6 +67,9 @@ impl Default for SpoolConfig {
             // Drains a full default spool (1 GiB) in about a minute without taking more than
             // a fraction of one broker's produce bandwidth from live traffic.
             replay_bytes_per_second: ByteSize(16 << 20),
+            // Unpaced replay sends tens of MB/s: enough to empty what a short outage spooled,
+            // and short enough for a Kubernetes grace period (see the Helm chart).
+            drain_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -121,9 +128,18 @@ impl SpoolConfig {
                 ),
             ));
         }
+        if self.drain_timeout > MAX_DRAIN_TIMEOUT {
+            return Err(ConfigError::invalid(
+                "spool.drain_timeout",
+                "must be at most 10m: a longer drain outlives any orchestrator's grace period",
+            ));
+        }
         Ok(())
     }
 }
+
+/// The longest `drain_timeout` accepted.
+const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[cfg(test)]
 mod tests {
@@ -142,13 +158,14 @@ mod tests {
         assert_eq!(cfg.spool, SpoolConfig::default());
         assert!(cfg.spool.enabled);
         let cfg = GatewayConfig::from_yaml(
-            "spool:\n  directory: /tmp/s\n  max_bytes: 2GiB\n  segment_bytes: 16MiB\n  fsync: interval\n  fsync_interval: 50ms\n  ack_deadline: 1s\n  replay_bytes_per_second: 1MiB\n",
+            "spool:\n  directory: /tmp/s\n  max_bytes: 2GiB\n  segment_bytes: 16MiB\n  fsync: interval\n  fsync_interval: 50ms\n  ack_deadline: 1s\n  replay_bytes_per_second: 1MiB\n  drain_timeout: 5s\n",
         )
         .unwrap();
         assert_eq!(cfg.spool.directory, PathBuf::from("/tmp/s"));
         assert_eq!(cfg.spool.max_bytes, ByteSize(2 << 30));
         assert_eq!(cfg.spool.fsync, FsyncPolicy::Interval);
         assert_eq!(cfg.spool.ack_deadline, Duration::from_secs(1));
+        assert_eq!(cfg.spool.drain_timeout, Duration::from_secs(5));
     }
 
     #[test]
@@ -177,6 +194,10 @@ mod tests {
             "spool.replay_bytes_per_second"
         );
         assert_eq!(key_of("spool:\n  directory: ''\n"), "spool.directory");
+        assert_eq!(
+            key_of("spool:\n  drain_timeout: 1h\n"),
+            "spool.drain_timeout"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use weir_config::gateway::spool::{FsyncPolicy, SpoolConfig};
 use weir_exporters::kafka::Record;
 
@@ -95,6 +96,9 @@ impl SpoolError {
         }
     }
 }
+
+/// How often `Spool::drain` looks whether the spool is empty.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// Where an appended batch was written: its segment and offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -195,6 +199,8 @@ struct Shared {
     replay_failures: AtomicU64,
     refused: AtomicU64,
     failed: AtomicBool,
+    /// Cancelled when replay's rate bound is lifted for good (the shutdown drain).
+    unpaced: CancellationToken,
 }
 
 impl Shared {
@@ -330,6 +336,7 @@ impl Spool {
             replay_failures: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             failed: AtomicBool::new(false),
+            unpaced: CancellationToken::new(),
         });
         shared.publish_gauges();
         // Appends go to a new segment: recovered ones are never written again.
@@ -432,6 +439,25 @@ impl Spool {
         let want = (s.max_bytes / 16).min(1 << 20);
         !s.failed.load(Ordering::Acquire)
             && s.max_bytes.saturating_sub(s.used.load(Ordering::Acquire)) >= want
+    }
+
+    /// Lifts replay's rate bound and waits until Kafka acknowledged every spooled record, at
+    /// most `timeout`; returns how many records are left (0: drained). For shutdown, once no
+    /// live traffic needs priority: a running `replay` then sends frame after frame, unpaced.
+    pub async fn drain(&self, timeout: Duration) -> u64 {
+        let shared = &self.inner.shared;
+        shared.unpaced.cancel();
+        let left = || shared.records.load(Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while left() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL.min(timeout)).await;
+        }
+        left()
+    }
+
+    /// Records waiting for replay.
+    pub fn records_waiting(&self) -> u64 {
+        self.inner.shared.records.load(Ordering::Acquire)
     }
 
     /// Bytes the spool takes on disk (and has reserved for appends in progress).

@@ -514,14 +514,16 @@ impl<S: ReplaySink> Replayer<'_, S> {
         }
     }
 
-    /// Sleeps until `at`; false when cancelled first.
+    /// Sleeps until `at`, or less once the rate bound is lifted (`Spool::drain`); false when
+    /// cancelled first.
     async fn sleep_until(&self, at: Instant) -> bool {
         // The timer's resolution is a millisecond: a sleep already due would still cost one.
-        if at <= Instant::now() {
+        if at <= Instant::now() || self.shared.unpaced.is_cancelled() {
             return !self.cancel.is_cancelled();
         }
         tokio::select! {
             _ = self.cancel.cancelled() => false,
+            _ = self.shared.unpaced.cancelled() => !self.cancel.is_cancelled(),
             _ = tokio::time::sleep_until(at.into()) => true,
         }
     }
