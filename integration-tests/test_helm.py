@@ -342,9 +342,15 @@ def test_service_monitors(helm_env, values):
 
 
 def gateway_objects(docs):
-    deps = [d for d in by_kind(docs, "Deployment") if component(d) == "gateway"]
-    svcs = [d for d in by_kind(docs, "Service") if component(d) == "gateway"]
-    assert len(deps) == 1 and len(svcs) == 1, "one gateway Deployment and one Service expected"
+    """The gateway's workload (a Deployment, or a StatefulSet in spool statefulSet mode) and
+    the Service clients use (not the StatefulSet's headless one)."""
+    deps = [d for d in docs if d["kind"] in WORKLOAD_KINDS and component(d) == "gateway"]
+    svcs = [
+        d
+        for d in by_kind(docs, "Service")
+        if component(d) == "gateway" and d["spec"].get("clusterIP") != "None"
+    ]
+    assert len(deps) == 1 and len(svcs) == 1, "one gateway workload and one Service expected"
     return deps[0], svcs[0]
 
 

@@ -54,6 +54,14 @@ impl KafkaHealth {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records that the broker did not answer a metadata request: as a request's failed send,
+    /// it keeps requests from waiting for a Kafka that is not there, and unlike one it costs
+    /// no client a wait. A broker that answers says nothing about produce: only an
+    /// acknowledgement ends "known down".
+    pub fn broker_unreachable(&self) {
+        self.failed();
+    }
+
     /// Records a replay send that failed. It counts against `acknowledging`, not towards
     /// `known_down`: a frame that keeps failing must not keep requests from trying Kafka.
     pub fn replay_failed(&self) {

@@ -190,6 +190,7 @@ pub async fn run(
     let probe_task = tokio::spawn(probe_broker(
         exporter.clone(),
         readiness.clone(),
+        kafka_health.clone(),
         admin_stop.clone(),
     ));
     let durability_task = tokio::spawn(watch_durability(
@@ -350,10 +351,12 @@ async fn watch_durability(
     }
 }
 
-/// Probes the broker every `PROBE_INTERVAL` and records the result for `/readyz`.
+/// Probes the broker every `PROBE_INTERVAL` and records the result for `/readyz`, and for
+/// the pipeline: while the broker does not answer, requests are spooled without waiting.
 async fn probe_broker(
     exporter: Arc<KafkaExporter>,
     readiness: Arc<admin::Readiness>,
+    health: Arc<kafka_health::KafkaHealth>,
     stop: CancellationToken,
 ) {
     loop {
@@ -362,6 +365,9 @@ async fn probe_broker(
             .await
             .unwrap_or(false);
         readiness.set_broker(up);
+        if !up {
+            health.broker_unreachable();
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(PROBE_INTERVAL) => {}

@@ -21,6 +21,7 @@ mod tests;
 pub use kafka_sink::KafkaReplaySink;
 pub use replay::ReplaySink;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -101,7 +102,7 @@ impl SpoolError {
 const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// Where an appended batch was written: its segment and offset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SpoolTicket {
     /// The segment's sequence number.
     pub segment: u64,
@@ -170,6 +171,8 @@ pub struct SpoolStats {
     pub replay_failures: u64,
     /// Appends refused because the spool was full.
     pub refused: u64,
+    /// Records replay skipped: the request that spooled them got them into Kafka after all.
+    pub skipped_records: u64,
 }
 
 /// The segment the writer is on, published to the replayer after every commit.
@@ -201,6 +204,53 @@ struct Shared {
     failed: AtomicBool,
     /// Cancelled when replay's rate bound is lifted for good (the shutdown drain).
     unpaced: CancellationToken,
+    /// Frames whose records were also handed to Kafka by the request that spooled them (it
+    /// stopped waiting at `ack_deadline`), by where they start, with what became of that send.
+    /// Replay waits for it to settle and skips a frame it delivered.
+    originals: Mutex<HashMap<SpoolTicket, Original>>,
+    /// Woken when an original send settles.
+    original_settled: tokio::sync::Notify,
+    /// Records replay skipped because their original send delivered them.
+    skipped: AtomicU64,
+}
+
+/// What became of a spooled frame's original send to Kafka.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Original {
+    /// Still waiting for Kafka (at most `limits.export_timeout`).
+    Pending,
+    /// Kafka acknowledged every record: replaying them would write them twice.
+    Delivered,
+    /// Failed or timed out: replay sends the frame.
+    Failed,
+}
+
+impl Shared {
+    /// Records what became of the original send of the frame at `ticket`.
+    fn settle_original(&self, ticket: SpoolTicket, delivered: bool) {
+        let state = if delivered {
+            Original::Delivered
+        } else {
+            Original::Failed
+        };
+        if let Ok(mut originals) = self.originals.lock()
+            && let Some(s) = originals.get_mut(&ticket)
+        {
+            *s = state;
+        }
+        self.original_settled.notify_waiters();
+    }
+
+    /// Takes the state of the original send of the frame at `ticket`, leaving `Pending` in
+    /// place (`None`: the frame had none, or it was taken).
+    fn take_original(&self, ticket: SpoolTicket) -> Option<Original> {
+        let mut originals = self.originals.lock().ok()?;
+        match originals.get(&ticket).copied() {
+            Some(Original::Pending) => Some(Original::Pending),
+            Some(_) => originals.remove(&ticket),
+            None => None,
+        }
+    }
 }
 
 impl Shared {
@@ -248,6 +298,36 @@ fn now_ms() -> u64 {
 #[derive(Clone)]
 pub struct Spool {
     inner: Arc<Inner>,
+}
+
+/// A spooled frame whose records' send to Kafka is still under way; `settle` says what
+/// became of it (see `Spool::append_awaiting_original`).
+pub struct OriginalSend {
+    shared: Arc<Shared>,
+    ticket: SpoolTicket,
+    settled: bool,
+}
+
+impl OriginalSend {
+    /// Where the frame was written.
+    pub fn ticket(&self) -> SpoolTicket {
+        self.ticket
+    }
+
+    /// Records the outcome: `delivered` when Kafka acknowledged every record, so replay skips
+    /// the frame.
+    pub fn settle(mut self, delivered: bool) {
+        self.settled = true;
+        self.shared.settle_original(self.ticket, delivered);
+    }
+}
+
+impl Drop for OriginalSend {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.shared.settle_original(self.ticket, false);
+        }
+    }
 }
 
 struct Inner {
@@ -337,6 +417,9 @@ impl Spool {
             refused: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             unpaced: CancellationToken::new(),
+            originals: Mutex::new(HashMap::new()),
+            original_settled: tokio::sync::Notify::new(),
+            skipped: AtomicU64::new(0),
         });
         shared.publish_gauges();
         // Appends go to a new segment: recovered ones are never written again.
@@ -385,6 +468,30 @@ impl Spool {
     /// with `fsync: always`). Refuses with `SpoolError::Full` when they do not fit under
     /// `max_bytes`; nothing is ever overwritten.
     pub async fn append(&self, records: &[Record]) -> Result<SpoolTicket, SpoolError> {
+        self.append_frame(records, false).await
+    }
+
+    /// `append`, for records whose send to Kafka is still under way (the request stopped
+    /// waiting for it): replay holds the frame back until the returned handle says what
+    /// became of that send, and skips it if Kafka got every record. A handle dropped
+    /// unsettled counts as a failed send.
+    pub async fn append_awaiting_original(
+        &self,
+        records: &[Record],
+    ) -> Result<OriginalSend, SpoolError> {
+        let ticket = self.append_frame(records, true).await?;
+        Ok(OriginalSend {
+            shared: self.inner.shared.clone(),
+            ticket,
+            settled: false,
+        })
+    }
+
+    async fn append_frame(
+        &self,
+        records: &[Record],
+        awaits_original: bool,
+    ) -> Result<SpoolTicket, SpoolError> {
         let shared = &self.inner.shared;
         if shared.failed.load(Ordering::Acquire) {
             return Err(self.refuse(SpoolError::Failed, "failed"));
@@ -399,6 +506,7 @@ impl Spool {
         let command = writer::Command::Append {
             frame,
             records: records.len() as u64,
+            awaits_original,
             reply,
         };
         let sent = match self.inner.commands.lock() {
@@ -488,6 +596,7 @@ impl Spool {
             duplicate_records: load(&s.duplicates),
             replay_failures: load(&s.replay_failures),
             refused: load(&s.refused),
+            skipped_records: load(&s.skipped),
         }
     }
 }
