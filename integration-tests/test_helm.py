@@ -445,7 +445,8 @@ def test_an_autoscaled_statefulset_is_the_hpas_target(helm_env, tmp_path):
     docs = render(helm_env, values)
     (sts,) = [d for d in by_kind(docs, "StatefulSet") if component(d) == "gateway"]
     (hpa,) = [h for h in by_kind(docs, "HorizontalPodAutoscaler") if component(h) == "gateway"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts["metadata"]["name"]}
+    target = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == target
     assert "replicas" not in sts["spec"]
 
 

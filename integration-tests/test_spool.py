@@ -316,7 +316,9 @@ def test_sigkill_while_replaying_loses_no_acknowledged_span_and_counts_duplicate
         acked, sent = read_checkpoint(gw)
         maybe_sent = records_between(gw, acked, sent)
         left = records_between(gw, acked)
-        assert maybe_sent >= 1 and left > maybe_sent, f"checkpoint {acked}..{sent}: {maybe_sent} maybe sent, {left} left"
+        assert maybe_sent >= 1 and left > maybe_sent, (
+            f"checkpoint {acked}..{sent}: {maybe_sent} maybe sent, {left} left"
+        )
         gw.start(ready_timeout=20)
         time.sleep(3)
     finally:
@@ -326,7 +328,9 @@ def test_sigkill_while_replaying_loses_no_acknowledged_span_and_counts_duplicate
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged spans missing, e.g. {sorted(missing)[:5]}"
     wait_until("the spool is drained", lambda: metric_value(gw.metrics(), "weir_spool_records") == 0, timeout=60)
     duplicates = metric_value(gw.metrics(), "weir_spool_replay_duplicate_records_total")
-    assert duplicates == maybe_sent, f"weir_spool_replay_duplicate_records_total is {duplicates}, {maybe_sent} records were in flight"
+    assert duplicates == maybe_sent, (
+        f"weir_spool_replay_duplicate_records_total is {duplicates}, {maybe_sent} records were in flight"
+    )
 
 
 def test_sigterm_drains_the_spool_to_a_reachable_kafka_before_exiting(broker_factory, gateway_factory):

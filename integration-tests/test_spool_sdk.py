@@ -38,7 +38,12 @@ class App:
         args = [sys.executable, str(APP), str(seconds), str(RATE), str(self.names_path), prefix]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+                args,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
             )
 
     def wait(self) -> list[str]:

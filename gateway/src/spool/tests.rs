@@ -520,10 +520,17 @@ async fn a_frame_whose_original_send_delivered_it_is_skipped_not_replayed() {
     let (cancel, task) = start_replay(&spool, &sink, 1 << 30);
     // Held back while the original send is under way, and the frames after it too (order).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(sink.records().is_empty(), "replayed before the original send settled");
+    assert!(
+        sink.records().is_empty(),
+        "replayed before the original send settled"
+    );
     original.settle(true);
     until("the spool replayed", || spool.stats().records == 0).await;
-    assert_eq!(sink.records(), expected(1..2), "only the frame nobody delivered");
+    assert_eq!(
+        sink.records(),
+        expected(1..2),
+        "only the frame nobody delivered"
+    );
     assert_eq!(spool.stats().skipped_records, 2);
     assert_eq!(spool.stats().replayed_records, 2);
     cancel.cancel();
