@@ -148,7 +148,7 @@ CASE_IDS = ["defaults", *[p.stem for p in CI_VALUES]]
 
 def test_ci_values_files_cover_the_required_cases():
     names = {p.stem for p in CI_VALUES}
-    for want in ("postgresql", "kafka-sasl-tls", "fixed-replicas"):
+    for want in ("postgresql", "kafka-sasl-tls", "fixed-replicas", "spool-statefulset"):
         assert any(want in n for n in names), f"helm/weir/ci/ has no *{want}* values file: {names}"
 
 
@@ -342,9 +342,15 @@ def test_service_monitors(helm_env, values):
 
 
 def gateway_objects(docs):
-    deps = [d for d in by_kind(docs, "Deployment") if component(d) == "gateway"]
-    svcs = [d for d in by_kind(docs, "Service") if component(d) == "gateway"]
-    assert len(deps) == 1 and len(svcs) == 1, "one gateway Deployment and one Service expected"
+    """The gateway's workload (a Deployment, or a StatefulSet in spool statefulSet mode) and
+    the Service clients use (not the StatefulSet's headless one)."""
+    deps = [d for d in docs if d["kind"] in WORKLOAD_KINDS and component(d) == "gateway"]
+    svcs = [
+        d
+        for d in by_kind(docs, "Service")
+        if component(d) == "gateway" and d["spec"].get("clusterIP") != "None"
+    ]
+    assert len(deps) == 1 and len(svcs) == 1, "one gateway workload and one Service expected"
     return deps[0], svcs[0]
 
 
@@ -388,6 +394,60 @@ def test_fixed_replicas_turn_autoscaling_off(helm_env):
     dep, _ = gateway_objects(docs)
     assert dep["spec"]["replicas"] == 2
     assert not by_kind(docs, "HorizontalPodAutoscaler")
+
+
+def test_the_default_spool_is_an_emptydir_of_a_deployment_with_room_for_its_drain(helm_env):
+    dep, _ = gateway_objects(render(helm_env, None))
+    spec = pod_spec(dep)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert "emptyDir" in volumes["spool"], volumes["spool"]
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["gateway"]
+    # preStop 5 s + shutdown_timeout 30 s + spool.drain_timeout 20 s.
+    assert defaults["config"]["spool"]["drain_timeout"] == "20s"
+    assert spec["terminationGracePeriodSeconds"] > 5 + 30 + 20
+
+
+def test_spool_statefulset_mode_renders_a_statefulset_with_a_claim_per_pod(helm_env):
+    path = next(p for p in CI_VALUES if p.stem == "spool-statefulset")
+    v = load_values(path)["gateway"]
+    docs = render(helm_env, path)
+    assert not [d for d in by_kind(docs, "Deployment") if component(d) == "gateway"]
+    (sts,) = [d for d in by_kind(docs, "StatefulSet") if component(d) == "gateway"]
+    assert sts["spec"]["replicas"] == v["replicas"]
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "spool"
+    assert claim["spec"]["resources"]["requests"]["storage"] == v["spool"]["persistence"]["size"]
+    assert claim["spec"]["storageClassName"] == v["spool"]["persistence"]["storageClassName"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    spec = pod_spec(sts)
+    assert "spool" not in {vol["name"] for vol in spec.get("volumes", [])}, "the claim, not an emptyDir"
+    (c,) = [c for c in spec["containers"] if c["name"] == "gateway"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["spool"] == "/var/lib/weir-gateway/spool"
+    # The headless Service the StatefulSet names, selecting its pods.
+    headless = named(docs, "Service", sts["spec"]["serviceName"])
+    assert headless is not None, f"no Service {sts['spec']['serviceName']}"
+    assert headless["spec"]["clusterIP"] == "None"
+    assert selects(headless["spec"]["selector"], sts["spec"]["template"]["metadata"]["labels"])
+    # Grace: preStop sleep, then shutdown_timeout (20s) and the spool's drain (1m).
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert spec["terminationGracePeriodSeconds"] == v["terminationGracePeriodSeconds"] > 5 + 20 + 60
+    # The config the pod reads drains for what the values say.
+    cm = named(docs, "ConfigMap", sts["metadata"]["name"])
+    config = yaml.safe_load(cm["data"]["gateway.yaml"])
+    assert config["spool"]["drain_timeout"] == "1m"
+    assert config["spool"]["directory"] == "/var/lib/weir-gateway/spool"
+
+
+def test_an_autoscaled_statefulset_is_the_hpas_target(helm_env, tmp_path):
+    values = tmp_path / "sts-hpa.yaml"
+    values.write_text("gateway:\n  spool:\n    mode: statefulSet\n")
+    docs = render(helm_env, values)
+    (sts,) = [d for d in by_kind(docs, "StatefulSet") if component(d) == "gateway"]
+    (hpa,) = [h for h in by_kind(docs, "HorizontalPodAutoscaler") if component(h) == "gateway"]
+    target = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == target
+    assert "replicas" not in sts["spec"]
 
 
 @pytest.mark.parametrize("values", CASES, ids=CASE_IDS)
@@ -698,6 +758,14 @@ def test_schema_file_refuses_unknown_keys_everywhere():
             "gateway:\n  autoscaling:\n    minReplicas: 5\n    maxReplicas: 3\n",
             "gateway.autoscaling.minReplicas (5) is above maxReplicas (3)",
         ),
+        (
+            "gateway:\n  terminationGracePeriodSeconds: 50\n",
+            "gateway.terminationGracePeriodSeconds (50) must exceed preStopSleepSeconds + config.shutdown_timeout + config.spool.drain_timeout (55 s)",
+        ),
+        (
+            "gateway:\n  config:\n    spool:\n      drain_timeout: 1m 30s\n",
+            "gateway.terminationGracePeriodSeconds (60) must exceed preStopSleepSeconds + config.shutdown_timeout + config.spool.drain_timeout (125 s)",
+        ),
     ],
     ids=[
         "postgresql-without-dsn",
@@ -705,6 +773,8 @@ def test_schema_file_refuses_unknown_keys_everywhere():
         "tls-on-plaintext",
         "control-plane-settings-without-one",
         "min-above-max",
+        "grace-shorter-than-shutdown-and-drain",
+        "drain-longer-than-grace",
     ],
 )
 def test_settings_that_cannot_work_are_refused(helm_env, tmp_path, text, expect):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import requests
@@ -236,3 +238,151 @@ def test_a_full_spool_refuses_and_loses_nothing_it_accepted(broker_factory, gate
     missing = missing_from_kafka(gw, acknowledged)
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged spans missing, e.g. {sorted(missing)[:5]}"
     wait_until("/readyz == 200 once the spool drained", lambda: gw.readyz() == 200, timeout=20, interval=0.25)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the spool directory by its documented format (docs/spool.md: frames, checkpoint)
+
+
+def read_checkpoint(gw) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(acked, sent) positions of replay.checkpoint, each (segment, offset)."""
+    data = (Path(gw.config["spool"]["directory"]) / "replay.checkpoint").read_bytes()
+    assert len(data) == 40 and data[0] == 1, f"replay.checkpoint: {data!r}"
+    assert zlib.crc32(data[:36]) == struct.unpack_from("<I", data, 36)[0], "replay.checkpoint fails its CRC"
+    acked_seg, acked_off, sent_seg, sent_off = struct.unpack_from("<QQQQ", data, 4)
+    return (acked_seg, acked_off), (sent_seg, sent_off)
+
+
+def records_between(gw, start: tuple[int, int], end: tuple[int, int] | None = None) -> int:
+    """Records in the frames from position `start` up to `end` (default: the end of the spool)."""
+    count = 0
+    for path in spool_files(gw):
+        seq = int(path.stem)
+        if seq < start[0] or (end is not None and seq > end[0]):
+            continue
+        data = path.read_bytes()
+        pos = start[1] if seq == start[0] else 0
+        stop = end[1] if end is not None and seq == end[0] else len(data)
+        while pos + 9 <= stop:
+            (body_len,) = struct.unpack_from("<I", data, pos)
+            # Body: appended-at (u64), record count (u32), records.
+            count += struct.unpack_from("<I", data, pos + 9 + 8)[0]
+            pos += 9 + body_len
+    return count
+
+
+def spool_while_stalled(b, sender: Sender, stall_s: float):
+    b.pause()
+    try:
+        time.sleep(stall_s)
+    finally:
+        b.resume()
+
+
+# Replay this slow takes ~10 s for what a 10 s stall spools (~1.5 KB a request, 50 a second),
+# so that a kill or a SIGTERM lands while records wait.
+SLOW_REPLAY = "64KiB"
+
+
+def test_sigkill_while_replaying_loses_no_acknowledged_span_and_counts_duplicates(broker_factory, gateway_factory):
+    b = broker_factory()
+    gw = gateway_factory({"spool.replay_bytes_per_second": SLOW_REPLAY}, on_broker=b)
+    sender = Sender(gw, "replaykill").start(cap_s=90)
+    try:
+        time.sleep(1)
+        spool_while_stalled(b, sender, 10)
+        wait_until(
+            "replay is under way",
+            lambda: metric_value(gw.metrics(), "weir_spool_replayed_records_total") >= 20,
+            timeout=20,
+            interval=0.2,
+        )
+        samples = gw.metrics()
+        waiting = metric_value(samples, "weir_spool_records")
+        assert waiting >= 50, f"only {waiting} records wait for replay: the kill would not land mid-replay"
+        # Stall the broker again so that a replay send is in flight when the kill lands: the
+        # checkpoint then says "sent, not acknowledged", and the restart must count it.
+        b.pause()
+        try:
+            wait_until(
+                "a replay send is in flight (checkpoint sent > acked)",
+                lambda: (lambda c: c[1] > c[0])(read_checkpoint(gw)),
+                timeout=10,
+                interval=0.05,
+            )
+            sigkill(gw)
+        finally:
+            b.resume()
+        acked, sent = read_checkpoint(gw)
+        maybe_sent = records_between(gw, acked, sent)
+        left = records_between(gw, acked)
+        assert maybe_sent >= 1 and left > maybe_sent, (
+            f"checkpoint {acked}..{sent}: {maybe_sent} maybe sent, {left} left"
+        )
+        gw.start(ready_timeout=20)
+        time.sleep(3)
+    finally:
+        sender.stop()
+    acknowledged = sender.acknowledged()
+    missing = missing_from_kafka(gw, acknowledged, timeout=60)
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged spans missing, e.g. {sorted(missing)[:5]}"
+    wait_until("the spool is drained", lambda: metric_value(gw.metrics(), "weir_spool_records") == 0, timeout=60)
+    duplicates = metric_value(gw.metrics(), "weir_spool_replay_duplicate_records_total")
+    assert duplicates == maybe_sent, (
+        f"weir_spool_replay_duplicate_records_total is {duplicates}, {maybe_sent} records were in flight"
+    )
+
+
+def test_sigterm_drains_the_spool_to_a_reachable_kafka_before_exiting(broker_factory, gateway_factory):
+    b = broker_factory()
+    gw = gateway_factory({"spool.replay_bytes_per_second": SLOW_REPLAY, "spool.drain_timeout": "20s"}, on_broker=b)
+    sender = Sender(gw, "drain").start(cap_s=30)
+    try:
+        time.sleep(1)
+        spool_while_stalled(b, sender, 10)
+    finally:
+        sender.stop()
+    waiting = metric_value(gw.metrics(), "weir_spool_records")
+    assert waiting >= 50, f"only {waiting} records wait for replay: nothing left to drain"
+    stopping = time.monotonic()
+    gw.terminate()
+    code = gw.wait_exit(timeout=10 + 20 + 15)
+    took = time.monotonic() - stopping
+    print(f"\nSIGTERM with {waiting:.0f} records spooled: exited {code} after {took:.1f} s")
+    assert code == 0, gw.log()
+    acked, _ = read_checkpoint(gw)
+    left = records_between(gw, acked)
+    assert left == 0, f"{left} records left in the spool at exit\n{gw.log()}"
+    # Nothing restarted: what is in Kafka is what the stopping gateway drained.
+    acknowledged = sender.acknowledged()
+    missing = missing_from_kafka(gw, acknowledged)
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged spans missing, e.g. {sorted(missing)[:5]}"
+
+
+def test_sigterm_with_kafka_stalled_exits_in_time_and_keeps_the_spool(broker_factory, gateway_factory):
+    drain_timeout = 5
+    b = broker_factory()
+    gw = gateway_factory({"spool.drain_timeout": f"{drain_timeout}s"}, on_broker=b)
+    sender = Sender(gw, "keep")
+    b.pause()
+    try:
+        with requests.Session() as s:
+            for _ in range(10):
+                assert sender.one(s) == 200
+        stopping = time.monotonic()
+        gw.terminate()
+        # shutdown_timeout (10 s in these tests) bounds the producer's flush, drain_timeout the drain.
+        code = gw.wait_exit(timeout=10 + drain_timeout + 10)
+        took = time.monotonic() - stopping
+        print(f"\nSIGTERM with Kafka stalled: exited {code} after {took:.1f} s")
+        assert code == 0, gw.log()
+        assert took <= 10 + drain_timeout + 5, f"exit took {took:.1f} s"
+        acked, _ = read_checkpoint(gw)
+        left = records_between(gw, acked)
+        assert left >= 10, f"only {left} records kept in the spool for the next start"
+    finally:
+        b.resume()
+    gw.start(ready_timeout=20)
+    acknowledged = sender.acknowledged()
+    missing = missing_from_kafka(gw, acknowledged)
+    assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged spans missing, e.g. {sorted(missing)[:5]}"

@@ -30,11 +30,16 @@ use weir_exporters::kafka::KafkaExporter;
 
 /// How often the broker is probed for `/readyz`.
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long the shutdown drain waits for Kafka's metadata before it leaves the spool as it is.
+const DRAIN_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long replay may take to stop (and write its checkpoint) after the shutdown deadline.
+const REPLAY_STOP_GRACE: Duration = Duration::from_secs(2);
 /// How often `/readyz` takes in the produce outcomes and the spool's room (cheap reads).
 const DURABILITY_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Runs the gateway until `shutdown` is cancelled, then drains: stops accepting, lets
-/// in-flight requests finish, and flushes the producer, within `shutdown_timeout`.
+/// in-flight requests finish, drains the spool for at most `spool.drain_timeout` (to a reachable
+/// Kafka), and flushes the producer.
 pub async fn run(
     config: GatewayConfig,
     prometheus: PrometheusHandle,
@@ -185,6 +190,7 @@ pub async fn run(
     let probe_task = tokio::spawn(probe_broker(
         exporter.clone(),
         readiness.clone(),
+        kafka_health.clone(),
         admin_stop.clone(),
     ));
     let durability_task = tokio::spawn(watch_durability(
@@ -262,10 +268,17 @@ pub async fn run(
     {
         tracing::warn!("shutdown_timeout passed before the last decision window was published");
     }
-    // What replay has not sent stays in the spool for the next start.
+    if let Some(s) = &spool {
+        drain_spool(s, &exporter, config.spool.drain_timeout).await;
+    }
+    // What replay has not sent stays in the spool for the next start. Replay writes its
+    // checkpoint as it stops: it gets a moment even when the drain used the deadline up.
     replay_stop.cancel();
+    let replay_deadline = deadline.max(Instant::now() + REPLAY_STOP_GRACE);
     if let Some(t) = replay_task
-        && tokio::time::timeout_at(deadline.into(), t).await.is_err()
+        && tokio::time::timeout_at(replay_deadline.into(), t)
+            .await
+            .is_err()
     {
         tracing::warn!("shutdown_timeout passed before spool replay stopped");
     }
@@ -295,6 +308,36 @@ pub async fn run(
     Ok(())
 }
 
+/// Replays what the spool holds, without the live-traffic rate bound, for at most
+/// `drain_timeout`, once the receivers have stopped; skipped when the spool is empty or Kafka
+/// does not answer a metadata request. What is left stays on disk for the next start.
+async fn drain_spool(spool: &spool::Spool, exporter: &Arc<KafkaExporter>, drain_timeout: Duration) {
+    let waiting = spool.records_waiting();
+    if waiting == 0 || drain_timeout.is_zero() {
+        return;
+    }
+    let e = exporter.clone();
+    let reachable = tokio::task::spawn_blocking(move || e.probe(DRAIN_PROBE_TIMEOUT))
+        .await
+        .unwrap_or(false);
+    if !reachable {
+        tracing::warn!(
+            records = waiting,
+            "Kafka does not answer: the spooled records stay on disk for the next start"
+        );
+        return;
+    }
+    tracing::info!(records = waiting, timeout = ?drain_timeout, "draining the spool to Kafka before exiting");
+    let started = Instant::now();
+    match spool.drain(drain_timeout).await {
+        0 => tracing::info!(took = ?started.elapsed(), "the spool is drained"),
+        left => tracing::warn!(
+            records = left,
+            "spool.drain_timeout passed: the records left stay on disk for the next start"
+        ),
+    }
+}
+
 /// Takes the produce outcomes and the spool's room into `/readyz` every
 /// `DURABILITY_INTERVAL`, until `stop`.
 async fn watch_durability(
@@ -313,10 +356,12 @@ async fn watch_durability(
     }
 }
 
-/// Probes the broker every `PROBE_INTERVAL` and records the result for `/readyz`.
+/// Probes the broker every `PROBE_INTERVAL` and records the result for `/readyz`, and for
+/// the pipeline: while the broker does not answer, requests are spooled without waiting.
 async fn probe_broker(
     exporter: Arc<KafkaExporter>,
     readiness: Arc<admin::Readiness>,
+    health: Arc<kafka_health::KafkaHealth>,
     stop: CancellationToken,
 ) {
     loop {
@@ -325,6 +370,9 @@ async fn probe_broker(
             .await
             .unwrap_or(false);
         readiness.set_broker(up);
+        if !up {
+            health.broker_unreachable();
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(PROBE_INTERVAL) => {}

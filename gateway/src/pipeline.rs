@@ -77,6 +77,21 @@ enum Durable {
     Spooled,
 }
 
+/// Kafka's acknowledgement of records a request stopped waiting for (it settles within
+/// `limits.export_timeout` of their produce).
+type PendingAcknowledgement =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ExportError>> + Send>>;
+
+/// How a request's wait for Kafka ended.
+enum Waited {
+    /// Every record acknowledged.
+    Acknowledged,
+    /// A record failed.
+    Failed(ExportError),
+    /// `ack_deadline` passed; the acknowledgement still to come, when it can be followed.
+    Deadline(Option<PendingAcknowledgement>),
+}
+
 /// Why a request's records went to the spool rather than Kafka.
 #[derive(Clone, Copy, Debug)]
 enum SpoolReason {
@@ -304,31 +319,50 @@ impl Pipeline {
                 .map(|()| Durable::Kafka)
                 .map_err(DeliveryError::Kafka);
         };
+        let mut original = None;
         let why = if self.health.known_down() {
             SpoolReason::KafkaDown
         } else {
-            match tokio::time::timeout(fallback.ack_deadline, self.exporter.send(records)).await {
-                Ok(Ok(())) => {
+            match self.wait_for_kafka(records, fallback.ack_deadline).await {
+                Waited::Acknowledged => {
                     self.health.acknowledged();
                     return Ok(Durable::Kafka);
                 }
                 // Spooled, its replay would fail the same way forever: the client hears of it.
-                Ok(Err(e)) if e.is_permanent() => return Err(DeliveryError::Kafka(e)),
-                Ok(Err(e)) => {
+                Waited::Failed(e) if e.is_permanent() => return Err(DeliveryError::Kafka(e)),
+                Waited::Failed(e) => {
                     self.health.failed();
                     tracing::debug!(error = %e, "Kafka failed the request's records; spooling them");
                     SpoolReason::Failed
                 }
-                // Dropping the send leaves its records in the producer's queue: they may still
-                // reach Kafka, and again through replay (at least once, see docs/spool.md).
-                Err(_) => {
+                Waited::Deadline(still_sending) => {
                     self.health.failed();
+                    original = still_sending;
                     SpoolReason::Deadline
                 }
             }
         };
-        match fallback.spool.append(records).await {
-            Ok(_) => {
+        let appended = match original {
+            // The records may still reach Kafka: replay holds their frame back until that send
+            // settles, and skips it if Kafka got them (no duplicate).
+            Some(acknowledgement) => match fallback.spool.append_awaiting_original(records).await {
+                Ok(pending) => {
+                    let health = self.health.clone();
+                    tokio::spawn(async move {
+                        let delivered = acknowledgement.await.is_ok();
+                        if delivered {
+                            health.acknowledged();
+                        }
+                        pending.settle(delivered);
+                    });
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            None => fallback.spool.append(records).await.map(|_| ()),
+        };
+        match appended {
+            Ok(()) => {
                 let reason = why.label();
                 metrics::counter!("weir_spool_spooled_requests_total", "reason" => reason)
                     .increment(1);
@@ -337,6 +371,25 @@ impl Pipeline {
                 Ok(Durable::Spooled)
             }
             Err(spool) => Err(DeliveryError::Spool { why, spool }),
+        }
+    }
+
+    /// Produces `records` and waits at most `deadline` for Kafka's acknowledgement.
+    async fn wait_for_kafka(&self, records: &[Record], deadline: Duration) -> Waited {
+        let started = tokio::time::Instant::now();
+        let produced = match tokio::time::timeout(deadline, self.exporter.produce(records)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return Waited::Failed(e),
+            // The producer's queue stayed full: some records may be in it, untracked.
+            Err(_) => return Waited::Deadline(None),
+        };
+        let exporter = self.exporter.clone();
+        let mut acknowledgement: PendingAcknowledgement =
+            Box::pin(async move { exporter.acknowledgement(produced).await });
+        match tokio::time::timeout_at(started + deadline, &mut acknowledgement).await {
+            Ok(Ok(())) => Waited::Acknowledged,
+            Ok(Err(e)) => Waited::Failed(e),
+            Err(_) => Waited::Deadline(Some(acknowledgement)),
         }
     }
 

@@ -286,6 +286,7 @@ gateway_config = obj(
                 "fsync_interval": ref("duration"),
                 "ack_deadline": ref("duration"),
                 "replay_bytes_per_second": ref("byteSize"),
+                "drain_timeout": ref("duration"),
             },
             desc="The spool (docs/spool.md); the chart sets directory (gateway.spool mounts it).",
         ),
@@ -372,7 +373,21 @@ gateway = obj(
         ),
         "config": gateway_config,
         "policy": {"oneOf": [obj({}, maxProperties=0), dict(policy, required=["version"])]},
-        "spool": obj({"sizeLimit": ref("quantity")}),
+        "spool": obj(
+            {
+                "mode": enum("emptyDir", "statefulSet"),
+                "sizeLimit": ref("quantity"),
+                "persistence": obj(
+                    {
+                        "size": ref("quantity"),
+                        "storageClassName": STR,
+                        "accessModes": arr(
+                            enum("ReadWriteOnce", "ReadWriteOncePod", "ReadWriteMany"), minItems=1
+                        ),
+                    }
+                ),
+            }
+        ),
         "preStopSleepSeconds": s("integer", minimum=0, maximum=300),
         "terminationGracePeriodSeconds": s("integer", minimum=0),
         **pod_keys(),

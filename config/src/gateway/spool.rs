@@ -31,6 +31,10 @@ pub struct SpoolConfig {
     pub ack_deadline: Duration,
     /// The most record bytes per second replay sends to Kafka, so live traffic keeps priority.
     pub replay_bytes_per_second: ByteSize,
+    /// At shutdown, once the receivers stopped, how long replay may drain the spool to a
+    /// reachable Kafka without its rate bound; what is left stays for the next start. 0: none.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
 }
 
 /// When the spool's appended records are flushed to stable storage.
@@ -56,13 +60,19 @@ impl Default for SpoolConfig {
             segment_bytes: ByteSize(64 << 20),
             fsync: FsyncPolicy::Always,
             fsync_interval: Duration::from_millis(100),
-            // A healthy broker acknowledges acks=all within tens of milliseconds; 500 ms is far
-            // past that, so only a real stall spools, and it keeps the client's wait a small
-            // part of the 10 s an OpenTelemetry SDK allows an export.
-            ack_deadline: Duration::from_secs(2),
+            // A healthy broker acknowledges acks=all within tens of milliseconds; the first
+            // produce to a topic (metadata, leader lookup) on a loaded machine can take past
+            // 500 ms. A request spooled while its records still reach Kafka is not written
+            // twice (replay skips a frame its original send delivered), so the deadline can
+            // be short: an SDK exporting from one thread into a 2048-span queue keeps ~1,000
+            // spans/s of margin at 1,000 spans/s while one export waits it.
+            ack_deadline: Duration::from_secs(1),
             // Drains a full default spool (1 GiB) in about a minute without taking more than
             // a fraction of one broker's produce bandwidth from live traffic.
             replay_bytes_per_second: ByteSize(16 << 20),
+            // Unpaced replay sends tens of MB/s: enough to empty what a short outage spooled,
+            // and short enough for a Kubernetes grace period (see the Helm chart).
+            drain_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -121,9 +131,18 @@ impl SpoolConfig {
                 ),
             ));
         }
+        if self.drain_timeout > MAX_DRAIN_TIMEOUT {
+            return Err(ConfigError::invalid(
+                "spool.drain_timeout",
+                "must be at most 10m: a longer drain outlives any orchestrator's grace period",
+            ));
+        }
         Ok(())
     }
 }
+
+/// The longest `drain_timeout` accepted.
+const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[cfg(test)]
 mod tests {
@@ -142,13 +161,14 @@ mod tests {
         assert_eq!(cfg.spool, SpoolConfig::default());
         assert!(cfg.spool.enabled);
         let cfg = GatewayConfig::from_yaml(
-            "spool:\n  directory: /tmp/s\n  max_bytes: 2GiB\n  segment_bytes: 16MiB\n  fsync: interval\n  fsync_interval: 50ms\n  ack_deadline: 1s\n  replay_bytes_per_second: 1MiB\n",
+            "spool:\n  directory: /tmp/s\n  max_bytes: 2GiB\n  segment_bytes: 16MiB\n  fsync: interval\n  fsync_interval: 50ms\n  ack_deadline: 3s\n  replay_bytes_per_second: 1MiB\n  drain_timeout: 5s\n",
         )
         .unwrap();
         assert_eq!(cfg.spool.directory, PathBuf::from("/tmp/s"));
         assert_eq!(cfg.spool.max_bytes, ByteSize(2 << 30));
         assert_eq!(cfg.spool.fsync, FsyncPolicy::Interval);
-        assert_eq!(cfg.spool.ack_deadline, Duration::from_secs(1));
+        assert_eq!(cfg.spool.ack_deadline, Duration::from_secs(3));
+        assert_eq!(cfg.spool.drain_timeout, Duration::from_secs(5));
     }
 
     #[test]
@@ -177,6 +197,10 @@ mod tests {
             "spool.replay_bytes_per_second"
         );
         assert_eq!(key_of("spool:\n  directory: ''\n"), "spool.directory");
+        assert_eq!(
+            key_of("spool:\n  drain_timeout: 1h\n"),
+            "spool.drain_timeout"
+        );
     }
 
     #[test]

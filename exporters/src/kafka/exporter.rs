@@ -81,6 +81,15 @@ pub fn set_security(c: &mut ClientConfig, security: &KafkaSecurity) -> Result<()
 
 type Producer_ = FutureProducer<TracingContext>;
 
+/// Records handed to the producer whose acknowledgements are still to be awaited
+/// (`KafkaExporter::acknowledgement`). Dropping it stops the wait, not the delivery.
+pub struct Produced {
+    producer: Arc<Producer_>,
+    pending: Vec<(Arc<str>, rdkafka::producer::DeliveryFuture)>,
+    started: Instant,
+    deadline: Instant,
+}
+
 /// How long the broker must answer probes while every send fails before the producer counts
 /// as wedged and is replaced. A broker that lost the producer's state (replaced, or restarted
 /// without it) answers each produce with UNKNOWN_PRODUCER_ID, and librdkafka's idempotent
@@ -194,21 +203,15 @@ impl KafkaExporter {
     /// or the export timeout passes. Records already handed to librdkafka may still be
     /// delivered after an error: delivery is at least once, never "acknowledged but lost".
     pub async fn send(&self, records: &[Record]) -> Result<(), ExportError> {
-        let producer = self.producer.load_full();
-        let result = self.send_with(&producer, records).await;
-        match &result {
-            Ok(()) => self.liveness().last_ack = Some(Instant::now()),
-            Err(e) => {
-                if !e.is_permanent() {
-                    self.liveness().last_failure = Some(Instant::now());
-                }
-                self.replace_if_broken(&producer, e.is_fenced());
-            }
-        }
-        result
+        let produced = self.produce(records).await?;
+        self.acknowledgement(produced).await
     }
 
-    async fn send_with(&self, producer: &Producer_, records: &[Record]) -> Result<(), ExportError> {
+    /// Hands `records` to the producer (waiting, within the export timeout, while its queue is
+    /// full) without waiting for Kafka: `acknowledgement` does, and may be awaited apart from
+    /// the request, e.g. after the request went on without it.
+    pub async fn produce(&self, records: &[Record]) -> Result<Produced, ExportError> {
+        let producer = self.producer.load_full();
         let started = Instant::now();
         let deadline = started + self.export_timeout;
         let total = records.len();
@@ -224,35 +227,64 @@ impl KafkaExporter {
             loop {
                 match producer.send_result(fr) {
                     Ok(delivery) => {
-                        pending.push(delivery);
+                        pending.push((rec.topic.clone(), delivery));
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         // The local queue is full: wait for it to drain, within the deadline.
                         if Instant::now() >= deadline {
-                            return Err(self.timeout(total));
+                            let e = self.timeout(total);
+                            self.failed(&producer, &e);
+                            return Err(e);
                         }
                         fr = back;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
-                    Err((e, _)) => return Err(delivery_error(topic, &e)),
+                    Err((e, _)) => {
+                        let e = delivery_error(topic, &e);
+                        self.failed(&producer, &e);
+                        return Err(e);
+                    }
                 }
             }
         }
-        let results = match tokio::time::timeout_at(deadline.into(), join_all(pending)).await {
+        Ok(Produced {
+            producer,
+            pending,
+            started,
+            deadline,
+        })
+    }
+
+    /// Waits until Kafka acknowledged every record of `produced`: `Ok`, or the first failure,
+    /// or a timeout once the export timeout (counted from `produce`) passed.
+    pub async fn acknowledgement(&self, produced: Produced) -> Result<(), ExportError> {
+        let Produced {
+            producer,
+            pending,
+            started,
+            deadline,
+        } = produced;
+        let total = pending.len();
+        let (topics, deliveries): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
+        let results = match tokio::time::timeout_at(deadline.into(), join_all(deliveries)).await {
             Ok(results) => results,
-            Err(_) => return Err(self.timeout(total)),
+            Err(_) => {
+                let e = self.timeout(total);
+                self.failed(&producer, &e);
+                return Err(e);
+            }
         };
         metrics::histogram!("weir_exporter_produce_latency_seconds", "exporter" => "kafka")
             .record(started.elapsed().as_secs_f64());
         // Report a fencing first: it is the failure that needs a new producer.
         let mut failed: Option<ExportError> = None;
-        for (r, rec) in results.into_iter().zip(records) {
+        for (r, topic) in results.into_iter().zip(topics) {
             let err = match r {
                 Ok(Ok(_)) => continue,
-                Ok(Err((e, _))) => delivery_error(&rec.topic, &e),
+                Ok(Err((e, _))) => delivery_error(&topic, &e),
                 Err(_) => ExportError::Delivery {
-                    topic: rec.topic.to_string(),
+                    topic: topic.to_string(),
                     reason: "the producer was shut down".to_string(),
                     fenced: false,
                 },
@@ -261,7 +293,24 @@ impl KafkaExporter {
                 failed = Some(err);
             }
         }
-        failed.map_or(Ok(()), Err)
+        match failed {
+            None => {
+                self.liveness().last_ack = Some(Instant::now());
+                Ok(())
+            }
+            Some(e) => {
+                self.failed(&producer, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Records a failed send for the producer's liveness, and replaces a broken producer.
+    fn failed(&self, producer: &Arc<Producer_>, e: &ExportError) {
+        if !e.is_permanent() {
+            self.liveness().last_failure = Some(Instant::now());
+        }
+        self.replace_if_broken(producer, e.is_fenced());
     }
 
     fn timeout(&self, records: usize) -> ExportError {

@@ -10,7 +10,7 @@ mod trace_records;
 
 pub use client_log::{error_to_tracing, log_to_tracing};
 pub use errors::ExportError;
-pub use exporter::{KafkaExporter, producer_config, set_security};
+pub use exporter::{KafkaExporter, Produced, producer_config, set_security};
 pub use records::{
     Batch, OutputBudget, OutputLimit, OutputRefused, Record, RecordHeaders, Unlimited, data_points,
     logs_batch, metrics_batch, resource_key, trace_key,

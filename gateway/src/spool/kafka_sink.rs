@@ -1,5 +1,5 @@
-//! The replayer's sink in the gateway: the Kafka exporter, whose outcomes also tell the request
-//! path whether Kafka is back.
+//! The replayer's sink in the gateway: the Kafka exporter, whose acknowledgements also tell the
+//! request path that Kafka is back.
 
 use super::ReplaySink;
 use crate::kafka_health::KafkaHealth;
@@ -25,10 +25,11 @@ impl ReplaySink for KafkaReplaySink {
     async fn send(&self, records: &[Record]) -> Result<(), ExportError> {
         let sent = self.exporter.send(records).await;
         match &sent {
+            // Kafka is back: requests stop being spooled at once.
             Ok(()) => self.health.acknowledged(),
             // A refusal says the broker is up; retrying it is the replayer's concern.
             Err(e) if e.is_permanent() => {}
-            Err(_) => self.health.failed(),
+            Err(_) => self.health.replay_failed(),
         }
         sent
     }

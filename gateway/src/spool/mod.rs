@@ -21,6 +21,7 @@ mod tests;
 pub use kafka_sink::KafkaReplaySink;
 pub use replay::ReplaySink;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,6 +29,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use weir_config::gateway::spool::{FsyncPolicy, SpoolConfig};
 use weir_exporters::kafka::Record;
 
@@ -96,8 +98,11 @@ impl SpoolError {
     }
 }
 
+/// How often `Spool::drain` looks whether the spool is empty.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
 /// Where an appended batch was written: its segment and offset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SpoolTicket {
     /// The segment's sequence number.
     pub segment: u64,
@@ -166,6 +171,8 @@ pub struct SpoolStats {
     pub replay_failures: u64,
     /// Appends refused because the spool was full.
     pub refused: u64,
+    /// Records replay skipped: the request that spooled them got them into Kafka after all.
+    pub skipped_records: u64,
 }
 
 /// The segment the writer is on, published to the replayer after every commit.
@@ -195,6 +202,55 @@ struct Shared {
     replay_failures: AtomicU64,
     refused: AtomicU64,
     failed: AtomicBool,
+    /// Cancelled when replay's rate bound is lifted for good (the shutdown drain).
+    unpaced: CancellationToken,
+    /// Frames whose records were also handed to Kafka by the request that spooled them (it
+    /// stopped waiting at `ack_deadline`), by where they start, with what became of that send.
+    /// Replay waits for it to settle and skips a frame it delivered.
+    originals: Mutex<HashMap<SpoolTicket, Original>>,
+    /// Woken when an original send settles.
+    original_settled: tokio::sync::Notify,
+    /// Records replay skipped because their original send delivered them.
+    skipped: AtomicU64,
+}
+
+/// What became of a spooled frame's original send to Kafka.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Original {
+    /// Still waiting for Kafka (at most `limits.export_timeout`).
+    Pending,
+    /// Kafka acknowledged every record: replaying them would write them twice.
+    Delivered,
+    /// Failed or timed out: replay sends the frame.
+    Failed,
+}
+
+impl Shared {
+    /// Records what became of the original send of the frame at `ticket`.
+    fn settle_original(&self, ticket: SpoolTicket, delivered: bool) {
+        let state = if delivered {
+            Original::Delivered
+        } else {
+            Original::Failed
+        };
+        if let Ok(mut originals) = self.originals.lock()
+            && let Some(s) = originals.get_mut(&ticket)
+        {
+            *s = state;
+        }
+        self.original_settled.notify_waiters();
+    }
+
+    /// Takes the state of the original send of the frame at `ticket`, leaving `Pending` in
+    /// place (`None`: the frame had none, or it was taken).
+    fn take_original(&self, ticket: SpoolTicket) -> Option<Original> {
+        let mut originals = self.originals.lock().ok()?;
+        match originals.get(&ticket).copied() {
+            Some(Original::Pending) => Some(Original::Pending),
+            Some(_) => originals.remove(&ticket),
+            None => None,
+        }
+    }
 }
 
 impl Shared {
@@ -242,6 +298,36 @@ fn now_ms() -> u64 {
 #[derive(Clone)]
 pub struct Spool {
     inner: Arc<Inner>,
+}
+
+/// A spooled frame whose records' send to Kafka is still under way; `settle` says what
+/// became of it (see `Spool::append_awaiting_original`).
+pub struct OriginalSend {
+    shared: Arc<Shared>,
+    ticket: SpoolTicket,
+    settled: bool,
+}
+
+impl OriginalSend {
+    /// Where the frame was written.
+    pub fn ticket(&self) -> SpoolTicket {
+        self.ticket
+    }
+
+    /// Records the outcome: `delivered` when Kafka acknowledged every record, so replay skips
+    /// the frame.
+    pub fn settle(mut self, delivered: bool) {
+        self.settled = true;
+        self.shared.settle_original(self.ticket, delivered);
+    }
+}
+
+impl Drop for OriginalSend {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.shared.settle_original(self.ticket, false);
+        }
+    }
 }
 
 struct Inner {
@@ -330,6 +416,10 @@ impl Spool {
             replay_failures: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             failed: AtomicBool::new(false),
+            unpaced: CancellationToken::new(),
+            originals: Mutex::new(HashMap::new()),
+            original_settled: tokio::sync::Notify::new(),
+            skipped: AtomicU64::new(0),
         });
         shared.publish_gauges();
         // Appends go to a new segment: recovered ones are never written again.
@@ -378,6 +468,30 @@ impl Spool {
     /// with `fsync: always`). Refuses with `SpoolError::Full` when they do not fit under
     /// `max_bytes`; nothing is ever overwritten.
     pub async fn append(&self, records: &[Record]) -> Result<SpoolTicket, SpoolError> {
+        self.append_frame(records, false).await
+    }
+
+    /// `append`, for records whose send to Kafka is still under way (the request stopped
+    /// waiting for it): replay holds the frame back until the returned handle says what
+    /// became of that send, and skips it if Kafka got every record. A handle dropped
+    /// unsettled counts as a failed send.
+    pub async fn append_awaiting_original(
+        &self,
+        records: &[Record],
+    ) -> Result<OriginalSend, SpoolError> {
+        let ticket = self.append_frame(records, true).await?;
+        Ok(OriginalSend {
+            shared: self.inner.shared.clone(),
+            ticket,
+            settled: false,
+        })
+    }
+
+    async fn append_frame(
+        &self,
+        records: &[Record],
+        awaits_original: bool,
+    ) -> Result<SpoolTicket, SpoolError> {
         let shared = &self.inner.shared;
         if shared.failed.load(Ordering::Acquire) {
             return Err(self.refuse(SpoolError::Failed, "failed"));
@@ -392,6 +506,7 @@ impl Spool {
         let command = writer::Command::Append {
             frame,
             records: records.len() as u64,
+            awaits_original,
             reply,
         };
         let sent = match self.inner.commands.lock() {
@@ -434,6 +549,25 @@ impl Spool {
             && s.max_bytes.saturating_sub(s.used.load(Ordering::Acquire)) >= want
     }
 
+    /// Lifts replay's rate bound and waits until Kafka acknowledged every spooled record, at
+    /// most `timeout`; returns how many records are left (0: drained). For shutdown, once no
+    /// live traffic needs priority: a running `replay` then sends frame after frame, unpaced.
+    pub async fn drain(&self, timeout: Duration) -> u64 {
+        let shared = &self.inner.shared;
+        shared.unpaced.cancel();
+        let left = || shared.records.load(Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while left() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL.min(timeout)).await;
+        }
+        left()
+    }
+
+    /// Records waiting for replay.
+    pub fn records_waiting(&self) -> u64 {
+        self.inner.shared.records.load(Ordering::Acquire)
+    }
+
     /// Bytes the spool takes on disk (and has reserved for appends in progress).
     pub fn bytes_used(&self) -> u64 {
         self.inner.shared.used.load(Ordering::Acquire)
@@ -462,6 +596,7 @@ impl Spool {
             duplicate_records: load(&s.duplicates),
             replay_failures: load(&s.replay_failures),
             refused: load(&s.refused),
+            skipped_records: load(&s.skipped),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::frame;
 use super::segment::{self, ReadError, list_segments, segment_path, sync_dir};
-use super::{Shared, Spool, SpoolError, Tail};
+use super::{Original, Shared, Spool, SpoolError, SpoolTicket, Tail};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::os::unix::fs::FileExt;
@@ -32,6 +32,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long the replayer waits for an append before it refreshes its gauges, and how long the
 /// segment being written must stay idle, fully replayed, before it is sealed and deleted.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// How often replay looks again at an original send it waits for (a fallback: settling wakes it).
+const ORIGINAL_RECHECK: Duration = Duration::from_millis(100);
 /// The longest the checkpoint stays unsynced: a power loss replays at most this much again.
 const CHECKPOINT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -392,6 +394,7 @@ impl<S: ReplaySink> Replayer<'_, S> {
         }
 
         let (file, path, offset) = (reading.file.clone(), reading.path.clone(), self.pos.offset);
+        let seq = reading.seq;
         let read =
             tokio::task::spawn_blocking(move || segment::read_frame(&file, &path, offset, limit))
                 .await
@@ -416,10 +419,28 @@ impl<S: ReplaySink> Replayer<'_, S> {
             segment: self.pos.segment,
             offset: self.pos.offset + frame.len,
         };
+        // The request that spooled this frame may have got its records into Kafka after all.
+        let ticket = SpoolTicket {
+            segment: self.pos.segment,
+            offset: self.pos.offset,
+        };
+        match self.original_of(ticket).await {
+            None => return Ok(Step::Stop),
+            Some(false) => {}
+            Some(true) => {
+                self.shared.skipped.fetch_add(count, Ordering::Relaxed);
+                metrics::counter!("weir_spool_replay_skipped_records_total").increment(count);
+                sub(&self.shared.records, count);
+                self.pos = end;
+                let done = self.current_checkpoint();
+                self.checkpoint.write(&done, false).await?;
+                return Ok(Step::Continue);
+            }
+        }
         let records = match frame::decode(&frame.body) {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(segment = reading.seq, offset, error = %e, "skipping a spool frame that does not decode");
+                tracing::error!(segment = seq, offset, error = %e, "skipping a spool frame that does not decode");
                 metrics::counter!("weir_spool_truncations_total").increment(1);
                 metrics::counter!("weir_spool_truncated_bytes_total").increment(frame.len);
                 sub(&self.shared.records, count);
@@ -499,6 +520,26 @@ impl<S: ReplaySink> Replayer<'_, S> {
         Ok(Step::Continue)
     }
 
+    /// Whether the frame at `ticket` was delivered by its original send, once that send
+    /// settled (at most `limits.export_timeout` after the frame was spooled); `None` when
+    /// cancelled while waiting.
+    async fn original_of(&self, ticket: SpoolTicket) -> Option<bool> {
+        loop {
+            // Registered before the look, so that a settlement in between is not missed.
+            let settled = self.shared.original_settled.notified();
+            match self.shared.take_original(ticket) {
+                Some(Original::Pending) => {}
+                Some(Original::Delivered) => return Some(true),
+                Some(Original::Failed) | None => return Some(false),
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return None,
+                _ = settled => {}
+                _ = tokio::time::sleep(ORIGINAL_RECHECK) => {}
+            }
+        }
+    }
+
     /// Waits for the writer to commit more, at most `IDLE_TICK`; true when it did.
     async fn wait_for_append(&mut self) -> bool {
         tokio::select! {
@@ -514,14 +555,16 @@ impl<S: ReplaySink> Replayer<'_, S> {
         }
     }
 
-    /// Sleeps until `at`; false when cancelled first.
+    /// Sleeps until `at`, or less once the rate bound is lifted (`Spool::drain`); false when
+    /// cancelled first.
     async fn sleep_until(&self, at: Instant) -> bool {
         // The timer's resolution is a millisecond: a sleep already due would still cost one.
-        if at <= Instant::now() {
+        if at <= Instant::now() || self.shared.unpaced.is_cancelled() {
             return !self.cancel.is_cancelled();
         }
         tokio::select! {
             _ = self.cancel.cancelled() => false,
+            _ = self.shared.unpaced.cancelled() => !self.cancel.is_cancelled(),
             _ = tokio::time::sleep_until(at.into()) => true,
         }
     }

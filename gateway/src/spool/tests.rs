@@ -453,6 +453,109 @@ async fn replay_keeps_to_its_rate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_lifts_the_rate_bound_and_waits_until_everything_is_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(options(dir.path())).unwrap();
+    let mut frame_bytes = 0;
+    for id in 0..20 {
+        let before = spool.bytes_used();
+        spool.append(&batch(id, 2)).await.unwrap();
+        frame_bytes = spool.bytes_used() - before;
+    }
+    // Paced, the 20 frames would take 20 s: a frame's worth of bytes per second.
+    let sink = Arc::new(Collect::default());
+    let (cancel, task) = start_replay(&spool, &sink, frame_bytes);
+    until("the first frame replayed", || {
+        !sink.batches.lock().unwrap().is_empty()
+    })
+    .await;
+    let started = Instant::now();
+    let left = spool.drain(Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    assert_eq!(left, 0, "records left after the drain");
+    assert!(took < Duration::from_secs(3), "the drain took {took:?}");
+    assert_eq!(sink.records(), expected(0..20));
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_gives_up_after_its_timeout_and_keeps_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(options(dir.path())).unwrap();
+    for id in 0..5 {
+        spool.append(&batch(id, 2)).await.unwrap();
+    }
+    // Kafka down: every send fails.
+    let sink = Arc::new(Collect {
+        fail_first: usize::MAX,
+        ..Collect::default()
+    });
+    let (cancel, task) = start_replay(&spool, &sink, 1 << 30);
+    let started = Instant::now();
+    let left = spool.drain(Duration::from_millis(500)).await;
+    let took = started.elapsed();
+    assert_eq!(
+        left, 10,
+        "records left after a drain that could send nothing"
+    );
+    assert!(
+        (Duration::from_millis(500)..Duration::from_secs(2)).contains(&took),
+        "the drain took {took:?}"
+    );
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    drop(spool);
+    let reopened = Spool::open(options(dir.path())).unwrap();
+    assert_eq!(reopened.recovery().records, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_whose_original_send_delivered_it_is_skipped_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(options(dir.path())).unwrap();
+    let original = spool.append_awaiting_original(&batch(0, 2)).await.unwrap();
+    spool.append(&batch(1, 2)).await.unwrap();
+    let sink = Arc::new(Collect::default());
+    let (cancel, task) = start_replay(&spool, &sink, 1 << 30);
+    // Held back while the original send is under way, and the frames after it too (order).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        sink.records().is_empty(),
+        "replayed before the original send settled"
+    );
+    original.settle(true);
+    until("the spool replayed", || spool.stats().records == 0).await;
+    assert_eq!(
+        sink.records(),
+        expected(1..2),
+        "only the frame nobody delivered"
+    );
+    assert_eq!(spool.stats().skipped_records, 2);
+    assert_eq!(spool.stats().replayed_records, 2);
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_whose_original_send_failed_or_was_dropped_is_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(options(dir.path())).unwrap();
+    let failed = spool.append_awaiting_original(&batch(0, 2)).await.unwrap();
+    let dropped = spool.append_awaiting_original(&batch(1, 2)).await.unwrap();
+    spool.append(&batch(2, 2)).await.unwrap();
+    let sink = Arc::new(Collect::default());
+    let (cancel, task) = start_replay(&spool, &sink, 1 << 30);
+    failed.settle(false);
+    drop(dropped);
+    until("the spool replayed", || spool.stats().records == 0).await;
+    assert_eq!(sink.records(), expected(0..3));
+    assert_eq!(spool.stats().skipped_records, 0);
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interval_fsync_answers_before_syncing_and_syncs_later() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options(dir.path());

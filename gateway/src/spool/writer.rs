@@ -22,6 +22,8 @@ pub(super) enum Command {
         frame: Vec<u8>,
         /// Records in it.
         records: u64,
+        /// Whether the records' send to Kafka is still under way (replay waits for it).
+        awaits_original: bool,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<SpoolTicket, SpoolError>>,
     },
@@ -52,17 +54,19 @@ pub(super) struct Writer {
     pub next_seq: u64,
     pub tail: watch::Sender<Tail>,
     active: Option<Active>,
-    /// Appends written but not yet answered: (reply, ticket, records).
+    /// Appends written but not yet answered.
     waiting: Vec<Waiting>,
     /// With `fsync: interval`: bytes answered but not yet fsynced, and since when.
     unsynced_since: Option<Instant>,
 }
 
-type Waiting = (
-    oneshot::Sender<Result<SpoolTicket, SpoolError>>,
-    SpoolTicket,
-    u64,
-);
+/// An append written but not yet answered.
+struct Waiting {
+    reply: oneshot::Sender<Result<SpoolTicket, SpoolError>>,
+    ticket: SpoolTicket,
+    records: u64,
+    awaits_original: bool,
+}
 
 impl Writer {
     /// A writer that starts its first segment at `next_seq`.
@@ -124,8 +128,9 @@ impl Writer {
             Command::Append {
                 frame,
                 records,
+                awaits_original,
                 reply,
-            } => self.write(frame, records, reply),
+            } => self.write(frame, records, awaits_original, reply),
             Command::Seal { reply } => {
                 self.commit();
                 self.sync_now();
@@ -139,6 +144,7 @@ impl Writer {
         &mut self,
         frame: Vec<u8>,
         records: u64,
+        awaits_original: bool,
         reply: oneshot::Sender<Result<SpoolTicket, SpoolError>>,
     ) {
         let bytes = frame.len() as u64;
@@ -175,7 +181,12 @@ impl Writer {
         match active.file.write_all(&frame) {
             Ok(()) => {
                 active.len += bytes;
-                self.waiting.push((reply, ticket, records));
+                self.waiting.push(Waiting {
+                    reply,
+                    ticket,
+                    records,
+                    awaits_original,
+                });
             }
             Err(e) => {
                 // A failed write (a full disk) leaves part of a frame: cut the segment back to
@@ -188,8 +199,8 @@ impl Writer {
                 self.shared.release(active.len - cut + bytes);
                 active.len = cut;
                 let _ = reply.send(Err(err));
-                for (reply, _, _) in self.waiting.drain(..) {
-                    let _ = reply.send(Err(SpoolError::Failed));
+                for w in self.waiting.drain(..) {
+                    let _ = w.reply.send(Err(SpoolError::Failed));
                 }
                 if !cut_back {
                     self.fail(&SpoolError::Failed);
@@ -213,8 +224,8 @@ impl Writer {
                 let err = SpoolError::io(&segment_path(&self.shared.dir, active.seq), e);
                 let unsure = active.len - active.committed;
                 self.shared.release(unsure);
-                for (reply, _, _) in self.waiting.drain(..) {
-                    let _ = reply.send(Err(SpoolError::Failed));
+                for w in self.waiting.drain(..) {
+                    let _ = w.reply.send(Err(SpoolError::Failed));
                 }
                 self.fail(&err);
                 return;
@@ -224,19 +235,25 @@ impl Writer {
         }
         active.committed = active.len;
         let appends = self.waiting.len() as u64;
-        let records: u64 = self.waiting.iter().map(|w| w.2).sum();
+        let records: u64 = self.waiting.iter().map(|w| w.records).sum();
         self.shared.appends.fetch_add(appends, Ordering::Relaxed);
         self.shared.records.fetch_add(records, Ordering::Relaxed);
         metrics::counter!("weir_spool_appends_total").increment(appends);
         self.shared.publish_gauges();
+        // Before the replayer can see these frames: it must wait for their original sends.
+        if let Ok(mut originals) = self.shared.originals.lock() {
+            for w in self.waiting.iter().filter(|w| w.awaits_original) {
+                originals.insert(w.ticket, super::Original::Pending);
+            }
+        }
         // The replayer may read up to here from now on.
         self.tail.send_replace(Tail {
             seq: active.seq,
             len: active.len,
             open: true,
         });
-        for (reply, ticket, _) in self.waiting.drain(..) {
-            let _ = reply.send(Ok(ticket));
+        for w in self.waiting.drain(..) {
+            let _ = w.reply.send(Ok(w.ticket));
         }
     }
 

@@ -252,3 +252,16 @@ The password and the TLS files are mounted read-only from Secrets; the configs n
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* Whole seconds, rounded up, of a duration in the binaries' syntax ("30s", "1m 30s",
+"500ms"); units it does not know count as 0. For checks of grace periods. */}}
+{{- define "weir.durationSeconds" -}}
+{{- $units := dict "h" 3600.0 "hr" 3600.0 "hour" 3600.0 "hours" 3600.0 "m" 60.0 "min" 60.0 "mins" 60.0 "minute" 60.0 "minutes" 60.0 "s" 1.0 "sec" 1.0 "secs" 1.0 "second" 1.0 "seconds" 1.0 "ms" 0.001 -}}
+{{- $total := 0.0 -}}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?\\s*[a-zA-Z]+" (toString .) -1 -}}
+{{- $n := regexFind "^[0-9]+(\\.[0-9]+)?" . | float64 -}}
+{{- $unit := regexFind "[a-zA-Z]+$" . -}}
+{{- $total = addf $total (mulf $n (get $units $unit | default 0.0)) -}}
+{{- end -}}
+{{- ceil $total | int -}}
+{{- end }}
