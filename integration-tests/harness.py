@@ -254,6 +254,59 @@ class Broker:
         return sorted(t.partitions)
 
 
+def noida_bin() -> Path:
+    """noida-db's binary (the PyPI package, pinned in scripts/lib.sh, ships it beside a Python
+    wrapper): a second Kafka-compatible broker. Run directly, so its PID is the broker's."""
+    from importlib.resources import files
+
+    path = Path(str(files("noida_db").joinpath("noida-db")))
+    path.chmod(0o755)
+    return path
+
+
+class NoidaBroker(Broker):
+    """noida-db's Kafka on a free loopback port: a Kafka-compatible broker written apart from
+    Tansu, so the spine's tests show nothing depends on one broker's quirks. Topics are
+    created with the Kafka admin API (CreateTopics), as an operator's tooling does."""
+
+    def __init__(self, workdir: Path, name: str = "noida"):
+        super().__init__(workdir, name)
+
+    def start(self) -> "NoidaBroker":
+        data = self.workdir / f"{self.name}.data"
+        self.proc = spawn(
+            [str(noida_bin()), "start", "--only", "kafka", "--host", "127.0.0.1",
+             "--kafka-port", str(self.port), "--data-dir", str(data)],
+            self.log_path,
+        )
+        try:
+            wait_until(f"noida-db listening on {self.bootstrap}",
+                       lambda: self._alive() and port_open(self.port), timeout=30)
+        except TimeoutError as e:
+            self.stop()
+            raise RuntimeError(f"{e}\n--- {self.log_path}:\n{log_tail(self.log_path)}") from None
+        return self
+
+    def _alive(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(
+                f"noida-db exited ({self.proc and self.proc.returncode})\n{log_tail(self.log_path)}"
+            )
+        return True
+
+    def create_topic(self, name: str, partitions: int = TOPIC_PARTITIONS):
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
+        wait_until(
+            f"topic {name} has {partitions} partitions",
+            lambda: len(self.partitions(name)) == partitions,
+            timeout=15,
+            interval=0.2,
+        )
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

@@ -297,7 +297,8 @@ def test_manifests_hold_together(helm_env, values):
 
 
 def existing_secret_names(v: dict) -> set[str]:
-    """Secret names the values point at (the chart mounts them but does not create them)."""
+    """Secret names the values point at (the chart mounts them but does not create them), and
+    those the user's own `extraEnv` entries read."""
     found: set[str] = set()
 
     def walk(node):
@@ -305,6 +306,8 @@ def existing_secret_names(v: dict) -> set[str]:
             for k, val in node.items():
                 if k == "existingSecret" and isinstance(val, str) and val:
                     found.add(val)
+                elif k == "secretKeyRef" and isinstance(val, dict) and val.get("name"):
+                    found.add(val["name"])
                 else:
                     walk(val)
         elif isinstance(node, list):
@@ -805,7 +808,14 @@ def schema_sample(schema: dict, node: dict, default):
         node = node["oneOf"][-1]
     if node.get("type") == "object" and "properties" in node:
         base = default if isinstance(default, dict) else {}
-        return {k: schema_sample(schema, sub, base.get(k)) for k, sub in node["properties"].items()}
+        # Keys the schema admits only one of at a time (`not: {required: [a, b]}`) are the
+        # sources of a secret the pod must provide: ci/tail-signing.yaml sets them with one.
+        exclusive = node.get("not", {}).get("required", [])
+        return {
+            k: schema_sample(schema, sub, base.get(k))
+            for k, sub in node["properties"].items()
+            if k not in exclusive
+        }
     if default is not None:
         return default
     if "enum" in node:

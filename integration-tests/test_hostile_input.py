@@ -539,6 +539,55 @@ def test_idle_rate_limit_buckets_are_evicted(gateway_factory, workdir):
                lambda: metric_value(gw.metrics(), "weir_policy_rate_limit_buckets") <= 1, timeout=10)
 
 
+def test_one_tenant_cannot_fill_the_bucket_table_for_the_others(gateway_factory, workdir):
+    """Tenant A floods 200 distinct service names; it holds at most `max_services_per_tenant`
+    (10 here) buckets, its other services share A's overflow bucket (drained by the flood), and
+    tenant B's new services still get buckets of their own, full: B's spans pass the limit."""
+    import hashlib
+
+    token_a, token_b = "tok-flood-" + "a" * 24, "tok-quiet-" + "b" * 24
+    policy = workdir / f"{unique_name('tenants')}.yaml"
+    policy.write_text(
+        "version: 1\n"
+        "sampling:\n"
+        "  rate_limit:\n"
+        "    spans_per_second: 1\n"
+        "    burst: 5\n"
+        "    exempt_errors: false\n"
+        "    max_services: 40\n"
+        "    max_services_per_tenant: 10\n"
+    )
+    gw = gateway_factory({
+        "policy_file": str(policy),
+        "receivers.auth": {"tokens": [
+            {"tenant": "flood", "sha256": hashlib.sha256(token_a.encode()).hexdigest()},
+            {"tenant": "quiet", "sha256": hashlib.sha256(token_b.encode()).hexdigest()},
+        ]},
+    })
+
+    def send(token: str, service: str, spans: int):
+        req = traces_request([make_span(new_trace_id(), name=f"{service}-{i}") for i in range(spans)],
+                             resource={"service.name": service})
+        r = post(gw, TRACE_PATH, req.SerializeToString(), headers={"authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.content
+
+    for i in range(200):
+        send(token_a, f"flood-{i}", 5)
+    samples = gw.metrics()
+    # Its 10 services' buckets and its overflow bucket.
+    assert metric_value(samples, "weir_policy_rate_limit_buckets") == 11, "tenant A holds its share only"
+    limited_before = metric_value(samples, "weir_policy_rate_limited_spans_total")
+    # Less what the overflow bucket refilled (1 span/s) while the flood was sent.
+    assert limited_before >= 190 * 5 - 5 - 30, "A's overflow services share one bucket of burst 5"
+    for i in range(20):
+        send(token_b, f"quiet-{i}", 5)
+    samples = gw.metrics()
+    assert metric_value(samples, "weir_policy_rate_limit_buckets") == 22, "B got buckets of its own"
+    # B's first 10 services have full buckets of their own (none limited); its next 10 share
+    # B's overflow bucket, untouched by A's flood: its 5 tokens pass, the other 45 spans not.
+    assert 40 <= metric_value(samples, "weir_policy_rate_limited_spans_total") - limited_before <= 45
+
+
 # ---------------------------------------------------------------------------------------------
 # 6. Attribute field offsets: an overlong but valid varint for a field header.
 

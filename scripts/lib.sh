@@ -19,6 +19,8 @@ WEIR_PY_PACKAGES=(
   "grpcio==1.85.1"
   # A raw HTTP/2 client, for gRPC requests whose body arrives slowly or never ends.
   "h2==4.4.1"
+  # A second Kafka-compatible broker (its Kafka only), for test_second_broker.py.
+  "noida-db==0.2.3"
   "zstandard==0.25.0"
   "kubernetes-validate==1.37.0"
   "PyYAML==6.0.3"

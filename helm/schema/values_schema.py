@@ -290,6 +290,15 @@ gateway_config = obj(
             },
             desc="The spool (docs/spool.md); the chart sets directory (gateway.spool mounts it).",
         ),
+        "tail": obj(
+            {
+                # The decision records' signing key (docs/tail-sampling.md): never in a
+                # ConfigMap, a mounted file or an env variable (extraEnv from a Secret).
+                "signing_key_file": s("string", minLength=1),
+                "signing_key_env": s("string", minLength=1),
+            },
+            **{"not": {"required": ["signing_key_file", "signing_key_env"]}},
+        ),
         "shutdown_timeout": ref("duration"),
         "log": ref("logConfig"),
     },
@@ -440,6 +449,7 @@ control_plane_config = obj(
         "storage": obj({"poll_interval": ref("duration")}),
         "shutdown_timeout": ref("duration"),
         "log": ref("logConfig"),
+        "gateways": obj({"ttl": ref("duration")}),
     },
     desc="The control plane's config in its own keys, less the keys the chart sets.",
 )
@@ -477,7 +487,9 @@ tail_router_config = obj(
                 # variable (extraEnv from a Secret).
                 "signing_key_file": s("string", minLength=1),
                 "signing_key_env": s("string", minLength=1),
-            }
+            },
+            # One source of the key, not both.
+            **{"not": {"required": ["signing_key_file", "signing_key_env"]}},
         ),
     },
     desc="The tail router's config in its own keys, less the keys the chart sets.",
@@ -522,6 +534,7 @@ control_plane = obj(
                             "name": s("string", minLength=1),
                             "role": enum("admin", "viewer", "gateway"),
                             "sha256": s("string", pattern=r"^[0-9a-fA-F]{64}$"),
+                            "instances": arr(s("string", minLength=1), minItems=1),
                         },
                         required=["name", "role", "sha256"],
                     )
@@ -529,6 +542,15 @@ control_plane = obj(
             }
         ),
         "tls": obj({"existingSecret": STR, "caKey": STR}),
+        "api": obj(
+            {
+                "max_connections": s("integer", minimum=1),
+                "max_concurrent_streams": s("integer", minimum=1),
+                "idle_timeout": ref("duration"),
+                "header_read_timeout": ref("duration"),
+            },
+            desc="Limits of the REST listener (the api.* keys of config/control-plane.yaml).",
+        ),
         "ports": obj({"api": ref("port"), "watch": ref("port")}),
         "service": obj({"type": ref("serviceType"), "annotations": ref("stringMap")}),
         "podDisruptionBudget": obj({"enabled": BOOL, "maxUnavailable": ref("intOrPercent")}),

@@ -9,7 +9,11 @@ id, so each pod differs): one id shared by all replicas would merge their decisi
 {{- fail (printf "gateway.auth.tokens[%d] (tenant %s): set existingSecret (with key) or sha256" $i $t.tenant) }}
 {{- end }}
 {{- end }}
-{{- include "weir.ownedKeys" (dict "config" $v.config "component" "gateway" "keys" (list "admin" "policy_file" "tail")) }}
+{{- include "weir.ownedKeys" (dict "config" $v.config "component" "gateway" "keys" (list "admin" "policy_file")) }}
+{{- /* Of `tail`, only the signing key's source is the user's; the chart sets the topic. */}}
+{{- with $v.config.tail }}
+{{- include "weir.ownedKeys" (dict "config" . "component" "gateway" "keys" (list "decisions_topic" "gateway_id")) }}
+{{- end }}
 {{- $cfg := deepCopy $v.config }}
 {{- $topics := .Values.kafka.topics }}
 {{- $owned := dict
