@@ -45,8 +45,8 @@ mod tests;
 pub use document::SamplingMode;
 pub use error::PolicyError;
 pub use routing::{Topic, TopicSet};
-pub use span_metrics::{Buckets, SpanMetricsPolicy};
 pub use span::{AttrValue, AttributeVisitor, KeyFilter, STATUS_CODE_ERROR, SpanView};
+pub use span_metrics::{Buckets, SpanMetricsPolicy};
 pub use tail::{
     FilterParams, MAX_TAIL_FILTER_BYTES, TailPolicy, bitmap_bytes, expand_seed, hash_count,
     in_baseline,

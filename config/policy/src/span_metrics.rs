@@ -307,8 +307,18 @@ mod tests {
         assert_eq!(m.duration_buckets.millis()[..3], [2.0, 4.0, 6.0]);
         assert_eq!(m.duration_buckets.nanos.len(), 16);
         assert!(!m.has_root_sla());
-        assert!(Policy::parse("version: 1\n").unwrap().span_metrics().is_none());
-        assert!(section("  enabled: false\n").unwrap().span_metrics().is_none());
+        assert!(
+            Policy::parse("version: 1\n")
+                .unwrap()
+                .span_metrics()
+                .is_none()
+        );
+        assert!(
+            section("  enabled: false\n")
+                .unwrap()
+                .span_metrics()
+                .is_none()
+        );
     }
 
     #[test]
@@ -339,14 +349,26 @@ mod tests {
     #[test]
     fn refusals_name_the_key() {
         for (text, path) in [
-            ("  duration_buckets: [10ms, 5ms]\n", "span_metrics.duration_buckets[1]"),
+            (
+                "  duration_buckets: [10ms, 5ms]\n",
+                "span_metrics.duration_buckets[1]",
+            ),
             ("  duration_buckets: []\n", "span_metrics.duration_buckets"),
-            ("  edge_latency_buckets: [0s]\n", "span_metrics.edge_latency_buckets[0]"),
+            (
+                "  edge_latency_buckets: [0s]\n",
+                "span_metrics.edge_latency_buckets[0]",
+            ),
             ("  flush_interval: 1ms\n", "span_metrics.flush_interval"),
             ("  max_series: 0\n", "span_metrics.max_series"),
             ("  root_sla: {}\n", "span_metrics.root_sla"),
-            ("  root_sla:\n    default: 0s\n", "span_metrics.root_sla.default"),
-            ("  root_sla:\n    services:\n      a: {}\n", "span_metrics.root_sla.services.a"),
+            (
+                "  root_sla:\n    default: 0s\n",
+                "span_metrics.root_sla.default",
+            ),
+            (
+                "  root_sla:\n    services:\n      a: {}\n",
+                "span_metrics.root_sla.services.a",
+            ),
             ("  topic: 'no spaces'\n", "span_metrics.topic"),
             ("  nope: 1\n", "span_metrics.nope"),
         ] {
