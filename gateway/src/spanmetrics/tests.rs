@@ -116,6 +116,7 @@ fn edges_come_from_client_and_producer_spans_only() {
         )],
     );
     let i = m.take();
+    #[allow(clippy::type_complexity)]
     let edges: Vec<(String, String, &str, u64, u64, Vec<u64>)> = i
         .edges
         .iter()
