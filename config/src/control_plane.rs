@@ -38,6 +38,37 @@ pub struct ControlPlaneConfig {
     /// Logging.
     #[serde(default)]
     pub log: Log,
+    /// Where the gateways' span metrics are read from, for `/api/v1/graph` and
+    /// `/api/v1/services/{name}`; absent: those routes answer 503.
+    #[serde(default)]
+    pub span_metrics: Option<SpanMetricsSource>,
+}
+
+/// The Kafka topic the gateways flush span metrics to (the policy's `span_metrics.topic`).
+/// Every replica reads all of it, from `lookback` ago, without committing offsets.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpanMetricsSource {
+    /// Bootstrap brokers, `host:port`.
+    pub brokers: Vec<String>,
+    /// The topic, default `weir.span_metrics`.
+    #[serde(default = "default_span_metrics_topic")]
+    pub topic: String,
+    /// The consumer's client id, default `weir-control-plane`.
+    #[serde(default = "default_span_metrics_client_id")]
+    pub client_id: String,
+    /// Raw librdkafka consumer properties (security settings, for example); they win over
+    /// the keys above.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+fn default_span_metrics_topic() -> String {
+    "weir.span_metrics".into()
+}
+
+fn default_span_metrics_client_id() -> String {
+    "weir-control-plane".into()
 }
 
 fn default_api() -> ApiListener {
@@ -387,6 +418,20 @@ impl Auth {
 
 impl ConfigFile for ControlPlaneConfig {
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(sm) = &self.span_metrics {
+            if sm.brokers.is_empty() || sm.brokers.iter().any(|b| b.trim().is_empty()) {
+                return Err(ConfigError::invalid(
+                    "span_metrics.brokers",
+                    "list at least one broker as host:port",
+                ));
+            }
+            if sm.topic.is_empty() {
+                return Err(ConfigError::invalid(
+                    "span_metrics.topic",
+                    "cannot be empty",
+                ));
+            }
+        }
         for (key, endpoint, tls) in [
             ("api", &self.api.endpoint, &self.api.tls),
             ("watch", &self.watch.endpoint, &self.watch.tls),

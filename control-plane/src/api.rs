@@ -6,6 +6,7 @@
 //! Errors are `{"error": "..."}` with the status the failure calls for.
 
 use crate::auth::Caller;
+use crate::graph::{self, windows::Window, windows::Windows};
 use crate::state::{ControlPlane, Error};
 use crate::store::{GatewayRecord, RolloutOp};
 use crate::targeting::Target;
@@ -219,6 +220,8 @@ pub fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
             delete(delete_gateway),
         ),
         ("/api/v1/audit", Method::GET, get(audit)),
+        ("/api/v1/graph", Method::GET, get(span_graph)),
+        ("/api/v1/services/{name}", Method::GET, get(span_service)),
     ]
 }
 
@@ -469,6 +472,61 @@ async fn audit(
         StatusCode::OK,
         json!({"entries": cp.audit_log(limit).await?}),
     )
+}
+
+/// The `window` query parameter: `1m` (default), `5m` or `15m`.
+fn window(query: &HashMap<String, String>) -> Result<Window, ApiError> {
+    match query.get("window") {
+        None => Ok(Window::OneMinute),
+        Some(w) => Window::parse(w).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("window: `{w}` is not a window: give 1m, 5m or 15m"),
+            )
+        }),
+    }
+}
+
+/// The span metrics windows, or 503 when this control plane reads none.
+fn span_windows(cp: &ControlPlane) -> Result<&Windows, ApiError> {
+    cp.span_metrics().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this control plane reads no span metrics: add a `span_metrics` section (brokers, topic) to its config",
+        )
+    })
+}
+
+async fn span_graph(
+    State(cp): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    authorize(&cp, &headers, Need::Read)?;
+    let window = window(&query)?;
+    let windows = span_windows(&cp)?;
+    ok(
+        StatusCode::OK,
+        graph::graph(windows, window, graph::now_secs()),
+    )
+}
+
+async fn span_service(
+    State(cp): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    authorize(&cp, &headers, Need::Read)?;
+    let window = window(&query)?;
+    let windows = span_windows(&cp)?;
+    match graph::service(windows, &name, window, graph::now_secs()) {
+        Some(view) => ok(StatusCode::OK, view),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no span metrics of service `{name}` in the last 15 minutes"),
+        )),
+    }
 }
 
 #[cfg(test)]

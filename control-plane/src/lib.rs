@@ -9,10 +9,13 @@
 //! - `identity.rs`: the bounds on what a gateway claims, and which instances a token may be;
 //! - `api.rs` + `openapi.json`: the REST API (served by weir-runtime's listener, as the
 //!   gateway's listeners are);
-//! - `watch.rs`: the gRPC watch stream.
+//! - `watch.rs`: the gRPC watch stream;
+//! - `graph/`: the gateways' span metrics read from Kafka into 1/5/15-minute windows, for
+//!   the service graph and per-service RED metrics.
 
 pub mod api;
 pub mod auth;
+pub mod graph;
 pub mod identity;
 pub mod state;
 pub mod store;

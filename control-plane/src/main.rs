@@ -68,6 +68,15 @@ fn start(config: ControlPlaneConfig, tokens: Tokens) -> anyhow::Result<()> {
         cp.set_prometheus(prometheus);
         cp.spawn_change_poller(config.storage.poll_interval, shutdown.clone());
         cp.spawn_gateway_pruner(config.gateways.ttl, shutdown.clone());
+        if let Some(source) = config.span_metrics.clone() {
+            let windows = Arc::new(weir_control_plane::graph::windows::Windows::default());
+            cp.set_span_metrics(windows.clone());
+            tokio::spawn(weir_control_plane::graph::reader::run(
+                source,
+                windows,
+                shutdown.clone(),
+            ));
+        }
         let api_listener = tokio::net::TcpListener::bind(&config.api.endpoint)
             .await
             .with_context(|| format!("api.endpoint: cannot bind {}", config.api.endpoint))?;

@@ -48,6 +48,8 @@ pub struct ControlPlane {
     health: Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
     /// The Prometheus recorder `/metrics` renders, once installed.
     prometheus: std::sync::OnceLock<PrometheusHandle>,
+    /// The span metrics windows the graph routes read, once a reader fills them.
+    span_metrics: std::sync::OnceLock<Arc<crate::graph::windows::Windows>>,
 }
 
 /// What a gateway said when it connected.
@@ -143,6 +145,7 @@ impl ControlPlane {
             cpu_slots: Arc::new(tokio::sync::Semaphore::new(VALIDATIONS_AT_ONCE)),
             health: Mutex::new(None),
             prometheus: std::sync::OnceLock::new(),
+            span_metrics: std::sync::OnceLock::new(),
         }))
     }
 
@@ -224,6 +227,17 @@ impl ControlPlane {
     pub fn set_prometheus(&self, handle: PrometheusHandle) {
         // A second recorder cannot exist in one process, so a second call has nothing to set.
         let _ = self.prometheus.set(handle);
+    }
+
+    /// Serves the span metrics `windows` (filled by `graph::reader`) on the graph routes.
+    pub fn set_span_metrics(&self, windows: Arc<crate::graph::windows::Windows>) {
+        // Set once at start-up; a second call has nothing to replace.
+        let _ = self.span_metrics.set(windows);
+    }
+
+    /// The span metrics windows, when the control plane reads span metrics.
+    pub fn span_metrics(&self) -> Option<&crate::graph::windows::Windows> {
+        self.span_metrics.get().map(|w| &**w)
     }
 
     /// The Prometheus text exposition, when a recorder is installed.

@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod receivers;
 pub mod signal;
+pub mod spanmetrics;
 pub mod spool;
 pub mod tail;
 pub mod telemetry;
@@ -95,6 +96,7 @@ pub async fn run(
         pipeline = pipeline.with_spool(s.clone(), config.spool.ack_deadline);
     }
     let kafka_health = pipeline.kafka_health();
+    let span_metrics = pipeline.span_metrics();
     let pipeline = Arc::new(pipeline);
     let readiness = Arc::new(admin::Readiness::default());
     let receiver = receivers::Receiver::new(&config, pipeline.clone())
@@ -217,17 +219,29 @@ pub async fn run(
         .signing_key()
         .context("reading tail.signing_key")?;
     let tail_stop = CancellationToken::new();
+    let gateway_id = config
+        .tail
+        .gateway_id
+        .clone()
+        .unwrap_or_else(tail::publish::Publisher::default_gateway_id);
+    // Span metrics: flushed every interval until the receivers have drained, then once more.
+    let span_metrics_task = tokio::spawn(
+        spanmetrics::Flusher::new(
+            exporter.clone(),
+            policies.clone(),
+            span_metrics,
+            gateway_id.clone(),
+            config.kafka.max_message_size.as_usize(),
+        )
+        .run(tail_stop.clone()),
+    );
     let tail_task = tokio::spawn(
         tail::publish::Publisher::new(
             exporter.clone(),
             policies.clone(),
             decision_windows,
             &config.tail.decisions_topic,
-            config
-                .tail
-                .gateway_id
-                .clone()
-                .unwrap_or_else(tail::publish::Publisher::default_gateway_id),
+            gateway_id,
             config.kafka.max_message_size.as_usize(),
             tail_signing_key,
         )
@@ -267,6 +281,12 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("shutdown_timeout passed before the last decision window was published");
+    }
+    if tokio::time::timeout_at(deadline.into(), span_metrics_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown_timeout passed before the last span metrics were flushed");
     }
     if let Some(s) = &spool {
         drain_spool(s, &exporter, config.spool.drain_timeout).await;

@@ -10,6 +10,7 @@ use crate::policy::PolicyStore;
 use crate::receivers::admission::{Admission, Admitted};
 use crate::receivers::request::{Format, RequestMeta, Transport};
 use crate::signal::{RecordsError, Route, Signal};
+use crate::spanmetrics::SpanMetrics;
 use crate::spool::{Spool, SpoolError};
 use crate::tail::DecisionWindows;
 use bytes::Bytes;
@@ -51,6 +52,8 @@ pub struct Pipeline {
     policies: Arc<PolicyStore>,
     /// The tail sampling decision windows the requests' spans are marked in.
     windows: Arc<DecisionWindows>,
+    /// Span metrics, counted from every span before sampling; flushed by `spanmetrics::Flusher`.
+    span_metrics: Arc<SpanMetrics>,
     attribute_limits: Option<AttributeLimitPolicy>,
     /// The in-flight byte budget: the receivers reserve bodies in it, the pipeline what
     /// decoding and the records hold.
@@ -172,6 +175,7 @@ impl Pipeline {
             config,
             policies,
             windows,
+            span_metrics: Arc::new(SpanMetrics::default()),
             attribute_limits,
             admission,
             health: Arc::new(KafkaHealth::default()),
@@ -192,6 +196,11 @@ impl Pipeline {
     /// What the request path's sends say about Kafka, for the replayer and `/readyz`.
     pub fn kafka_health(&self) -> Arc<KafkaHealth> {
         self.health.clone()
+    }
+
+    /// The span metrics the requests are counted in, for the flusher.
+    pub fn span_metrics(&self) -> Arc<SpanMetrics> {
+        self.span_metrics.clone()
     }
 
     /// The in-flight byte budget the receivers and the pipeline share.
@@ -226,6 +235,7 @@ impl Pipeline {
             windows: &self.windows,
             tenant: meta.tenant.as_deref(),
             attribute_limits: self.attribute_limits,
+            span_metrics: &self.span_metrics,
         };
         // Held until the reply: what decoding and the records take of the in-flight budget.
         let mut budget = RequestBudget {

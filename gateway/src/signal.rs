@@ -4,6 +4,7 @@
 use crate::attribute_limits::AttributeLimitPolicy;
 use crate::policy::{ActivePolicy, plan_traces_for};
 use crate::receivers::request::Format;
+use crate::spanmetrics::SpanMetrics;
 use crate::tail::DecisionWindows;
 use prost::Message;
 use weir_config::gateway::{KafkaConfig, SignalTopic};
@@ -73,6 +74,8 @@ pub struct Route<'a> {
     pub tenant: Option<&'a str>,
     /// Caps on span attributes and what to do past them, when configured.
     pub attribute_limits: Option<AttributeLimitPolicy>,
+    /// Where every span is counted before sampling, when the policy has `span_metrics`.
+    pub span_metrics: &'a SpanMetrics,
 }
 
 /// A request turned into records.
@@ -197,6 +200,10 @@ impl Signal for Traces {
             }
         })?;
         let items = view.spans.len() as u64;
+        // Before sampling and routing: every span counts.
+        if let Some(section) = route.policy.policy.span_metrics() {
+            route.span_metrics.observe(section, body, &view);
+        }
         let mut plan = plan_traces_for(
             route.policy,
             route.windows,

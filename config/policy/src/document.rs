@@ -23,6 +23,9 @@ pub(crate) struct Document {
     /// Tail sampling policies (`tail.rs`).
     #[serde(default)]
     pub tail: Option<super::tail::TailDoc>,
+    /// Span metrics computed by gateways before sampling (`span_metrics.rs`).
+    #[serde(default)]
+    pub span_metrics: Option<super::span_metrics::SpanMetricsDoc>,
 }
 
 /// `version`: a whole number from 1; 0 is the built-in keep-everything policy.

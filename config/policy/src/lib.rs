@@ -35,6 +35,7 @@ mod routing;
 mod rule_index;
 mod sampling;
 mod span;
+mod span_metrics;
 mod tail;
 mod threshold;
 
@@ -45,6 +46,7 @@ pub use document::SamplingMode;
 pub use error::PolicyError;
 pub use routing::{Topic, TopicSet};
 pub use span::{AttrValue, AttributeVisitor, KeyFilter, STATUS_CODE_ERROR, SpanView};
+pub use span_metrics::{Buckets, SpanMetricsPolicy};
 pub use tail::{
     FilterParams, MAX_TAIL_FILTER_BYTES, TailPolicy, bitmap_bytes, expand_seed, hash_count,
     in_baseline,
@@ -58,6 +60,7 @@ use rate_limit::{Limit, RateLimiter, UnnamedLimits};
 use routing::{RoutingBuilder, RoutingRule, RuleAction};
 use rule_index::RuleIndex;
 use sampling::{Chance, Sampled, Sampling, SamplingRule};
+use std::sync::Arc;
 
 /// The resource attribute that names a span's service.
 const SERVICE_NAME: &str = "service.name";
@@ -82,6 +85,9 @@ pub struct Policy {
     sampling: Sampling,
     routing: routing::Routing,
     tail: Option<TailPolicy>,
+    /// The `span_metrics` section, when present and enabled; shared with the gateway's
+    /// flusher, which outlives a policy swap by one interval.
+    span_metrics: Option<Arc<SpanMetricsPolicy>>,
     /// Every rule (sampling, then routing) indexed by the facts a span needs to match it.
     index: RuleIndex,
     /// No sampling or routing rule, probability 1, no rate limit: evaluation is a constant.
@@ -254,6 +260,7 @@ impl Policy {
             },
             routing: topics.build(Vec::new(), default),
             tail: None,
+            span_metrics: None,
             index: RuleIndex::default(),
             keeps_everything: true,
             reads_resource: false,
@@ -333,6 +340,10 @@ impl Policy {
             && sampling.default.is_always()
             && routing.rules.is_empty();
         let tail = doc.tail.map(TailPolicy::compile).transpose()?;
+        let span_metrics = match doc.span_metrics {
+            Some(section) => SpanMetricsPolicy::compile(section)?.map(Arc::new),
+            None => None,
+        };
         let reads_resource = sampling.rate_limit.is_some()
             || sampling.rules.iter().any(|r| r.condition.reads_resource())
             || routing.rules.iter().any(|r| r.condition.reads_resource())
@@ -352,6 +363,7 @@ impl Policy {
             sampling,
             routing,
             tail,
+            span_metrics,
         })
     }
 
@@ -543,6 +555,11 @@ impl Policy {
     /// The compiled `tail` section: tail sampling rules and decision-window parameters.
     pub fn tail(&self) -> Option<&TailPolicy> {
         self.tail.as_ref()
+    }
+
+    /// The compiled `span_metrics` section, when present and enabled.
+    pub fn span_metrics(&self) -> Option<&Arc<SpanMetricsPolicy>> {
+        self.span_metrics.as_ref()
     }
 
     /// Continues the rate-limit buckets of `previous` (the policy this one replaces) whose
