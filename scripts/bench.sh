@@ -20,7 +20,9 @@
 #                       or weir-tail: weir-gateway with tail sampling on (5 tail rules evaluated
 #                       on every span, marks in a 1M-trace Bloom filter, published every second),
 #                       or weir-policy: the same policy without its tail section (tail marking off,
-#                       the per-span policy path on: what weir-tail is compared with)
+#                       the per-span policy path on: what weir-tail is compared with),
+#                       or weir-spanmetrics: weir-policy with span metrics on (docs/span-metrics.md;
+#                       flushed every 15 s to their own topic), compared with weir-policy
 #   BENCH_TAIL_ATTRIBUTE_RULE 1 (default) includes weir-tail's attribute-predicate rule; 0 leaves
 #                       it out
 #   BENCH_TAIL_PUBLISH_INTERVAL how often weir-tail publishes its open window (5s, the policy's
@@ -76,7 +78,7 @@ COUNT_IDLE=5
 COUNT_MAX=900
 
 for t in "${TARGETS[@]}"; do
-  case "$t" in weir | weir-base | weir-rules | weir-tail | weir-policy | rotel) ;; *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-base, weir-rules, weir-tail, weir-policy, rotel)" ;; esac
+  case "$t" in weir | weir-base | weir-rules | weir-tail | weir-policy | weir-spanmetrics | rotel) ;; *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-base, weir-rules, weir-tail, weir-policy, weir-spanmetrics, rotel)" ;; esac
 done
 for v in DURATION ROUNDS WARMUP CONCURRENCY SPANS_PER_REQUEST SPANS_PER_TRACE ATTRIBUTES MAX_REQUESTS PARTITIONS MAX_MESSAGE; do
   [[ "${!v}" =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || die "BENCH_$v must be a positive integer, got '${!v}'"
@@ -90,14 +92,14 @@ PY="$WEIR_VENV/bin/python"
 
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
   packages=(-p weir-loadgen)
-  { has_target weir || has_target weir-rules || has_target weir-tail || has_target weir-policy; } && packages+=(-p weir-gateway)
+  { has_target weir || has_target weir-rules || has_target weir-tail || has_target weir-policy || has_target weir-spanmetrics; } && packages+=(-p weir-gateway)
   log "building ${packages[*]} (release)"
   cargo build --release "${packages[@]}" >&2 || die "cargo build --release ${packages[*]} failed"
 fi
 LOADGEN="$BIN_DIR/weir-loadgen"
 GATEWAY="$BIN_DIR/weir-gateway"
 [ -x "$LOADGEN" ] || die "$LOADGEN is missing"
-if has_target weir || has_target weir-rules || has_target weir-tail || has_target weir-policy; then [ -x "$GATEWAY" ] || die "$GATEWAY is missing"; fi
+if has_target weir || has_target weir-rules || has_target weir-tail || has_target weir-policy || has_target weir-spanmetrics; then [ -x "$GATEWAY" ] || die "$GATEWAY is missing"; fi
 ROTEL="$("$PY" -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
 if has_target rotel; then [ -x "$ROTEL" ] || die "rotel-agent not found in the venv ($ROTEL)"; fi
 
@@ -234,7 +236,7 @@ start_gateway() {
   GW_ENDPOINT="http://127.0.0.1:$grpc_port"
   STARTED_PIDFILES+=("$GW_PIDFILE")
   case "$gateway" in
-    weir | weir-base | weir-rules | weir-tail | weir-policy)
+    weir | weir-base | weir-rules | weir-tail | weir-policy | weir-spanmetrics)
       local policy="" binary="$GATEWAY"
       if [ "$gateway" = weir-base ]; then
         binary="${BENCH_BASE_BIN:?weir-base needs BENCH_BASE_BIN, a weir-gateway built from another commit}"
@@ -245,6 +247,11 @@ start_gateway() {
       fi
       if [ "$gateway" = weir-policy ]; then
         echo "version: 1" >"$RUN_DIR/$name.policy.yaml"
+        policy="policy_file: $RUN_DIR/$name.policy.yaml"
+      fi
+      if [ "$gateway" = weir-spanmetrics ]; then
+        create_topics "$BROKER_PORT" 1 "${topic}_span_metrics"
+        printf 'version: 1\nspan_metrics:\n  enabled: true\n  topic: %s\n' "${topic}_span_metrics" >"$RUN_DIR/$name.policy.yaml"
         policy="policy_file: $RUN_DIR/$name.policy.yaml"
       fi
       if [ "$gateway" = weir-tail ]; then
