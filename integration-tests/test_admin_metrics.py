@@ -175,3 +175,26 @@ def test_the_dashboard_queries_only_series_a_gateway_exposes(gateway_factory):
         wait_until("every dashboard series scraped", lambda: not missing(), timeout=10, interval=0.25)
     except TimeoutError:
         assert not missing(), f"the dashboard queries series /metrics does not have: {sorted(missing())}"
+
+
+def test_the_collectors_health_check_path_answers_as_readiness_does(broker_factory, gateway_factory):
+    """`GET /` on the admin port answers as the Collector's health_check extension: 200
+    `{"status": "Server available"}` while ready, 503 "Server not available" with the reason
+    while Kafka does not answer (spool off, so the gateway is not ready)."""
+    import json
+
+    b = broker_factory()
+    gw = gateway_factory({"spool.enabled": False}, on_broker=b)
+    status, headers, body = gw.admin_get("/")
+    assert status == 200 and gw.readyz() == 200
+    assert headers["Content-Type"].startswith("application/json")
+    assert json.loads(body) == {"status": "Server available"}
+    b.pause()
+    try:
+        wait_until("not ready while the broker is stalled", lambda: gw.readyz() == 503, timeout=30)
+        status, _, body = gw.admin_get("/")
+        answer = json.loads(body)
+    finally:
+        b.resume()
+    assert status == 503, body
+    assert answer["status"] == "Server not available" and answer["reason"], answer

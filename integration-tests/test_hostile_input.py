@@ -58,6 +58,8 @@ TIME_SLACK_S = 3.0
 
 def assert_memory_bound(gw, what: str):
     hwm = gw.hwm_kib() * 1024
+    # The measured figure, for the record (pytest -s shows it).
+    print(f"[memory] {what}: VmHWM {hwm / MIB:.0f} MiB, bound {(MAX_IN_FLIGHT + MEMORY_MARGIN) / MIB:.0f} MiB")
     assert hwm <= MAX_IN_FLIGHT + MEMORY_MARGIN, (
         f"{what}: peak RSS {hwm / MIB:.0f} MiB, over the bound of "
         f"{(MAX_IN_FLIGHT + MEMORY_MARGIN) / MIB:.0f} MiB"
@@ -65,6 +67,7 @@ def assert_memory_bound(gw, what: str):
 
 
 def assert_time_bound(hostile_s: float, benign_s: float, what: str):
+    print(f"[time] {what}: hostile {hostile_s:.2f} s, benign {benign_s:.2f} s, bound {TIME_FACTOR:.0f}x + {TIME_SLACK_S:.0f} s")
     assert hostile_s <= TIME_FACTOR * benign_s + TIME_SLACK_S, (
         f"{what}: the hostile request took {hostile_s:.2f} s, its benign twin {benign_s:.2f} s"
     )

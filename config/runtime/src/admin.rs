@@ -181,6 +181,24 @@ pub async fn serve_with(
                 }
             }),
         )
+        // Where the Collector's health_check extension answers (`/`), in its JSON shape, so
+        // probes and checks written for it work unchanged on the admin port.
+        .route(
+            "/",
+            get(|State(s): State<AdminState>| async move {
+                let (status, body) = match s.readiness.not_ready_reason() {
+                    None => (
+                        StatusCode::OK,
+                        serde_json::json!({ "status": "Server available" }),
+                    ),
+                    Some(why) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({ "status": "Server not available", "reason": why }),
+                    ),
+                };
+                (status, axum::Json(body))
+            }),
+        )
         .route(
             "/metrics",
             get(|State(s): State<AdminState>| async move {
