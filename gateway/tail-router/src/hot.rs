@@ -9,7 +9,7 @@
 //! partition order.
 
 use super::RouterContext;
-use super::decisions::{DecisionStore, Verdict};
+use super::decisions::{DecisionStore, Freshness, Stale, Verdict};
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -20,9 +20,19 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use weir_exporters::kafka::{KafkaExporter, Record, RecordHeaders};
 use weir_proto::decision::unix_millis;
+use weir_runtime::admin::Readiness;
 
 /// The longest the loop sleeps without looking at the clock again.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
+/// How often the loop looks again while due records wait for the decisions to be current.
+const FRESHNESS_POLL: Duration = Duration::from_millis(100);
+
+/// How long the decisions may not have been current before the hot loop reports itself
+/// paused: a tenth of D, within 2 s (past a few freshness checks, so a slow check does not
+/// flap readiness) and 10 s. Records wait for current decisions whatever this is.
+pub fn stale_after(delay: Duration) -> Duration {
+    (delay / 10).clamp(Duration::from_secs(2), Duration::from_secs(10))
+}
 
 /// A hot record waiting for its due time.
 #[derive(Debug)]
@@ -147,6 +157,13 @@ pub struct HotLoop {
     pub max_timestamp_lead_millis: u64,
     /// Records decided per batch.
     pub batch_size: usize,
+    /// How current the merged windows are: a record is decided only once they are current
+    /// to its due time.
+    pub freshness: Arc<Freshness>,
+    /// `/readyz`: not ready while the loop is paused for a stale decision feed.
+    pub readiness: Arc<Readiness>,
+    /// The feed is reported stale (paused) past this ([`stale_after`]).
+    pub stale_after_millis: u64,
 }
 
 impl HotLoop {
@@ -155,6 +172,10 @@ impl HotLoop {
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut queue = DelayQueue::new(self.delay_millis);
         let mut paused: BTreeSet<i32> = BTreeSet::new();
+        let mut stale: Option<Stale> = None;
+        for reason in [Stale::Unreachable, Stale::Behind] {
+            metrics::gauge!("weir_tail_router_paused", "reason" => reason.as_str()).set(0.0);
+        }
         let cap = self.batch_size.max(1);
         loop {
             let revoked = self.consumer.context().take_revoked();
@@ -165,23 +186,31 @@ impl HotLoop {
                 }
             }
             let now = unix_millis();
-            let batch = queue.take_due(now, self.batch_size);
+            self.report_feed(now, &mut stale);
+            // A record at t is decided once every decision record acknowledged before its
+            // due time t + D is merged: the marks of its trace are published by then.
+            let decidable_to = now.min(self.freshness.current_to());
+            let batch = queue.take_due(decidable_to, self.batch_size);
             if !batch.is_empty() {
                 if !self.decide(batch, &stop).await {
                     return Ok(());
                 }
                 continue;
             }
-            self.sync_pauses(&queue.to_pause(now, cap), &mut paused);
+            // Partitions whose due records wait for the decisions are paused too: nothing
+            // more is read into memory while the feed is stale.
+            self.sync_pauses(&queue.to_pause(decidable_to, cap), &mut paused);
             metrics::gauge!("weir_tail_router_held_records").set(queue.len() as f64);
             if let Some(due) = queue.next_due() {
                 metrics::gauge!("weir_tail_router_delay_held_seconds")
                     .set(due.saturating_sub(now) as f64 / 1000.0);
             }
-            let sleep = queue
-                .next_due()
-                .map_or(MAX_SLEEP, |d| Duration::from_millis(d.saturating_sub(now)))
-                .min(MAX_SLEEP);
+            let sleep = match queue.next_due() {
+                Some(due) if due <= now => FRESHNESS_POLL,
+                Some(due) => Duration::from_millis(due - now),
+                None => MAX_SLEEP,
+            }
+            .min(MAX_SLEEP);
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 m = self.consumer.recv() => {
@@ -198,6 +227,40 @@ impl HotLoop {
                 _ = tokio::time::sleep(sleep) => {}
             }
         }
+    }
+
+    /// Reports a change of the decision feed's state: the pause gauge and counter, the log,
+    /// and `/readyz`.
+    fn report_feed(&self, now_millis: u64, was: &mut Option<Stale>) {
+        let current_to = self.freshness.current_to();
+        metrics::gauge!("weir_tail_router_decisions_staleness_seconds")
+            .set(now_millis.saturating_sub(current_to) as f64 / 1000.0);
+        let is = self.freshness.stale(now_millis, self.stale_after_millis);
+        if is == *was {
+            return;
+        }
+        for reason in [Stale::Unreachable, Stale::Behind] {
+            metrics::gauge!("weir_tail_router_paused", "reason" => reason.as_str())
+                .set(if is == Some(reason) { 1.0 } else { 0.0 });
+        }
+        match is {
+            Some(reason) => {
+                metrics::counter!("weir_tail_router_pauses_total", "reason" => reason.as_str())
+                    .increment(1);
+                tracing::warn!(
+                    reason = reason.as_str(),
+                    behind_ms = now_millis.saturating_sub(current_to),
+                    "the decision records are not current: no hot record is decided or committed until they are"
+                );
+                self.readiness
+                    .set_preparing(Some(reason.readiness_reason()));
+            }
+            None => {
+                tracing::info!("the decision records are current again: deciding hot records");
+                self.readiness.set_preparing(None);
+            }
+        }
+        *was = is;
     }
 
     fn hold(
