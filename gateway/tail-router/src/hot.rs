@@ -9,6 +9,7 @@
 //! partition order.
 
 use super::RouterContext;
+use super::cold::ColdWriter;
 use super::decisions::{DecisionStore, Freshness, Stale, Verdict};
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -18,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use weir_exporters::kafka::{KafkaExporter, Record, RecordHeaders};
+use weir_exporters::kafka::{Record, RecordHeaders};
 use weir_proto::decision::unix_millis;
 use weir_runtime::admin::Readiness;
 
@@ -143,14 +144,12 @@ impl DelayQueue {
 pub struct HotLoop {
     /// The group consumer on the hot topic.
     pub consumer: Arc<StreamConsumer<RouterContext>>,
-    /// Produces to the cold topic and waits for acknowledgement.
-    pub exporter: Arc<KafkaExporter>,
+    /// Writes kept records to the cold topic (and dead letters).
+    pub cold: ColdWriter,
     /// The merged decision windows.
     pub store: Arc<DecisionStore>,
     /// The hot topic.
     pub hot_topic: String,
-    /// The cold topic.
-    pub cold_topic: Arc<str>,
     /// D, in milliseconds.
     pub delay_millis: u64,
     /// Record timestamps later than now plus this are taken as now plus this.
@@ -348,7 +347,7 @@ impl HotLoop {
             oldest = oldest.min(h.ts_millis);
             if verdict.is_some_and(Verdict::keep) {
                 records.push(Record {
-                    topic: self.cold_topic.clone(),
+                    topic: self.cold.cold_topic.clone(),
                     key: h.key.unwrap_or_default(),
                     value: h.value.unwrap_or_default(),
                     items: 1,
@@ -356,25 +355,8 @@ impl HotLoop {
                 });
             }
         }
-        let mut attempt = 0u32;
-        while !records.is_empty() {
-            match self.exporter.send(&records).await {
-                Ok(()) => {
-                    metrics::counter!("weir_tail_router_cold_records_total")
-                        .increment(records.len() as u64);
-                    break;
-                }
-                Err(e) => {
-                    attempt += 1;
-                    metrics::counter!("weir_tail_router_cold_produce_failures_total").increment(1);
-                    tracing::warn!(error = %e, records = records.len(), attempt, "producing to the cold topic failed; retrying before committing");
-                    let backoff = Duration::from_millis(200 * u64::from(attempt.min(25)));
-                    tokio::select! {
-                        _ = stop.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                }
-            }
+        if !self.cold.deliver(records, stop).await {
+            return false;
         }
         for (label, n) in counts {
             metrics::counter!("weir_tail_router_records_total", "outcome" => label).increment(n);

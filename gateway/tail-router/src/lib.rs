@@ -5,6 +5,7 @@
 //! codec and the window filter are the gateways' own (`weir_proto::decision`).
 //! See `docs/tail-sampling.md`.
 
+pub mod cold;
 pub mod decisions;
 pub mod hot;
 
@@ -190,10 +191,13 @@ pub async fn run(
     let lag_task = tokio::spawn(hot::report_lag(hot_consumer.clone(), stop.clone()));
     let hot_loop = hot::HotLoop {
         consumer: hot_consumer.clone(),
-        exporter: exporter.clone(),
+        cold: cold::ColdWriter {
+            exporter: exporter.clone(),
+            cold_topic: k.cold_topic.as_str().into(),
+            dead_letter_topic: config.cold.dead_letter_topic.as_deref().map(Into::into),
+        },
         store,
         hot_topic: k.hot_topic.clone(),
-        cold_topic: k.cold_topic.as_str().into(),
         delay_millis: config.delay.as_millis() as u64,
         max_timestamp_lead_millis: config.max_timestamp_lead.as_millis() as u64,
         batch_size: config.batch_size,
