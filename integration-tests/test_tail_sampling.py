@@ -546,3 +546,70 @@ def test_a_stale_decisions_feed_pauses_the_hot_loop_and_loses_no_marked_trace(pr
     assert metric_value(samples, "weir_tail_router_paused", reason="decisions_unreachable") == 0
     assert metric_value(samples, "weir_tail_router_paused", reason="decisions_behind") == 0
 
+
+def test_a_keyless_record_of_many_traces_is_decided_trace_by_trace(tail):
+    """A Collector with partition_traces_by_id off writes one record per request, spans of
+    many traces and no key: the router copies only the marked trace's spans, keyed by its id,
+    under their resource and scope."""
+    marked, other_a, other_b = (trace_id(baseline=False) for _ in range(3))
+    # The mark, as a gateway would publish it, for the window of now.
+    now_ms = int(time.time() * 1000)
+    window = 5000
+    seed = expand_seed(11)
+    size = bitmap_bytes(10000, FALSE_POSITIVE_RATE)
+    k = hash_count(size * 8, 10000)
+    mark = encode(
+        window_start=now_ms - now_ms % window, window_length=window, filter_bytes=size, hashes=k,
+        seed=seed, expected_items=10000, set_positions=sorted(set(positions(seed, k, size * 8, marked))),
+    )
+    producer = Producer({"bootstrap.servers": tail.broker.bootstrap, "acks": "all"})
+    producer.produce(tail.decisions, key=b"python", value=mark)
+    assert producer.flush(15) == 0
+    router = tail.router()
+
+    # Two resources, scopes of each: the marked trace's spans in both, between the others'.
+    def scope(name: str, spans: list[trace_pb2.Span]) -> trace_pb2.ScopeSpans:
+        ss = trace_pb2.ScopeSpans(spans=spans)
+        ss.scope.name = name
+        return ss
+
+    def resource(service: str, scopes: list[trace_pb2.ScopeSpans]) -> trace_pb2.ResourceSpans:
+        rs = trace_pb2.ResourceSpans(scope_spans=scopes)
+        attr = rs.resource.attributes.add()
+        attr.key, attr.value.string_value = "service.name", service
+        return rs
+
+    m1, m2, m3 = span(marked, "GET /cart"), span(marked, "SELECT items"), span(marked, "render")
+    data = trace_pb2.TracesData(
+        resource_spans=[
+            resource("shop", [scope("http", [span(other_a, "GET /"), m1, span(other_b, "GET /x")]),
+                              scope("db", [m2, span(other_a, "SELECT 1")])]),
+            resource("frontend", [scope("ui", [span(other_b, "click"), m3])]),
+        ]
+    )
+    producer.produce(tail.hot, value=data.SerializeToString(), headers=[("tenant", b"shop")])
+    assert producer.flush(15) == 0
+
+    want = {m1.span_id, m2.span_id, m3.span_id}
+    tail.cold_spans(want, timeout=30 + DELAY_S)
+    records = consume(tail.broker.bootstrap, tail.cold, want=1, timeout=5, settle=2)
+    assert len(records) == 1, f"{len(records)} cold records; router log:\n{router.log(30)}"
+    rec = records[0]
+    assert rec.key == marked.hex().encode()
+    assert ("tenant", b"shop") in (rec.headers or [])
+    got = trace_pb2.TracesData.FromString(rec.value)
+    layout = [
+        (
+            rs.resource.attributes[0].value.string_value,
+            [(ss.scope.name, [s.span_id for s in ss.spans]) for ss in rs.scope_spans],
+        )
+        for rs in got.resource_spans
+    ]
+    assert layout == [
+        ("shop", [("http", [m1.span_id]), ("db", [m2.span_id])]),
+        ("frontend", [("ui", [m3.span_id])]),
+    ]
+    samples = router.metrics()
+    assert metric_value(samples, "weir_tail_router_records_total", outcome="split") == 1
+    assert metric_value(samples, "weir_tail_router_split_traces_total", outcome="kept_marked") == 1
+    assert metric_value(samples, "weir_tail_router_split_traces_total", outcome="passed") == 2

@@ -10,7 +10,8 @@
 
 use super::RouterContext;
 use super::cold::ColdWriter;
-use super::decisions::{DecisionStore, Freshness, Stale, Verdict};
+use super::decisions::{DecisionStore, Freshness, Stale};
+use super::per_trace;
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -19,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use weir_exporters::kafka::{Record, RecordHeaders};
+use weir_exporters::kafka::{Record, RecordHeaders, trace_key};
 use weir_proto::decision::unix_millis;
 use weir_runtime::admin::Readiness;
 
@@ -332,27 +333,53 @@ impl HotLoop {
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         let mut oldest = u64::MAX;
+        let mut split_traces: BTreeMap<&'static str, u64> = BTreeMap::new();
         for h in batch {
-            // A key that is not a trace id cannot be decided: the record stays hot only.
-            let verdict = h
-                .key
-                .as_deref()
-                .and_then(trace_id_of_key)
-                .map(|id| self.store.verdict(&id, h.ts_millis));
-            *counts
-                .entry(verdict.map_or("bad_key", Verdict::as_str))
-                .or_default() += 1;
             let n = next.entry(h.partition).or_insert(h.offset + 1);
             *n = (*n).max(h.offset + 1);
             oldest = oldest.min(h.ts_millis);
-            if verdict.is_some_and(Verdict::keep) {
-                records.push(Record {
-                    topic: self.cold.cold_topic.clone(),
-                    key: h.key.unwrap_or_default(),
-                    value: h.value.unwrap_or_default(),
-                    items: 1,
-                    headers: h.headers,
-                });
+            // A record keyed by a trace id holds that trace's spans only: copied as it is.
+            if let Some(id) = h.key.as_deref().and_then(trace_id_of_key) {
+                let verdict = self.store.verdict(&id, h.ts_millis);
+                *counts.entry(verdict.as_str()).or_default() += 1;
+                if verdict.keep() {
+                    records.push(Record {
+                        topic: self.cold.cold_topic.clone(),
+                        key: h.key.unwrap_or_default(),
+                        value: h.value.unwrap_or_default(),
+                        items: 1,
+                        headers: h.headers,
+                    });
+                }
+                continue;
+            }
+            // Any other record (no key, or another key) is decided span by span.
+            match per_trace::decide(h.value.as_deref().unwrap_or_default(), |id| {
+                self.store.verdict(id, h.ts_millis)
+            }) {
+                Ok(decided) => {
+                    *counts.entry("split").or_default() += 1;
+                    for v in decided.verdicts {
+                        *split_traces.entry(v.as_str()).or_default() += 1;
+                    }
+                    if decided.spans_without_trace_id > 0 {
+                        *split_traces.entry("bad_trace_id").or_default() +=
+                            decided.spans_without_trace_id;
+                    }
+                    for (id, value, spans) in decided.kept {
+                        records.push(Record {
+                            topic: self.cold.cold_topic.clone(),
+                            key: trace_key(&id),
+                            value,
+                            items: spans,
+                            headers: h.headers.clone(),
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, partition = h.partition, offset = h.offset, "a hot record without a trace-id key cannot be decided; it stays hot only");
+                    *counts.entry("undecodable").or_default() += 1;
+                }
             }
         }
         if !self.cold.deliver(records, stop).await {
@@ -360,6 +387,10 @@ impl HotLoop {
         }
         for (label, n) in counts {
             metrics::counter!("weir_tail_router_records_total", "outcome" => label).increment(n);
+        }
+        for (label, n) in split_traces {
+            metrics::counter!("weir_tail_router_split_traces_total", "outcome" => label)
+                .increment(n);
         }
         if oldest != u64::MAX {
             metrics::gauge!("weir_tail_router_record_age_seconds")

@@ -8,6 +8,7 @@
 pub mod cold;
 pub mod decisions;
 pub mod hot;
+pub mod per_trace;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
