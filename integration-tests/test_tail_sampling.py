@@ -8,16 +8,28 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
+import select
+import socket
+import struct
+import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from confluent_kafka import Producer
 from decision_hash import bitmap_bytes, encode, expand_seed, hash_count, positions
 from harness import (
     TRACE_PATH,
+    Broker,
     Gateway,
     TailRouter,
     consume,
+    free_ports,
+    log_tail,
+    port_open,
+    spawn,
+    tansu_bin,
     proc_status_kib,
     decode_traces,
     metric_value,
@@ -345,3 +357,259 @@ def test_hostile_decision_records_are_bounded_counted_and_skipped(signed_tail):
     rss_mib = proc_status_kib(router.proc.pid, "VmHWM") / 1024
     assert rss_mib < 150, f"peak RSS {rss_mib:.0f} MiB: a hostile filter was allocated"
     assert router.readyz() == 200
+
+
+class ClientCutProxy:
+    """A TCP proxy in front of a broker that can cut one Kafka client off, as a network
+    partition between that client and the broker would: it reads the client id from the
+    request header of each connection's first request, and while that id is cut, forwards
+    nothing in either direction on its connections (the bytes wait in the sockets, and flow
+    again once it is restored). Every other client goes through untouched."""
+
+    def __init__(self, listen_port: int, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.cut: set[str] = set()
+        self.client_ids: set[str] = set()
+        self.server = socket.create_server(("127.0.0.1", listen_port))
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(client,), daemon=True).start()
+
+    @staticmethod
+    def _read_exactly(sock: socket.socket, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = sock.recv(n - len(out))
+            if not chunk:
+                raise ConnectionError("closed")
+            out += chunk
+        return out
+
+    def _connection(self, client: socket.socket):
+        try:
+            # Request: int32 size, then int16 api key, int16 version, int32 correlation id,
+            # nullable string client id (int16 length).
+            size = self._read_exactly(client, 4)
+            frame = self._read_exactly(client, struct.unpack(">i", size)[0])
+            (id_len,) = struct.unpack(">h", frame[8:10])
+            client_id = frame[10 : 10 + id_len].decode() if id_len > 0 else ""
+            self.client_ids.add(client_id)
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            upstream.sendall(size + frame)
+        except (OSError, ConnectionError, struct.error):
+            client.close()
+            return
+        pair = [client, upstream]
+        try:
+            while not self.closed:
+                if client_id in self.cut:
+                    time.sleep(0.05)
+                    continue
+                readable, _, _ = select.select(pair, [], [], 0.05)
+                for src in readable:
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    (upstream if src is client else client).sendall(data)
+        except OSError:
+            pass
+        finally:
+            client.close()
+            upstream.close()
+
+    def close(self):
+        self.closed = True
+        self.server.close()
+
+
+class ProxiedBroker(Broker):
+    """A Tansu broker that advertises the address of a `ClientCutProxy` in front of it, so
+    that every client reaches it through the proxy."""
+
+    def start(self) -> "ProxiedBroker":
+        upstream = free_ports(1)[0]
+        self.proxy = ClientCutProxy(self.port, upstream)
+        self.proc = spawn(
+            [
+                str(tansu_bin()),
+                "broker",
+                "--storage-engine",
+                "memory://tansu/",
+                "--listener-url",
+                f"tcp://127.0.0.1:{upstream}",
+                "--advertised-listener-url",
+                f"tcp://{self.bootstrap}",
+            ],
+            self.log_path,
+        )
+        try:
+            wait_until("tansu listening behind the proxy", lambda: self._alive() and port_open(upstream), timeout=30)
+        except TimeoutError as e:
+            self.stop()
+            raise RuntimeError(f"{e}\n--- {self.log_path}:\n{log_tail(self.log_path)}") from None
+        return self
+
+    def stop(self):
+        super().stop()
+        if hasattr(self, "proxy"):
+            self.proxy.close()
+
+
+@pytest.fixture
+def proxied_tail(request, workdir):
+    broker = ProxiedBroker(workdir, unique_name("tansu-proxied")).start()
+    s = Setup(broker, workdir)
+    yield s
+    rep = getattr(request.node, "rep_call", None)
+    s.close(rep is None or rep.failed)
+    broker.stop()
+
+
+def readyz_body(router: TailRouter) -> tuple[int | None, str]:
+    try:
+        with urllib.request.urlopen(router.admin_base + "/readyz", timeout=2.0) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return None, ""
+
+
+def test_a_stale_decisions_feed_pauses_the_hot_loop_and_loses_no_marked_trace(proxied_tail):
+    tail = proxied_tail
+    router = tail.router()
+    proxy = tail.broker.proxy
+    decisions_client = "weir-tail-router-decisions"
+    assert decisions_client in proxy.client_ids, proxy.client_ids
+    marked: dict[bytes, set[bytes]] = {}
+    unmarked: dict[bytes, set[bytes]] = {}
+
+    def send_round(n_marked: int = 4, n_unmarked: int = 4):
+        per_gw: list[list[trace_pb2.Span]] = [[], []]
+        for i in range(n_marked + n_unmarked):
+            t = trace_id(baseline=False)
+            # The mark (an error) on one gateway, the other spans on the other one.
+            spans = [span(t, "GET /cart"), span(t, "render")]
+            if i < n_marked:
+                error = span(t, "POST /pay", error=True)
+                per_gw[i % 2].append(error)
+                per_gw[(i + 1) % 2].extend(spans)
+                marked[t] = {error.span_id} | {s.span_id for s in spans}
+            else:
+                per_gw[i % 2].extend(spans)
+                unmarked[t] = {s.span_id for s in spans}
+        tail.send(per_gw)
+
+    send_round()
+    # The router cannot read the decisions topic for more than three times D while marked
+    # traces keep flowing (their marks are published, only not read): it must decide none.
+    proxy.cut.add(decisions_client)
+    cut_at = time.monotonic()
+    while time.monotonic() - cut_at < 3 * DELAY_S + 2:
+        send_round()
+        time.sleep(1)
+    samples = router.metrics()
+    status, body = readyz_body(router)
+    paused = metric_value(samples, "weir_tail_router_paused", reason="decisions_unreachable") + metric_value(
+        samples, "weir_tail_router_paused", reason="decisions_behind"
+    )
+    assert status == 503 and "paused" in body, (status, body, router.log(20))
+    assert paused == 1, router.log(20)
+    proxy.cut.discard(decisions_client)
+    send_round()
+
+    want = set().union(*marked.values())
+    found = tail.cold_spans(want, timeout=60)
+    cold = {sid for _, sid in found}
+    missing = want - cold
+    assert not missing, (
+        f"{len(missing)} of {len(want)} spans of marked traces are not in the cold topic; "
+        f"router log:\n{router.log(40)}"
+    )
+    cold_traces = {tid for tid, _ in found}
+    false_positives = sum(1 for t in unmarked if t in cold_traces)
+    assert false_positives <= 2, f"{false_positives} of {len(unmarked)} unmarked traces in cold"
+    wait_until("the router ready again", lambda: router.readyz() == 200, timeout=15)
+    samples = router.metrics()
+    pauses = sum(
+        metric_value(samples, "weir_tail_router_pauses_total", reason=r)
+        for r in ("decisions_unreachable", "decisions_behind")
+    )
+    assert pauses >= 1
+    assert metric_value(samples, "weir_tail_router_paused", reason="decisions_unreachable") == 0
+    assert metric_value(samples, "weir_tail_router_paused", reason="decisions_behind") == 0
+
+
+def test_a_keyless_record_of_many_traces_is_decided_trace_by_trace(tail):
+    """A Collector with partition_traces_by_id off writes one record per request, spans of
+    many traces and no key: the router copies only the marked trace's spans, keyed by its id,
+    under their resource and scope."""
+    marked, other_a, other_b = (trace_id(baseline=False) for _ in range(3))
+    # The mark, as a gateway would publish it, for the window of now.
+    now_ms = int(time.time() * 1000)
+    window = 5000
+    seed = expand_seed(11)
+    size = bitmap_bytes(10000, FALSE_POSITIVE_RATE)
+    k = hash_count(size * 8, 10000)
+    mark = encode(
+        window_start=now_ms - now_ms % window, window_length=window, filter_bytes=size, hashes=k,
+        seed=seed, expected_items=10000, set_positions=sorted(set(positions(seed, k, size * 8, marked))),
+    )
+    producer = Producer({"bootstrap.servers": tail.broker.bootstrap, "acks": "all"})
+    producer.produce(tail.decisions, key=b"python", value=mark)
+    assert producer.flush(15) == 0
+    router = tail.router()
+
+    # Two resources, scopes of each: the marked trace's spans in both, between the others'.
+    def scope(name: str, spans: list[trace_pb2.Span]) -> trace_pb2.ScopeSpans:
+        ss = trace_pb2.ScopeSpans(spans=spans)
+        ss.scope.name = name
+        return ss
+
+    def resource(service: str, scopes: list[trace_pb2.ScopeSpans]) -> trace_pb2.ResourceSpans:
+        rs = trace_pb2.ResourceSpans(scope_spans=scopes)
+        attr = rs.resource.attributes.add()
+        attr.key, attr.value.string_value = "service.name", service
+        return rs
+
+    m1, m2, m3 = span(marked, "GET /cart"), span(marked, "SELECT items"), span(marked, "render")
+    data = trace_pb2.TracesData(
+        resource_spans=[
+            resource("shop", [scope("http", [span(other_a, "GET /"), m1, span(other_b, "GET /x")]),
+                              scope("db", [m2, span(other_a, "SELECT 1")])]),
+            resource("frontend", [scope("ui", [span(other_b, "click"), m3])]),
+        ]
+    )
+    producer.produce(tail.hot, value=data.SerializeToString(), headers=[("tenant", b"shop")])
+    assert producer.flush(15) == 0
+
+    want = {m1.span_id, m2.span_id, m3.span_id}
+    tail.cold_spans(want, timeout=30 + DELAY_S)
+    records = consume(tail.broker.bootstrap, tail.cold, want=1, timeout=5, settle=2)
+    assert len(records) == 1, f"{len(records)} cold records; router log:\n{router.log(30)}"
+    rec = records[0]
+    assert rec.key == marked.hex().encode()
+    assert ("tenant", b"shop") in (rec.headers or [])
+    got = trace_pb2.TracesData.FromString(rec.value)
+    layout = [
+        (
+            rs.resource.attributes[0].value.string_value,
+            [(ss.scope.name, [s.span_id for s in ss.spans]) for ss in rs.scope_spans],
+        )
+        for rs in got.resource_spans
+    ]
+    assert layout == [
+        ("shop", [("http", [m1.span_id]), ("db", [m2.span_id])]),
+        ("frontend", [("ui", [m3.span_id])]),
+    ]
+    samples = router.metrics()
+    assert metric_value(samples, "weir_tail_router_records_total", outcome="split") == 1
+    assert metric_value(samples, "weir_tail_router_split_traces_total", outcome="kept_marked") == 1
+    assert metric_value(samples, "weir_tail_router_split_traces_total", outcome="passed") == 2

@@ -45,11 +45,24 @@ pub struct TailRouterConfig {
     pub log: Log,
     /// What the router accepts of the decision records it reads.
     pub decisions: RouterDecisions,
+    /// What happens to a record the cold topic refuses for good.
+    pub cold: RouterCold,
     /// Hot record timestamps (CreateTime) further ahead of the router's clock than this are
     /// taken as now plus this, so a gateway with a clock running ahead cannot hold a
     /// partition back for the length of its skew.
     #[serde(deserialize_with = "duration")]
     pub max_timestamp_lead: Duration,
+}
+
+/// Cold writes: a record the cold topic refuses for a reason a retry cannot change (too large,
+/// an unknown topic or partition, an invalid record) is written to the dead-letter topic, or
+/// skipped without one; either way counted, and its partition moves on.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterCold {
+    /// Where records the cold topic refuses for good are written, with headers saying why;
+    /// none: they are skipped.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// Bounds on the decision records the router merges, and their signature. Records past a
@@ -138,6 +151,7 @@ impl Default for TailRouterConfig {
             shutdown_timeout: Duration::from_secs(30),
             log: Log::default(),
             decisions: RouterDecisions::default(),
+            cold: RouterCold::default(),
             max_timestamp_lead: Duration::from_secs(10),
         }
     }
@@ -251,6 +265,20 @@ impl ConfigFile for TailRouterConfig {
                 return Err(ConfigError::invalid(
                     key,
                     format!("`{name}` is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"),
+                ));
+            }
+        }
+        if let Some(dlq) = &self.cold.dead_letter_topic {
+            if !is_topic_name(dlq) {
+                return Err(ConfigError::invalid(
+                    "cold.dead_letter_topic",
+                    format!("`{dlq}` is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"),
+                ));
+            }
+            if [&k.hot_topic, &k.cold_topic, &k.decisions_topic].contains(&dlq) {
+                return Err(ConfigError::invalid(
+                    "cold.dead_letter_topic",
+                    format!("`{dlq}` is already the hot, cold or decisions topic"),
                 ));
             }
         }
@@ -413,6 +441,14 @@ mod tests {
                 "decisions",
             ),
             ("max_timestamp_lead: 2h", "max_timestamp_lead"),
+            (
+                "cold: { dead_letter_topic: otlp_spans_cold }",
+                "cold.dead_letter_topic",
+            ),
+            (
+                "cold: { dead_letter_topic: 'a b' }",
+                "cold.dead_letter_topic",
+            ),
             ("colour: red", "colour"),
         ] {
             let e = TailRouterConfig::from_yaml(doc).unwrap_err();

@@ -23,6 +23,8 @@ pub enum ExportError {
         topic: String,
         /// librdkafka's reason.
         reason: String,
+        /// librdkafka's error code.
+        code: Option<rdkafka::types::RDKafkaErrorCode>,
     },
     /// Kafka failed a record.
     #[error("Kafka failed to deliver a record to {topic}: {reason}")]
@@ -33,6 +35,8 @@ pub enum ExportError {
         reason: String,
         /// The broker fenced the producer: it must be replaced to produce again.
         fenced: bool,
+        /// librdkafka's error code, when it gave one.
+        code: Option<rdkafka::types::RDKafkaErrorCode>,
     },
 }
 
@@ -40,6 +44,15 @@ impl ExportError {
     /// True when the broker fenced the producer that failed.
     pub fn is_fenced(&self) -> bool {
         matches!(self, ExportError::Delivery { fenced: true, .. })
+    }
+
+    /// librdkafka's error code of a refused or failed record, for callers that tell failures
+    /// apart more finely than `is_permanent` (the tail router's dead letters).
+    pub fn kafka_code(&self) -> Option<rdkafka::types::RDKafkaErrorCode> {
+        match self {
+            ExportError::Refused { code, .. } | ExportError::Delivery { code, .. } => *code,
+            ExportError::Config(_) | ExportError::Timeout { .. } => None,
+        }
     }
 
     /// True when Kafka refused a record it will refuse again (`Refused`): a spool must not keep

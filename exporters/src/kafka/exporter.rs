@@ -287,6 +287,7 @@ impl KafkaExporter {
                     topic: topic.to_string(),
                     reason: "the producer was shut down".to_string(),
                     fenced: false,
+                    code: None,
                 },
             };
             if failed.as_ref().is_none_or(|f| !f.is_fenced()) {
@@ -402,6 +403,7 @@ impl KafkaExporter {
                     producer.in_flight_count()
                 ),
                 fenced: false,
+                code: None,
             })
     }
 }
@@ -438,6 +440,7 @@ fn delivery_error(topic: &str, e: &KafkaError) -> ExportError {
         return ExportError::Refused {
             topic: topic.to_string(),
             reason: e.to_string(),
+            code,
         };
     }
     let fenced = matches!(
@@ -448,6 +451,7 @@ fn delivery_error(topic: &str, e: &KafkaError) -> ExportError {
         topic: topic.to_string(),
         reason: e.to_string(),
         fenced,
+        code,
     }
 }
 

@@ -13,7 +13,7 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use weir_config::tail_router::RouterDecisions;
@@ -310,6 +310,95 @@ pub fn partitions_to_catch_up(watermarks: &[(i32, i64, i64)]) -> BTreeMap<i32, i
         .collect()
 }
 
+/// True when every partition that holds records (`watermarks`: partition, low, high) has
+/// been read up to its high watermark (`positions`: the next offset to read, by partition).
+pub fn read_up_to(watermarks: &[(i32, i64, i64)], positions: &BTreeMap<i32, i64>) -> bool {
+    partitions_to_catch_up(watermarks)
+        .iter()
+        .all(|(p, high)| positions.get(p).is_some_and(|at| at >= high))
+}
+
+/// Why the decision feed is stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stale {
+    /// The decisions topic's watermarks cannot be read (the broker does not answer the
+    /// decisions consumer, or the topic is gone), or reading its records failed.
+    Unreachable,
+    /// The records are readable but the reader has not read up to the high watermarks.
+    Behind,
+}
+
+impl Stale {
+    /// The `reason` label of `weir_tail_router_paused` and `weir_tail_router_pauses_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stale::Unreachable => "decisions_unreachable",
+            Stale::Behind => "decisions_behind",
+        }
+    }
+
+    /// What `/readyz` says while the hot loop is paused for this reason.
+    pub fn readiness_reason(self) -> &'static str {
+        match self {
+            Stale::Unreachable => {
+                "paused: the decisions topic cannot be read, so no hot record is decided until it can"
+            }
+            Stale::Behind => {
+                "paused: the decisions reader is behind the decisions topic, so no hot record is decided until it catches up"
+            }
+        }
+    }
+}
+
+/// How current the merged windows are, shared by the decisions reader (which advances it)
+/// and the hot loop (which decides only records the windows are current for).
+#[derive(Debug, Default)]
+pub struct Freshness {
+    /// Every decision record acknowledged before this time (ms since the epoch) is merged;
+    /// 0 until the reader first caught up.
+    current_to_millis: AtomicU64,
+    /// The last watermark check or read failed.
+    unreachable: AtomicBool,
+}
+
+impl Freshness {
+    /// The time up to which every decision record is merged (0: not caught up yet).
+    pub fn current_to(&self) -> u64 {
+        self.current_to_millis.load(Ordering::Acquire)
+    }
+
+    /// Notes that every record acknowledged before `as_of_millis` is merged.
+    pub fn mark_current(&self, as_of_millis: u64) {
+        self.current_to_millis
+            .fetch_max(as_of_millis, Ordering::AcqRel);
+        self.unreachable.store(false, Ordering::Release);
+    }
+
+    /// Notes whether the last check (or read) could reach the decisions topic.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.unreachable.store(unreachable, Ordering::Release);
+    }
+
+    /// Why the feed is stale at `now_millis`, when it has not been current for longer than
+    /// `stale_after_millis`.
+    pub fn stale(&self, now_millis: u64, stale_after_millis: u64) -> Option<Stale> {
+        if now_millis.saturating_sub(self.current_to()) <= stale_after_millis {
+            return None;
+        }
+        Some(if self.unreachable.load(Ordering::Acquire) {
+            Stale::Unreachable
+        } else {
+            Stale::Behind
+        })
+    }
+}
+
+/// How often the reader compares its positions with the decisions topic's high watermarks:
+/// a hot record waits at most about this long past its due time in normal operation.
+const FRESHNESS_CHECK: Duration = Duration::from_millis(500);
+/// How long one partition's watermarks may take before the topic counts as unreachable.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The decisions reader's settings.
 pub struct DecisionsReader {
     /// The decisions topic.
@@ -320,8 +409,8 @@ pub struct DecisionsReader {
     pub retention: Duration,
     /// When set, only records signed with it are merged.
     pub signing_key: Option<Vec<u8>>,
-    /// Set once the records up to the high watermarks found at the start are read.
-    pub caught_up: std::sync::Arc<AtomicBool>,
+    /// Advanced each time the reader finds itself at the high watermarks.
+    pub freshness: std::sync::Arc<Freshness>,
 }
 
 /// Whether a record's signature header verifies under `key`: the metric label of the
@@ -343,8 +432,72 @@ fn signature_refusal(
     }
 }
 
+/// The high watermarks of `partitions` (partition, low, high) and the time taken before
+/// them: every record acknowledged before it is below them.
+pub type WatermarksAt = (u64, Vec<(i32, i64, i64)>);
+
+/// Reads the high watermarks of `partitions`, then the consumer's positions (the next offset
+/// to read, by partition). Blocking.
+fn watermarks_and_positions(
+    consumer: &StreamConsumer<super::RouterContext>,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<(WatermarksAt, BTreeMap<i32, i64>), rdkafka::error::KafkaError> {
+    let as_of = unix_millis();
+    let mut watermarks = Vec::with_capacity(partitions.len());
+    for &p in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, WATERMARK_TIMEOUT)?;
+        watermarks.push((p, low, high));
+    }
+    let positions = consumer
+        .position()?
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(at) => Some((e.partition(), at)),
+            _ => None,
+        })
+        .collect();
+    Ok(((as_of, watermarks), positions))
+}
+
+/// Watermarks read but not yet reached, oldest first. A reader that keeps up reaches each
+/// by the next check, although gateways publish between a check and the read of a record;
+/// while it is behind, only the newest `MAX_PENDING_CHECKS` are kept (reaching a newer one
+/// implies the older ones).
+#[derive(Default)]
+pub struct PendingChecks(std::collections::VecDeque<WatermarksAt>);
+
+/// How many watermark checks wait to be reached.
+const MAX_PENDING_CHECKS: usize = 16;
+
+impl PendingChecks {
+    /// Adds the watermarks just read, then takes every check `positions` reached: the
+    /// newest one's time, when any was reached.
+    pub fn reached(
+        &mut self,
+        checked: WatermarksAt,
+        positions: &BTreeMap<i32, i64>,
+    ) -> Option<u64> {
+        self.0.push_back(checked);
+        if self.0.len() > MAX_PENDING_CHECKS {
+            self.0.pop_front();
+        }
+        let mut reached = None;
+        while let Some((as_of, marks)) = self.0.front() {
+            if !read_up_to(marks, positions) {
+                break;
+            }
+            reached = Some(*as_of);
+            self.0.pop_front();
+        }
+        reached
+    }
+}
+
 /// Reads every partition of the decisions topic from its beginning into the store, forever.
-/// Sets `caught_up` once it has read up to the high watermarks found at the start.
+/// Every `FRESHNESS_CHECK` it reads the high watermarks, and advances `freshness` to the
+/// time of the newest watermarks its positions reached (the first time: caught up).
 pub async fn consume(
     consumer: StreamConsumer<super::RouterContext>,
     reader: DecisionsReader,
@@ -355,77 +508,83 @@ pub async fn consume(
         store,
         retention,
         signing_key,
-        caught_up,
+        freshness,
     } = reader;
     let consumer = std::sync::Arc::new(consumer);
-    // Partitions and their watermarks, read off the async workers.
+    // Partitions, read off the async workers.
     let c = consumer.clone();
     let t = topic.clone();
-    let targets: Vec<(i32, i64, i64)> =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-            let md = c.fetch_metadata(Some(&t), Duration::from_secs(10))?;
-            let partitions: Vec<i32> = md
-                .topics()
-                .iter()
-                .filter(|m| m.name() == t)
-                .flat_map(|m| m.partitions().iter().map(|p| p.id()))
-                .collect();
-            if partitions.is_empty() {
-                anyhow::bail!("the decisions topic `{t}` has no partitions (does it exist?)");
-            }
-            let mut out = Vec::new();
-            for p in partitions {
-                let (low, high) = c.fetch_watermarks(&t, p, Duration::from_secs(10))?;
-                out.push((p, low, high));
-            }
-            Ok(out)
-        })
-        .await??;
+    let partitions: Vec<i32> = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let md = c.fetch_metadata(Some(&t), Duration::from_secs(10))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|m| m.name() == t)
+            .flat_map(|m| m.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            anyhow::bail!("the decisions topic `{t}` has no partitions (does it exist?)");
+        }
+        Ok(partitions)
+    })
+    .await??;
+    let partitions = std::sync::Arc::new(partitions);
     let mut tpl = TopicPartitionList::new();
-    for (p, _, _) in &targets {
+    for p in partitions.iter() {
         tpl.add_partition_offset(&topic, *p, rdkafka::Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let mut remaining = partitions_to_catch_up(&targets);
-    if remaining.is_empty() {
-        caught_up.store(true, Ordering::Release);
-    }
     tracing::info!(
         topic,
         partitions = tpl.count(),
         signed = signing_key.is_some(),
         "reading decision records from the beginning"
     );
-    // Old windows are freed (and the window gauges set) every few seconds, records or not;
-    // until caught up, the positions are compared with the high watermarks every second too
-    // (a partition whose records expired while it was read delivers nothing more).
-    let mut free = tokio::time::interval(Duration::from_secs(1));
-    let mut ticks = 0u64;
+    // The check runs in this loop, between records, so that a position it reads is of
+    // records already merged.
+    let mut check = tokio::time::interval(FRESHNESS_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_freed = unix_millis();
+    let mut last_state: Option<Stale> = Some(Stale::Behind);
+    let mut pending = PendingChecks::default();
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            _ = free.tick() => {
-                ticks += 1;
-                if ticks.is_multiple_of(5) {
+            _ = check.tick() => {
+                let now = unix_millis();
+                if now.saturating_sub(last_freed) >= 5000 {
+                    last_freed = now;
                     store.free_before(cutoff(retention));
                 }
-                if !remaining.is_empty() {
-                    let c = consumer.clone();
-                    let positions = tokio::task::spawn_blocking(move || c.position()).await;
-                    if let Ok(Ok(positions)) = positions {
-                        for e in positions.elements() {
-                            if let rdkafka::Offset::Offset(at) = e.offset()
-                                && remaining.get(&e.partition()).is_some_and(|high| at >= *high)
-                            {
-                                remaining.remove(&e.partition());
+                let (c, t, parts) = (consumer.clone(), topic.clone(), partitions.clone());
+                let checked = tokio::task::spawn_blocking(move || watermarks_and_positions(&c, &t, &parts)).await;
+                let state = match checked {
+                    Ok(Ok((marks, positions))) => match pending.reached(marks, &positions) {
+                        Some(as_of) => {
+                            if freshness.current_to() == 0 {
+                                tracing::info!("decision records caught up");
                             }
+                            freshness.mark_current(as_of);
+                            None
                         }
+                        None => {
+                            freshness.set_unreachable(false);
+                            Some(Stale::Behind)
+                        }
+                    },
+                    Ok(Err(e)) => {
+                        if last_state != Some(Stale::Unreachable) {
+                            tracing::warn!(error = %e, topic, "cannot read the decisions topic's watermarks");
+                        }
+                        freshness.set_unreachable(true);
+                        Some(Stale::Unreachable)
                     }
-                    if remaining.is_empty() {
-                        tracing::info!("decision records caught up");
-                        caught_up.store(true, Ordering::Release);
-                    }
+                    Err(e) => return Err(anyhow::anyhow!("the decisions check panicked: {e}")),
+                };
+                if last_state == Some(Stale::Unreachable) && state != Some(Stale::Unreachable) {
+                    tracing::info!(topic, "the decisions topic answers again");
                 }
+                last_state = state;
                 continue;
             }
             m = consumer.recv() => m,
@@ -469,18 +628,10 @@ pub async fn consume(
                 };
                 metrics::counter!("weir_tail_router_decision_records_total", "result" => label)
                     .increment(1);
-                if let Some(high) = remaining.get(&m.partition())
-                    && m.offset() + 1 >= *high
-                {
-                    remaining.remove(&m.partition());
-                    if remaining.is_empty() {
-                        tracing::info!("decision records caught up");
-                        caught_up.store(true, Ordering::Release);
-                    }
-                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reading decision records");
+                freshness.set_unreachable(true);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
@@ -770,5 +921,47 @@ mod tests {
         // (partition, low, high): 0 holds records, 1 never had any, 2's all expired.
         let remaining = partitions_to_catch_up(&[(0, 3, 10), (1, 0, 0), (2, 7, 7)]);
         assert_eq!(remaining, BTreeMap::from([(0, 10)]));
+    }
+
+    #[test]
+    fn the_feed_is_current_to_the_newest_watermarks_reached() {
+        let mut pending = PendingChecks::default();
+        let at = |offsets: &[(i32, i64)]| offsets.iter().copied().collect::<BTreeMap<_, _>>();
+        // Partition 1 holds nothing; 0 must be read up to 10.
+        let first = (1000, vec![(0, 0, 10), (1, 0, 0)]);
+        assert_eq!(pending.reached(first, &at(&[(0, 9)])), None);
+        // A gateway published between the check and the read: the first check is reached
+        // by the next one, the second not yet.
+        assert_eq!(
+            pending.reached((1500, vec![(0, 0, 12), (1, 0, 0)]), &at(&[(0, 10)])),
+            Some(1000)
+        );
+        assert_eq!(
+            pending.reached((2000, vec![(0, 0, 12), (1, 0, 0)]), &at(&[(0, 12)])),
+            Some(2000)
+        );
+        assert!(
+            read_up_to(&[(0, 5, 5)], &BTreeMap::new()),
+            "all expired: read"
+        );
+        assert!(!read_up_to(&[(0, 4, 5)], &BTreeMap::new()), "not started");
+    }
+
+    #[test]
+    fn a_feed_not_current_for_longer_than_the_bound_is_stale() {
+        let f = Freshness::default();
+        assert_eq!(
+            f.stale(10_000, 2_000),
+            Some(Stale::Behind),
+            "never caught up"
+        );
+        f.mark_current(9_000);
+        assert_eq!(f.stale(10_000, 2_000), None);
+        f.set_unreachable(true);
+        assert_eq!(f.stale(11_000, 2_000), None, "within the bound");
+        assert_eq!(f.stale(11_001, 2_000), Some(Stale::Unreachable));
+        f.mark_current(8_000);
+        assert_eq!(f.current_to(), 9_000, "never moves back");
+        assert_eq!(f.stale(12_000, 2_000), Some(Stale::Behind));
     }
 }

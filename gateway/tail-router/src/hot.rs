@@ -9,7 +9,9 @@
 //! partition order.
 
 use super::RouterContext;
-use super::decisions::{DecisionStore, Verdict};
+use super::cold::ColdWriter;
+use super::decisions::{DecisionStore, Freshness, Stale};
+use super::per_trace;
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -18,11 +20,21 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use weir_exporters::kafka::{KafkaExporter, Record, RecordHeaders};
+use weir_exporters::kafka::{Record, RecordHeaders, trace_key};
 use weir_proto::decision::unix_millis;
+use weir_runtime::admin::Readiness;
 
 /// The longest the loop sleeps without looking at the clock again.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
+/// How often the loop looks again while due records wait for the decisions to be current.
+const FRESHNESS_POLL: Duration = Duration::from_millis(100);
+
+/// How long the decisions may not have been current before the hot loop reports itself
+/// paused: a tenth of D, within 2 s (past a few freshness checks, so a slow check does not
+/// flap readiness) and 10 s. Records wait for current decisions whatever this is.
+pub fn stale_after(delay: Duration) -> Duration {
+    (delay / 10).clamp(Duration::from_secs(2), Duration::from_secs(10))
+}
 
 /// A hot record waiting for its due time.
 #[derive(Debug)]
@@ -133,20 +145,25 @@ impl DelayQueue {
 pub struct HotLoop {
     /// The group consumer on the hot topic.
     pub consumer: Arc<StreamConsumer<RouterContext>>,
-    /// Produces to the cold topic and waits for acknowledgement.
-    pub exporter: Arc<KafkaExporter>,
+    /// Writes kept records to the cold topic (and dead letters).
+    pub cold: ColdWriter,
     /// The merged decision windows.
     pub store: Arc<DecisionStore>,
     /// The hot topic.
     pub hot_topic: String,
-    /// The cold topic.
-    pub cold_topic: Arc<str>,
     /// D, in milliseconds.
     pub delay_millis: u64,
     /// Record timestamps later than now plus this are taken as now plus this.
     pub max_timestamp_lead_millis: u64,
     /// Records decided per batch.
     pub batch_size: usize,
+    /// How current the merged windows are: a record is decided only once they are current
+    /// to its due time.
+    pub freshness: Arc<Freshness>,
+    /// `/readyz`: not ready while the loop is paused for a stale decision feed.
+    pub readiness: Arc<Readiness>,
+    /// The feed is reported stale (paused) past this ([`stale_after`]).
+    pub stale_after_millis: u64,
 }
 
 impl HotLoop {
@@ -155,6 +172,10 @@ impl HotLoop {
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut queue = DelayQueue::new(self.delay_millis);
         let mut paused: BTreeSet<i32> = BTreeSet::new();
+        let mut stale: Option<Stale> = None;
+        for reason in [Stale::Unreachable, Stale::Behind] {
+            metrics::gauge!("weir_tail_router_paused", "reason" => reason.as_str()).set(0.0);
+        }
         let cap = self.batch_size.max(1);
         loop {
             let revoked = self.consumer.context().take_revoked();
@@ -165,23 +186,31 @@ impl HotLoop {
                 }
             }
             let now = unix_millis();
-            let batch = queue.take_due(now, self.batch_size);
+            self.report_feed(now, &mut stale);
+            // A record at t is decided once every decision record acknowledged before its
+            // due time t + D is merged: the marks of its trace are published by then.
+            let decidable_to = now.min(self.freshness.current_to());
+            let batch = queue.take_due(decidable_to, self.batch_size);
             if !batch.is_empty() {
                 if !self.decide(batch, &stop).await {
                     return Ok(());
                 }
                 continue;
             }
-            self.sync_pauses(&queue.to_pause(now, cap), &mut paused);
+            // Partitions whose due records wait for the decisions are paused too: nothing
+            // more is read into memory while the feed is stale.
+            self.sync_pauses(&queue.to_pause(decidable_to, cap), &mut paused);
             metrics::gauge!("weir_tail_router_held_records").set(queue.len() as f64);
             if let Some(due) = queue.next_due() {
                 metrics::gauge!("weir_tail_router_delay_held_seconds")
                     .set(due.saturating_sub(now) as f64 / 1000.0);
             }
-            let sleep = queue
-                .next_due()
-                .map_or(MAX_SLEEP, |d| Duration::from_millis(d.saturating_sub(now)))
-                .min(MAX_SLEEP);
+            let sleep = match queue.next_due() {
+                Some(due) if due <= now => FRESHNESS_POLL,
+                Some(due) => Duration::from_millis(due - now),
+                None => MAX_SLEEP,
+            }
+            .min(MAX_SLEEP);
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 m = self.consumer.recv() => {
@@ -198,6 +227,40 @@ impl HotLoop {
                 _ = tokio::time::sleep(sleep) => {}
             }
         }
+    }
+
+    /// Reports a change of the decision feed's state: the pause gauge and counter, the log,
+    /// and `/readyz`.
+    fn report_feed(&self, now_millis: u64, was: &mut Option<Stale>) {
+        let current_to = self.freshness.current_to();
+        metrics::gauge!("weir_tail_router_decisions_staleness_seconds")
+            .set(now_millis.saturating_sub(current_to) as f64 / 1000.0);
+        let is = self.freshness.stale(now_millis, self.stale_after_millis);
+        if is == *was {
+            return;
+        }
+        for reason in [Stale::Unreachable, Stale::Behind] {
+            metrics::gauge!("weir_tail_router_paused", "reason" => reason.as_str())
+                .set(if is == Some(reason) { 1.0 } else { 0.0 });
+        }
+        match is {
+            Some(reason) => {
+                metrics::counter!("weir_tail_router_pauses_total", "reason" => reason.as_str())
+                    .increment(1);
+                tracing::warn!(
+                    reason = reason.as_str(),
+                    behind_ms = now_millis.saturating_sub(current_to),
+                    "the decision records are not current: no hot record is decided or committed until they are"
+                );
+                self.readiness
+                    .set_preparing(Some(reason.readiness_reason()));
+            }
+            None => {
+                tracing::info!("the decision records are current again: deciding hot records");
+                self.readiness.set_preparing(None);
+            }
+        }
+        *was = is;
     }
 
     fn hold(
@@ -270,51 +333,64 @@ impl HotLoop {
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         let mut oldest = u64::MAX;
+        let mut split_traces: BTreeMap<&'static str, u64> = BTreeMap::new();
         for h in batch {
-            // A key that is not a trace id cannot be decided: the record stays hot only.
-            let verdict = h
-                .key
-                .as_deref()
-                .and_then(trace_id_of_key)
-                .map(|id| self.store.verdict(&id, h.ts_millis));
-            *counts
-                .entry(verdict.map_or("bad_key", Verdict::as_str))
-                .or_default() += 1;
             let n = next.entry(h.partition).or_insert(h.offset + 1);
             *n = (*n).max(h.offset + 1);
             oldest = oldest.min(h.ts_millis);
-            if verdict.is_some_and(Verdict::keep) {
-                records.push(Record {
-                    topic: self.cold_topic.clone(),
-                    key: h.key.unwrap_or_default(),
-                    value: h.value.unwrap_or_default(),
-                    items: 1,
-                    headers: h.headers,
-                });
-            }
-        }
-        let mut attempt = 0u32;
-        while !records.is_empty() {
-            match self.exporter.send(&records).await {
-                Ok(()) => {
-                    metrics::counter!("weir_tail_router_cold_records_total")
-                        .increment(records.len() as u64);
-                    break;
+            // A record keyed by a trace id holds that trace's spans only: copied as it is.
+            if let Some(id) = h.key.as_deref().and_then(trace_id_of_key) {
+                let verdict = self.store.verdict(&id, h.ts_millis);
+                *counts.entry(verdict.as_str()).or_default() += 1;
+                if verdict.keep() {
+                    records.push(Record {
+                        topic: self.cold.cold_topic.clone(),
+                        key: h.key.unwrap_or_default(),
+                        value: h.value.unwrap_or_default(),
+                        items: 1,
+                        headers: h.headers,
+                    });
                 }
-                Err(e) => {
-                    attempt += 1;
-                    metrics::counter!("weir_tail_router_cold_produce_failures_total").increment(1);
-                    tracing::warn!(error = %e, records = records.len(), attempt, "producing to the cold topic failed; retrying before committing");
-                    let backoff = Duration::from_millis(200 * u64::from(attempt.min(25)));
-                    tokio::select! {
-                        _ = stop.cancelled() => return false,
-                        _ = tokio::time::sleep(backoff) => {}
+                continue;
+            }
+            // Any other record (no key, or another key) is decided span by span.
+            match per_trace::decide(h.value.as_deref().unwrap_or_default(), |id| {
+                self.store.verdict(id, h.ts_millis)
+            }) {
+                Ok(decided) => {
+                    *counts.entry("split").or_default() += 1;
+                    for v in decided.verdicts {
+                        *split_traces.entry(v.as_str()).or_default() += 1;
+                    }
+                    if decided.spans_without_trace_id > 0 {
+                        *split_traces.entry("bad_trace_id").or_default() +=
+                            decided.spans_without_trace_id;
+                    }
+                    for (id, value, spans) in decided.kept {
+                        records.push(Record {
+                            topic: self.cold.cold_topic.clone(),
+                            key: trace_key(&id),
+                            value,
+                            items: spans,
+                            headers: h.headers.clone(),
+                        });
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, partition = h.partition, offset = h.offset, "a hot record without a trace-id key cannot be decided; it stays hot only");
+                    *counts.entry("undecodable").or_default() += 1;
+                }
             }
+        }
+        if !self.cold.deliver(records, stop).await {
+            return false;
         }
         for (label, n) in counts {
             metrics::counter!("weir_tail_router_records_total", "outcome" => label).increment(n);
+        }
+        for (label, n) in split_traces {
+            metrics::counter!("weir_tail_router_split_traces_total", "outcome" => label)
+                .increment(n);
         }
         if oldest != u64::MAX {
             metrics::gauge!("weir_tail_router_record_age_seconds")

@@ -5,8 +5,10 @@
 //! codec and the window filter are the gateways' own (`weir_proto::decision`).
 //! See `docs/tail-sampling.md`.
 
+pub mod cold;
 pub mod decisions;
 pub mod hot;
+pub mod per_trace;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -14,7 +16,6 @@ use rdkafka::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -108,7 +109,12 @@ pub async fn run(
         std::process::id(),
         unix_millis()
     );
-    let decisions_consumer: StreamConsumer<RouterContext> = consumer_config(k, &decisions_group)?
+    // Its own client id, so that brokers (logs, quotas, ACL audits) tell the two readers apart.
+    let mut decisions_config = consumer_config(k, &decisions_group)?;
+    if !k.consumer_properties.contains_key("client.id") {
+        decisions_config.set("client.id", format!("{}-decisions", k.client_id));
+    }
+    let decisions_consumer: StreamConsumer<RouterContext> = decisions_config
         .create_with_context(RouterContext::default())
         .context("creating the decisions consumer")?;
     let hot_consumer: Arc<StreamConsumer<RouterContext>> = Arc::new(
@@ -136,7 +142,7 @@ pub async fn run(
     let store = Arc::new(decisions::DecisionStore::new(
         decisions::StoreLimits::from_config(&config.decisions),
     ));
-    let caught_up = Arc::new(AtomicBool::new(false));
+    let freshness = Arc::new(decisions::Freshness::default());
     let stop = CancellationToken::new();
     let mut decisions_task = tokio::spawn(decisions::consume(
         decisions_consumer,
@@ -148,14 +154,14 @@ pub async fn run(
                 .decisions
                 .signing_key()
                 .context("reading decisions.signing_key")?,
-            caught_up: caught_up.clone(),
+            freshness: freshness.clone(),
         },
         stop.clone(),
     ));
 
     // Hot records are decided only once the decisions up to now are known.
     loop {
-        if caught_up.load(Ordering::Acquire) {
+        if freshness.current_to() > 0 {
             break;
         }
         tokio::select! {
@@ -186,13 +192,19 @@ pub async fn run(
     let lag_task = tokio::spawn(hot::report_lag(hot_consumer.clone(), stop.clone()));
     let hot_loop = hot::HotLoop {
         consumer: hot_consumer.clone(),
-        exporter: exporter.clone(),
+        cold: cold::ColdWriter {
+            exporter: exporter.clone(),
+            cold_topic: k.cold_topic.as_str().into(),
+            dead_letter_topic: config.cold.dead_letter_topic.as_deref().map(Into::into),
+        },
         store,
         hot_topic: k.hot_topic.clone(),
-        cold_topic: k.cold_topic.as_str().into(),
         delay_millis: config.delay.as_millis() as u64,
         max_timestamp_lead_millis: config.max_timestamp_lead.as_millis() as u64,
         batch_size: config.batch_size,
+        freshness,
+        readiness: readiness.clone(),
+        stale_after_millis: hot::stale_after(config.delay).as_millis() as u64,
     };
     let hot_stop = CancellationToken::new();
     let mut hot_task = tokio::spawn(hot_loop.run(hot_stop.clone()));
