@@ -3,11 +3,12 @@
 //!
 //! Every route needs a bearer token: `viewer` or `admin` to read, `admin` to change anything.
 //! The token is checked before the body is read, so a refused request changes nothing.
-//! Errors are `{"error": "..."}` with the status the failure calls for.
+//! Errors are RFC 9457 problem documents (`application/problem+json`): `type` (a
+//! `urn:weir:problem:<slug>` URI a client can branch on), `title`, `status` and `detail`.
 
 use crate::auth::Caller;
 use crate::state::{ControlPlane, Error};
-use crate::store::{GatewayRecord, RolloutOp};
+use crate::store::{GatewayRecord, PolicyMeta, RolloutOp};
 use crate::targeting::Target;
 use axum::Router;
 use axum::body::Body;
@@ -18,6 +19,7 @@ use axum::routing::{MethodRouter, delete, get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use weir_config::control_plane::Role;
@@ -30,50 +32,205 @@ const AUDIT_MAX: u32 = 10_000;
 
 type AppState = Arc<ControlPlane>;
 
-/// An error response: a status and `{"error": message}`.
+/// The media type of an error response (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// What went wrong, for a client to act on without parsing prose: an error response's `type`
+/// is `urn:weir:problem:<slug>`, its `title` names the kind, its `detail` this occurrence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// No valid bearer token (401).
+    Unauthorized,
+    /// The token's role may not do this (403).
+    Forbidden,
+    /// The request is not well-formed: body, path or query (400).
+    MalformedRequest,
+    /// Well-formed, but what it asks for is invalid, e.g. a policy document or target (400).
+    Invalid,
+    /// What the request names does not exist (404).
+    NotFound,
+    /// No route has this path (404).
+    NoSuchRoute,
+    /// The route does not take this method (405).
+    MethodNotAllowed,
+    /// The request conflicts with the stored state (409).
+    Conflict,
+    /// The body or the work asked for is too large (413).
+    TooLarge,
+    /// Too busy now; retry later (503).
+    Busy,
+    /// Storage failed (500).
+    Storage,
+    /// Any other failure (the status says which).
+    Other,
+}
+
+impl Problem {
+    /// The last part of the problem type URI.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::MalformedRequest => "malformed-request",
+            Self::Invalid => "invalid",
+            Self::NotFound => "not-found",
+            Self::NoSuchRoute => "no-such-route",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::Conflict => "conflict",
+            Self::TooLarge => "too-large",
+            Self::Busy => "busy",
+            Self::Storage => "storage",
+            Self::Other => "other",
+        }
+    }
+
+    /// The short, occurrence-independent summary (`title`).
+    fn title(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "Missing or invalid bearer token",
+            Self::Forbidden => "The token's role does not allow this",
+            Self::MalformedRequest => "Malformed request",
+            Self::Invalid => "Invalid request",
+            Self::NotFound => "Not found",
+            Self::NoSuchRoute => "No such route",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::Conflict => "Conflicts with the stored state",
+            Self::TooLarge => "Too large",
+            Self::Busy => "Busy, retry later",
+            Self::Storage => "Storage failed",
+            Self::Other => "Request failed",
+        }
+    }
+
+    /// The status this kind of problem is answered with (Other: the caller's).
+    fn status(self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::MalformedRequest | Self::Invalid => StatusCode::BAD_REQUEST,
+            Self::NotFound | Self::NoSuchRoute => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Storage | Self::Other => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The problem type URI.
+    pub fn type_uri(self) -> String {
+        format!("urn:weir:problem:{}", self.slug())
+    }
+}
+
+/// An error response: an RFC 9457 problem document (`application/problem+json` with `type`,
+/// `title`, `status` and `detail`).
 #[derive(Debug)]
 pub struct ApiError {
+    problem: Problem,
     status: StatusCode,
-    message: String,
+    detail: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    fn new(problem: Problem, detail: impl Into<String>) -> Self {
         Self {
-            status,
-            message: message.into(),
+            problem,
+            status: problem.status(),
+            detail: detail.into(),
         }
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        let status = match &e {
-            Error::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Error::Invalid(_) => StatusCode::BAD_REQUEST,
-            Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+        let problem = match &e {
+            Error::Storage(_) => Problem::Storage,
+            Error::Invalid(_) => Problem::Invalid,
+            Error::Conflict(_) => Problem::Conflict,
+            Error::NotFound(_) => Problem::NotFound,
+            Error::TooLarge(_) => Problem::TooLarge,
+            Error::Busy(_) => Problem::Busy,
         };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
+        if problem == Problem::Storage {
             tracing::error!(error = %e, "request failed");
         }
-        Self::new(status, e.to_string())
+        Self::new(problem, e.to_string())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = (self.status, axum::Json(json!({"error": self.message}))).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
+        let body = json!({
+            "type": self.problem.type_uri(),
+            "title": self.problem.title(),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut resp = (
+            self.status,
+            [(header::CONTENT_TYPE, PROBLEM_JSON)],
+            body.to_string(),
+        )
+            .into_response();
+        match self.problem {
+            Problem::Unauthorized => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            Problem::Busy => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            }
+            _ => {}
         }
         resp
     }
+}
+
+/// The largest error body from elsewhere (axum's extractors) rewritten as a problem document.
+const MAX_FOREIGN_ERROR_BODY: usize = 64 << 10;
+
+/// Rewrites an error response that is not yet a problem document (an extractor's plain-text
+/// rejection, say) into one, so that every error of this API has one shape.
+async fn problems_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return resp;
+    }
+    let problem = match status {
+        StatusCode::BAD_REQUEST => Problem::MalformedRequest,
+        StatusCode::NOT_FOUND => Problem::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => Problem::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::TooLarge,
+        StatusCode::SERVICE_UNAVAILABLE => Problem::Busy,
+        _ => Problem::Other,
+    };
+    let text = axum::body::to_bytes(resp.into_body(), MAX_FOREIGN_ERROR_BODY)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let detail = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_string()
+    } else {
+        text
+    };
+    ApiError {
+        problem,
+        status,
+        detail,
+    }
+    .into_response()
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -95,7 +252,7 @@ fn authorize(cp: &ControlPlane, headers: &HeaderMap, need: Need) -> Result<Calle
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
             ApiError::new(
-                StatusCode::UNAUTHORIZED,
+                Problem::Unauthorized,
                 "the authorization header is not valid text",
             )
         })?),
@@ -106,19 +263,19 @@ fn authorize(cp: &ControlPlane, headers: &HeaderMap, need: Need) -> Result<Calle
         } else {
             "invalid bearer token"
         };
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, why));
+        return Err(ApiError::new(Problem::Unauthorized, why));
     };
     match (caller.role, need) {
         (Role::Admin, _) | (Role::Viewer, Need::Read) => Ok(caller),
         (Role::Viewer, Need::Write) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+            Problem::Forbidden,
             format!(
                 "token `{}` has role viewer: this request changes state and needs an admin token",
                 caller.name
             ),
         )),
         (Role::Gateway, _) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+            Problem::Forbidden,
             format!(
                 "token `{}` has role gateway: it opens the watch stream; the REST API needs a viewer or admin token",
                 caller.name
@@ -135,7 +292,7 @@ const MAX_BODY: usize = 4 << 20;
 async fn body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::TooLarge,
             format!("request body: larger than {MAX_BODY} bytes, or cut short"),
         )
     })?;
@@ -149,7 +306,7 @@ async fn body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
             format!("{path}: ")
         };
         ApiError::new(
-            StatusCode::BAD_REQUEST,
+            Problem::MalformedRequest,
             format!("request body: {at}{inner}"),
         )
     })
@@ -158,7 +315,7 @@ async fn body<T: DeserializeOwned>(body: Body) -> Result<T, ApiError> {
 fn number<T: std::str::FromStr>(text: &str, what: &str) -> Result<T, ApiError> {
     text.parse().map_err(|_| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
+            Problem::MalformedRequest,
             format!("`{text}` is not a valid {what}: expected a whole number"),
         )
     })
@@ -245,16 +402,17 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
     router
         .fallback(|| async {
             ApiError::new(
-                StatusCode::NOT_FOUND,
+                Problem::NoSuchRoute,
                 "no such route; see /api/v1/openapi.json",
             )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
+                Problem::MethodNotAllowed,
                 "method not allowed on this route; see /api/v1/openapi.json",
             )
         })
+        .layer(axum::middleware::from_fn(problems_only))
         .with_state(cp)
 }
 
@@ -278,8 +436,9 @@ async fn count_request(
 async fn prometheus_metrics(State(cp): State<AppState>) -> Response {
     match cp.render_metrics() {
         Some(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        None => ApiError::new(StatusCode::NOT_FOUND, "no metrics recorder in this process")
-            .into_response(),
+        None => {
+            ApiError::new(Problem::NotFound, "no metrics recorder in this process").into_response()
+        }
     }
 }
 
@@ -297,16 +456,50 @@ async fn list_policies(State(cp): State<AppState>, headers: HeaderMap) -> ApiRes
     ok(StatusCode::OK, json!({"policies": cp.policies().await?}))
 }
 
+/// What `POST /policies` answers: the stored version, and whether this very document was
+/// stored already (then nothing changed and the answer is 200 instead of 201).
+#[derive(Serialize)]
+struct Submitted {
+    #[serde(flatten)]
+    meta: PolicyMeta,
+    unchanged: bool,
+}
+
 async fn submit_policy(State(cp): State<AppState>, headers: HeaderMap, request: Body) -> ApiResult {
     let caller = authorize(&cp, &headers, Need::Write)?;
     let doc: DocumentBody = body(request).await?;
-    let meta = cp.submit_policy(&doc.document, &caller).await?;
-    tracing::info!(
-        version = meta.version,
-        by = caller.name,
-        "policy version stored"
-    );
-    ok(StatusCode::CREATED, meta)
+    match cp.submit_policy(&doc.document, &caller).await {
+        Ok(meta) => {
+            tracing::info!(
+                version = meta.version,
+                by = caller.name,
+                "policy version stored"
+            );
+            ok(
+                StatusCode::CREATED,
+                Submitted {
+                    meta,
+                    unchanged: false,
+                },
+            )
+        }
+        // Its version is taken: when by this very text, applying it again changes nothing
+        // (what `kubectl apply` of an unchanged object says); else the conflict stands.
+        Err(Error::Conflict(why)) => {
+            let sha = hex::encode(Sha256::digest(doc.document.as_bytes()));
+            match cp.policies().await?.into_iter().find(|p| p.sha256 == sha) {
+                Some(meta) => ok(
+                    StatusCode::OK,
+                    Submitted {
+                        meta,
+                        unchanged: true,
+                    },
+                ),
+                None => Err(Error::Conflict(why).into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn validate_policy(
@@ -458,7 +651,7 @@ async fn audit(
             let l: u32 = number(l, "limit")?;
             if l == 0 || l > AUDIT_MAX {
                 return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
+                    Problem::MalformedRequest,
                     format!("limit: {l} is out of range: give 1 to {AUDIT_MAX}"),
                 ));
             }
