@@ -28,6 +28,24 @@ POLICY_V2 = "version: 2\nsampling:\n  default_probability: 0.5\n"
 POLICY_BAD = "version: 3\nsampling:\n  default_probability: 7\n"
 
 
+def strict(components: dict) -> dict:
+    """The components with undocumented properties refused: every object schema gets
+    `unevaluatedProperties: false`, except those other schemas extend with `allOf` (the
+    extending schema gets it instead), so an answer with a field the document lacks fails."""
+    components = json.loads(json.dumps(components))
+    schemas = components["schemas"]
+    extended = {
+        part["$ref"].rsplit("/", 1)[-1]
+        for schema in schemas.values()
+        for part in schema.get("allOf", [])
+        if "$ref" in part
+    }
+    for name, schema in schemas.items():
+        if name not in extended and (schema.get("type") == "object" or "allOf" in schema):
+            schema["unevaluatedProperties"] = False
+    return components
+
+
 class Checker:
     """Calls routes and checks each answer against the document; records what was covered."""
 
@@ -37,6 +55,7 @@ class Checker:
             assert r.headers.get("content-type") == "application/json"
             self.doc = json.load(r)
         jsonschema.Draft202012Validator.check_schema({"$defs": self.doc["components"]["schemas"]})
+        self.components = strict(self.doc["components"])
         self.covered: dict[tuple[str, str], set[int]] = defaultdict(set)
 
     def call(self, method: str, template: str, want: int, token: str | None = None, body=None,
@@ -68,7 +87,7 @@ class Checker:
             assert media in content, f"{where}: {status} answered {media}, the document says {list(content)}"
             schema = content[media].get("schema", {})
             instance = json.loads(text) if "json" in media else text
-            root = {**schema, "components": self.doc["components"]}
+            root = {**schema, "components": self.components}
             validator = jsonschema.Draft202012Validator(root, format_checker=jsonschema.FormatChecker())
             errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.path))
             assert not errors, f"{where}: {status} body does not match the document: " + "; ".join(
@@ -224,5 +243,8 @@ def test_every_route_answers_as_the_openapi_document_says(control_plane_factory,
             got = c.covered.get((method, template), set())
             assert any(s < 300 for s in got), f"{method.upper()} {template} never answered with success"
             documented_errors = {int(s) for s in op["responses"] if s.isdigit() and int(s) >= 400}
-            if documented_errors - {500, 503}:
+            # Storage failures and overload, and /metrics without a recorder (only in-process
+            # tests run without one), cannot be caused from outside on demand.
+            unreachable = {500, 503} | ({404} if template == "/metrics" else set())
+            if documented_errors - unreachable:
                 assert any(s >= 400 for s in got), f"{method.upper()} {template}: no error answer checked"
