@@ -274,15 +274,21 @@ class ControlPlane:
         """instance_id -> gateway record."""
         return {g["instance_id"]: g for g in self.api("GET", "/gateways", VIEWER_TOKEN)["gateways"]}
 
-    def weirctl(self, *args: str, token: str | None = ADMIN_TOKEN, stdin: str | None = None, timeout: float = 30):
-        """Runs weirctl against this control plane; returns the CompletedProcess (text)."""
+    def weirctl(self, *args: str, token: str | None = ADMIN_TOKEN, stdin: str | None = None, timeout: float = 30,
+                server: str | None = "", env_extra: dict | None = None):
+        """Runs weirctl against this control plane; returns the CompletedProcess (text). Its
+        config file is one of this control plane's own (never the user's contexts);
+        server=None leaves WEIR_SERVER unset, env_extra adds variables."""
         binary = weirctl_bin()
         if not binary.exists():
             pytest.fail(f"{binary} does not exist: cargo build -p weir-control-plane")
-        env = {k: v for k, v in os.environ.items() if k not in ("WEIR_TOKEN", "WEIR_SERVER")}
-        env["WEIR_SERVER"] = self.api_base
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WEIR")}
+        env["WEIRCONFIG"] = str(self.workdir / "weirctl-config.yaml")
+        if server is not None:
+            env["WEIR_SERVER"] = server or self.api_base
         if token is not None:
             env["WEIR_TOKEN"] = token
+        env.update(env_extra or {})
         return subprocess.run(
             [str(binary), *args], env=env, input=stdin, capture_output=True, text=True, timeout=timeout
         )

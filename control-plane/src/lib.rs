@@ -7,8 +7,8 @@
 //! - `targeting.rs`: which gateways a rollout stage reaches;
 //! - `auth.rs`: bearer tokens and roles;
 //! - `identity.rs`: the bounds on what a gateway claims, and which instances a token may be;
-//! - `api.rs` + `openapi.json`: the REST API (served by weir-runtime's listener, as the
-//!   gateway's listeners are);
+//! - `api/`: the REST API, its problem documents and its OpenAPI document generated from the
+//!   code (served by weir-runtime's listener, as the gateway's listeners are);
 //! - `watch.rs`: the gRPC watch stream;
 //! - `graph/`: the gateways' span metrics read from Kafka into 1/5/15-minute windows, for
 //!   the service graph and per-service RED metrics.

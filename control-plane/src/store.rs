@@ -71,6 +71,19 @@ pub struct Actor {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Millis(pub i64);
 
+/// In the OpenAPI document: an RFC 3339 time, as [`Millis`] serializes.
+impl utoipa::PartialSchema for Millis {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Millis {}
+
 impl Serialize for Millis {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let t = UNIX_EPOCH + Duration::from_millis(self.0.max(0) as u64);
@@ -87,7 +100,7 @@ pub fn now() -> Millis {
 }
 
 /// A stored policy version without its document.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PolicyMeta {
     /// The document's `version:`.
     pub version: u64,
@@ -102,7 +115,7 @@ pub struct PolicyMeta {
 }
 
 /// A stored policy version with its document.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PolicyRecord {
     /// Everything but the document.
     #[serde(flatten)]
@@ -112,7 +125,7 @@ pub struct PolicyRecord {
 }
 
 /// Where a rollout is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
     /// Its current stage is released; it can be promoted.
@@ -148,7 +161,7 @@ impl RolloutState {
 }
 
 /// A rollout of one policy version.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Rollout {
     /// Its id, increasing.
     pub id: i64,
@@ -196,7 +209,7 @@ impl RolloutOp {
 }
 
 /// A gateway as last seen.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct GatewayRecord {
     /// Its stable id.
     pub instance_id: String,
@@ -234,7 +247,7 @@ pub struct Nacked {
 }
 
 /// One audit log entry.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Increasing id.
     pub id: i64,
@@ -247,6 +260,7 @@ pub struct AuditEntry {
     /// What, e.g. `policy.submit`, `rollout.promote`.
     pub action: String,
     /// The particulars.
+    #[schema(value_type = Object)]
     pub details: serde_json::Value,
 }
 

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 /// One stage of a rollout. Every condition given must hold; a stage with none reaches every
 /// gateway.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
     /// Labels the gateway must carry with exactly these values.
@@ -30,7 +30,7 @@ pub struct Stage {
 }
 
 /// A rollout's target as the API takes it: one stage written inline, or a list of stages.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// Labels (single-stage form).

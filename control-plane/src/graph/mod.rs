@@ -30,7 +30,7 @@ pub fn now_secs() -> u64 {
 }
 
 /// Success rates of a node over the three windows; `None` where it had no calls.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, utoipa::ToSchema)]
 pub struct SuccessRates {
     #[serde(rename = "1m")]
     one: Option<f64>,
@@ -41,7 +41,7 @@ pub struct SuccessRates {
 }
 
 /// A service of the graph.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, utoipa::ToSchema)]
 pub struct Node {
     /// The service (or, for a callee that sends no spans, the name callers give it).
     pub name: String,
@@ -57,7 +57,7 @@ pub struct Node {
 }
 
 /// A histogram as the API shows it.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, utoipa::ToSchema)]
 pub struct HistogramView {
     /// Upper bounds of the buckets.
     pub bounds: Vec<f64>,
@@ -87,7 +87,7 @@ impl From<&Buckets> for HistogramView {
 }
 
 /// An edge of the graph.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, utoipa::ToSchema)]
 pub struct EdgeView {
     /// The caller.
     pub client: String,
@@ -133,7 +133,7 @@ fn ratio(part: u64, whole: u64) -> Option<f64> {
 }
 
 /// `/api/v1/graph`.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, utoipa::ToSchema)]
 pub struct Graph {
     /// The window of `calls`, `errors` and the edges.
     pub window: &'static str,
@@ -231,7 +231,7 @@ pub fn graph(windows: &Windows, window: Window, now: u64) -> Graph {
 }
 
 /// An operation of a service.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, utoipa::ToSchema)]
 pub struct OperationView {
     /// The span name.
     pub name: String,
@@ -252,7 +252,7 @@ pub struct OperationView {
 }
 
 /// `/api/v1/services/{name}`.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, utoipa::ToSchema)]
 pub struct ServiceView {
     /// The service.
     pub service: String,
