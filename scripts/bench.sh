@@ -4,7 +4,7 @@
 # producing to the same Tansu broker. Per run it records acknowledged spans/s, the gateway's
 # CPU-seconds per million spans, its peak RSS, p50/p99 latency, and the spans an independent
 # consumer (scripts/bench/count_spans.py) counts back out of Kafka. Prints one table and
-# appends it to docs/BENCHMARKS.md.
+# appends it to docs/benchmarks-log.md.
 #
 # Runs: a closed loop (BENCH_CONCURRENCY senders) against each gateway, then an open loop at
 # half of Rotel's closed-loop spans/s against each, BENCH_ROUNDS times each, every other round
@@ -39,7 +39,7 @@
 #   BENCH_MAX_MESSAGE   largest Kafka record both gateways may produce, bytes (1000000)
 #   BENCH_ROTEL_BATCH   Rotel's trace batch size in spans (default: fits BENCH_MAX_MESSAGE)
 #   BENCH_BROKER_PORT   Tansu's port (19192; a free one is used if it is taken)
-#   BENCH_RECORD        1 (default) appends to docs/BENCHMARKS.md; 0 only prints
+#   BENCH_RECORD        1 (default) appends to docs/benchmarks-log.md; 0 only prints
 #   BENCH_SKIP_BUILD    1 uses the binaries in BENCH_BIN_DIR (default target/release) as they are
 #   BENCH_KEEP          1 keeps the run directory (logs, per-run JSON) even on success
 #   BENCH_BASE_BIN      a weir-gateway built from another commit: the target weir-base runs it
@@ -276,6 +276,11 @@ admin:
   endpoint: "127.0.0.1:$admin_port"
 $policy
 EOF
+      # A spool directory of its own (two gateways run at once in paired mode); a base
+      # binary from before the spool existed takes no such key.
+      if [ "$gateway" != weir-base ]; then
+        printf 'spool:\n  directory: %s\n' "$RUN_DIR/$name.spool" >>"$RUN_DIR/$name.yaml"
+      fi
       "$binary" --config "$RUN_DIR/$name.yaml" >"$GW_LOG" 2>&1 &
       echo $! >"$GW_PIDFILE"
       for ((i = 0; i < 300; i++)); do
@@ -413,7 +418,7 @@ if [ -n "${BENCH_PAIRED:-}" ]; then
   paired_args=(--command "$command" --rate "$PAIRED_RATE" --duration "$DURATION"
     --loadavg "$LOADAVG_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after"
     --versions "weir-gateway and weir-loadgen at $(git describe --always --dirty 2>/dev/null || echo 'an uncommitted tree'), $("$TANSU_BIN" --version) (memory engine, $PARTITIONS partitions, a fresh broker per round)")
-  [ "${BENCH_RECORD:-1}" = 1 ] && paired_args+=(--append "$WEIR_ROOT/docs/BENCHMARKS.md")
+  [ "${BENCH_RECORD:-1}" = 1 ] && paired_args+=(--append "$WEIR_ROOT/docs/benchmarks-log.md")
   "$PY" "$WEIR_ROOT/scripts/bench/paired_report.py" "$RESULTS/paired" "${paired_args[@]}"
   exit 0
 fi
@@ -456,7 +461,7 @@ settings+=" $([ "$FRESH_BROKER" = 1 ] && echo "a fresh broker per run" || echo "
 report_args=(--command "$command" --versions "$versions" --settings "$settings"
   --loadavg "$LOADAVG_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after")
 if [ "${BENCH_RECORD:-1}" = 1 ]; then
-  doc="$WEIR_ROOT/docs/BENCHMARKS.md"
+  doc="$WEIR_ROOT/docs/benchmarks-log.md"
   if [ ! -f "$doc" ]; then
     cat >"$doc" <<'EOF'
 # Benchmarks
@@ -479,5 +484,5 @@ EOF
 fi
 echo
 "$PY" "$WEIR_ROOT/scripts/bench/report.py" "$RESULTS" "${report_args[@]}"
-[ "${BENCH_RECORD:-1}" = 1 ] && log "appended to docs/BENCHMARKS.md"
+[ "${BENCH_RECORD:-1}" = 1 ] && log "appended to docs/benchmarks-log.md"
 exit 0

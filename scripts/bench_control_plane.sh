@@ -6,12 +6,12 @@
 # API. Reports p50/p99/max from sending the rollout request to each stream's receipt of the
 # Assignment, to each ACK as the control plane recorded it, and to the moment GET
 # /api/v1/gateways showed every ACK (the target: p99 under one second). Prints the result and
-# appends it to docs/BENCHMARKS.md.
+# appends it to docs/benchmarks-log.md.
 #
 # Settings (environment):
 #   BENCH_CP_STREAMS     watch streams (gateways) to open (200)
 #   BENCH_CP_ROUNDS      rollouts to measure (5)
-#   BENCH_RECORD         1 (default) appends to docs/BENCHMARKS.md; 0 only prints
+#   BENCH_RECORD         1 (default) appends to docs/benchmarks-log.md; 0 only prints
 #   BENCH_SKIP_BUILD     1 uses target/release as it is
 #   BENCH_KEEP           1 keeps the run directory (config, database, log)
 set -euo pipefail
@@ -94,7 +94,7 @@ CP_RSS="$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$(cat "$PIDFILE")/stat
 echo "control plane: ${CP_CPU} CPU-s over the run, peak RSS ${CP_RSS} MiB" | tee -a "$RUN_DIR/result.txt"
 
 if [ "${BENCH_RECORD:-1}" = 1 ]; then
-  doc="$WEIR_ROOT/docs/BENCHMARKS.md"
+  doc="$WEIR_ROOT/docs/benchmarks-log.md"
   cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
   mem="$(awk '/MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)"
   {
@@ -111,5 +111,5 @@ if [ "${BENCH_RECORD:-1}" = 1 ]; then
     cat "$RUN_DIR/result.txt"
     echo '```'
   } >>"$doc"
-  log "appended to docs/BENCHMARKS.md"
+  log "appended to docs/benchmarks-log.md"
 fi

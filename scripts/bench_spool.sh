@@ -3,7 +3,7 @@
 # gateway/examples/spool_throughput.rs: concurrent appenders of 100-span requests (fsync
 # policy `always`, the default: group commit), then one replayer, unpaced, into a sink that
 # acknowledges at once. Prints the figures with the machine's conditions (cores, load, the
-# file system under the spool directory), in the form docs/BENCHMARKS.md records them.
+# file system under the spool directory), in the form docs/benchmarks-log.md records them.
 #
 # Settings (environment):
 #   SPOOL_BENCH_APPENDERS  concurrent appenders (64)
