@@ -44,11 +44,13 @@ from harness import (
     new_span_id,
     new_trace_id,
     post,
+    produce,
     unique_name,
     wait_until,
 )
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
@@ -232,6 +234,45 @@ def shop_traffic(i: int) -> bytes:
     )
 
 
+def earlier_flush(minutes_ago: float, ok: int, errors: int) -> bytes:
+    """A gateway's flush of `minutes_ago`: frontend's GET /checkout calls, as
+    docs/span-metrics.md names them. The three windows then hold different success rates."""
+    at = time.time_ns() - int(minutes_ago * 60e9)
+    points = [
+        metrics_pb2.NumberDataPoint(
+            attributes=kv({"service.name": "frontend", "span.name": "GET /checkout",
+                           "span.kind": "SPAN_KIND_SERVER", "status.code": status}),
+            start_time_unix_nano=at - 15_000_000_000,
+            time_unix_nano=at,
+            as_int=n,
+        )
+        for status, n in (("STATUS_CODE_UNSET", ok), ("STATUS_CODE_ERROR", errors))
+        if n
+    ]
+    return metrics_pb2.MetricsData(
+        resource_metrics=[
+            metrics_pb2.ResourceMetrics(
+                resource=resource_pb2.Resource(attributes=kv({"service.name": "weir-gateway"})),
+                scope_metrics=[
+                    metrics_pb2.ScopeMetrics(
+                        metrics=[
+                            metrics_pb2.Metric(
+                                name="traces.span.metrics.calls",
+                                unit="{call}",
+                                sum=metrics_pb2.Sum(
+                                    data_points=points,
+                                    aggregation_temporality=metrics_pb2.AGGREGATION_TEMPORALITY_DELTA,
+                                    is_monotonic=True,
+                                ),
+                            )
+                        ]
+                    )
+                ],
+            )
+        ]
+    ).SerializeToString()
+
+
 def policy(version: int, topic: str, probability: float) -> str:
     return (
         f"version: {version}\n"
@@ -312,6 +353,10 @@ def test_console_in_headless_chromium(broker, control_plane_factory, gateways, b
     canary = cp.release(2, {"stages": [{"instances": [gw_a.instance_id]}, {}]})
     wait_until("the v2 canary on gw-console-a", lambda: running({gw_a.instance_id: 2, gw_b.instance_id: 1}), 10, 0.05)
 
+    # Earlier flushes (as a gateway that sent them 3 and 10 minutes ago), so frontend's success
+    # rate differs in each window: 95% over 1 minute, 38/50 over 5, 88/100 over 15.
+    produce(broker.bootstrap, topic, b"earlier-3m", earlier_flush(3, ok=0, errors=10))
+    produce(broker.bootstrap, topic, b"earlier-10m", earlier_flush(10, ok=50, errors=0))
     # Traffic through both gateways; the control plane folds every span (sampling drops most).
     for i in range(40):
         r = post((gw_a, gw_b)[i % 2], TRACE_PATH, shop_traffic(i))
@@ -321,7 +366,12 @@ def test_console_in_headless_chromium(broker, control_plane_factory, gateways, b
     def served():
         seen["graph"] = g = api_graph(cp)
         calls = {n["name"]: n["calls"] for n in g["nodes"]}
-        return calls == {"frontend": 40, "cart": 40, "payment": 40, "carts": 40} and len(g["edges"]) == 3
+        frontend = next((n["success_rate"] for n in g["nodes"] if n["name"] == "frontend"), {})
+        return (
+            calls == {"frontend": 40, "cart": 40, "payment": 40, "carts": 40}
+            and len(g["edges"]) == 3
+            and frontend.get("15m") == 0.88
+        )
 
     try:
         wait_until("the control plane to serve the shop's traffic", served, 30, 0.25)
@@ -376,9 +426,12 @@ def test_console_in_headless_chromium(broker, control_plane_factory, gateways, b
             assert value == rates[node["name"]][window], (node["name"], window, value)
     # The rates the traffic was built with, and their colours: green at 100%, red at 75%.
     assert rates["cart"] == {"1m": 1.0, "5m": 1.0, "15m": 1.0}
-    assert rates["payment"]["1m"] == 0.75 and rates["frontend"]["1m"] == 0.95
-    colours = {n["name"]: n["colours"]["1m"] for n in dom["nodes"]}
-    assert colours["cart"] == "hsl(120, 72%, 40%)" and colours["payment"] == "hsl(0, 72%, 40%)"
+    assert rates["payment"]["1m"] == 0.75
+    assert rates["frontend"] == {"1m": 0.95, "5m": 0.76, "15m": 0.88}
+    colours = {n["name"]: n["colours"] for n in dom["nodes"]}
+    assert colours["cart"]["1m"] == "hsl(120, 72%, 40%)" and colours["payment"]["1m"] == "hsl(0, 72%, 40%)"
+    # Each ring its own colour: 95% -> hue 90, 76% -> 0 (red), 88% -> 48.
+    assert colours["frontend"] == {"1m": "hsl(90, 72%, 40%)", "5m": "hsl(0, 72%, 40%)", "15m": "hsl(48, 72%, 40%)"}
     edges = {e["edge"]: e["health"] for e in dom["edges"]}
     assert edges == {"frontend->cart": "ok", "frontend->payment": "failing", "cart->carts": "degraded"}
     browser.save_screenshot(str(screenshots / "graph.png"))
@@ -411,7 +464,7 @@ def test_console_in_headless_chromium(broker, control_plane_factory, gateways, b
     assert shown["callees"] == sorted(f"{e['client']}->{e['server']}" for e in service["callees"]) == [
         "frontend->cart", "frontend->payment"]
     assert shown["callers"] == len(service["callers"]) == 0
-    assert shown["rates"] == {"1m": "95.00%", "5m": "95.00%", "15m": "95.00%"}
+    assert shown["rates"] == {"1m": "95.00%", "5m": "76.00%", "15m": "88.00%"}
     browser.save_screenshot(str(screenshots / "service-frontend.png"))
 
     # ---- Gateways.
