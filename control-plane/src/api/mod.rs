@@ -42,13 +42,17 @@ fn ok<T: Serialize>(status: StatusCode, body: T) -> ApiResult {
 
 /// What a route needs from the caller's token.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Need {
+pub(crate) enum Need {
     Read,
     Write,
 }
 
 /// The caller of a request, or 401 (no valid token) / 403 (a role that may not do this).
-fn authorize(cp: &ControlPlane, headers: &HeaderMap, need: Need) -> Result<Caller, ApiError> {
+pub(crate) fn authorize(
+    cp: &ControlPlane,
+    headers: &HeaderMap,
+    need: Need,
+) -> Result<Caller, ApiError> {
     let header = match headers.get(header::AUTHORIZATION) {
         None => None,
         Some(v) => Some(v.to_str().map_err(|_| {
@@ -266,7 +270,7 @@ pub fn routes() -> Vec<(&'static str, Method, MethodRouter<AppState>)> {
     ]
 }
 
-/// The REST router over `cp`.
+/// The REST router over `cp`, with the web console's pages (`console.rs`).
 pub fn router(cp: Arc<ControlPlane>) -> Router {
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for (path, _, handler) in routes() {
@@ -287,6 +291,7 @@ pub fn router(cp: Arc<ControlPlane>) -> Router {
         router = router.route(path, handler);
     }
     router
+        .merge(crate::console::router())
         .fallback(|| async {
             ApiError::new(
                 Problem::NoSuchRoute,

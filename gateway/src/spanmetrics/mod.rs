@@ -107,6 +107,11 @@ impl Flusher {
             end,
         };
         self.since = end;
+        // The policy may have gained the section while this flusher slept without one: the
+        // spans counted since then go to its topic, not nowhere.
+        if let Some(current) = self.policies.load().policy.span_metrics() {
+            self.last = Some(current.clone());
+        }
         let Some(section) = &self.last else {
             return;
         };
