@@ -120,8 +120,51 @@ def gateway_of(request, broker, workdir, tmp_path):
         gw.stop()
 
 
-def test_every_route_answers_as_the_openapi_document_says(control_plane_factory, gateway_of):
-    cp = control_plane_factory("sqlite")
+def cp_has_service(cp, name: str) -> bool:
+    req = urllib.request.Request(
+        f"{cp.api_base}/api/v1/services/{name}", headers={"Authorization": f"Bearer {VIEWER_TOKEN}"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status == 200
+    except urllib.error.HTTPError:
+        return False
+
+
+def span_metrics_record(service: str) -> bytes:
+    """One gateway flush as the span metrics topic carries it: a call count of `service`."""
+    import time
+
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.metrics.v1 import metrics_pb2
+
+    def kv(k, v):
+        return common_pb2.KeyValue(key=k, value=common_pb2.AnyValue(string_value=v))
+
+    point = metrics_pb2.NumberDataPoint(
+        as_int=5, time_unix_nano=time.time_ns(),
+        attributes=[kv("service.name", service), kv("span.name", "GET /"),
+                    kv("span.kind", "SPAN_KIND_SERVER"), kv("status.code", "STATUS_CODE_UNSET")],
+    )
+    metric = metrics_pb2.Metric(
+        name="traces.span.metrics.calls",
+        sum=metrics_pb2.Sum(data_points=[point], is_monotonic=True, aggregation_temporality=1),
+    )
+    return metrics_pb2.MetricsData(resource_metrics=[metrics_pb2.ResourceMetrics(
+        scope_metrics=[metrics_pb2.ScopeMetrics(metrics=[metric])])]).SerializeToString()
+
+
+def test_every_route_answers_as_the_openapi_document_says(control_plane_factory, gateway_of, broker):
+    from confluent_kafka import Producer
+
+    topic = unique_name("it-openapi-span-metrics")
+    broker.create_topic(topic)
+    cp = control_plane_factory(
+        "sqlite", extra_yaml=f"span_metrics:\n  brokers: [{broker.bootstrap}]\n  topic: {topic}\n"
+    )
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    producer.produce(topic, span_metrics_record("checkout"))
+    assert producer.flush(10) == 0
     c = Checker(cp)
     gw_id = unique_name("gw-openapi")
     gw = gateway_of(cp, gw_id)
@@ -231,6 +274,23 @@ def test_every_route_answers_as_the_openapi_document_says(control_plane_factory,
     c.covered[("get", A)] |= c.covered.pop(("get", Q))
     c.call("GET", A, 401)
     c.call("GET", A, 403, GATEWAY_TOKEN)
+
+    # The service graph (span metrics read from the topic).
+    G = "/api/v1/graph"
+    wait_for("the span metrics read", lambda: cp_has_service(cp, "checkout"), 30)
+    c.call("GET", G, 200, VIEWER_TOKEN)
+    GW = G + "?window={window}"
+    c.doc["paths"][GW] = c.doc["paths"][G]
+    c.call("GET", GW, 200, VIEWER_TOKEN, window="15m")
+    c.call("GET", GW, 400, VIEWER_TOKEN, window="2h")
+    c.covered[("get", G)] |= c.covered.pop(("get", GW))
+    c.call("GET", G, 401)
+    c.call("GET", G, 403, GATEWAY_TOKEN)
+    S = "/api/v1/services/{name}"
+    c.call("GET", S, 200, VIEWER_TOKEN, name="checkout")
+    c.call("GET", S, 404, VIEWER_TOKEN, name="no-such-service")
+    c.call("GET", S, 401, name="checkout")
+    c.call("GET", S, 403, GATEWAY_TOKEN, name="checkout")
 
     # Every operation of the document was called, with a success and (where it has any
     # documented error) an error answer.
