@@ -196,7 +196,11 @@ pub async fn serve_with(
                         serde_json::json!({ "status": "Server not available", "reason": why }),
                     ),
                 };
-                (status, axum::Json(body))
+                (
+                    status,
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    body.to_string(),
+                )
             }),
         )
         .route(
