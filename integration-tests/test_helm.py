@@ -916,7 +916,13 @@ def schema_sample(schema: dict, node: dict, default):
         node = node["oneOf"][-1]
     if node.get("type") == "object" and "properties" in node:
         base = default if isinstance(default, dict) else {}
-        return {k: schema_sample(schema, sub, base.get(k)) for k, sub in node["properties"].items()}
+        # Keys that exclude each other (`not: {required: [a, b]}`): the first one only.
+        excluded = node.get("not", {}).get("required", [])[1:]
+        return {
+            k: schema_sample(schema, sub, base.get(k))
+            for k, sub in node["properties"].items()
+            if k not in excluded
+        }
     if default is not None:
         return default
     if "enum" in node:
@@ -946,6 +952,8 @@ def test_every_config_key_the_schema_admits_is_one_the_binaries_accept(helm_env,
     for key in ("gateway", "controlPlane", "tailRouter"):
         sub = schema["properties"][key]["properties"]["config"]
         full[key] = {"config": schema_sample(schema, sub, defaults[key]["config"])}
+    # The sampled decisions.signing_key_env names this variable: the pod's env gives it.
+    full["tailRouter"]["extraEnvs"] = [{"name": "x-weir-sample", "value": "k" * 32}]
     values = tmp_path / "every-key.yaml"
     values.write_text(yaml.safe_dump(full))
     docs = render(helm_env, values)

@@ -588,7 +588,9 @@ tail_router_config = obj(
                 # variable (extraEnv from a Secret).
                 "signing_key_file": s("string", minLength=1),
                 "signing_key_env": s("string", minLength=1),
-            }
+            },
+            # The tail router takes one source of the key.
+            **{"not": {"required": ["signing_key_env", "signing_key_file"]}},
         ),
     },
     desc="The tail router's config in its own keys, less the keys the chart sets.",
