@@ -70,7 +70,7 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
 # API groups of custom resources the chart renders (Prometheus Operator, Gateway API).
 CRD_GROUPS = ("monitoring.coreos.com/", "gateway.networking.k8s.io/")
 # The container running each component's binary (others are the values' extraContainers).
-MAIN_CONTAINER = {"gateway": "gateway", "control-plane": "control-plane", "tail-router": "tail-router"}
+MAIN_CONTAINER = {c: c for c in ("gateway", "control-plane", "tail-router")}
 
 
 def helm_bin() -> Path:
@@ -1097,7 +1097,8 @@ def test_gateway_exposure(helm_env):
 
     (np,) = by_kind(docs, "NetworkPolicy")
     assert np["metadata"]["annotations"] == {"team": "observability"}
-    assert selects(np["spec"]["podSelector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"])
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert selects(np["spec"]["podSelector"]["matchLabels"], pod_labels)
     assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
     first, extra = np["spec"]["ingress"]
     assert {p["port"] for p in first["ports"]} == {4317, 4318, 8888}
@@ -1177,7 +1178,12 @@ def test_gateway_pod_extras(helm_env):
 
 
 # Where the metric names the default alerts use must be exported (string literals in code).
-METRIC_SOURCES = ["gateway/src", "gateway/tail-router/src", "config/runtime/src", "control-plane/src"]
+METRIC_SOURCES = [
+    "gateway/src",
+    "gateway/tail-router/src",
+    "config/runtime/src",
+    "control-plane/src",
+]
 
 
 def exported_metric_names() -> set[str]:
@@ -1220,7 +1226,8 @@ def test_monitoring_objects(helm_env):
         (ep,) = m["spec"]["podMetricsEndpoints"]
         assert ep["path"] == "/metrics" and ep["metricRelabelings"][0]["action"] == "keep"
         (w,) = [w for w in workloads if component(w) == comp]
-        assert selects(m["spec"]["selector"]["matchLabels"], w["spec"]["template"]["metadata"]["labels"])
+        pod_labels = w["spec"]["template"]["metadata"]["labels"]
+        assert selects(m["spec"]["selector"]["matchLabels"], pod_labels)
         declared = {p["name"] for c in pod_spec(w)["containers"] for p in c.get("ports", [])}
         assert ep["port"] in declared, f"PodMonitor {comp}: no container port {ep['port']}"
 

@@ -46,15 +46,17 @@ done
 ensure_build_deps
 ensure_apt mmdebstrap buildah
 
+log "cargo build --release (${IMAGES[*]})"
+bin_args=()
+for img in "${IMAGES[@]}"; do bin_args+=(--bin "$img"); done
+# Without SOURCE_DATE_EPOCH: the cc crate's build scripts rebuild on its change, so exporting
+# it here would make this build differ from a developer's `cargo build --release`.
+env -u SOURCE_DATE_EPOCH cargo build --release --locked "${bin_args[@]}"
+
 # Reproducible timestamps (files in the base, the image's `created`): the last commit's time.
 SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
 export SOURCE_DATE_EPOCH
 REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-
-log "cargo build --release (${IMAGES[*]})"
-bin_args=()
-for img in "${IMAGES[@]}"; do bin_args+=(--bin "$img"); done
-cargo build --release --locked "${bin_args[@]}"
 
 # The base root filesystem, as a tarball: Debian's minbase variant (what debian:*-slim is made
 # of) plus BASE_PACKAGES, without documentation, locales or apt's package lists, with the
