@@ -157,10 +157,11 @@ def test_the_dockerfile_and_the_script_make_the_same_base():
     assert sorted(m.group(1).split()) == sorted(script_base_packages())
     assert re.search(r"^IMAGE_USER=10001$", IMAGE_SCRIPT.read_text(), re.M)
     assert "USER 10001:10001" in stage
-    labels = dockerfile_labels()
-    for key in LABELS:
-        assert f"org.opencontainers.image.{key}" in labels or key == "title", key
-    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    for name in IMAGES:
+        labels = {**dockerfile_labels(), **dockerfile_labels(name)}
+        for key in LABELS:
+            assert f"org.opencontainers.image.{key}" in labels, f"{name}: no label {key}"
+        assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
 
 
 @pytest.mark.parametrize("name", list(IMAGES))
