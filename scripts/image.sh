@@ -123,8 +123,8 @@ for img in "${IMAGES[@]}"; do
   log "building $archive"
   rm -f "$stamp"
   ctr="$(bah from --name "$img-build" scratch)"
-  bah add "$ctr" "$base_tar" /
-  bah add --chmod 0755 "$ctr" "$bin" "/usr/local/bin/$img"
+  bah add --quiet "$ctr" "$base_tar" / >/dev/null
+  bah add --quiet --chmod 0755 "$ctr" "$bin" "/usr/local/bin/$img" >/dev/null
   config=(
     --user "$IMAGE_USER:$IMAGE_USER"
     --workingdir /var/lib/weir
