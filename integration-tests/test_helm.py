@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -66,6 +67,10 @@ def existing_secret_value(name: str, key: str) -> str:
 
 
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
+# API groups of custom resources the chart renders (Prometheus Operator, Gateway API).
+CRD_GROUPS = ("monitoring.coreos.com/", "gateway.networking.k8s.io/")
+# The container running each component's binary (others are the values' extraContainers).
+MAIN_CONTAINER = {c: c for c in ("gateway", "control-plane", "tail-router")}
 
 
 def helm_bin() -> Path:
@@ -148,7 +153,16 @@ CASE_IDS = ["defaults", *[p.stem for p in CI_VALUES]]
 
 def test_ci_values_files_cover_the_required_cases():
     names = {p.stem for p in CI_VALUES}
-    for want in ("postgresql", "kafka-sasl-tls", "fixed-replicas", "spool-statefulset"):
+    for want in (
+        "postgresql",
+        "kafka-sasl-tls",
+        "fixed-replicas",
+        "spool-statefulset",
+        "gateway-exposure",
+        "gateway-headless-grpc",
+        "gateway-pod-extras",
+        "monitoring",
+    ):
         assert any(want in n for n in names), f"helm/weir/ci/ has no *{want}* values file: {names}"
 
 
@@ -195,8 +209,9 @@ def test_manifests_are_valid_kubernetes_1_29(helm_env, values):
     docs = render(helm_env, values)
     for doc in docs:
         what = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
-        if doc.get("apiVersion", "").startswith("monitoring.coreos.com/"):
-            # A CRD: Kubernetes' schemas do not have it; test_service_monitors checks it.
+        if doc.get("apiVersion", "").startswith(CRD_GROUPS):
+            # CRDs: Kubernetes' schemas do not have them; test_service_monitors,
+            # test_monitoring_objects and test_gateway_exposure check them.
             continue
         problem = None
         try:
@@ -216,6 +231,7 @@ def test_manifests_hold_together(helm_env, values):
     workloads = [d for d in docs if d["kind"] in WORKLOAD_KINDS]
     assert workloads, "no Deployment or StatefulSet rendered"
     existing = existing_secret_names(v)
+    existing_cms = existing_configmap_names(v)
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
 
     for w in workloads:
@@ -231,7 +247,8 @@ def test_manifests_hold_together(helm_env, values):
             for src in sources:
                 if "configMap" in src:
                     cm = src["configMap"]["name"]
-                    assert ("ConfigMap", cm) in names, f"{what}: ConfigMap {cm} is not rendered"
+                    known = ("ConfigMap", cm) in names or cm in existing_cms
+                    assert known, f"{what}: ConfigMap {cm} is neither rendered nor named in values"
                 if "secret" in src:
                     sn = src["secret"].get("secretName") or src["secret"]["name"]
                     known = ("Secret", sn) in names or sn in existing
@@ -265,6 +282,8 @@ def test_manifests_hold_together(helm_env, values):
                     sn = ref["name"]
                     known = ("Secret", sn) in names or sn in existing
                     assert known, f"{cwhat}: env {e['name']} reads Secret {sn}, unknown"
+            if c not in spec["containers"]:
+                continue  # init containers run to completion: no probes, no ports
             for probe in ("readinessProbe", "livenessProbe"):
                 assert probe in c, f"{cwhat}: no {probe}"
                 action = c[probe].get("httpGet") or c[probe].get("tcpSocket")
@@ -296,9 +315,31 @@ def test_manifests_hold_together(helm_env, values):
         assert any(selects(sel, p) for p in pods), f"PDB {pdb['metadata']['name']} selects no pods"
 
 
+def existing_configmap_names(v: dict) -> set[str]:
+    """ConfigMap names the values point at: gateway.configMap.existingName, and the `name` of
+    every `configMap` volume source or `configMapRef` in extra volumes and env sources."""
+    found: set[str] = set()
+    name = v.get("gateway", {}).get("configMap", {}).get("existingName")
+    if name:
+        found.add(name)
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, val in node.items():
+                if k in ("configMap", "configMapRef") and isinstance(val, dict) and "name" in val:
+                    found.add(val["name"])
+                walk(val)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(v)
+    return found
+
+
 def existing_secret_names(v: dict) -> set[str]:
     """Secret names the values point at (the chart mounts them but does not create them), and
-    those the user's own `extraEnv` entries read."""
+    those the user's own `extraEnvs` entries read."""
     found: set[str] = set()
 
     def walk(node):
@@ -351,7 +392,7 @@ def gateway_objects(docs):
     svcs = [
         d
         for d in by_kind(docs, "Service")
-        if component(d) == "gateway" and d["spec"].get("clusterIP") != "None"
+        if component(d) == "gateway" and not d["metadata"]["name"].endswith("-headless")
     ]
     assert len(deps) == 1 and len(svcs) == 1, "one gateway workload and one Service expected"
     return deps[0], svcs[0]
@@ -368,6 +409,7 @@ def test_gateway_service_probes_hpa_and_pdb(helm_env):
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
     admin = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert set(admin) == {"otlp", "otlp-http", "metrics"}, admin
     assert admin[c["readinessProbe"]["httpGet"]["port"]] == 8888
     hpas = by_kind(docs, "HorizontalPodAutoscaler")
     assert [h["apiVersion"] for h in hpas] == ["autoscaling/v2"]
@@ -490,7 +532,7 @@ def test_notes_tell_how_to_point_sdks_at_the_service(helm_env, values, tmp_path)
         else "http"
     )
     assert f"{scheme}://{host}:{ports['otlp-http']}" in text, text
-    assert f"{host}:{ports['otlp-grpc']}" in text, text
+    assert f"{host}:{ports['otlp']}" in text, text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +542,14 @@ def test_notes_tell_how_to_point_sdks_at_the_service(helm_env, values, tmp_path)
 class PodFiles:
     """The files a container sees through its volume mounts, laid out under a temporary root."""
 
-    def __init__(self, root: Path, docs: list[dict], workload: dict, container: dict):
+    def __init__(
+        self,
+        root: Path,
+        docs: list[dict],
+        workload: dict,
+        container: dict,
+        existing_configmaps: dict[str, dict] | None = None,
+    ):
         self.root = root
         self.mounts: list[str] = []
         # Mounts whose files come from a ConfigMap or Secret: a config naming a file there
@@ -520,7 +569,10 @@ class PodFiles:
             if {"configMap", "secret", "projected"} & set(vol):
                 self.provided.append(m["mountPath"].rstrip("/"))
             if "configMap" in vol:
-                cm = named(docs, "ConfigMap", vol["configMap"]["name"])
+                cm_name = vol["configMap"]["name"]
+                cm = named(docs, "ConfigMap", cm_name) or (existing_configmaps or {}).get(cm_name)
+                if cm is None and vol["configMap"].get("optional"):
+                    continue  # an optional ConfigMap the values name, absent here
                 assert cm is not None, f"ConfigMap {vol['configMap']['name']} not rendered"
                 self.write(target, cm.get("data", {}), vol["configMap"].get("items"))
             elif "secret" in vol:
@@ -627,16 +679,40 @@ def test_rendered_configs_pass_check_config(helm_env, values, comp, tmp_path):
     enabled = load_values(values).get(VALUES_KEY[comp], {}).get("enabled", True)
     rendered = len(workloads)
     assert bool(rendered) == enabled, f"{comp}: enabled={enabled} but {rendered} workloads rendered"
-    check_configs(docs, workloads, comp, tmp_path)
+    check_configs(docs, workloads, comp, tmp_path, existing_configmaps(helm_env, values))
 
 
-def check_configs(docs: list[dict], workloads: list[dict], comp: str, tmp_path: Path):
+def existing_configmaps(helm_env, values: Path | None) -> dict[str, dict]:
+    """What a ConfigMap the values name (gateway.configMap.existingName) holds in the cluster
+    this test plays: the config the chart renders itself for the same values."""
+    v = load_values(values)
+    name = v.get("gateway", {}).get("configMap", {}).get("existingName")
+    if not name:
+        return {}
+    v["gateway"]["configMap"] = {"create": True, "existingName": ""}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as own:
+        own.write(yaml.safe_dump(v))
+        own.flush()
+        docs = [d for d in yaml.safe_load_all(render_text(helm_env, Path(own.name))) if d]
+    cm = next(d for d in by_kind(docs, "ConfigMap") if "gateway.yaml" in d.get("data", {}))
+    return {name: cm}
+
+
+def check_configs(
+    docs: list[dict],
+    workloads: list[dict],
+    comp: str,
+    tmp_path: Path,
+    existing_configmaps: dict[str, dict] | None = None,
+):
     """Runs `<binary> --config <its rendered config> --check-config` for every container of
     the workloads, as the pod would run it (files from its mounts, its environment)."""
     for w in workloads:
         for c in pod_spec(w)["containers"]:
+            if c["name"] != MAIN_CONTAINER[comp]:
+                continue  # a sidecar from extraContainers
             root = tmp_path / f"{w['metadata']['name']}-{c['name']}"
-            files = PodFiles(root, docs, w, c)
+            files = PodFiles(root, docs, w, c, existing_configmaps)
             args = list(c.get("args", []))
             assert "--config" in args, f"{w['metadata']['name']}: no --config in {args}"
             i = args.index("--config") + 1
@@ -679,6 +755,11 @@ def check_configs(docs: list[dict], workloads: list[dict], comp: str, tmp_path: 
         ("gatway:\n  replicas: 2\n", "gatway"),
         ('gateway:\n  config:\n    kafka:\n      brokerz: ["a:1"]\n', "brokerz"),
         ("gateway:\n  config:\n    admin:\n      endpoint: 0.0.0.0:9999\n", "admin"),
+        ("gateway:\n  ports:\n    grpc: 4317\n", "grpc"),
+        ("gateway:\n  ports:\n    otlp:\n      protocol: UDP\n", "gateway.ports.otlp.protocol"),
+        ("gateway:\n  extraEnv: []\n", "extraEnv"),
+        ("serviceMonitor:\n  labels: {}\n", "labels"),
+        ("gateway:\n  service:\n    internalTrafficPolicy: Nearby\n", "internalTrafficPolicy"),
         (
             "kafka:\n  security:\n    sasl:\n      mechanism: GSSAPI\n",
             "kafka.security.sasl.mechanism",
@@ -697,6 +778,11 @@ def check_configs(docs: list[dict], workloads: list[dict], comp: str, tmp_path: 
         "unknown-top-level-key",
         "unknown-config-key",
         "chart-owned-config-key",
+        "old-ports-key",
+        "udp-port",
+        "old-extra-env-key",
+        "old-service-monitor-labels-key",
+        "unknown-traffic-policy",
         "unknown-enum-value",
         "tail-router-wrong-type",
         "control-plane-chart-owned-key",
@@ -758,6 +844,26 @@ def test_schema_file_refuses_unknown_keys_everywhere():
             "gateway.config.control_plane is set but the gateway has no control plane",
         ),
         (
+            "gateway:\n  ports:\n    metrics:\n      enabled: false\n",
+            "gateway.ports.metrics.enabled must stay true",
+        ),
+        (
+            "gateway:\n  ports:\n    otlp:\n      enabled: false\n    otlp-http:\n      enabled: false\n",
+            "gateway.ports: enable otlp or otlp-http",
+        ),
+        (
+            "gateway:\n  service:\n    type: LoadBalancer\n    clusterIP: None\n",
+            "gateway.service.clusterIP (e.g. None, headless) needs gateway.service.type ClusterIP",
+        ),
+        (
+            "gateway:\n  configMap:\n    create: false\n",
+            "gateway.configMap: with create: false, set existingName",
+        ),
+        (
+            "gateway:\n  httproute:\n    enabled: true\n",
+            "gateway.httproute.parentRefs",
+        ),
+        (
             "gateway:\n  autoscaling:\n    minReplicas: 5\n    maxReplicas: 3\n",
             "gateway.autoscaling.minReplicas (5) is above maxReplicas (3)",
         ),
@@ -775,6 +881,11 @@ def test_schema_file_refuses_unknown_keys_everywhere():
         "sasl-without-password",
         "tls-on-plaintext",
         "control-plane-settings-without-one",
+        "metrics-port-off",
+        "no-receiver",
+        "headless-load-balancer",
+        "no-configmap",
+        "httproute-without-parent",
         "min-above-max",
         "grace-shorter-than-shutdown-and-drain",
         "drain-longer-than-grace",
@@ -845,6 +956,8 @@ def test_every_config_key_the_schema_admits_is_one_the_binaries_accept(helm_env,
     for key in ("gateway", "controlPlane", "tailRouter"):
         sub = schema["properties"][key]["properties"]["config"]
         full[key] = {"config": schema_sample(schema, sub, defaults[key]["config"])}
+    # The sampled decisions.signing_key_env names this variable: the pod's env gives it.
+    full["tailRouter"]["extraEnvs"] = [{"name": "x-weir-sample", "value": "k" * 32}]
     values = tmp_path / "every-key.yaml"
     values.write_text(yaml.safe_dump(full))
     docs = render(helm_env, values)
@@ -932,3 +1045,242 @@ def test_names_fit_kubernetes_limits_with_the_longest_release_name(helm_env):
         assert len(name) <= 63, f"{d['kind']}/{name} is {len(name)} characters"
         if d["kind"] == "StatefulSet":
             assert len(name) <= 52, f"StatefulSet/{name} is {len(name)} characters"
+
+
+# ---------------------------------------------------------------------------------------------
+# The keys named as in the opentelemetry-collector chart (docs/helm.md maps them)
+
+
+def ci_values(stem: str) -> Path:
+    return next(p for p in CI_VALUES if p.stem == stem)
+
+
+def gateway_container(workload: dict) -> dict:
+    return next(c for c in pod_spec(workload)["containers"] if c["name"] == "gateway")
+
+
+def test_gateway_exposure(helm_env):
+    """ports map (nodePort, servicePort), LoadBalancer options, Ingresses, HTTPRoute and the
+    NetworkPolicy, as gateway-exposure.yaml sets them."""
+    docs = render(helm_env, ci_values("gateway-exposure"))
+    dep, svc = gateway_objects(docs)
+    spec = svc["spec"]
+    assert spec["type"] == "LoadBalancer"
+    assert spec["loadBalancerIP"] == "203.0.113.10"
+    assert spec["loadBalancerSourceRanges"] == ["10.0.0.0/8", "192.168.0.0/16"]
+    assert spec["internalTrafficPolicy"] == "Local"
+    assert spec["externalTrafficPolicy"] == "Local"
+    ports = {p["name"]: p for p in spec["ports"]}
+    assert ports["otlp"]["nodePort"] == 30317 and ports["otlp"]["appProtocol"] == "grpc"
+    assert ports["otlp-http"]["port"] == 80 and ports["otlp-http"]["nodePort"] == 30318
+    assert ports["otlp-http"]["targetPort"] == "otlp-http"
+    container_ports = {p["name"]: p["containerPort"] for p in gateway_container(dep)["ports"]}
+    assert container_ports == {"otlp": 4317, "otlp-http": 4318, "metrics": 8888}
+
+    ingresses = {i["metadata"]["name"]: i for i in by_kind(docs, "Ingress")}
+    main = svc["metadata"]["name"]
+    assert set(ingresses) == {main, f"{main}-internal"}, set(ingresses)
+    ing = ingresses[main]
+    assert ing["spec"]["ingressClassName"] == "nginx"
+    assert ing["spec"]["tls"][0]["secretName"] == "otlp-example-com-tls"
+    path = ing["spec"]["rules"][0]["http"]["paths"][0]
+    assert path["path"] == "/v1/"
+    assert path["backend"]["service"] == {"name": main, "port": {"number": 80}}
+    internal = ingresses[f"{main}-internal"]["spec"]
+    assert internal["ingressClassName"] == "internal"
+    # A path without a port goes to the OTLP/HTTP servicePort.
+    assert internal["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"] == {"number": 80}
+
+    (route,) = by_kind(docs, "HTTPRoute")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert route["spec"]["parentRefs"][0]["name"] == "public-gateway"
+    assert route["spec"]["hostnames"] == ["otlp.example.com"]
+    (rule,) = route["spec"]["rules"]
+    assert rule["backendRefs"] == [{"name": main, "port": 80}]
+    assert rule["matches"][0]["path"]["value"] == "/v1/"
+
+    (np,) = by_kind(docs, "NetworkPolicy")
+    assert np["metadata"]["annotations"] == {"team": "observability"}
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert selects(np["spec"]["podSelector"]["matchLabels"], pod_labels)
+    assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    first, extra = np["spec"]["ingress"]
+    assert {p["port"] for p in first["ports"]} == {4317, 4318, 8888}
+    assert first["from"][1] == {"ipBlock": {"cidr": "10.0.0.0/8"}}
+    assert extra["ports"] == [{"port": 8888, "protocol": "TCP"}]
+    assert np["spec"]["egress"] == [{"to": [{"namespaceSelector": {}}]}]
+
+
+def test_defaults_render_no_exposure_objects(helm_env):
+    docs = render(helm_env, None)
+    for kind in ("Ingress", "HTTPRoute", "NetworkPolicy", "PodMonitor", "PrometheusRule"):
+        assert not by_kind(docs, kind), f"{kind} rendered with the default values"
+    assert "clusterIP" not in gateway_objects(docs)[1]["spec"]
+
+
+def test_headless_service_ports_map_and_existing_configmap(helm_env):
+    docs = render(helm_env, ci_values("gateway-headless-grpc"))
+    dep, svc = gateway_objects(docs)
+    assert svc["spec"]["clusterIP"] == "None"
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
+    assert ports["otlp"] == (4317, "otlp") and ports["metrics"] == (8888, "metrics")
+    c = gateway_container(dep)
+    container_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert container_ports == {"otlp": 14317, "otlp-http": 4318, "metrics": 18888}
+    # The chart renders no gateway ConfigMap and mounts the operator's instead.
+    gateway_cms = [
+        d for d in by_kind(docs, "ConfigMap") if "gateway.yaml" in d.get("data", {})
+    ]
+    assert not gateway_cms, [d["metadata"]["name"] for d in gateway_cms]
+    config = next(v for v in pod_spec(dep)["volumes"] if v["name"] == "config")
+    assert config["configMap"]["name"] == "weir-gateway-own-config"
+    assert "checksum/config" not in dep["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_the_ports_map_sets_the_listeners(helm_env, tmp_path):
+    """containerPort is where the gateway listens; enabled: false turns a receiver off."""
+    values = tmp_path / "ports.yaml"
+    values.write_text(
+        "gateway:\n  ports:\n    otlp-http:\n      enabled: false\n"
+        "    metrics:\n      containerPort: 9888\n"
+    )
+    docs = render(helm_env, values)
+    dep, svc = gateway_objects(docs)
+    assert {p["name"] for p in svc["spec"]["ports"]} == {"otlp", "metrics"}
+    assert {p["name"] for p in gateway_container(dep)["ports"]} == {"otlp", "metrics"}
+    cm = next(d for d in by_kind(docs, "ConfigMap") if "gateway.yaml" in d.get("data", {}))
+    cfg = yaml.safe_load(cm["data"]["gateway.yaml"])
+    assert cfg["receivers"]["http"]["enabled"] is False
+    assert cfg["receivers"]["grpc"] == {"enabled": True, "endpoint": "0.0.0.0:4317"}
+    assert cfg["admin"]["endpoint"] == "0.0.0.0:9888"
+
+
+def test_gateway_pod_extras(helm_env):
+    docs = render(helm_env, ci_values("gateway-pod-extras"))
+    dep, _ = gateway_objects(docs)
+    spec = pod_spec(dep)
+    c = gateway_container(dep)
+    env = {e["name"]: e for e in c["env"]}
+    assert env["RUST_BACKTRACE"]["value"] == "1"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert c["envFrom"] == [{"configMapRef": {"name": "weir-gateway-env", "optional": True}}]
+    assert {"name": "ca-bundle", "mountPath": "/etc/weir/extra-ca", "readOnly": True} in c[
+        "volumeMounts"
+    ]
+    assert any(v["name"] == "ca-bundle" for v in spec["volumes"])
+    assert [i["name"] for i in spec["initContainers"]] == ["wait-for-kafka"]
+    assert [x["name"] for x in spec["containers"]] == ["gateway", "config-reloader"]
+    # lifecycleHooks replaces the chart's preStop sleep.
+    assert c["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "10"]}}}
+    assert c["readinessProbe"]["periodSeconds"] == 3
+    assert c["livenessProbe"]["periodSeconds"] == 15
+    assert c["startupProbe"]["failureThreshold"] == 30
+    # The defaults: no startup probe, the preStop sleep.
+    default = gateway_container(gateway_objects(render(helm_env, None))[0])
+    assert "startupProbe" not in default and "envFrom" not in default
+    assert default["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+
+
+# Where the metric names the default alerts use must be exported (string literals in code).
+METRIC_SOURCES = [
+    "gateway/src",
+    "gateway/tail-router/src",
+    "config/runtime/src",
+    "control-plane/src",
+]
+
+
+def exported_metric_names() -> set[str]:
+    names: set[str] = set()
+    for root in METRIC_SOURCES:
+        for f in (REPO_ROOT / root).rglob("*.rs"):
+            names.update(re.findall(r'"((?:otelcol|weir)_[a-z0-9_]+)"', f.read_text()))
+    return names
+
+
+def test_monitoring_objects(helm_env):
+    docs = render(helm_env, ci_values("monitoring"))
+    services = by_kind(docs, "Service")
+    monitors = {component(m): m for m in by_kind(docs, "ServiceMonitor")}
+    assert set(monitors) == {"gateway", "tail-router", "control-plane"}, set(monitors)
+    for comp, port in (("gateway", "metrics"), ("tail-router", "admin"), ("control-plane", "api")):
+        m = monitors[comp]
+        assert m["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        assert m["spec"]["sampleLimit"] == 50000
+        (ep,) = m["spec"]["endpoints"]
+        assert ep["port"] == port and ep["interval"] == "15s"
+        assert ep["relabelings"][0]["targetLabel"] == "node"
+        assert ep["metricRelabelings"][0]["action"] == "drop"
+    # The control plane's monitor leaves out its StatefulSet's headless Service (one scrape
+    # per pod): only the Service without the headless label matches.
+    cp = monitors["control-plane"]["spec"]["selector"]
+    cp_services = [
+        s
+        for s in services
+        if selects(cp["matchLabels"], s["metadata"]["labels"])
+        and "weir.dev/headless" not in s["metadata"]["labels"]
+    ]
+    assert cp["matchExpressions"] == [{"key": "weir.dev/headless", "operator": "DoesNotExist"}]
+    assert len(cp_services) == 1 and cp_services[0]["spec"].get("clusterIP") != "None"
+
+    pods = {component(m): m for m in by_kind(docs, "PodMonitor")}
+    assert set(pods) == {"gateway", "tail-router", "control-plane"}
+    workloads = [d for d in docs if d["kind"] in WORKLOAD_KINDS]
+    for comp, m in pods.items():
+        (ep,) = m["spec"]["podMetricsEndpoints"]
+        assert ep["path"] == "/metrics" and ep["metricRelabelings"][0]["action"] == "keep"
+        (w,) = [w for w in workloads if component(w) == comp]
+        pod_labels = w["spec"]["template"]["metadata"]["labels"]
+        assert selects(m["spec"]["selector"]["matchLabels"], pod_labels)
+        declared = {p["name"] for c in pod_spec(w)["containers"] for p in c.get("ports", [])}
+        assert ep["port"] in declared, f"PodMonitor {comp}: no container port {ep['port']}"
+
+    (rule,) = by_kind(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    groups = {g["name"]: g for g in rule["spec"]["groups"]}
+    assert set(groups) == {"weir", "weir-custom"}
+    alerts = {r["alert"]: r for r in groups["weir"]["rules"]}
+    assert set(alerts) == {
+        "WeirGatewayRefusedSpans",
+        "WeirGatewayExportFailures",
+        "WeirGatewayKafkaDown",
+        "WeirGatewayPolicyRefused",
+        "WeirRolloutNacked",
+        "WeirTailRouterLag",
+    }, set(alerts)
+    exported = exported_metric_names()
+    for name, r in alerts.items():
+        assert r["labels"]["team"] == "observability", name
+        assert r["annotations"]["runbook_url"] == "https://runbooks.example.com/weir", name
+        used = set(re.findall(r"\b((?:otelcol|weir)_[a-z0-9_]+)\b", r["expr"]))
+        assert used, f"{name}: no Weir metric in {r['expr']}"
+        assert used <= exported, f"{name} uses metrics nothing exports: {used - exported}"
+        assert f'namespace="{NAMESPACE}"' in r["expr"], f"{name} is not scoped to the release"
+    assert alerts["WeirTailRouterLag"]["expr"].endswith("> 500000")
+    assert "otelcol_receiver_refused_spans" in alerts["WeirGatewayRefusedSpans"]["expr"]
+    assert "otelcol_exporter_send_failed_spans" in alerts["WeirGatewayExportFailures"]["expr"]
+
+    (dash,) = [d for d in by_kind(docs, "ConfigMap") if "weir-gateway.json" in d.get("data", {})]
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dash["metadata"]["annotations"] == {"grafana_folder": "Weir"}
+    shipped = json.loads((REPO_ROOT / "docs" / "grafana" / "weir-gateway.json").read_text())
+    assert json.loads(dash["data"]["weir-gateway.json"]) == shipped
+
+
+def test_the_charts_dashboard_is_the_documented_one():
+    """helm reads files inside the chart only: helm/weir/dashboards/ holds a copy of
+    docs/grafana/weir-gateway.json, which must not drift from it."""
+    copy = CHART / "dashboards" / "weir-gateway.json"
+    assert copy.read_bytes() == (REPO_ROOT / "docs" / "grafana" / "weir-gateway.json").read_bytes()
+
+
+def test_default_alerts_follow_the_components_enabled(helm_env, tmp_path):
+    values = tmp_path / "rules.yaml"
+    values.write_text(
+        "prometheusRule:\n  enabled: true\ntailRouter:\n  enabled: false\n"
+        "controlPlane:\n  enabled: false\n"
+    )
+    (rule,) = by_kind(render(helm_env, values), "PrometheusRule")
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert "WeirTailRouterLag" not in alerts and "WeirRolloutNacked" not in alerts
+    assert "WeirGatewayKafkaDown" in alerts

@@ -125,6 +125,50 @@ defs = {
         description="Extra environment variables, as Kubernetes takes them.",
     ),
     "image": obj({"repository": s("string", minLength=1), "tag": STR}, required=["repository"]),
+    # Kubernetes objects passed through as they are (containers, volumes, probes, rules):
+    # kubernetes-validate checks them in the rendered manifests.
+    "k8sList": arr(s("object")),
+    "probe": s("object", "A probe, as Kubernetes takes it."),
+    "gatewayPort": obj(
+        {
+            "enabled": BOOL,
+            "containerPort": ref("port"),
+            "servicePort": ref("port"),
+            "hostPort": ref("port"),
+            "nodePort": s("integer", minimum=1, maximum=65535),
+            "protocol": enum("TCP"),
+            "appProtocol": STR,
+        },
+        desc="A port as the opentelemetry-collector chart spells it.",
+    ),
+    "ingressHosts": arr(
+        obj(
+            {
+                "host": s("string", minLength=1),
+                "paths": arr(
+                    obj(
+                        {
+                            "path": STR,
+                            "pathType": enum("Prefix", "Exact", "ImplementationSpecific"),
+                            "port": ref("port"),
+                        }
+                    ),
+                    minItems=1,
+                ),
+            },
+            required=["host", "paths"],
+        )
+    ),
+    "monitor": obj(
+        {
+            "enabled": BOOL,
+            "interval": ref("duration"),
+            "scrapeTimeout": ref("duration"),
+            "extraLabels": map_of(STR),
+            "relabelings": arr(s("object")),
+            "metricRelabelings": arr(s("object")),
+        }
+    ),
     "seccompProfile": obj(
         {"type": enum("RuntimeDefault", "Localhost", "Unconfined"), "localhostProfile": STR},
         required=["type"],
@@ -175,6 +219,11 @@ defs = {
 }
 
 
+def ref_props(name):
+    """The properties of a shared object definition, to extend it with more."""
+    return defs[name]["properties"]
+
+
 def pod_keys():
     """Keys every component's pod takes."""
     return {
@@ -186,7 +235,7 @@ def pod_keys():
         "affinity": ref("affinity"),
         "topologySpreadConstraints": ref("topologySpreadConstraints"),
         "priorityClassName": STR,
-        "extraEnv": ref("env"),
+        "extraEnvs": ref("env"),
     }
 
 
@@ -293,7 +342,7 @@ gateway_config = obj(
         "tail": obj(
             {
                 # The decision records' signing key (docs/tail-sampling.md): never in a
-                # ConfigMap, a mounted file or an env variable (extraEnv from a Secret).
+                # ConfigMap, a mounted file or an env variable (extraEnvs from a Secret).
                 "signing_key_file": s("string", minLength=1),
                 "signing_key_env": s("string", minLength=1),
             },
@@ -337,14 +386,75 @@ gateway = obj(
                 "minAvailable": ref("intOrPercent"),
             }
         ),
-        "ports": obj({"grpc": ref("port"), "http": ref("port"), "admin": ref("port")}),
+        "ports": obj(
+            {
+                "otlp": ref("gatewayPort"),
+                "otlp-http": ref("gatewayPort"),
+                "metrics": ref("gatewayPort"),
+            },
+            desc="The opentelemetry-collector chart's ports map, for the gateway's listeners.",
+        ),
         "service": obj(
             {
                 "type": ref("serviceType"),
                 "annotations": ref("stringMap"),
                 "externalTrafficPolicy": enum("", "Cluster", "Local"),
+                "clusterIP": s("string", pattern=r"^(|None|[0-9a-fA-F.:]+)$"),
+                "loadBalancerIP": STR,
+                "loadBalancerSourceRanges": arr(s("string", pattern=r"^[0-9a-fA-F.:]+/[0-9]+$")),
+                "internalTrafficPolicy": enum("", "Cluster", "Local"),
             }
         ),
+        "ingress": obj(
+            {
+                "enabled": BOOL,
+                "annotations": ref("stringMap"),
+                "ingressClassName": STR,
+                "hosts": ref("ingressHosts"),
+                "tls": arr(s("object")),
+                "additionalIngresses": arr(
+                    obj(
+                        {
+                            "name": s("string", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+                            "annotations": ref("stringMap"),
+                            "ingressClassName": STR,
+                            "hosts": ref("ingressHosts"),
+                            "tls": arr(s("object")),
+                        },
+                        required=["name", "hosts"],
+                    )
+                ),
+            }
+        ),
+        "httproute": obj(
+            {
+                "enabled": BOOL,
+                "apiVersion": STR,
+                "annotations": ref("stringMap"),
+                "parentRefs": arr(s("object")),
+                "hostnames": arr(STR),
+                "rules": arr(s("object")),
+            }
+        ),
+        "configMap": obj({"create": BOOL, "existingName": STR}),
+        "networkPolicy": obj(
+            {
+                "enabled": BOOL,
+                "annotations": ref("stringMap"),
+                "allowIngressFrom": arr(s("object")),
+                "extraIngressRules": arr(s("object")),
+                "egressRules": arr(s("object")),
+            }
+        ),
+        "extraEnvsFrom": ref("k8sList"),
+        "extraVolumes": ref("k8sList"),
+        "extraVolumeMounts": ref("k8sList"),
+        "initContainers": ref("k8sList"),
+        "extraContainers": ref("k8sList"),
+        "lifecycleHooks": s("object", "The container's lifecycle (postStart, preStop)."),
+        "readinessProbe": ref("probe"),
+        "livenessProbe": ref("probe"),
+        "startupProbe": ref("probe"),
         "controlPlane": obj(
             {
                 "endpoint": s("string", pattern=r"^(https?://[^/\s]+/?)?$"),
@@ -447,9 +557,9 @@ kafka = obj(
 control_plane_config = obj(
     {
         "storage": obj({"poll_interval": ref("duration")}),
+        "gateways": obj({"ttl": ref("duration")}),
         "shutdown_timeout": ref("duration"),
         "log": ref("logConfig"),
-        "gateways": obj({"ttl": ref("duration")}),
     },
     desc="The control plane's config in its own keys, less the keys the chart sets.",
 )
@@ -474,7 +584,6 @@ tail_router_config = obj(
         "shutdown_timeout": ref("duration"),
         "log": ref("logConfig"),
         "max_timestamp_lead": ref("duration"),
-        "cold": obj({"dead_letter_topic": s("string", pattern=r"^[a-zA-Z0-9._-]{1,249}$")}),
         "decisions": obj(
             {
                 "max_window_length": ref("duration"),
@@ -489,8 +598,8 @@ tail_router_config = obj(
                 "signing_key_file": s("string", minLength=1),
                 "signing_key_env": s("string", minLength=1),
             },
-            # One source of the key, not both.
-            **{"not": {"required": ["signing_key_file", "signing_key_env"]}},
+            # The tail router takes one source of the key.
+            **{"not": {"required": ["signing_key_env", "signing_key_file"]}},
         ),
     },
     desc="The tail router's config in its own keys, less the keys the chart sets.",
@@ -543,6 +652,7 @@ control_plane = obj(
             }
         ),
         "tls": obj({"existingSecret": STR, "caKey": STR}),
+        "ports": obj({"api": ref("port"), "watch": ref("port")}),
         "api": obj(
             {
                 "max_connections": s("integer", minimum=1),
@@ -552,7 +662,6 @@ control_plane = obj(
             },
             desc="Limits of the REST listener (the api.* keys of config/control-plane.yaml).",
         ),
-        "ports": obj({"api": ref("port"), "watch": ref("port")}),
         "service": obj({"type": ref("serviceType"), "annotations": ref("stringMap")}),
         "podDisruptionBudget": obj({"enabled": BOOL, "maxUnavailable": ref("intOrPercent")}),
         "config": control_plane_config,
@@ -594,10 +703,32 @@ root = obj(
         "global": s("object", "Set by Helm for parent charts; unused by this chart."),
         "serviceMonitor": obj(
             {
+                **ref_props("monitor"),
+                "sampleLimit": s("integer", minimum=0),
+            }
+        ),
+        "podMonitor": ref("monitor"),
+        "prometheusRule": obj(
+            {
                 "enabled": BOOL,
-                "interval": ref("duration"),
-                "scrapeTimeout": ref("duration"),
+                "groups": arr(s("object")),
+                "defaultRules": obj(
+                    {
+                        "enabled": BOOL,
+                        "additionalRuleLabels": ref("stringMap"),
+                        "additionalRuleAnnotations": ref("stringMap"),
+                        "routerLagRecords": s("integer", minimum=1),
+                    }
+                ),
+                "extraLabels": ref("stringMap"),
+            }
+        ),
+        "grafanaDashboard": obj(
+            {
+                "enabled": BOOL,
                 "labels": ref("stringMap"),
+                "annotations": ref("stringMap"),
+                "namespace": STR,
             }
         ),
     }

@@ -4,6 +4,7 @@ the topics, the policy file). `tail.gateway_id` is left to its default (host nam
 id, so each pod differs): one id shared by all replicas would merge their decision records. */}}
 {{- define "weir.gateway.config" -}}
 {{- $v := .Values.gateway }}
+{{- include "weir.gateway.validatePorts" . }}
 {{- range $i, $t := $v.auth.tokens }}
 {{- if eq (empty $t.existingSecret) (empty $t.sha256) }}
 {{- fail (printf "gateway.auth.tokens[%d] (tenant %s): set existingSecret (with key) or sha256" $i $t.tenant) }}
@@ -18,9 +19,9 @@ id, so each pod differs): one id shared by all replicas would merge their decisi
 {{- $topics := .Values.kafka.topics }}
 {{- $owned := dict
   "receivers" (dict
-    "grpc" (dict "enabled" true "endpoint" (printf "0.0.0.0:%d" (int $v.ports.grpc)))
-    "http" (dict "enabled" true "endpoint" (printf "0.0.0.0:%d" (int $v.ports.http))))
-  "admin" (dict "endpoint" (printf "0.0.0.0:%d" (int $v.ports.admin)))
+    "grpc" (dict "enabled" (index $v.ports "otlp").enabled "endpoint" (printf "0.0.0.0:%d" (int (index $v.ports "otlp").containerPort)))
+    "http" (dict "enabled" (index $v.ports "otlp-http").enabled "endpoint" (printf "0.0.0.0:%d" (int (index $v.ports "otlp-http").containerPort))))
+  "admin" (dict "endpoint" (printf "0.0.0.0:%d" (int $v.ports.metrics.containerPort)))
   "kafka" (dict
     "brokers" .Values.kafka.brokers
     "security" (include "weir.kafka.securityConfig" . | fromYaml)
