@@ -6,7 +6,9 @@ the document says, the body checked with `jsonschema` against the operation's re
 
 from __future__ import annotations
 
+import http.client
 import json
+import urllib.parse
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -65,16 +67,23 @@ class Checker:
         assert op is not None, f"the document lacks {method} {template}"
         path = template.format(**params)
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(f"{self.cp.api_base}{path}", data=data, method=method)
+        headers = {}
         if data is not None:
-            req.add_header("content-type", "application/json")
+            headers["content-type"] = "application/json"
         if token is not None:
-            req.add_header("authorization", f"Bearer {token}")
+            headers["authorization"] = f"Bearer {token}"
+        conn = http.client.HTTPConnection(urllib.parse.urlsplit(self.cp.api_base).netloc, timeout=15)
         try:
-            with urllib.request.urlopen(req, timeout=15) as r:
-                status, ctype, text = r.status, r.headers.get("content-type"), r.read().decode()
-        except urllib.error.HTTPError as e:
-            status, ctype, text = e.code, e.headers.get("content-type"), e.read().decode()
+            try:
+                conn.request(method, path, body=data, headers=headers)
+            except (BrokenPipeError, ConnectionResetError):
+                # A body refused as too large is answered before it is all sent, and the
+                # connection closed: the answer is still there to read.
+                pass
+            r = conn.getresponse()
+            status, ctype, text = r.status, r.getheader("content-type"), r.read().decode()
+        finally:
+            conn.close()
         where = f"{method} {path}"
         assert status == want, f"{where}: {status} (wanted {want}): {text[:400]}"
         response = op["responses"].get(str(status)) or op["responses"].get("default")

@@ -20,6 +20,10 @@ from test_tail_sampling import (  # noqa: F401
     test_a_span_arriving_after_the_delay_stays_hot,
 )
 
+# Not here: the router-kill test. noida-db 0.2.3 never hands a dead consumer's partitions to
+# a router that joins after it (not even once its session expired), so the replacement router
+# waits forever; a Kafka broker rebalances. The other tail tests use one router.
+
 
 @pytest.fixture(scope="module")
 def broker(workdir):

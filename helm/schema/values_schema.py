@@ -584,6 +584,7 @@ tail_router_config = obj(
         "shutdown_timeout": ref("duration"),
         "log": ref("logConfig"),
         "max_timestamp_lead": ref("duration"),
+        "cold": obj({"dead_letter_topic": s("string", pattern=r"^[a-zA-Z0-9._-]{1,249}$")}),
         "decisions": obj(
             {
                 "max_window_length": ref("duration"),
