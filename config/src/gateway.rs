@@ -729,20 +729,13 @@ impl Default for TailDecisions {
 impl TailDecisions {
     /// The key decision records are signed with, when one is configured.
     pub fn signing_key(&self) -> Result<Option<Vec<u8>>, ConfigError> {
-        let (inline, file, env) = (
+        Secret::read_optional_key(
+            "tail",
+            "signing_key",
             self.signing_key.as_ref(),
             self.signing_key_file.as_ref(),
             self.signing_key_env.as_ref(),
-        );
-        if inline.is_none() && file.is_none() && env.is_none() {
-            return Ok(None);
-        }
-        let key =
-            Secret::one_of("tail", "signing_key", inline, file, env)?.read("tail.signing_key")?;
-        if key.is_empty() {
-            return Err(ConfigError::invalid("tail.signing_key", "the key is empty"));
-        }
-        Ok(Some(key.into_bytes()))
+        )
     }
 }
 

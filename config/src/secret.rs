@@ -55,6 +55,26 @@ impl Secret {
         }
     }
 
+    /// Reads an optional, non-empty key given inline, from a file or from an environment
+    /// variable (at most one of them) under section `at`: `None` when none is set.
+    pub fn read_optional_key(
+        at: &str,
+        name: &str,
+        inline: Option<&String>,
+        file: Option<&PathBuf>,
+        env: Option<&String>,
+    ) -> Result<Option<Vec<u8>>, ConfigError> {
+        if inline.is_none() && file.is_none() && env.is_none() {
+            return Ok(None);
+        }
+        let key_path = format!("{at}.{name}");
+        let key = Self::one_of(at, name, inline, file, env)?.read(&key_path)?;
+        if key.is_empty() {
+            return Err(ConfigError::invalid(key_path, "the key is empty"));
+        }
+        Ok(Some(key.into_bytes()))
+    }
+
     /// Reads the secret; `key` is its inline key (e.g. `kafka.security.sasl.password`), and
     /// errors name `{key}_file` or `{key}_env`.
     pub fn read(&self, key: &str) -> Result<String, ConfigError> {

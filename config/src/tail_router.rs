@@ -119,23 +119,13 @@ impl Default for RouterDecisions {
 impl RouterDecisions {
     /// The signing key records must carry a valid signature of, when one is configured.
     pub fn signing_key(&self) -> Result<Option<Vec<u8>>, ConfigError> {
-        let (inline, file, env) = (
+        Secret::read_optional_key(
+            "decisions",
+            "signing_key",
             self.signing_key.as_ref(),
             self.signing_key_file.as_ref(),
             self.signing_key_env.as_ref(),
-        );
-        if inline.is_none() && file.is_none() && env.is_none() {
-            return Ok(None);
-        }
-        let key = Secret::one_of("decisions", "signing_key", inline, file, env)?
-            .read("decisions.signing_key")?;
-        if key.is_empty() {
-            return Err(ConfigError::invalid(
-                "decisions.signing_key",
-                "the key is empty",
-            ));
-        }
-        Ok(Some(key.into_bytes()))
+        )
     }
 }
 
