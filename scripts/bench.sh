@@ -44,6 +44,8 @@
 #   BENCH_KEEP          1 keeps the run directory (logs, per-run JSON) even on success
 #   BENCH_BASE_BIN      a weir-gateway built from another commit: the target weir-base runs it
 #                       with weir's config, so BENCH_PAIRED="weir-base weir" compares two commits
+#   BENCH_BASE_SPOOL    1 gives weir-base a spool directory of its own as weir has (for a base
+#                       built after the spool existed); 0 (default) leaves the key out
 #   BENCH_PAIRED        "A B": instead of the runs above, runs gateways A and B at the same time,
 #                       each with its own weir-loadgen at BENCH_PAIRED_RATE spans/s (default
 #                       60000) into its own topic, BENCH_ROUNDS times (default 5 here), and
@@ -230,7 +232,7 @@ $policy
 EOF
       # A spool directory of its own (two gateways run at once in paired mode); a base
       # binary from before the spool existed takes no such key.
-      if [ "$gateway" != weir-base ]; then
+      if [ "$gateway" != weir-base ] || [ "${BENCH_BASE_SPOOL:-0}" = 1 ]; then
         printf 'spool:\n  directory: %s\n' "$RUN_DIR/$name.spool" >>"$RUN_DIR/$name.yaml"
       fi
       "$binary" --config "$RUN_DIR/$name.yaml" >"$GW_LOG" 2>&1 &

@@ -16,6 +16,7 @@
 #   PROFILE_CONCURRENCY closed-loop senders at saturation (64)
 #   PROFILE_HALF_RATE   open-loop spans/s of the half-load run (default: half the closed loop's)
 #   PROFILE_MIN_WIDTH   inferno-flamegraph --minwidth, in pixels (0.2: keeps each SVG small)
+#   PROFILE_BIN_DIR     where weir-gateway and weir-loadgen are (target/release)
 # Needs perf and inferno (`cargo install inferno`) on PATH, and target/release built.
 set -euo pipefail
 
@@ -33,7 +34,7 @@ TARGET="${PROFILE_TARGET:-weir}"
 CONCURRENCY="${PROFILE_CONCURRENCY:-64}"
 MIN_WIDTH="${PROFILE_MIN_WIDTH:-0.2}"
 WARMUP=3
-BIN_DIR="$WEIR_ROOT/target/release"
+BIN_DIR="${PROFILE_BIN_DIR:-$WEIR_ROOT/target/release}"
 LOADGEN="$BIN_DIR/weir-loadgen"
 GATEWAY="$BIN_DIR/weir-gateway"
 LOAD_SHAPE=(--transport grpc --spans-per-request 100 --spans-per-trace 10 --attributes 5 --services 5 --json)
