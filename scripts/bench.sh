@@ -44,6 +44,8 @@
 #   BENCH_KEEP          1 keeps the run directory (logs, per-run JSON) even on success
 #   BENCH_BASE_BIN      a weir-gateway built from another commit: the target weir-base runs it
 #                       with weir's config, so BENCH_PAIRED="weir-base weir" compares two commits
+#   BENCH_BASE_SPOOL    1 gives weir-base a spool directory of its own as weir has (for a base
+#                       built after the spool existed); 0 (default) leaves the key out
 #   BENCH_PAIRED        "A B": instead of the runs above, runs gateways A and B at the same time,
 #                       each with its own weir-loadgen at BENCH_PAIRED_RATE spans/s (default
 #                       60000) into its own topic, BENCH_ROUNDS times (default 5 here), and
@@ -54,6 +56,8 @@ set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/bench/policies.sh
+source "$(dirname "${BASH_SOURCE[0]}")/bench/policies.sh"
 cd "$WEIR_ROOT"
 
 ROTEL_VERSION="0.0.1a15"
@@ -177,56 +181,6 @@ LOAD_SHAPE=(--transport grpc --spans-per-request "$SPANS_PER_REQUEST" --spans-pe
 BYTES_PER_SPAN="$("$LOADGEN" "${LOAD_SHAPE[@]}" --dry-run | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["bytes_per_span"])')"
 ROTEL_BATCH="${BENCH_ROTEL_BATCH:-$("$PY" -c "print(max(1, int($MAX_MESSAGE * 0.8 / $BYTES_PER_SPAN)))")}"
 
-# Writes a policy of 50 sampling and 50 routing rules to $1, routing to topic $2. No rule
-# matches the load (so every span is kept, as without rules), and none is indexed by
-# service.name, so every span is tested against all 100: the cost of rules, not of outcomes.
-write_rules_policy() {
-  local file="$1" topic="$2" i
-  {
-    echo "version: 1"
-    echo "sampling:"
-    echo "  default_probability: 1"
-    echo "  rules:"
-    for ((i = 0; i < 50; i++)); do
-      echo "    - name: sample-$i"
-      echo "      match: { all: [ { span_attribute: http.route, eq: /never/$i }, { duration: { gt: 10s } } ] }"
-      echo "      probability: 0.$((i % 9 + 1))"
-    done
-    echo "routing:"
-    echo "  rules:"
-    for ((i = 0; i < 50; i++)); do
-      echo "    - name: route-$i"
-      echo "      match: { any: [ { span_name: { prefix: never-$i } }, { span_attribute: k$i, gte: $i } ] }"
-      echo "      action: { topic: $topic }"
-    done
-  } >"$file"
-}
-
-# Writes a policy with tail sampling to $1: five tail rules every span meets (errors, slow
-# spans, slow client spans, an attribute predicate, a root-span SLA; some match the load),
-# windows of 10s sized for a million marked traces at 0.1% (1.8 MB), published every
-# BENCH_TAIL_PUBLISH_INTERVAL.
-write_tail_policy() {
-  cat >"$1" <<'EOF'
-version: 1
-tail:
-  window: 10s
-  expected_traces: 1000000
-  false_positive_rate: 0.001
-  publish_interval: PUBLISH_INTERVAL
-  baseline_probability: 0.01
-  rules:
-    - { name: errors, error: true }
-    - { name: slow, slower_than: 45ms }
-    - { name: slow-client, slower_than: 30ms, span_kind: client }
-    - { name: root-sla, root_slower_than: 40ms }
-EOF
-  sed -i "s/PUBLISH_INTERVAL/${BENCH_TAIL_PUBLISH_INTERVAL:-5s}/" "$1"
-  if [ "${BENCH_TAIL_ATTRIBUTE_RULE:-1}" = 1 ]; then
-    echo "    - { name: vip, match: { span_attribute: customer.tier, eq: gold } }" >>"$1"
-  fi
-}
-
 # Starts gateway $1 producing to topic $2; sets GW_PIDFILE, GW_LOG, GW_ENDPOINT.
 start_gateway() {
   local gateway="$1" topic="$2" name="$1-$3" grpc_port http_port admin_port i
@@ -278,7 +232,7 @@ $policy
 EOF
       # A spool directory of its own (two gateways run at once in paired mode); a base
       # binary from before the spool existed takes no such key.
-      if [ "$gateway" != weir-base ]; then
+      if [ "$gateway" != weir-base ] || [ "${BENCH_BASE_SPOOL:-0}" = 1 ]; then
         printf 'spool:\n  directory: %s\n' "$RUN_DIR/$name.spool" >>"$RUN_DIR/$name.yaml"
       fi
       "$binary" --config "$RUN_DIR/$name.yaml" >"$GW_LOG" 2>&1 &
