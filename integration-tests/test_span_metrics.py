@@ -1,5 +1,7 @@
 """Span metrics are exact whatever sampling keeps (issue 21): spans with known outcomes go through
-TWO gateways whose policy keeps 10%; after a flush, the calls, errors and latency bucket counts
+TWO gateways whose policy keeps 10%, sent once as OTLP requests built here and once by the
+OpenTelemetry Python SDK (its tracer, BatchSpanProcessor and OTLP/gRPC exporter, with each
+span's start and end times, kind, status, attributes and parent set as the test chose); after a flush, the calls, errors and latency bucket counts
 the control plane serves equal what this test computes itself from every span it sent, per
 service, operation and edge. The test's own computation follows docs/span-metrics.md (edge
 rules, upper-inclusive buckets), not Weir's code."""
@@ -8,6 +10,8 @@ from __future__ import annotations
 
 import random
 import time
+
+import pytest
 from collections import defaultdict
 
 from control_plane_harness import VIEWER_TOKEN, control_plane_factory  # noqa: F401  (fixture)
@@ -123,6 +127,60 @@ def request_of(batch) -> bytes:
     ).SerializeToString()
 
 
+def send_raw(gateways, spans):
+    """OTLP/HTTP requests of 60 spans each, built by the test, alternately to each gateway."""
+    for i in range(0, len(spans), 60):
+        r = post(gateways[(i // 60) % 2], TRACE_PATH, request_of(spans[i : i + 60]))
+        assert r.status_code == 200, r.text
+
+
+def send_with_sdk(gateways, spans):
+    """The same spans through the OpenTelemetry Python SDK: one TracerProvider per (service,
+    gateway) with the real OTLP/gRPC exporter behind a BatchSpanProcessor; a span that is not
+    a root gets a remote, sampled parent, so the SDK's default sampler keeps it."""
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+    from opentelemetry.trace.status import Status, StatusCode
+
+    providers = {}
+    for i, (service, s, attrs) in enumerate(spans):
+        gw = gateways[(i // 60) % 2]
+        key = (service, gw.grpc_target)
+        if key not in providers:
+            provider = TracerProvider(resource=Resource.create({"service.name": service}))
+            provider.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(endpoint=gw.grpc_target, insecure=True))
+            )
+            providers[key] = provider
+        tracer = providers[key].get_tracer("weir-span-metrics-test")
+        context = None
+        if s.parent_span_id:
+            parent = SpanContext(
+                trace_id=int.from_bytes(s.trace_id, "big"),
+                span_id=int.from_bytes(s.parent_span_id, "big"),
+                is_remote=True,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
+            context = otel_trace.set_span_in_context(NonRecordingSpan(parent))
+        span = tracer.start_span(
+            s.name,
+            context=context,
+            kind=SpanKind(s.kind - 1),  # the SDK's enum starts at INTERNAL = 0
+            attributes=attrs,
+            start_time=s.start_time_unix_nano,
+        )
+        if s.status.code:
+            span.set_status(Status(StatusCode.OK if s.status.code == 1 else StatusCode.ERROR))
+        span.end(end_time=s.end_time_unix_nano)
+    for provider in providers.values():
+        assert provider.force_flush(30_000), "the SDK did not export every span"
+        provider.shutdown()
+
+
 def expected(spans):
     """Per operation (service, name, kind): calls, errors, buckets, root spans over SLA; per edge
     (client, server, connection_type): calls, failed, buckets."""
@@ -175,8 +233,9 @@ def served(cp):
     return ops, dict(sla), edges, graph
 
 
+@pytest.mark.parametrize("sender", [send_raw, send_with_sdk], ids=["otlp-requests", "python-sdk"])
 def test_span_metrics_count_every_span_across_two_sampling_gateways(
-    broker, gateway_factory, control_plane_factory, workdir  # noqa: F811
+    sender, broker, gateway_factory, control_plane_factory, workdir  # noqa: F811
 ):
     topic = unique_name("it-span-metrics")
     broker.create_topic(topic)
@@ -201,9 +260,7 @@ span_metrics:
     gateways = [gateway_factory({"policy_file": str(policy)}) for _ in range(2)]
 
     spans = make_spans(random.Random(21), 1200)
-    for i in range(0, len(spans), 60):
-        r = post(gateways[(i // 60) % 2], TRACE_PATH, request_of(spans[i : i + 60]))
-        assert r.status_code == 200, r.text
+    sender(gateways, spans)
     want_ops, want_sla, want_edges = expected(spans)
     assert len(want_edges) >= 8 and sum(e["failed"] for e in want_edges.values()) > 0
 
