@@ -6,9 +6,10 @@ the image's root filesystem with chroot: `--version`, and `--check-config` on th
 chart renders for that component, with the files the pod's volumes mount laid out in the root
 filesystem as Kubernetes would mount them.
 
-The archives are not built by scripts/test.sh (a release build and the base take longer than
-CI's budget allows beside the rest; docs/helm.md): the tests skip, saying so, when they are
-missing. Build them with scripts/image.sh (WEIR_IMAGE_DIR names another directory).
+scripts/test.sh builds the archives from the debug binaries (`WEIR_IMAGE_PROFILE=dev
+scripts/image.sh`: a release build on top would not fit CI's budget); the tests skip, saying so,
+only when they are missing (e.g. pytest run alone). scripts/image.sh builds the release images
+(WEIR_IMAGE_DIR names another directory).
 """
 
 from __future__ import annotations

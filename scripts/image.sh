@@ -7,6 +7,9 @@
 #
 #   scripts/image.sh                 # weir-gateway, weir-control-plane, weir-tail-router, weirctl
 #   scripts/image.sh weir-gateway    # only these
+#   WEIR_IMAGE_PROFILE=dev scripts/image.sh   # from the debug binaries (scripts/test.sh does
+#                                    # this: the images and their entrypoints are checked in CI
+#                                    # without a release build; ship the release ones)
 #
 # Output: $WEIR_IMAGE_DIR (default target/images, ignored by git), one <name>-<version>.oci.tar
 # per image plus a stamp beside it. An image whose binary, base and build recipe are unchanged
@@ -46,12 +49,18 @@ done
 ensure_build_deps
 ensure_apt mmdebstrap buildah
 
-log "cargo build --release (${IMAGES[*]})"
+PROFILE="${WEIR_IMAGE_PROFILE:-release}"
+case "$PROFILE" in
+  release) profile_args=(--release) profile_dir=release ;;
+  dev) profile_args=() profile_dir=debug ;;
+  *) die "WEIR_IMAGE_PROFILE: give release or dev, not $PROFILE" ;;
+esac
+log "cargo build ($PROFILE: ${IMAGES[*]})"
 bin_args=()
 for img in "${IMAGES[@]}"; do bin_args+=(--bin "$img"); done
 # Without SOURCE_DATE_EPOCH: the cc crate's build scripts rebuild on its change, so exporting
 # it here would make this build differ from a developer's `cargo build --release`.
-env -u SOURCE_DATE_EPOCH cargo build --release --locked "${bin_args[@]}"
+env -u SOURCE_DATE_EPOCH cargo build "${profile_args[@]}" --locked "${bin_args[@]}"
 
 # Reproducible timestamps (files in the base, the image's `created`): the last commit's time.
 SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
@@ -111,7 +120,7 @@ script_hash="$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)"
 base_hash="$(sha256sum "$base_tar" | cut -d' ' -f1)"
 
 for img in "${IMAGES[@]}"; do
-  bin="$CARGO_TARGET_DIR/release/$img"
+  bin="$CARGO_TARGET_DIR/$profile_dir/$img"
   archive="$OUT/$img-$VERSION.oci.tar"
   stamp="$archive.stamp"
   want="binary=$(sha256sum "$bin" | cut -d' ' -f1) base=$base_hash script=$script_hash version=$VERSION"

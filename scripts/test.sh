@@ -48,9 +48,13 @@ step "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings || tru
 # A throwaway PostgreSQL cluster for the control plane's storage tests (WEIR_TEST_POSTGRES_DSN).
 step "cargo test" with_postgres cargo test --workspace || true
 
-# The container images are not built here: scripts/image.sh needs a release build (10-20
-# minutes on two cores) besides this debug one, too much for CI's budget with everything else.
-# integration-tests/test_image.py skips, saying so, unless target/images holds them.
+# The container images, from the debug binaries built above (a release build would take 10-20
+# minutes more on two cores): integration-tests/test_image.py unpacks them and runs their
+# entrypoints. scripts/image.sh without WEIR_IMAGE_PROFILE builds the release images to ship.
+if [ "$built" -eq 1 ]; then
+  step "container images (debug binaries)" env WEIR_IMAGE_PROFILE=dev scripts/image.sh || true
+fi
+
 if [ "$built" -eq 1 ]; then
   export WEIR_GATEWAY_BIN="${WEIR_GATEWAY_BIN:-$WEIR_ROOT/target/debug/weir-gateway}"
   export TANSU_BIN
