@@ -167,24 +167,20 @@ class Broker:
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Broker":
+    # The broker implementation, as messages name it.
+    kind = "tansu"
+
+    def command(self) -> list[str]:
+        """The command line of a broker on self.port."""
         url = f"tcp://127.0.0.1:{self.port}"
-        self.proc = spawn(
-            [
-                str(tansu_bin()),
-                "broker",
-                "--storage-engine",
-                "memory://tansu/",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-            ],
-            self.log_path,
-        )
+        return [str(tansu_bin()), "broker", "--storage-engine", "memory://tansu/",
+                "--listener-url", url, "--advertised-listener-url", url]
+
+    def start(self) -> "Broker":
+        self.proc = spawn(self.command(), self.log_path)
         try:
             wait_until(
-                f"tansu listening on {self.bootstrap}",
+                f"{self.kind} listening on {self.bootstrap}",
                 lambda: self._alive() and port_open(self.port),
                 timeout=30,
             )
@@ -196,7 +192,7 @@ class Broker:
     def _alive(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
             raise RuntimeError(
-                f"tansu exited ({self.proc and self.proc.returncode})\n{log_tail(self.log_path)}"
+                f"{self.kind} exited ({self.proc and self.proc.returncode})\n{log_tail(self.log_path)}"
             )
         return True
 
@@ -269,30 +265,14 @@ class NoidaBroker(Broker):
     Tansu, so the spine's tests show nothing depends on one broker's quirks. Topics are
     created with the Kafka admin API (CreateTopics), as an operator's tooling does."""
 
+    kind = "noida-db"
+
     def __init__(self, workdir: Path, name: str = "noida"):
         super().__init__(workdir, name)
 
-    def start(self) -> "NoidaBroker":
-        data = self.workdir / f"{self.name}.data"
-        self.proc = spawn(
-            [str(noida_bin()), "start", "--only", "kafka", "--host", "127.0.0.1",
-             "--kafka-port", str(self.port), "--data-dir", str(data)],
-            self.log_path,
-        )
-        try:
-            wait_until(f"noida-db listening on {self.bootstrap}",
-                       lambda: self._alive() and port_open(self.port), timeout=30)
-        except TimeoutError as e:
-            self.stop()
-            raise RuntimeError(f"{e}\n--- {self.log_path}:\n{log_tail(self.log_path)}") from None
-        return self
-
-    def _alive(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(
-                f"noida-db exited ({self.proc and self.proc.returncode})\n{log_tail(self.log_path)}"
-            )
-        return True
+    def command(self) -> list[str]:
+        return [str(noida_bin()), "start", "--only", "kafka", "--host", "127.0.0.1",
+                "--kafka-port", str(self.port), "--data-dir", str(self.workdir / f"{self.name}.data")]
 
     def create_topic(self, name: str, partitions: int = TOPIC_PARTITIONS):
         from confluent_kafka.admin import AdminClient, NewTopic

@@ -259,3 +259,17 @@ with_postgres() {
   stop_postgres
   return "$rc"
 }
+
+# Prints N free loopback TCP ports (bound together, so they are distinct): for the
+# benchmarks and the profile, which start their own broker and gateways.
+free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}

@@ -61,18 +61,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-free_ports() {
-  "$PY" - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
 # profile_run NAME LOADGEN-ARGS...: a fresh broker and gateway, the load, perf in its middle.
 # Leaves $RUN_DIR/NAME.loadgen.json and $OUT/gateway-NAME.{folded,svg}.
 profile_run() {
