@@ -21,6 +21,8 @@
 #                       on every span, marks in a 1M-trace Bloom filter, published every second),
 #                       or weir-policy: the same policy without its tail section (tail marking off,
 #                       the per-span policy path on: what weir-tail is compared with),
+#                       or weir-nospool: weir with the spool off (BENCH_PAIRED="weir-nospool
+#                       weir" is what the spool costs with Kafka healthy),
 #                       or weir-spanmetrics: weir-policy with span metrics on (docs/span-metrics.md;
 #                       flushed every 15 s to their own topic), compared with weir-policy
 #   BENCH_TAIL_ATTRIBUTE_RULE 1 (default) includes weir-tail's attribute-predicate rule; 0 leaves
@@ -82,7 +84,7 @@ COUNT_IDLE=5
 COUNT_MAX=900
 
 for t in "${TARGETS[@]}"; do
-  case "$t" in weir | weir-base | weir-rules | weir-tail | weir-policy | weir-spanmetrics | rotel) ;; *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-base, weir-rules, weir-tail, weir-policy, weir-spanmetrics, rotel)" ;; esac
+  case "$t" in weir | weir-base | weir-nospool | weir-rules | weir-tail | weir-policy | weir-spanmetrics | rotel) ;; *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-base, weir-nospool, weir-rules, weir-tail, weir-policy, weir-spanmetrics, rotel)" ;; esac
 done
 for v in DURATION ROUNDS WARMUP CONCURRENCY SPANS_PER_REQUEST SPANS_PER_TRACE ATTRIBUTES MAX_REQUESTS PARTITIONS MAX_MESSAGE; do
   [[ "${!v}" =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || die "BENCH_$v must be a positive integer, got '${!v}'"
@@ -177,7 +179,7 @@ start_gateway() {
   GW_ENDPOINT="http://127.0.0.1:$grpc_port"
   STARTED_PIDFILES+=("$GW_PIDFILE")
   case "$gateway" in
-    weir | weir-base | weir-rules | weir-tail | weir-policy | weir-spanmetrics)
+    weir | weir-base | weir-nospool | weir-rules | weir-tail | weir-policy | weir-spanmetrics)
       local policy="" binary="$GATEWAY"
       if [ "$gateway" = weir-base ]; then
         binary="${BENCH_BASE_BIN:?weir-base needs BENCH_BASE_BIN, a weir-gateway built from another commit}"
@@ -219,7 +221,9 @@ $policy
 EOF
       # A spool directory of its own (two gateways run at once in paired mode); a base
       # binary from before the spool existed takes no such key.
-      if [ "$gateway" != weir-base ] || [ "${BENCH_BASE_SPOOL:-0}" = 1 ]; then
+      if [ "$gateway" = weir-nospool ]; then
+        printf 'spool:\n  enabled: false\n' >>"$RUN_DIR/$name.yaml"
+      elif [ "$gateway" != weir-base ] || [ "${BENCH_BASE_SPOOL:-0}" = 1 ]; then
         printf 'spool:\n  directory: %s\n' "$RUN_DIR/$name.spool" >>"$RUN_DIR/$name.yaml"
       fi
       "$binary" --config "$RUN_DIR/$name.yaml" >"$GW_LOG" 2>&1 &
