@@ -1,23 +1,9 @@
 //! librdkafka's own log lines and client errors, routed into `tracing` under the `librdkafka`
 //! target: the one place every Weir Kafka client (the gateway's producer, the tail router's
-//! consumers and producer) sends them.
+//! consumers and producer) sends them, from their `ClientContext`.
 
-use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
-
-/// The client context of a Kafka client that only needs its logs in `tracing`.
-pub struct TracingContext;
-
-impl ClientContext for TracingContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        log_to_tracing(level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        error_to_tracing(error, reason);
-    }
-}
 
 /// Writes one librdkafka log line to `tracing`; for contexts that do more than log (e.g. a
 /// consumer's rebalance handling) to call from their `ClientContext::log`.

@@ -1,17 +1,27 @@
 //! The producer side: librdkafka configuration, producing a request's records, and waiting
 //! until Kafka acknowledged every one of them (or the export timeout passed).
+//!
+//! One wait per `produce` call, not per record: every record of a call carries the same
+//! `Deliveries` as its librdkafka opaque, the delivery callback (on the producer's polling
+//! thread) counts it down, and only the last report wakes the waiting task. A request's ten
+//! records cost ten atomic decrements and one wake-up, where a future per record cost ten
+//! allocations, ten channels and up to ten wake-ups.
 
-use super::client_log::TracingContext;
+use super::client_log::{error_to_tracing, log_to_tracing};
 use super::errors::ExportError;
 use super::records::Record;
 use arc_swap::ArcSwap;
-use futures::future::join_all;
-use rdkafka::config::ClientConfig;
+use futures::task::AtomicWaker;
+use rdkafka::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use weir_config::ConfigError;
 use weir_config::gateway::{KafkaConfig, KafkaSecurity};
@@ -79,13 +89,98 @@ pub fn set_security(c: &mut ClientConfig, security: &KafkaSecurity) -> Result<()
     Ok(())
 }
 
-type Producer_ = FutureProducer<TracingContext>;
+type Producer_ = ThreadedProducer<DeliveryContext>;
+
+/// The delivery reports still to come for the records of one `produce` call, shared by those
+/// records (as their librdkafka opaque) and the task that waits for them.
+struct Deliveries {
+    /// Records handed to librdkafka whose delivery report has not come yet.
+    remaining: AtomicUsize,
+    /// The first failure reported (a fencing wins over any other: it needs a new producer).
+    failure: Mutex<Option<ExportError>>,
+    /// The waiting task, woken by the last report.
+    waker: AtomicWaker,
+}
+
+impl Deliveries {
+    fn new(records: usize) -> Arc<Self> {
+        Arc::new(Self {
+            remaining: AtomicUsize::new(records),
+            failure: Mutex::new(None),
+            waker: AtomicWaker::new(),
+        })
+    }
+
+    /// Counts one record's report; `failure` is its error, if it failed.
+    fn report(&self, failure: Option<ExportError>) {
+        if let Some(e) = failure {
+            let mut first = self.failure();
+            if first.as_ref().is_none_or(|f| !f.is_fenced()) {
+                *first = Some(e);
+            }
+        }
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.waker.wake();
+        }
+    }
+
+    fn failure(&self) -> std::sync::MutexGuard<'_, Option<ExportError>> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Resolves once every record has been reported: the first failure, if any.
+    async fn settled(&self) -> Result<(), ExportError> {
+        poll_fn(|cx| {
+            if self.remaining.load(Ordering::Acquire) != 0 {
+                self.waker.register(cx.waker());
+                // A report between the check and the registration would wake no one.
+                if self.remaining.load(Ordering::Acquire) != 0 {
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(())
+        })
+        .await;
+        match self.failure().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The producer's client context: librdkafka's logs into `tracing`, and each delivery report
+/// counted in the `Deliveries` of the record's `produce` call.
+struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_to_tracing(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        error_to_tracing(error, reason);
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Arc<Deliveries>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, deliveries: Arc<Deliveries>) {
+        deliveries.report(match result {
+            Ok(_) => None,
+            Err((e, message)) => Some(delivery_error(message.topic(), e)),
+        });
+    }
+}
 
 /// Records handed to the producer whose acknowledgements are still to be awaited
 /// (`KafkaExporter::acknowledgement`). Dropping it stops the wait, not the delivery.
 pub struct Produced {
     producer: Arc<Producer_>,
-    pending: Vec<(Arc<str>, rdkafka::producer::DeliveryFuture)>,
+    deliveries: Arc<Deliveries>,
+    records: usize,
     started: Instant,
     deadline: Instant,
 }
@@ -154,7 +249,7 @@ impl KafkaExporter {
 
     fn create(config: &ClientConfig) -> Result<Producer_, ExportError> {
         config
-            .create_with_context(TracingContext)
+            .create_with_context(DeliveryContext)
             .map_err(|e| ExportError::Config(e.to_string()))
     }
 
@@ -215,21 +310,18 @@ impl KafkaExporter {
         let started = Instant::now();
         let deadline = started + self.export_timeout;
         let total = records.len();
-        let mut pending = Vec::with_capacity(total);
+        let deliveries = Deliveries::new(total);
         for rec in records {
             let topic = &*rec.topic;
-            let mut fr = FutureRecord::to(topic)
+            let mut br = BaseRecord::with_opaque_to(topic, deliveries.clone())
                 .key(&rec.key[..])
                 .payload(&rec.value[..]);
             if let Some(headers) = &rec.headers {
-                fr = fr.headers(owned_headers(headers));
+                br = br.headers(owned_headers(headers));
             }
             loop {
-                match producer.send_result(fr) {
-                    Ok(delivery) => {
-                        pending.push((rec.topic.clone(), delivery));
-                        break;
-                    }
+                match producer.send(br) {
+                    Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         // The local queue is full: wait for it to drain, within the deadline.
                         if Instant::now() >= deadline {
@@ -237,7 +329,7 @@ impl KafkaExporter {
                             self.failed(&producer, &e);
                             return Err(e);
                         }
-                        fr = back;
+                        br = back;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     Err((e, _)) => {
@@ -250,56 +342,40 @@ impl KafkaExporter {
         }
         Ok(Produced {
             producer,
-            pending,
+            deliveries,
+            records: total,
             started,
             deadline,
         })
     }
 
-    /// Waits until Kafka acknowledged every record of `produced`: `Ok`, or the first failure,
-    /// or a timeout once the export timeout (counted from `produce`) passed.
+    /// Waits until Kafka acknowledged every record of `produced`: `Ok`, or the first failure
+    /// (a fencing before any other), or a timeout once the export timeout (counted from
+    /// `produce`) passed.
     pub async fn acknowledgement(&self, produced: Produced) -> Result<(), ExportError> {
         let Produced {
             producer,
-            pending,
+            deliveries,
+            records,
             started,
             deadline,
         } = produced;
-        let total = pending.len();
-        let (topics, deliveries): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
-        let results = match tokio::time::timeout_at(deadline.into(), join_all(deliveries)).await {
-            Ok(results) => results,
+        let settled = match tokio::time::timeout_at(deadline.into(), deliveries.settled()).await {
+            Ok(settled) => settled,
             Err(_) => {
-                let e = self.timeout(total);
+                let e = self.timeout(records);
                 self.failed(&producer, &e);
                 return Err(e);
             }
         };
         metrics::histogram!("weir_exporter_produce_latency_seconds", "exporter" => "kafka")
             .record(started.elapsed().as_secs_f64());
-        // Report a fencing first: it is the failure that needs a new producer.
-        let mut failed: Option<ExportError> = None;
-        for (r, topic) in results.into_iter().zip(topics) {
-            let err = match r {
-                Ok(Ok(_)) => continue,
-                Ok(Err((e, _))) => delivery_error(&topic, &e),
-                Err(_) => ExportError::Delivery {
-                    topic: topic.to_string(),
-                    reason: "the producer was shut down".to_string(),
-                    fenced: false,
-                    code: None,
-                },
-            };
-            if failed.as_ref().is_none_or(|f| !f.is_fenced()) {
-                failed = Some(err);
-            }
-        }
-        match failed {
-            None => {
+        match settled {
+            Ok(()) => {
                 self.liveness().last_ack = Some(Instant::now());
                 Ok(())
             }
-            Some(e) => {
+            Err(e) => {
                 self.failed(&producer, &e);
                 Err(e)
             }
@@ -457,8 +533,46 @@ fn delivery_error(topic: &str, e: &KafkaError) -> ExportError {
 
 #[cfg(test)]
 mod tests {
-    use super::{Liveness, WEDGED_AFTER};
+    use super::{Deliveries, ExportError, Liveness, WEDGED_AFTER};
     use std::time::{Duration, Instant};
+
+    fn delivery(fenced: bool) -> ExportError {
+        ExportError::Delivery {
+            topic: "t".to_string(),
+            reason: "r".to_string(),
+            fenced,
+            code: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_wait_ends_with_the_last_report_and_a_fencing_wins() {
+        let deliveries = Deliveries::new(3);
+        let waiter = {
+            let d = deliveries.clone();
+            tokio::spawn(async move { d.settled().await })
+        };
+        deliveries.report(Some(delivery(false)));
+        deliveries.report(Some(delivery(true)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "one record is still unreported");
+        deliveries.report(None);
+        let settled = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the last report wakes the waiter")
+            .unwrap();
+        assert!(settled.unwrap_err().is_fenced(), "the fencing is reported");
+
+        let fenced_first = Deliveries::new(2);
+        fenced_first.report(Some(delivery(true)));
+        fenced_first.report(Some(delivery(false)));
+        assert!(fenced_first.settled().await.unwrap_err().is_fenced());
+
+        let all_acked = Deliveries::new(2);
+        all_acked.report(None);
+        all_acked.report(None);
+        assert!(all_acked.settled().await.is_ok());
+    }
 
     #[test]
     fn wedged_only_when_the_broker_answers_and_nothing_is_acknowledged_since() {
