@@ -403,9 +403,14 @@ pub struct KafkaConfig {
     pub compression: Compression,
     /// How record keys map to partitions.
     pub partitioner: Partitioner,
-    /// How long the producer waits to fill a batch.
+    /// How long the producer waits to fill a batch (librdkafka `linger.ms`). 0: a batch goes
+    /// as soon as the broker connection has room (`max_in_flight`), so records that arrive
+    /// while a produce request is outstanding are batched together.
     #[serde(deserialize_with = "duration")]
     pub linger: Duration,
+    /// Produce requests outstanding per broker connection (librdkafka
+    /// `max.in.flight.requests.per.connection`); at most 5 with `acks: all` (idempotence).
+    pub max_in_flight: u32,
     /// Protocol, SASL and TLS to the brokers.
     pub security: KafkaSecurity,
     /// Raw librdkafka producer properties; they win over the keys above.
@@ -427,7 +432,8 @@ impl Default for KafkaConfig {
             acks: Acks::All,
             compression: Compression::None,
             partitioner: Partitioner::default(),
-            linger: Duration::from_millis(5),
+            linger: Duration::ZERO,
+            max_in_flight: 1,
             security: KafkaSecurity::default(),
             properties: BTreeMap::new(),
             include_metadata_keys: Vec::new(),
@@ -876,6 +882,22 @@ impl ConfigFile for GatewayConfig {
             ));
         }
         self.spool.validate(l.export_timeout)?;
+        let k = &self.kafka;
+        let most_in_flight = if k.acks == Acks::All { 5 } else { 1_000_000 };
+        if !(1..=most_in_flight).contains(&k.max_in_flight) {
+            return Err(ConfigError::invalid(
+                "kafka.max_in_flight",
+                format!(
+                    "{} is out of range: use 1 to {most_in_flight}{}",
+                    k.max_in_flight,
+                    if k.acks == Acks::All {
+                        " (acks: all makes the producer idempotent, which allows at most 5)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         if self.shutdown_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "shutdown_timeout",
@@ -1078,6 +1100,25 @@ mod tests {
         assert_eq!(cfg.kafka.max_message_size, def.kafka.max_message_size);
         assert_eq!(cfg.kafka.traces.topic, "otlp_spans");
         assert_eq!(cfg.kafka.linger, def.kafka.linger);
+    }
+
+    #[test]
+    fn max_in_flight_is_bounded_by_idempotence() {
+        let cfg = GatewayConfig::from_yaml("kafka:\n  max_in_flight: 5\n").unwrap();
+        assert_eq!(cfg.kafka.max_in_flight, 5);
+        assert_eq!(GatewayConfig::default().kafka.max_in_flight, 1);
+        let e = err("kafka:\n  max_in_flight: 6\n").to_string();
+        assert!(
+            e.contains("kafka.max_in_flight") && e.contains("idempotent"),
+            "{e}"
+        );
+        assert!(
+            err("kafka:\n  max_in_flight: 0\n")
+                .to_string()
+                .contains("1 to 5")
+        );
+        let cfg = GatewayConfig::from_yaml("kafka:\n  acks: \"1\"\n  max_in_flight: 20\n").unwrap();
+        assert_eq!(cfg.kafka.max_in_flight, 20);
     }
 
     #[test]

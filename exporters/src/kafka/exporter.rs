@@ -50,6 +50,10 @@ pub fn producer_config(
         .set("partitioner", cfg.partitioner.as_librdkafka())
         .set("linger.ms", cfg.linger.as_millis().to_string())
         .set(
+            "max.in.flight.requests.per.connection",
+            cfg.max_in_flight.to_string(),
+        )
+        .set(
             "message.timeout.ms",
             export_timeout.as_millis().max(1).to_string(),
         )
