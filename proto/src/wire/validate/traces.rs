@@ -5,7 +5,7 @@
 //! span's bytes are and the fields a policy reads (see `index.rs`).
 
 use super::common::{key_value, resource, scope};
-use super::message::{Kind, check_field, check_message, walk};
+use super::message::{Kind, check_depth, check_field, check_message, check_named, walk};
 use super::{SPAN_ID_LEN, TRACE_ID_LEN, check_id};
 use crate::wire::index::{ResourceEntry, ScopeEntry, SpanEntry, TraceRequestView};
 use crate::wire::reader::{Reader, Result, WireError, WireType};
@@ -55,60 +55,92 @@ fn link(buf: &[u8], depth: u32) -> Result<()> {
     check_id(span_id, SPAN_ID_LEN, true, || "span_id".into())
 }
 
-/// The fields of `Span`.
-const SPAN_FIELDS: &[(u32, &str, Kind)] = &[
-    (1, "trace_id", Kind::Bytes),
-    (2, "span_id", Kind::Bytes),
-    (3, "trace_state", Kind::Str),
-    (4, "parent_span_id", Kind::Bytes),
-    (5, "name", Kind::Str),
-    (6, "kind", Kind::Varint),
-    (7, "start_time_unix_nano", Kind::Fixed64),
-    (8, "end_time_unix_nano", Kind::Fixed64),
-    (9, "attributes", Kind::Repeated(key_value)),
-    (10, "dropped_attributes_count", Kind::Varint),
-    (11, "events", Kind::Repeated(event)),
-    (12, "dropped_events_count", Kind::Varint),
-    (13, "links", Kind::Repeated(link)),
-    (14, "dropped_links_count", Kind::Varint),
-    (15, "status", Kind::Msg(status)),
-    (16, "flags", Kind::Fixed32),
-];
-
 /// Validates a span and records what later readers need, so that they never walk its bytes
 /// again: its trace id, its scalar fields, and where its name, trace state and attributes are.
+/// The span's fields are a `match` rather than a table (as the other messages have): each
+/// check is then compiled for its field's kind, in the loop validation spends most time in.
 fn span(buf: &[u8], depth: u32, entry: &mut SpanEntry) -> Result<()> {
+    check_depth(depth)?;
     let (mut trace_id, mut span_id, mut parent) = (&[][..], &[][..], &[][..]);
     let mut attributes = (u32::MAX, 0);
+    // Entries seen so far of the repeated fields, to name them by index.
+    let (mut attribute_count, mut event_count, mut link_count) = (0u32, 0u32, 0u32);
     // Payloads are subslices of `buf`: their offsets are pointer differences.
     let offset = |b: &[u8]| (b.as_ptr() as usize - buf.as_ptr() as usize) as u32;
     let range = |b: &[u8]| (offset(b), offset(b) + b.len() as u32);
-    walk(buf, depth, SPAN_FIELDS, |f| match f.number {
-        1 => trace_id = f.bytes,
-        2 => span_id = f.bytes,
-        3 => entry.trace_state = range(f.bytes),
-        4 => parent = f.bytes,
-        5 => entry.name = range(f.bytes),
-        // An enum is an int32: a negative value is sign-extended to 64 bits on the wire.
-        6 => entry.kind = f.value as i32,
-        7 => entry.start_time_unix_nano = f.value,
-        8 => entry.end_time_unix_nano = f.value,
-        // From the field's own start: its tag and length may be overlong varints, which a
-        // start worked out back from the payload would miss (and readers would then start
-        // mid-field).
-        9 => attributes = (attributes.0.min(f.span.start as u32), f.span.end as u32),
-        // A repeated message field merges: a later `status` without a code keeps the earlier
-        // code, as prost and every consumer read it (found by fuzzing).
-        15 => {
-            if let Some(code) = Validated::new(f.bytes)
-                .filter(|s| s.number == 3 && s.wire == VARINT)
-                .last()
-            {
-                entry.status_code = code.value as i32;
+    let mut r = Reader::new(buf);
+    while let Some(f) = r.next()? {
+        let check = |kind, name| check_named(&f, kind, depth, name, 0);
+        match f.number {
+            1 => {
+                check(Kind::Bytes, "trace_id")?;
+                trace_id = f.bytes;
             }
+            2 => {
+                check(Kind::Bytes, "span_id")?;
+                span_id = f.bytes;
+            }
+            3 => {
+                check(Kind::Str, "trace_state")?;
+                entry.trace_state = range(f.bytes);
+            }
+            4 => {
+                check(Kind::Bytes, "parent_span_id")?;
+                parent = f.bytes;
+            }
+            5 => {
+                check(Kind::Str, "name")?;
+                entry.name = range(f.bytes);
+            }
+            6 => {
+                check(Kind::Varint, "kind")?;
+                // An enum is an int32: a negative value is sign-extended to 64 bits on the
+                // wire.
+                entry.kind = f.value as i32;
+            }
+            7 => {
+                check(Kind::Fixed64, "start_time_unix_nano")?;
+                entry.start_time_unix_nano = f.value;
+            }
+            8 => {
+                check(Kind::Fixed64, "end_time_unix_nano")?;
+                entry.end_time_unix_nano = f.value;
+            }
+            9 => {
+                let kind = Kind::Repeated(key_value);
+                check_named(&f, kind, depth, "attributes", attribute_count)?;
+                attribute_count += 1;
+                // From the field's own start: its tag and length may be overlong varints,
+                // which a start worked out back from the payload would miss (and readers
+                // would then start mid-field).
+                attributes = (attributes.0.min(f.span.start as u32), f.span.end as u32);
+            }
+            10 => check(Kind::Varint, "dropped_attributes_count")?,
+            11 => {
+                check_named(&f, Kind::Repeated(event), depth, "events", event_count)?;
+                event_count += 1;
+            }
+            12 => check(Kind::Varint, "dropped_events_count")?,
+            13 => {
+                check_named(&f, Kind::Repeated(link), depth, "links", link_count)?;
+                link_count += 1;
+            }
+            14 => check(Kind::Varint, "dropped_links_count")?,
+            15 => {
+                check(Kind::Msg(status), "status")?;
+                // A repeated message field merges: a later `status` without a code keeps the
+                // earlier code, as prost and every consumer read it (found by fuzzing).
+                if let Some(code) = Validated::new(f.bytes)
+                    .filter(|s| s.number == 3 && s.wire == VARINT)
+                    .last()
+                {
+                    entry.status_code = code.value as i32;
+                }
+            }
+            16 => check(Kind::Fixed32, "flags")?,
+            _ => {}
         }
-        _ => {}
-    })?;
+    }
     check_id(trace_id, TRACE_ID_LEN, true, || "trace_id".into())?;
     check_id(span_id, SPAN_ID_LEN, true, || "span_id".into())?;
     check_id(parent, SPAN_ID_LEN, false, || "parent_span_id".into())?;
