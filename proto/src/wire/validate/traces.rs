@@ -436,4 +436,184 @@ mod tests {
         let e = TraceRequestView::parse(&sample_request(vec![s]).encode_to_vec()).unwrap_err();
         assert!(e.reason().contains("nested deeper"), "{e}");
     }
+
+    /// A request of one resource and one scope holding one span of the bytes `span`.
+    fn request_with_span(span: &[u8]) -> Vec<u8> {
+        let nest = |number: u64, inner: &[u8]| {
+            let mut out = Vec::new();
+            put_varint(&mut out, number << 3 | 2);
+            put_varint(&mut out, inner.len() as u64);
+            out.extend_from_slice(inner);
+            out
+        };
+        nest(1, &nest(2, &nest(2, span)))
+    }
+
+    /// The two ids a span needs, as the first fields of its bytes.
+    fn span_ids() -> Vec<u8> {
+        let mut out = vec![0x0a, 16];
+        out.extend_from_slice(&[1; 16]);
+        out.extend_from_slice(&[0x12, 8]);
+        out.extend_from_slice(&[2; 8]);
+        out
+    }
+
+    /// A field of each wire type, as a wrong one for a span field of another.
+    fn field_of_wire_type(number: u64, wire: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varint(&mut out, number << 3 | wire);
+        match wire {
+            0 => out.push(1),
+            1 => out.extend_from_slice(&[0; 8]),
+            2 => out.push(0),
+            _ => out.extend_from_slice(&[0; 4]),
+        }
+        out
+    }
+
+    /// Every span field in the wrong wire type is refused, named as before the span's fields
+    /// moved from a table to a match; entries of repeated fields are named by index.
+    #[test]
+    fn span_fields_of_the_wrong_wire_type_are_named() {
+        let fields = [
+            (1, "trace_id", "Len"),
+            (2, "span_id", "Len"),
+            (3, "trace_state", "Len"),
+            (4, "parent_span_id", "Len"),
+            (5, "name", "Len"),
+            (6, "kind", "Varint"),
+            (7, "start_time_unix_nano", "I64"),
+            (8, "end_time_unix_nano", "I64"),
+            (9, "attributes[1]", "Len"),
+            (10, "dropped_attributes_count", "Varint"),
+            (11, "events[1]", "Len"),
+            (12, "dropped_events_count", "Varint"),
+            (13, "links[1]", "Len"),
+            (14, "dropped_links_count", "Varint"),
+            (15, "status", "Len"),
+            (16, "flags", "I32"),
+        ];
+        let link = sample_span(1, 1).links[0].encode_to_vec();
+        for (number, name, expected) in fields {
+            let (wrong, got) = if expected == "Varint" {
+                (2, "Len")
+            } else {
+                (0, "Varint")
+            };
+            let mut span = span_ids();
+            if matches!(number, 9 | 11 | 13) {
+                // One good entry first: the bad one is the second.
+                match number {
+                    9 => span.extend_from_slice(&[0x4a, 3, 0x0a, 1, b'a']),
+                    11 => span.extend_from_slice(&[0x5a, 0]),
+                    _ => {
+                        span.extend_from_slice(&[0x6a, link.len() as u8]);
+                        span.extend_from_slice(&link);
+                    }
+                }
+            }
+            span.extend_from_slice(&field_of_wire_type(number, wrong));
+            let e = TraceRequestView::parse(&request_with_span(&span)).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "resource_spans[0].scope_spans[0].spans[0].{name}: \
+                     wire type {got}, expected {expected}"
+                ),
+            );
+        }
+        // Unknown fields of any wire type are skipped.
+        let mut span = span_ids();
+        for wire in [0, 1, 2, 5] {
+            span.extend_from_slice(&field_of_wire_type(17, wire));
+        }
+        assert_eq!(
+            TraceRequestView::parse(&request_with_span(&span))
+                .unwrap()
+                .spans
+                .len(),
+            1
+        );
+    }
+
+    /// Varints in a span: overlong tags and lengths read as the usual ones, a varint of more
+    /// than 10 bytes or over 64 bits is refused, and a length past the end is refused.
+    #[test]
+    fn overlong_truncated_and_oversized_varints_in_a_span() {
+        // Name, written with a 2-byte tag and a 3-byte length.
+        let mut span = span_ids();
+        span.extend_from_slice(&[0xaa, 0x00, 0x82, 0x80, 0x00, b'h', b'i']);
+        // An attribute, with a 2-byte tag.
+        span.extend_from_slice(&[0xca, 0x00, 3, 0x0a, 1, b'a']);
+        let body = request_with_span(&span);
+        let view = TraceRequestView::parse(&body).unwrap();
+        let (e, bytes) = (&view.spans[0], &body[view.spans[0].range()]);
+        assert_eq!(e.name(bytes), b"hi");
+        assert_eq!(
+            e.raw_attributes(bytes).collect::<Vec<_>>(),
+            [(&b"a"[..], None)]
+        );
+        assert_eq!(
+            e.attributes.0 as usize,
+            span.len() - 6,
+            "from the overlong tag"
+        );
+
+        let error = |tail: &[u8]| {
+            let mut span = span_ids();
+            span.extend_from_slice(tail);
+            TraceRequestView::parse(&request_with_span(&span))
+                .unwrap_err()
+                .to_string()
+        };
+        let at = "resource_spans[0].scope_spans[0].spans[0]";
+        let eleven = [
+            0x30, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00,
+        ];
+        assert_eq!(error(&eleven), format!("{at}: varint longer than 10 bytes"));
+        let over = [
+            0x30, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+        ];
+        assert_eq!(error(&over), format!("{at}: varint overflows 64 bits"));
+        assert_eq!(error(&[0x30, 0x80]), format!("{at}: truncated varint"));
+        assert_eq!(
+            error(&[0x2a, 5, b'h', b'i']),
+            format!("{at}: field of 5 bytes runs past the end of its message")
+        );
+        assert_eq!(
+            error(&[0x4a, 0x80, 0x01, 0x0a]),
+            format!("{at}: field of 128 bytes runs past the end of its message")
+        );
+    }
+
+    /// Ids of the wrong length, or missing, on a span are refused and named.
+    #[test]
+    fn span_ids_of_the_wrong_length_are_named() {
+        let at = "resource_spans[0].scope_spans[0].spans[0]";
+        let cases: [(&dyn Fn(&mut Span), &str); 4] = [
+            (
+                &|s| s.trace_id.clear(),
+                "trace_id: must be 16 bytes, got 0 bytes",
+            ),
+            (
+                &|s| s.trace_id.push(0),
+                "trace_id: must be 16 bytes, got 17 bytes",
+            ),
+            (
+                &|s| s.span_id.truncate(4),
+                "span_id: must be 8 bytes, got 4 bytes",
+            ),
+            (
+                &|s| s.parent_span_id = vec![1; 9],
+                "parent_span_id: must be 8 bytes or empty, got 9 bytes",
+            ),
+        ];
+        for (spoil, expected) in cases {
+            let mut span = sample_span(1, 1);
+            spoil(&mut span);
+            let e = TraceRequestView::parse(&request_with_span(&span.encode_to_vec())).unwrap_err();
+            assert!(e.is_invalid_id());
+            assert_eq!(e.to_string(), format!("{at}.{expected}"));
+        }
+    }
 }
