@@ -590,21 +590,23 @@ mod tests {
     #[test]
     fn span_ids_of_the_wrong_length_are_named() {
         let at = "resource_spans[0].scope_spans[0].spans[0]";
-        let cases: [(&dyn Fn(&mut Span), &str); 4] = [
+        /// How a case spoils a good span.
+        type Spoil = fn(&mut Span);
+        let cases: [(Spoil, &str); 4] = [
             (
-                &|s| s.trace_id.clear(),
+                |s| s.trace_id.clear(),
                 "trace_id: must be 16 bytes, got 0 bytes",
             ),
             (
-                &|s| s.trace_id.push(0),
+                |s| s.trace_id.push(0),
                 "trace_id: must be 16 bytes, got 17 bytes",
             ),
             (
-                &|s| s.span_id.truncate(4),
+                |s| s.span_id.truncate(4),
                 "span_id: must be 8 bytes, got 4 bytes",
             ),
             (
-                &|s| s.parent_span_id = vec![1; 9],
+                |s| s.parent_span_id = vec![1; 9],
                 "parent_span_id: must be 8 bytes or empty, got 9 bytes",
             ),
         ];
