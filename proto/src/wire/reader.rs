@@ -107,12 +107,19 @@ impl<'a> Reader<'a> {
 
     #[inline(always)]
     pub(super) fn varint(&mut self) -> Result<u64> {
-        // Tags and short lengths are one byte: the common case, kept short.
-        if let Some(&b) = self.buf.get(self.pos)
-            && b < 0x80
-        {
-            self.pos += 1;
-            return Ok(u64::from(b));
+        // Tags and short lengths are one byte, and span and attribute lengths mostly two:
+        // the common cases, kept short.
+        if let Some(&low) = self.buf.get(self.pos) {
+            if low < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(low));
+            }
+            if let Some(&high) = self.buf.get(self.pos + 1)
+                && high < 0x80
+            {
+                self.pos += 2;
+                return Ok(u64::from(low & 0x7f) | u64::from(high) << 7);
+            }
         }
         self.varint_slow()
     }
@@ -203,5 +210,42 @@ impl<'a> Reader<'a> {
             value,
             span: start..self.pos,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::put_varint;
+
+    /// Varints of every length read back, the one- and two-byte fast paths included, as do
+    /// overlong ones; truncated and oversized ones are refused.
+    #[test]
+    fn varints_of_every_length() {
+        let mut values = vec![
+            0, 1, 127, 128, 129, 300, 16_383, 16_384, 2_097_151, 2_097_152,
+        ];
+        values.extend((0..64).map(|bit| 1u64 << bit));
+        values.extend((1..64).map(|bit| (1u64 << bit) - 1));
+        values.push(u64::MAX);
+        for v in values {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, v);
+            let mut r = Reader::new(&buf);
+            assert_eq!(r.varint(), Ok(v));
+            assert_eq!(r.pos, buf.len(), "{v}");
+        }
+        let read = |bytes: &[u8]| Reader::new(bytes).varint().map_err(|e| e.to_string());
+        assert_eq!(read(&[0x80, 0x00]), Ok(0));
+        assert_eq!(read(&[0xff, 0x00]), Ok(127));
+        assert_eq!(read(&[0x81, 0x80, 0x00]), Ok(1));
+        assert_eq!(read(&[0x81, 0x01, 0xff]), Ok(129));
+        assert_eq!(read(&[]), Err("truncated varint".into()));
+        assert_eq!(read(&[0x80]), Err("truncated varint".into()));
+        assert_eq!(read(&[0x80, 0x80]), Err("truncated varint".into()));
+        assert_eq!(read(&[0xff; 10]), Err("varint longer than 10 bytes".into()));
+        let mut over = [0xff; 10];
+        over[9] = 0x02;
+        assert_eq!(read(&over), Err("varint overflows 64 bits".into()));
     }
 }

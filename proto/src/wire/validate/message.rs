@@ -5,7 +5,7 @@
 use crate::wire::reader::{Field, Reader, Result, WireError, WireType};
 
 /// The nesting limit, the same as `prost`'s.
-const MAX_DEPTH: u32 = 100;
+pub(super) const MAX_DEPTH: u32 = 100;
 
 /// What a known field must be.
 #[derive(Clone, Copy)]
@@ -43,12 +43,49 @@ pub(super) fn check_field(f: &Field<'_>, kind: Kind, depth: u32) -> Result<()> {
         )));
     }
     match kind {
-        // Most attribute keys and values are ASCII, which `is_ascii` checks a word at a time.
-        Kind::Str if f.bytes.is_ascii() || std::str::from_utf8(f.bytes).is_ok() => Ok(()),
+        Kind::Str if is_utf8(f.bytes) => Ok(()),
         Kind::Str => Err(WireError::new("string is not valid UTF-8")),
         Kind::Msg(check) | Kind::Repeated(check) => check(f.bytes, depth + 1),
         _ => Ok(()),
     }
+}
+
+/// Checks one known field as [`check_field`] does, naming it in the error: `name`, or
+/// `name[index]` for the `index`-th entry of a repeated one.
+#[inline(always)]
+pub(super) fn check_named(
+    f: &Field<'_>,
+    kind: Kind,
+    depth: u32,
+    name: &str,
+    index: u32,
+) -> Result<()> {
+    check_field(f, kind, depth).map_err(|e| e.within(&segment(name, kind, index)))
+}
+
+/// True when `bytes` are valid UTF-8, as a `string` field must be.
+#[inline(always)]
+pub(super) fn is_utf8(bytes: &[u8]) -> bool {
+    is_short_ascii(bytes) || bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
+}
+
+/// True for ASCII of 4 to 16 bytes, read as two overlapping words: most keys and values are
+/// such, and this settles them inline where `is_ascii` is a call (measured 13% of validation).
+#[inline(always)]
+fn is_short_ascii(bytes: &[u8]) -> bool {
+    const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+    let n = bytes.len();
+    if let (Some(head), Some(tail)) = (bytes.first_chunk::<8>(), bytes.last_chunk::<8>())
+        && n <= 16
+    {
+        return (u64::from_le_bytes(*head) | u64::from_le_bytes(*tail)) & HIGH_BITS == 0;
+    }
+    if let (Some(head), Some(tail)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>())
+        && n < 8
+    {
+        return (u32::from_le_bytes(*head) | u32::from_le_bytes(*tail)) & HIGH_BITS as u32 == 0;
+    }
+    false
 }
 
 /// The path segment of a field: `name`, or `name[i]` for the i-th entry of a repeated one.
@@ -59,21 +96,29 @@ fn segment(name: &str, kind: Kind, index: u32) -> String {
     }
 }
 
+/// Refuses a message nested deeper than `prost` reads.
+#[inline(always)]
+pub(super) fn check_depth(depth: u32) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(WireError::new(format!(
+            "messages nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    Ok(())
+}
+
 /// Validates a message against a table of its known fields; unknown fields are skipped.
 /// Calls `seen` with each known field as read (number, payload or value, and where the whole
 /// field is: a tag or length may be an overlong varint), so callers can pick values out in the
 /// same pass.
+#[inline(always)]
 pub(super) fn walk<'a>(
     buf: &'a [u8],
     depth: u32,
     fields: &[(u32, &str, Kind)],
     mut seen: impl FnMut(&Field<'a>),
 ) -> Result<()> {
-    if depth > MAX_DEPTH {
-        return Err(WireError::new(format!(
-            "messages nested deeper than {MAX_DEPTH} levels"
-        )));
-    }
+    check_depth(depth)?;
     // Entries seen so far of each field, to name repeated ones by index.
     let mut counts = [0u32; 16];
     let mut r = Reader::new(buf);
@@ -91,13 +136,14 @@ pub(super) fn walk<'a>(
         if let Some(c) = counts.get_mut(pos) {
             *c += 1;
         }
-        check_field(&f, kind, depth).map_err(|e| e.within(&segment(name, kind, index)))?;
+        check_named(&f, kind, depth, name, index)?;
         seen(&f);
     }
     Ok(())
 }
 
 /// Validates a message against a table of its known fields.
+#[inline(always)]
 pub(super) fn check_message(buf: &[u8], depth: u32, fields: &[(u32, &str, Kind)]) -> Result<()> {
     walk(buf, depth, fields, |_| {})
 }

@@ -5,7 +5,7 @@
 //! span's bytes are and the fields a policy reads (see `index.rs`).
 
 use super::common::{key_value, resource, scope};
-use super::message::{Kind, check_field, check_message, walk};
+use super::message::{Kind, check_depth, check_field, check_message, check_named, walk};
 use super::{SPAN_ID_LEN, TRACE_ID_LEN, check_id};
 use crate::wire::index::{ResourceEntry, ScopeEntry, SpanEntry, TraceRequestView};
 use crate::wire::reader::{Reader, Result, WireError, WireType};
@@ -55,60 +55,92 @@ fn link(buf: &[u8], depth: u32) -> Result<()> {
     check_id(span_id, SPAN_ID_LEN, true, || "span_id".into())
 }
 
-/// The fields of `Span`.
-const SPAN_FIELDS: &[(u32, &str, Kind)] = &[
-    (1, "trace_id", Kind::Bytes),
-    (2, "span_id", Kind::Bytes),
-    (3, "trace_state", Kind::Str),
-    (4, "parent_span_id", Kind::Bytes),
-    (5, "name", Kind::Str),
-    (6, "kind", Kind::Varint),
-    (7, "start_time_unix_nano", Kind::Fixed64),
-    (8, "end_time_unix_nano", Kind::Fixed64),
-    (9, "attributes", Kind::Repeated(key_value)),
-    (10, "dropped_attributes_count", Kind::Varint),
-    (11, "events", Kind::Repeated(event)),
-    (12, "dropped_events_count", Kind::Varint),
-    (13, "links", Kind::Repeated(link)),
-    (14, "dropped_links_count", Kind::Varint),
-    (15, "status", Kind::Msg(status)),
-    (16, "flags", Kind::Fixed32),
-];
-
 /// Validates a span and records what later readers need, so that they never walk its bytes
 /// again: its trace id, its scalar fields, and where its name, trace state and attributes are.
+/// The span's fields are a `match` rather than a table (as the other messages have): each
+/// check is then compiled for its field's kind, in the loop validation spends most time in.
 fn span(buf: &[u8], depth: u32, entry: &mut SpanEntry) -> Result<()> {
+    check_depth(depth)?;
     let (mut trace_id, mut span_id, mut parent) = (&[][..], &[][..], &[][..]);
     let mut attributes = (u32::MAX, 0);
+    // Entries seen so far of the repeated fields, to name them by index.
+    let (mut attribute_count, mut event_count, mut link_count) = (0u32, 0u32, 0u32);
     // Payloads are subslices of `buf`: their offsets are pointer differences.
     let offset = |b: &[u8]| (b.as_ptr() as usize - buf.as_ptr() as usize) as u32;
     let range = |b: &[u8]| (offset(b), offset(b) + b.len() as u32);
-    walk(buf, depth, SPAN_FIELDS, |f| match f.number {
-        1 => trace_id = f.bytes,
-        2 => span_id = f.bytes,
-        3 => entry.trace_state = range(f.bytes),
-        4 => parent = f.bytes,
-        5 => entry.name = range(f.bytes),
-        // An enum is an int32: a negative value is sign-extended to 64 bits on the wire.
-        6 => entry.kind = f.value as i32,
-        7 => entry.start_time_unix_nano = f.value,
-        8 => entry.end_time_unix_nano = f.value,
-        // From the field's own start: its tag and length may be overlong varints, which a
-        // start worked out back from the payload would miss (and readers would then start
-        // mid-field).
-        9 => attributes = (attributes.0.min(f.span.start as u32), f.span.end as u32),
-        // A repeated message field merges: a later `status` without a code keeps the earlier
-        // code, as prost and every consumer read it (found by fuzzing).
-        15 => {
-            if let Some(code) = Validated::new(f.bytes)
-                .filter(|s| s.number == 3 && s.wire == VARINT)
-                .last()
-            {
-                entry.status_code = code.value as i32;
+    let mut r = Reader::new(buf);
+    while let Some(f) = r.next()? {
+        let check = |kind, name| check_named(&f, kind, depth, name, 0);
+        match f.number {
+            1 => {
+                check(Kind::Bytes, "trace_id")?;
+                trace_id = f.bytes;
             }
+            2 => {
+                check(Kind::Bytes, "span_id")?;
+                span_id = f.bytes;
+            }
+            3 => {
+                check(Kind::Str, "trace_state")?;
+                entry.trace_state = range(f.bytes);
+            }
+            4 => {
+                check(Kind::Bytes, "parent_span_id")?;
+                parent = f.bytes;
+            }
+            5 => {
+                check(Kind::Str, "name")?;
+                entry.name = range(f.bytes);
+            }
+            6 => {
+                check(Kind::Varint, "kind")?;
+                // An enum is an int32: a negative value is sign-extended to 64 bits on the
+                // wire.
+                entry.kind = f.value as i32;
+            }
+            7 => {
+                check(Kind::Fixed64, "start_time_unix_nano")?;
+                entry.start_time_unix_nano = f.value;
+            }
+            8 => {
+                check(Kind::Fixed64, "end_time_unix_nano")?;
+                entry.end_time_unix_nano = f.value;
+            }
+            9 => {
+                let kind = Kind::Repeated(key_value);
+                check_named(&f, kind, depth, "attributes", attribute_count)?;
+                attribute_count += 1;
+                // From the field's own start: its tag and length may be overlong varints,
+                // which a start worked out back from the payload would miss (and readers
+                // would then start mid-field).
+                attributes = (attributes.0.min(f.span.start as u32), f.span.end as u32);
+            }
+            10 => check(Kind::Varint, "dropped_attributes_count")?,
+            11 => {
+                check_named(&f, Kind::Repeated(event), depth, "events", event_count)?;
+                event_count += 1;
+            }
+            12 => check(Kind::Varint, "dropped_events_count")?,
+            13 => {
+                check_named(&f, Kind::Repeated(link), depth, "links", link_count)?;
+                link_count += 1;
+            }
+            14 => check(Kind::Varint, "dropped_links_count")?,
+            15 => {
+                check(Kind::Msg(status), "status")?;
+                // A repeated message field merges: a later `status` without a code keeps the
+                // earlier code, as prost and every consumer read it (found by fuzzing).
+                if let Some(code) = Validated::new(f.bytes)
+                    .filter(|s| s.number == 3 && s.wire == VARINT)
+                    .last()
+                {
+                    entry.status_code = code.value as i32;
+                }
+            }
+            16 => check(Kind::Fixed32, "flags")?,
+            _ => {}
         }
-        _ => {}
-    })?;
+    }
     check_id(trace_id, TRACE_ID_LEN, true, || "trace_id".into())?;
     check_id(span_id, SPAN_ID_LEN, true, || "span_id".into())?;
     check_id(parent, SPAN_ID_LEN, false, || "parent_span_id".into())?;
@@ -180,6 +212,10 @@ impl TraceRequestView {
             resource,
             head: Vec::new(),
         });
+        // Room for the spans up front, rather than growing the index as they come: a span of
+        // the usual shape (ids, name, times, a few attributes) is over 128 bytes, and the
+        // estimate stays below the body's size in memory for the smallest spans (28 bytes).
+        self.spans.reserve(buf.len() / 128);
         let mut head = Vec::new();
         let mut i = 0usize;
         let mut r = Reader::new(buf);
@@ -403,5 +439,187 @@ mod tests {
         }];
         let e = TraceRequestView::parse(&sample_request(vec![s]).encode_to_vec()).unwrap_err();
         assert!(e.reason().contains("nested deeper"), "{e}");
+    }
+
+    /// A request of one resource and one scope holding one span of the bytes `span`.
+    fn request_with_span(span: &[u8]) -> Vec<u8> {
+        let nest = |number: u64, inner: &[u8]| {
+            let mut out = Vec::new();
+            put_varint(&mut out, number << 3 | 2);
+            put_varint(&mut out, inner.len() as u64);
+            out.extend_from_slice(inner);
+            out
+        };
+        nest(1, &nest(2, &nest(2, span)))
+    }
+
+    /// The two ids a span needs, as the first fields of its bytes.
+    fn span_ids() -> Vec<u8> {
+        let mut out = vec![0x0a, 16];
+        out.extend_from_slice(&[1; 16]);
+        out.extend_from_slice(&[0x12, 8]);
+        out.extend_from_slice(&[2; 8]);
+        out
+    }
+
+    /// A field of each wire type, as a wrong one for a span field of another.
+    fn field_of_wire_type(number: u64, wire: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_varint(&mut out, number << 3 | wire);
+        match wire {
+            0 => out.push(1),
+            1 => out.extend_from_slice(&[0; 8]),
+            2 => out.push(0),
+            _ => out.extend_from_slice(&[0; 4]),
+        }
+        out
+    }
+
+    /// Every span field in the wrong wire type is refused, named as before the span's fields
+    /// moved from a table to a match; entries of repeated fields are named by index.
+    #[test]
+    fn span_fields_of_the_wrong_wire_type_are_named() {
+        let fields = [
+            (1, "trace_id", "Len"),
+            (2, "span_id", "Len"),
+            (3, "trace_state", "Len"),
+            (4, "parent_span_id", "Len"),
+            (5, "name", "Len"),
+            (6, "kind", "Varint"),
+            (7, "start_time_unix_nano", "I64"),
+            (8, "end_time_unix_nano", "I64"),
+            (9, "attributes[1]", "Len"),
+            (10, "dropped_attributes_count", "Varint"),
+            (11, "events[1]", "Len"),
+            (12, "dropped_events_count", "Varint"),
+            (13, "links[1]", "Len"),
+            (14, "dropped_links_count", "Varint"),
+            (15, "status", "Len"),
+            (16, "flags", "I32"),
+        ];
+        let link = sample_span(1, 1).links[0].encode_to_vec();
+        for (number, name, expected) in fields {
+            let (wrong, got) = if expected == "Varint" {
+                (2, "Len")
+            } else {
+                (0, "Varint")
+            };
+            let mut span = span_ids();
+            if matches!(number, 9 | 11 | 13) {
+                // One good entry first: the bad one is the second.
+                match number {
+                    9 => span.extend_from_slice(&[0x4a, 3, 0x0a, 1, b'a']),
+                    11 => span.extend_from_slice(&[0x5a, 0]),
+                    _ => {
+                        span.extend_from_slice(&[0x6a, link.len() as u8]);
+                        span.extend_from_slice(&link);
+                    }
+                }
+            }
+            span.extend_from_slice(&field_of_wire_type(number, wrong));
+            let e = TraceRequestView::parse(&request_with_span(&span)).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "resource_spans[0].scope_spans[0].spans[0].{name}: \
+                     wire type {got}, expected {expected}"
+                ),
+            );
+        }
+        // Unknown fields of any wire type are skipped.
+        let mut span = span_ids();
+        for wire in [0, 1, 2, 5] {
+            span.extend_from_slice(&field_of_wire_type(17, wire));
+        }
+        assert_eq!(
+            TraceRequestView::parse(&request_with_span(&span))
+                .unwrap()
+                .spans
+                .len(),
+            1
+        );
+    }
+
+    /// Varints in a span: overlong tags and lengths read as the usual ones, a varint of more
+    /// than 10 bytes or over 64 bits is refused, and a length past the end is refused.
+    #[test]
+    fn overlong_truncated_and_oversized_varints_in_a_span() {
+        // Name, written with a 2-byte tag and a 3-byte length.
+        let mut span = span_ids();
+        span.extend_from_slice(&[0xaa, 0x00, 0x82, 0x80, 0x00, b'h', b'i']);
+        // An attribute, with a 2-byte tag.
+        span.extend_from_slice(&[0xca, 0x00, 3, 0x0a, 1, b'a']);
+        let body = request_with_span(&span);
+        let view = TraceRequestView::parse(&body).unwrap();
+        let (e, bytes) = (&view.spans[0], &body[view.spans[0].range()]);
+        assert_eq!(e.name(bytes), b"hi");
+        assert_eq!(
+            e.raw_attributes(bytes).collect::<Vec<_>>(),
+            [(&b"a"[..], None)]
+        );
+        assert_eq!(
+            e.attributes.0 as usize,
+            span.len() - 6,
+            "from the overlong tag"
+        );
+
+        let error = |tail: &[u8]| {
+            let mut span = span_ids();
+            span.extend_from_slice(tail);
+            TraceRequestView::parse(&request_with_span(&span))
+                .unwrap_err()
+                .to_string()
+        };
+        let at = "resource_spans[0].scope_spans[0].spans[0]";
+        let eleven = [
+            0x30, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00,
+        ];
+        assert_eq!(error(&eleven), format!("{at}: varint longer than 10 bytes"));
+        let over = [
+            0x30, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+        ];
+        assert_eq!(error(&over), format!("{at}: varint overflows 64 bits"));
+        assert_eq!(error(&[0x30, 0x80]), format!("{at}: truncated varint"));
+        assert_eq!(
+            error(&[0x2a, 5, b'h', b'i']),
+            format!("{at}: field of 5 bytes runs past the end of its message")
+        );
+        assert_eq!(
+            error(&[0x4a, 0x80, 0x01, 0x0a]),
+            format!("{at}: field of 128 bytes runs past the end of its message")
+        );
+    }
+
+    /// Ids of the wrong length, or missing, on a span are refused and named.
+    #[test]
+    fn span_ids_of_the_wrong_length_are_named() {
+        let at = "resource_spans[0].scope_spans[0].spans[0]";
+        /// How a case spoils a good span.
+        type Spoil = fn(&mut Span);
+        let cases: [(Spoil, &str); 4] = [
+            (
+                |s| s.trace_id.clear(),
+                "trace_id: must be 16 bytes, got 0 bytes",
+            ),
+            (
+                |s| s.trace_id.push(0),
+                "trace_id: must be 16 bytes, got 17 bytes",
+            ),
+            (
+                |s| s.span_id.truncate(4),
+                "span_id: must be 8 bytes, got 4 bytes",
+            ),
+            (
+                |s| s.parent_span_id = vec![1; 9],
+                "parent_span_id: must be 8 bytes or empty, got 9 bytes",
+            ),
+        ];
+        for (spoil, expected) in cases {
+            let mut span = sample_span(1, 1);
+            spoil(&mut span);
+            let e = TraceRequestView::parse(&request_with_span(&span.encode_to_vec())).unwrap_err();
+            assert!(e.is_invalid_id());
+            assert_eq!(e.to_string(), format!("{at}.{expected}"));
+        }
     }
 }
