@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks weir-gateway against Rotel (a Rust collector with a Kafka exporter) on this
-# machine: the same OTLP/gRPC load from weir-loadgen into each, one after the other, both
-# producing to the same Tansu broker. Per run it records acknowledged spans/s, the gateway's
+# machine: the same OTLP load (gRPC by default, see BENCH_TRANSPORT) from weir-loadgen into
+# each, one after the other, both producing to the same Tansu broker. Per run it records acknowledged spans/s, the gateway's
 # CPU-seconds per million spans, its peak RSS, p50/p99 latency, and the spans an independent
 # consumer (scripts/bench/count_spans.py) counts back out of Kafka. Prints one table and
 # appends it to docs/benchmarks-log.md.
@@ -24,7 +24,25 @@
 #                       or weir-nospool: weir with the spool off (BENCH_PAIRED="weir-nospool
 #                       weir" is what the spool costs with Kafka healthy),
 #                       or weir-spanmetrics: weir-policy with span metrics on (docs/span-metrics.md;
-#                       flushed every 15 s to their own topic), compared with weir-policy
+#                       flushed every 15 s to their own topic), compared with weir-policy,
+#                       or weir-lingerN (N a whole number of milliseconds): weir with
+#                       kafka.linger set to N ms (BENCH_PAIRED="weir-linger5 weir-linger0" is
+#                       what linger 0 costs in CPU; weir itself runs with the default, 5 ms),
+#                       or kafka: no gateway, the latency floor: weir-loadgen --transport kafka,
+#                       a bare producer (acks=all, idempotent, linger 0) sending per request the
+#                       records Weir would produce for it (one per trace) and waiting for all of
+#                       them; kafka-lingerN: the same with linger.ms N (no CPU figures: there is
+#                       no gateway process; not in paired mode)
+#   BENCH_TRANSPORT     the load's transport, for every target alike: grpc (default, OTLP/gRPC
+#                       uncompressed), grpc-gzip, grpc-zstd (Rotel does not accept zstd: runs
+#                       it for Weir only, Rotel is left out with a notice), http (OTLP/HTTP
+#                       protobuf, uncompressed, to the gateways' HTTP port); the kafka targets
+#                       ignore it
+#   BENCH_LOADS         "closed open" (default): which loads the default mode runs
+#   BENCH_LATENCY       1: instead of closed and open loops, the latency mode: a closed loop of
+#                       BENCH_LATENCY_SENDERS (8) senders against each target (default targets
+#                       "kafka kafka-linger5 weir rotel"), BENCH_ROUNDS rounds; reports spans/s,
+#                       p50, p99 and each Weir target's p99 minus the floor's (target kafka)
 #   BENCH_TAIL_ATTRIBUTE_RULE 1 (default) includes weir-tail's attribute-predicate rule; 0 leaves
 #                       it out
 #   BENCH_TAIL_PUBLISH_INTERVAL how often weir-tail publishes its open window (5s, the policy's
@@ -63,7 +81,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/bench/policies.sh"
 cd "$WEIR_ROOT"
 
 ROTEL_VERSION="0.0.1a15"
-read -r -a TARGETS <<<"${BENCH_TARGETS:-weir rotel}"
+LATENCY="${BENCH_LATENCY:-0}"
+if [ "$LATENCY" = 1 ]; then
+  read -r -a TARGETS <<<"${BENCH_TARGETS:-kafka kafka-linger5 weir rotel}"
+else
+  read -r -a TARGETS <<<"${BENCH_TARGETS:-weir rotel}"
+fi
+TRANSPORT="${BENCH_TRANSPORT:-grpc}"
+LATENCY_SENDERS="${BENCH_LATENCY_SENDERS:-8}"
+read -r -a LOADS <<<"${BENCH_LOADS:-closed open}"
 DURATION="${BENCH_DURATION:-20}"
 ROUNDS="${BENCH_ROUNDS:-1}"
 FRESH_BROKER="${BENCH_FRESH_BROKER:-1}"
@@ -83,13 +109,46 @@ SETTLE=3
 COUNT_IDLE=5
 COUNT_MAX=900
 
+# TRANSPORT_NAME is how the reports name it.
+case "$TRANSPORT" in
+  grpc) TRANSPORT_ARGS=(--transport grpc --compression none) TRANSPORT_NAME="OTLP/gRPC" ;;
+  grpc-gzip) TRANSPORT_ARGS=(--transport grpc --compression gzip) TRANSPORT_NAME="OTLP/gRPC gzip" ;;
+  grpc-zstd) TRANSPORT_ARGS=(--transport grpc --compression zstd) TRANSPORT_NAME="OTLP/gRPC zstd" ;;
+  http) TRANSPORT_ARGS=(--transport http-proto --compression none) TRANSPORT_NAME="OTLP/HTTP protobuf" ;;
+  *) die "BENCH_TRANSPORT: unknown transport '$TRANSPORT' (grpc, grpc-gzip, grpc-zstd, http)" ;;
+esac
 for t in "${TARGETS[@]}"; do
-  case "$t" in weir | weir-base | weir-nospool | weir-rules | weir-tail | weir-policy | weir-spanmetrics | rotel) ;; *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-base, weir-nospool, weir-rules, weir-tail, weir-policy, weir-spanmetrics, rotel)" ;; esac
+  case "$t" in
+    weir | weir-base | weir-nospool | weir-rules | weir-tail | weir-policy | weir-spanmetrics | rotel | kafka) ;;
+    weir-linger[0-9]* | kafka-linger[0-9]*) [[ "$t" =~ ^(weir|kafka)-linger[0-9]+$ ]] || die "BENCH_TARGETS: '$t' is not weir-lingerN or kafka-lingerN" ;;
+    *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-base, weir-nospool, weir-rules, weir-tail, weir-policy, weir-spanmetrics, weir-lingerN, rotel, kafka, kafka-lingerN)" ;;
+  esac
 done
-for v in DURATION ROUNDS WARMUP CONCURRENCY SPANS_PER_REQUEST SPANS_PER_TRACE ATTRIBUTES MAX_REQUESTS PARTITIONS MAX_MESSAGE; do
+for l in "${LOADS[@]}"; do
+  case "$l" in closed | open) ;; *) die "BENCH_LOADS: unknown load '$l' (closed, open)" ;; esac
+done
+# Rotel's OTLP receivers take gzip but not zstd (it answers zstd gRPC requests with
+# UNIMPLEMENTED), so a zstd run has nothing to compare and measures Weir alone.
+if [ "$TRANSPORT" = grpc-zstd ] && [[ " ${TARGETS[*]} " == *" rotel "* ]]; then
+  log "BENCH_TRANSPORT=grpc-zstd: Rotel does not accept zstd; it is left out of this run"
+  kept=()
+  for t in "${TARGETS[@]}"; do [ "$t" = rotel ] || kept+=("$t"); done
+  TARGETS=("${kept[@]}")
+  [ "${#TARGETS[@]}" -gt 0 ] || die "BENCH_TRANSPORT=grpc-zstd leaves no target to run"
+fi
+for v in DURATION ROUNDS WARMUP CONCURRENCY LATENCY_SENDERS SPANS_PER_REQUEST SPANS_PER_TRACE ATTRIBUTES MAX_REQUESTS PARTITIONS MAX_MESSAGE; do
   [[ "${!v}" =~ ^[0-9]+$ ]] && [ "${!v}" -gt 0 ] || die "BENCH_$v must be a positive integer, got '${!v}'"
 done
 has_target() { [[ " ${TARGETS[*]} " == *" $1 "* ]]; }
+# Whether a target runs weir-gateway from BIN_DIR, and whether it is a bare producer.
+is_weir() { [[ "$1" == weir* && "$1" != weir-base ]]; }
+is_kafka() { [[ "$1" == kafka || "$1" == kafka-linger* ]]; }
+has_load() { [[ " ${LOADS[*]} " == *" $1 "* ]]; }
+needs_gateway() {
+  local t
+  for t in "${TARGETS[@]}"; do is_weir "$t" && return 0; done
+  return 1
+}
 
 ensure_build_deps
 ensure_tansu
@@ -98,14 +157,14 @@ PY="$WEIR_VENV/bin/python"
 
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
   packages=(-p weir-loadgen)
-  { has_target weir || has_target weir-rules || has_target weir-tail || has_target weir-policy || has_target weir-spanmetrics; } && packages+=(-p weir-gateway)
+  needs_gateway && packages+=(-p weir-gateway)
   log "building ${packages[*]} (release)"
   cargo build --release "${packages[@]}" >&2 || die "cargo build --release ${packages[*]} failed"
 fi
 LOADGEN="$BIN_DIR/weir-loadgen"
 GATEWAY="$BIN_DIR/weir-gateway"
 [ -x "$LOADGEN" ] || die "$LOADGEN is missing"
-if has_target weir || has_target weir-rules || has_target weir-tail || has_target weir-policy || has_target weir-spanmetrics; then [ -x "$GATEWAY" ] || die "$GATEWAY is missing"; fi
+if needs_gateway; then [ -x "$GATEWAY" ] || die "$GATEWAY is missing"; fi
 ROTEL="$("$PY" -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')"
 if has_target rotel; then [ -x "$ROTEL" ] || die "rotel-agent not found in the venv ($ROTEL)"; fi
 
@@ -163,24 +222,44 @@ broker_done() {
 log "tansu on 127.0.0.1:$BROKER_PORT ($([ "$FRESH_BROKER" = 1 ] && echo "a fresh one per run" || echo "one for all runs"))"
 broker_up
 
-LOAD_SHAPE=(--transport grpc --spans-per-request "$SPANS_PER_REQUEST" --spans-per-trace "$SPANS_PER_TRACE"
+# The request shape; the transport comes first (TRANSPORT_ARGS for the gateways, the
+# bare producer's own for the kafka targets: see start_gateway's LOAD_ARGS).
+SHAPE_ARGS=(--spans-per-request "$SPANS_PER_REQUEST" --spans-per-trace "$SPANS_PER_TRACE"
   --attributes "$ATTRIBUTES" --services 5 --json)
+LOAD_SHAPE=("${TRANSPORT_ARGS[@]}" "${SHAPE_ARGS[@]}")
 
 # Rotel batches by span count: size its batches so that one fits in a Kafka record.
-BYTES_PER_SPAN="$("$LOADGEN" "${LOAD_SHAPE[@]}" --dry-run | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["bytes_per_span"])')"
+DRY_RUN="$("$LOADGEN" --transport grpc "${SHAPE_ARGS[@]}" --dry-run)"
+BYTES_PER_SPAN="$(echo "$DRY_RUN" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["bytes_per_span"])')"
+RECORD_BYTES="$(echo "$DRY_RUN" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["mean_trace_record_bytes"])')"
 ROTEL_BATCH="${BENCH_ROTEL_BATCH:-$("$PY" -c "print(max(1, int($MAX_MESSAGE * 0.8 / $BYTES_PER_SPAN)))")}"
 
-# Starts gateway $1 producing to topic $2; sets GW_PIDFILE, GW_LOG, GW_ENDPOINT.
+# Starts gateway $1 producing to topic $2; sets GW_PIDFILE, GW_LOG, GW_ENDPOINT (where the
+# load goes) and LOAD_ARGS (weir-loadgen's arguments but the endpoint and the load's own). The
+# kafka targets start nothing: GW_PIDFILE is empty and the load is the bare producer.
 start_gateway() {
   local gateway="$1" topic="$2" name="$1-$3" grpc_port http_port admin_port i
   read -r grpc_port http_port admin_port <<<"$(free_ports 3)"
   GW_PIDFILE="$RUN_DIR/$name.pid"
   GW_LOG="$RUN_DIR/$name.log"
   GW_ENDPOINT="http://127.0.0.1:$grpc_port"
+  [ "$TRANSPORT" = http ] && GW_ENDPOINT="http://127.0.0.1:$http_port"
+  LOAD_ARGS=("${LOAD_SHAPE[@]}")
+  if is_kafka "$gateway"; then
+    local linger=0
+    [ "$gateway" = kafka ] || linger="${gateway#kafka-linger}"
+    GW_PIDFILE=""
+    GW_ENDPOINT="127.0.0.1:$BROKER_PORT"
+    LOAD_ARGS=(--transport kafka --kafka-topic "$topic" --kafka-linger-ms "$linger" "${SHAPE_ARGS[@]}")
+    return 0
+  fi
   STARTED_PIDFILES+=("$GW_PIDFILE")
   case "$gateway" in
-    weir | weir-base | weir-nospool | weir-rules | weir-tail | weir-policy | weir-spanmetrics)
-      local policy="" binary="$GATEWAY"
+    weir | weir-base | weir-nospool | weir-rules | weir-tail | weir-policy | weir-spanmetrics | weir-linger*)
+      local policy="" binary="$GATEWAY" linger=""
+      if [[ "$gateway" == weir-linger* ]]; then
+        linger="  linger: ${gateway#weir-linger}ms"
+      fi
       if [ "$gateway" = weir-base ]; then
         binary="${BENCH_BASE_BIN:?weir-base needs BENCH_BASE_BIN, a weir-gateway built from another commit}"
       fi
@@ -215,6 +294,7 @@ kafka:
   traces:
     topic: $topic
   max_message_size: $MAX_MESSAGE
+$linger
 admin:
   endpoint: "127.0.0.1:$admin_port"
 $policy
@@ -256,33 +336,38 @@ EOF
 run_one() {
   local gateway="$1" load="$2" round="$3"
   shift 3
-  local out="$RESULTS/$gateway-$load/round-$round" topic="bench_${gateway//-/_}_${load}_$round" pid before after rss
+  local out="$RESULTS/$gateway-$load/round-$round" topic="bench_${gateway//-/_}_${load}_$round" pid="" before after rss
   mkdir -p "$out"
   broker_up
   create_topics "$BROKER_PORT" "$PARTITIONS" "$topic"
   start_gateway "$gateway" "$topic" "$load"
-  pid="$(cat "$GW_PIDFILE")"
+  [ -z "$GW_PIDFILE" ] || pid="$(cat "$GW_PIDFILE")"
 
   log "$gateway $load: warm-up ${WARMUP}s"
-  timeout $((WARMUP + 60)) "$LOADGEN" "${LOAD_SHAPE[@]}" --endpoint "$GW_ENDPOINT" \
+  timeout $((WARMUP + 60)) "$LOADGEN" "${LOAD_ARGS[@]}" --endpoint "$GW_ENDPOINT" \
     --concurrency 2 --duration "$WARMUP" --requests "$MAX_REQUESTS" >"$out/warmup.json" \
     || die "$gateway $load: the warm-up failed"
 
   log "$gateway $load: ${DURATION}s, $*"
-  before="$(cpu_ticks "$pid")" || die "$gateway exited (log: $GW_LOG)"
-  timeout $((DURATION + 90)) "$LOADGEN" "${LOAD_SHAPE[@]}" --endpoint "$GW_ENDPOINT" \
+  if [ -n "$pid" ]; then before="$(cpu_ticks "$pid")" || die "$gateway exited (log: $GW_LOG)"; fi
+  timeout $((DURATION + 90)) "$LOADGEN" "${LOAD_ARGS[@]}" --endpoint "$GW_ENDPOINT" \
     --duration "$DURATION" --requests "$MAX_REQUESTS" "$@" >"$out/loadgen.json" \
     || die "$gateway $load: weir-loadgen failed"
-  sleep "$SETTLE"
-  after="$(cpu_ticks "$pid")" || die "$gateway exited during the run (log: $GW_LOG)"
-  rss="$(peak_rss_kb "$pid")"
-  stop_pidfile "$GW_PIDFILE"
+  if [ -n "$pid" ]; then
+    sleep "$SETTLE"
+    after="$(cpu_ticks "$pid")" || die "$gateway exited during the run (log: $GW_LOG)"
+    rss="$(peak_rss_kb "$pid")"
+    stop_pidfile "$GW_PIDFILE"
 
-  local size_errors error_lines
-  size_errors="$(grep -c 'MessageSizeTooLarge' "$GW_LOG" || true)"
-  error_lines="$(grep -c 'ERROR' "$GW_LOG" || true)"
-  printf '{"cpu_ticks": %d, "clk_tck": %d, "vmhwm_kb": %d, "size_errors": %d, "error_lines": %d}\n' \
-    "$((after - before))" "$(getconf CLK_TCK)" "$rss" "$size_errors" "$error_lines" >"$out/proc.json"
+    local size_errors error_lines
+    size_errors="$(grep -c 'MessageSizeTooLarge' "$GW_LOG" || true)"
+    error_lines="$(grep -c 'ERROR' "$GW_LOG" || true)"
+    printf '{"cpu_ticks": %d, "clk_tck": %d, "vmhwm_kb": %d, "size_errors": %d, "error_lines": %d}\n' \
+      "$((after - before))" "$(getconf CLK_TCK)" "$rss" "$size_errors" "$error_lines" >"$out/proc.json"
+  else
+    # A bare producer: no gateway process to measure.
+    echo '{"cpu_ticks": null, "clk_tck": null, "vmhwm_kb": null}' >"$out/proc.json"
+  fi
 
   log "$gateway $load: counting spans in Kafka topic $topic"
   "$PY" "$WEIR_ROOT/scripts/bench/count_spans.py" --broker "127.0.0.1:$BROKER_PORT" --topic "$topic" \
@@ -352,6 +437,9 @@ paired_round() {
 if [ -n "${BENCH_PAIRED:-}" ]; then
   read -r -a PAIR <<<"$BENCH_PAIRED"
   [ "${#PAIR[@]}" = 2 ] || die "BENCH_PAIRED takes two gateways, e.g. \"weir weir-rules\""
+  for t in "${PAIR[@]}"; do
+    ! is_kafka "$t" || die "BENCH_PAIRED compares gateways' CPU; '$t' has no gateway process"
+  done
   PAIRED_RATE="${BENCH_PAIRED_RATE:-60000}"
   [ -n "${BENCH_ROUNDS:-}" ] || ROUNDS=5
   for ((round = 1; round <= ROUNDS; round++)); do
@@ -360,7 +448,7 @@ if [ -n "${BENCH_PAIRED:-}" ]; then
   command=""
   for v in $(compgen -e | grep '^BENCH_' | sort); do if [[ "${!v}" == *" "* ]]; then command+="$v=\"${!v}\" "; else command+="$v=${!v} "; fi; done
   command+="scripts/bench.sh"
-  paired_args=(--command "$command" --rate "$PAIRED_RATE" --duration "$DURATION"
+  paired_args=(--command "$command" --rate "$PAIRED_RATE" --duration "$DURATION" --transport "$TRANSPORT_NAME"
     --loadavg "$LOADAVG_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after"
     --versions "weir-gateway and weir-loadgen at $(git describe --always --dirty 2>/dev/null || echo 'an uncommitted tree'), $("$TANSU_BIN" --version) (memory engine, $PARTITIONS partitions, a fresh broker per round)")
   [ "${BENCH_RECORD:-1}" = 1 ] && paired_args+=(--append "$WEIR_ROOT/docs/benchmarks-log.md")
@@ -368,15 +456,28 @@ if [ -n "${BENCH_PAIRED:-}" ]; then
   exit 0
 fi
 
-for ((round = 1; round <= ROUNDS; round++)); do
-  for gateway in $(round_order "$round"); do
-    run_one "$gateway" closed "$round" --concurrency "$CONCURRENCY"
+if [ "$LATENCY" = 1 ]; then
+  LOADS=(latency)
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for gateway in $(round_order "$round"); do
+      run_one "$gateway" latency "$round" --concurrency "$LATENCY_SENDERS"
+    done
   done
-done
+elif has_load closed; then
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for gateway in $(round_order "$round"); do
+      run_one "$gateway" closed "$round" --concurrency "$CONCURRENCY"
+    done
+  done
+fi
 
-if [ -n "${BENCH_OPEN_RATE:-}" ]; then
+OPEN_RATE=""
+if ! has_load open; then
+  :
+elif [ -n "${BENCH_OPEN_RATE:-}" ]; then
   OPEN_RATE="$BENCH_OPEN_RATE"
 else
+  has_load closed || die "BENCH_LOADS without closed needs BENCH_OPEN_RATE"
   # Rotel's pace when it runs, else Weir's, else the first target's.
   base="${TARGETS[0]}"
   has_target weir && base="weir"
@@ -384,26 +485,34 @@ else
   OPEN_RATE="$("$PY" -c "print(int($(json_get "$RESULTS/$base-closed/round-1/loadgen.json" spans_per_second) / 2))")"
   log "open loop at $OPEN_RATE spans/s (half of $base's closed-loop spans/s)"
 fi
-for ((round = 1; round <= ROUNDS; round++)); do
-  for gateway in $(round_order "$round"); do
-    run_one "$gateway" open "$round" --rate "$OPEN_RATE"
+if has_load open; then
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for gateway in $(round_order "$round"); do
+      run_one "$gateway" open "$round" --rate "$OPEN_RATE"
+    done
   done
-done
+fi
 
 command=""
 for v in $(compgen -e | grep '^BENCH_' | sort); do if [[ "${!v}" == *" "* ]]; then command+="$v=\"${!v}\" "; else command+="$v=${!v} "; fi; done
 command+="scripts/bench.sh"
 versions="weir-loadgen and scripts at $(git describe --always --dirty 2>/dev/null || echo 'an uncommitted tree')"
-{ has_target weir || has_target weir-rules || has_target weir-tail || has_target weir-policy; } && versions+=", weir-gateway from the same tree (acks=all)"
+needs_gateway && versions+=", weir-gateway from the same tree (acks=all)"
 has_target rotel && versions+=", $("$ROTEL" --version) (PyPI rotel $ROTEL_VERSION, batch $ROTEL_BATCH spans, acks=all)"
+{ has_target kafka || [[ " ${TARGETS[*]} " == *" kafka-linger"* ]]; } && versions+=", the bare producer: weir-loadgen --transport kafka (librdkafka from rdkafka-sys, acks=all, idempotent; ~${RECORD_BYTES%.*}-byte records, one per trace)"
 versions+=", $("$TANSU_BIN" --version) (memory engine, $PARTITIONS partitions)"
-settings="OTLP/gRPC, $SPANS_PER_REQUEST spans/request, $SPANS_PER_TRACE spans/trace, $ATTRIBUTES attributes/span"
-settings+=" (~${BYTES_PER_SPAN%.*} bytes/span), ${DURATION}s per run after ${WARMUP}s warm-up;"
-settings+=" closed loop $CONCURRENCY senders, open loop $OPEN_RATE spans/s;"
+settings="$TRANSPORT_NAME, $SPANS_PER_REQUEST spans/request, $SPANS_PER_TRACE spans/trace, $ATTRIBUTES attributes/span"
+settings+=" (~${BYTES_PER_SPAN%.*} bytes/span uncompressed), ${DURATION}s per run after ${WARMUP}s warm-up;"
+if [ "$LATENCY" = 1 ]; then
+  settings+=" closed loop $LATENCY_SENDERS senders;"
+else
+  has_load closed && settings+=" closed loop $CONCURRENCY senders;"
+  has_load open && settings+=" open loop $OPEN_RATE spans/s;"
+fi
 settings+=" $ROUNDS round(s), every other one in reverse order;"
 settings+=" $([ "$FRESH_BROKER" = 1 ] && echo "a fresh broker per run" || echo "one broker for all runs")"
 
-report_args=(--command "$command" --versions "$versions" --settings "$settings"
+report_args=(--command "$command" --versions "$versions" --settings "$settings" --transport "$TRANSPORT_NAME"
   --loadavg "$LOADAVG_BEFORE before, $(cut -d' ' -f1-3 /proc/loadavg) after")
 if [ "${BENCH_RECORD:-1}" = 1 ]; then
   doc="$WEIR_ROOT/docs/benchmarks-log.md"
@@ -411,7 +520,7 @@ if [ "${BENCH_RECORD:-1}" = 1 ]; then
     cat >"$doc" <<'EOF'
 # Benchmarks
 
-Results of `scripts/bench.sh`, newest last. Each run sends the same OTLP/gRPC load from
+Results of `scripts/bench.sh`, newest last. Each run sends the same OTLP load from
 `weir-loadgen` to one gateway at a time, producing to a local Tansu broker.
 
 - acked spans/s: spans the gateway acknowledged, per second of the measured run.

@@ -41,6 +41,7 @@ def main():
     parser.add_argument("--rate", default="")
     parser.add_argument("--duration", default="")
     parser.add_argument("--loadavg", default="")
+    parser.add_argument("--transport", default="OTLP/gRPC")
     parser.add_argument("--versions", default="")
     args = parser.parse_args()
 
@@ -77,11 +78,11 @@ def main():
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         section = [
             "",
-            f"## {now}: paired, {a_name} and {b_name} at the same time",
+            f"## {now}: paired, {a_name} and {b_name} at the same time, {args.transport}",
             "",
             f"- command: `{args.command}`",
             f"- each gateway under its own open-loop weir-loadgen at {args.rate} spans/s for "
-            f"{args.duration}s per round (OTLP/gRPC, 100 spans/request, 5 attributes/span), "
+            f"{args.duration}s per round ({args.transport}, 100 spans/request, 5 attributes/span), "
             "both producing to one fresh Tansu; the two share the machine's CPUs and whatever "
             "else runs on it, so the ratio of a round is taken under the same conditions",
         ]

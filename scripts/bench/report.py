@@ -3,24 +3,45 @@
 --append FILE adds it, with the date, machine, versions and command, to FILE.
 
 Each run is a directory RESULTS/<gateway>-<load>/round-<N>/ (or, from older runs,
-RESULTS/<gateway>-<load>/ itself) holding:
+RESULTS/<gateway>-<load>/ itself), load being closed, open or latency (BENCH_LATENCY=1), holding:
   loadgen.json  weir-loadgen --json report of the measured run
   warmup.json   weir-loadgen --json report of the warm-up (its spans are in Kafka too)
   kafka.json    scripts/bench/count_spans.py output for the run's topic
   proc.json     written by bench.sh: CPU ticks of the gateway over the measured run, CLK_TCK,
-                VmHWM in kB, and error counts from the gateway's log
+                VmHWM in kB, and error counts from the gateway's log (all null for the bare
+                producer, target kafka or kafka-lingerN, which has no gateway process)
+
+The latency runs get a table of their own: spans/s, p50 and p99 per target, and each Weir
+target's p99 minus the floor's (the bare producer at linger 0, target kafka), per round.
 """
 
 import argparse
 import datetime
 import json
 import os
+import re
 import statistics
 import sys
 
-GATEWAYS = ["weir", "weir-rules", "weir-policy", "weir-tail", "rotel"]
-LOADS = ["closed", "open"]
-TITLE = {"weir": "Weir", "weir-rules": "Weir + 100 rules", "weir-policy": "Weir + empty policy", "weir-tail": "Weir + policy with tail", "rotel": "Rotel"}
+# Known gateways in table order; others found in the results (weir-lingerN, kafka-lingerN,
+# ...) follow in name order.
+GATEWAYS = ["kafka", "weir", "weir-base", "weir-nospool", "weir-rules", "weir-policy", "weir-tail",
+            "weir-spanmetrics", "rotel"]
+LOADS = ["closed", "open", "latency"]
+TITLE = {"weir": "Weir", "weir-base": "Weir (base)", "weir-nospool": "Weir, spool off",
+         "weir-rules": "Weir + 100 rules", "weir-policy": "Weir + empty policy",
+         "weir-tail": "Weir + policy with tail", "weir-spanmetrics": "Weir + span metrics",
+         "rotel": "Rotel", "kafka": "bare producer, linger 0 (the floor)"}
+
+
+def title(gateway):
+    if gateway in TITLE:
+        return TITLE[gateway]
+    m = re.fullmatch(r"(weir|kafka)-linger(\d+)", gateway)
+    if m:
+        return (f"Weir, linger {m[2]} ms" if m[1] == "weir"
+                else f"bare producer, linger {m[2]} ms")
+    return gateway
 
 
 def load_json(path):
@@ -34,13 +55,13 @@ def read_run(directory):
     warmup = os.path.join(directory, "warmup.json")
     run["warmup"] = load_json(warmup) if os.path.exists(warmup) else {"spans_acknowledged": 0}
     lg, proc = run["loadgen"], run["proc"]
-    cpu_seconds = proc["cpu_ticks"] / proc["clk_tck"]
+    cpu_seconds = proc["cpu_ticks"] / proc["clk_tck"] if proc["cpu_ticks"] is not None else None
     acked_run = lg["spans_acknowledged"]
     acked_all = acked_run + run["warmup"]["spans_acknowledged"]
     run["metrics"] = {
         "spans_per_second": lg["spans_per_second"],
-        "cpu_per_million": cpu_seconds / (acked_run / 1e6) if acked_run else None,
-        "rss_mib": proc["vmhwm_kb"] / 1024,
+        "cpu_per_million": cpu_seconds / (acked_run / 1e6) if acked_run and cpu_seconds is not None else None,
+        "rss_mib": proc["vmhwm_kb"] / 1024 if proc["vmhwm_kb"] is not None else None,
         "p50": lg["latency_ms"]["p50"],
         "p99": lg["latency_ms"]["p99"],
         "acked": acked_all,
@@ -77,7 +98,7 @@ def combine(rounds):
     return {
         "spans_per_second": median(m["spans_per_second"] for m in ms),
         "cpu_per_million": median(m["cpu_per_million"] for m in ms),
-        "rss_mib": max(m["rss_mib"] for m in ms),
+        "rss_mib": max((m["rss_mib"] for m in ms if m["rss_mib"] is not None), default=None),
         "p50": median(m["p50"] for m in ms),
         "p99": median(m["p99"] for m in ms),
         "acked": sum(m["acked"] for m in ms),
@@ -124,9 +145,22 @@ def ratio_row(label, load, a_rounds, b_rounds):
 
 
 def load_label(load, lg):
-    if load == "closed":
+    if load in ("closed", "latency"):
         return f"closed, {lg['concurrency']} senders"
     return f"open, {lg['rate_offered_spans_per_second']:,.0f} spans/s"
+
+
+def gateways_in(runs):
+    """The gateways of `runs` in table order: kafka-lingerN after kafka, weir-lingerN after
+    weir, by N; unknown names last."""
+    def key(gateway):
+        m = re.fullmatch(r"(weir|kafka)-linger(\d+)", gateway)
+        if m:
+            return (GATEWAYS.index(m[1]), 1, int(m[2]), gateway)
+        if gateway in GATEWAYS:
+            return (GATEWAYS.index(gateway), 0, 0, gateway)
+        return (len(GATEWAYS), 0, 0, gateway)
+    return sorted({g for g, _ in runs}, key=key)
 
 
 def table(runs):
@@ -135,8 +169,8 @@ def table(runs):
         "| acked (incl. warm-up) | counted in Kafka | Kafka - acked | failed requests |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for load in LOADS:
-        present = [g for g in GATEWAYS if (g, load) in runs]
+    for load in ("closed", "open"):
+        present = [g for g in gateways_in(runs) if (g, load) in runs]
         for gateway in present:
             rounds = runs[(gateway, load)]
             run = rounds[0]
@@ -151,7 +185,7 @@ def table(runs):
             if m["rounds"] > 1:
                 label += f", median of {m['rounds']}"
             lines.append(
-                f"| {TITLE[gateway]} | {label} | {fmt(m['spans_per_second'])} "
+                f"| {title(gateway)} | {label} | {fmt(m['spans_per_second'])} "
                 f"| {fmt(m['cpu_per_million'], 2)} | {fmt(m['rss_mib'], 1)} | {fmt(m['p50'], 2)} "
                 f"| {fmt(m['p99'], 2)} | {m['acked']:,} | {m['counted']:,} | {diff} | {failed} |"
             )
@@ -161,21 +195,60 @@ def table(runs):
     return "\n".join(lines)
 
 
+FLOOR = "kafka"
+
+
+def latency_table(runs):
+    """The latency mode's table: per target the medians over rounds of spans/s, p50 and p99,
+    and for gateways their p99 minus the floor's p99 of the same round (median of those)."""
+    present = [g for g in gateways_in(runs) if (g, "latency") in runs]
+    lines = [
+        "| target | load | acked spans/s | p50 ms | p99 ms | p99 - floor p99 ms | CPU-s per M spans "
+        "| acked (incl. warm-up) | counted in Kafka | Kafka - acked | failed requests |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    floor = runs.get((FLOOR, "latency"))
+    for gateway in present:
+        rounds = runs[(gateway, "latency")]
+        m = combine(rounds)
+        over = "n/a"
+        if floor is not None and gateway != FLOOR:
+            diffs = [r["metrics"]["p99"] - f["metrics"]["p99"] for r, f in zip(rounds, floor)
+                     if r["metrics"]["p99"] is not None and f["metrics"]["p99"] is not None]
+            if diffs:
+                over = f"{statistics.median(diffs):+.2f}"
+        failed = str(m["failed"])
+        if m["failures"]:
+            failed += " (" + ", ".join(f"{k} {v}" for k, v in sorted(m["failures"].items())) + ")"
+        diff = f"**{m['difference']:+,}**" if m["difference"] else "0"
+        label = load_label("latency", rounds[0]["loadgen"])
+        if m["rounds"] > 1:
+            label += f", median of {m['rounds']}"
+        lines.append(
+            f"| {title(gateway)} | {label} | {fmt(m['spans_per_second'])} | {fmt(m['p50'], 2)} "
+            f"| {fmt(m['p99'], 2)} | {over} | {fmt(m['cpu_per_million'], 2)} | {m['acked']:,} "
+            f"| {m['counted']:,} | {diff} | {failed} |")
+    return "\n".join(lines)
+
+
 RATIOS = (("rules/no rules", "weir-rules", "weir"), ("tail/no tail", "weir-tail", "weir-policy"),
           ("tail/no policy", "weir-tail", "weir"), ("Weir/Rotel", "weir", "rotel"))
 
 
 def findings(runs):
     notes = []
-    for (a, b, load) in [(a, b, load) for _, a, b in RATIOS for load in LOADS]:
+    for (a, b, load) in [(a, b, load) for _, a, b in RATIOS for load in ("closed", "open")]:
         if (a, load) in runs and (b, load) in runs and len(runs[(a, load)]) > 1:
             per_round = paired_ratios(runs[(a, load)], runs[(b, load)], "cpu_per_million")
-            notes.append(f"CPU per span, {TITLE[a]} / {TITLE[b]}, {load} loop, per round: "
+            notes.append(f"CPU per span, {title(a)} / {title(b)}, {load} loop, per round: "
                          + ", ".join(f"{r:.2f}" for r in per_round) + ".")
     for (gateway, load), rounds in sorted(runs.items()):
         for i, run in enumerate(rounds, 1):
             m, proc, kafka = run["metrics"], run["proc"], run["kafka"]
-            name = f"{TITLE[gateway]} {load}" + (f" round {i}" if len(rounds) > 1 else "")
+            name = f"{title(gateway)} {load}" + (f" round {i}" if len(rounds) > 1 else "")
+            if load == "latency":
+                notes.append(f"{name}: {m['spans_per_second']:,.0f} spans/s, p50 {fmt(m['p50'], 2)} ms, "
+                             f"p99 {fmt(m['p99'], 2)} ms.")
             if m["difference"] < 0:
                 notes.append(f"{name}: {-m['difference']:,} acknowledged spans are missing from Kafka.")
             elif m["difference"] > 0:
@@ -190,7 +263,7 @@ def findings(runs):
                 notes.append(f"{name}: {kafka['undecodable_records']} Kafka records did not decode as TracesData.")
             if kafka.get("stopped_by") != "idle":
                 notes.append(f"{name}: the Kafka count stopped at its time limit; it may be low.")
-    cpu = [f"{TITLE[g]} {load} " + "/".join(f"{r['loadgen']['loadgen_cpu_seconds']:.1f}" for r in rounds) + " s"
+    cpu = [f"{title(g)} {load} " + "/".join(f"{r['loadgen']['loadgen_cpu_seconds']:.1f}" for r in rounds) + " s"
            for (g, load), rounds in sorted(runs.items())
            if all(r["loadgen"].get("loadgen_cpu_seconds") is not None for r in rounds)]
     if cpu:
@@ -206,18 +279,19 @@ def main():
     parser.add_argument("--versions", default="", help="one line naming the versions compared")
     parser.add_argument("--settings", default="", help="one line with the load settings")
     parser.add_argument("--loadavg", default="", help="the machine's load averages around the run")
+    parser.add_argument("--transport", default="OTLP/gRPC", help="the load's transport, as the title names it")
     args = parser.parse_args()
 
     runs = {}
-    for gateway in GATEWAYS:
-        for load in LOADS:
-            directory = os.path.join(args.results, f"{gateway}-{load}")
-            if os.path.isdir(directory):
-                runs[(gateway, load)] = read_rounds(directory)
+    for entry in sorted(os.listdir(args.results)):
+        gateway, _, load = entry.rpartition("-")
+        if load in LOADS and os.path.isdir(os.path.join(args.results, entry)):
+            runs[(gateway, load)] = read_rounds(os.path.join(args.results, entry))
     if not runs:
         sys.exit("report.py: no results found")
 
-    body = table(runs)
+    latency = any(load == "latency" for _, load in runs)
+    body = latency_table(runs) if latency else table(runs)
     notes = findings(runs)
     print(body)
     for note in notes:
@@ -229,10 +303,11 @@ def main():
         with open("/proc/meminfo", encoding="utf-8") as f:
             mem_kb = int(next(line.split()[1] for line in f if line.startswith("MemTotal")))
         now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        gateways = " vs ".join(TITLE[g] for g in GATEWAYS if any(k[0] == g for k in runs))
+        gateways = " vs ".join(title(g) for g in gateways_in(runs))
+        mode = "latency, " if latency else ""
         section = [
             "",
-            f"## {now}: {gateways}, OTLP/gRPC into Kafka (Tansu)",
+            f"## {now}: {mode}{gateways}, {args.transport} into Kafka (Tansu)",
             "",
             f"- machine: {os.cpu_count()} CPUs ({model}), {mem_kb / 1024 / 1024:.0f} GiB; gateway, broker, "
             "load generator and span counter share these CPUs",

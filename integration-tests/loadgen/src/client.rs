@@ -16,7 +16,9 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 use weir_proto::otlp::collector::trace::v1::ExportTraceServiceResponse;
 
+use crate::generator::TRACE_ID_LEN;
 use crate::http1::{HttpConnection, HttpTarget};
+use crate::kafka::KafkaSink;
 
 /// The gRPC method every OTLP trace exporter calls.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -42,6 +44,32 @@ pub enum Transport {
     HttpProto,
     /// OTLP/HTTP with an OTLP/JSON body.
     HttpJson,
+    /// No gateway: a bare Kafka producer (acks=all) sending the records Weir would produce
+    /// for each request, to `--kafka-topic` on the brokers of `--endpoint`.
+    Kafka,
+}
+
+/// How request bodies are compressed (`--compression`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BodyCompression {
+    /// Sent as they are.
+    #[default]
+    None,
+    /// gzip (gRPC `grpc-encoding: gzip`, HTTP `Content-Encoding: gzip`).
+    Gzip,
+    /// zstd (gRPC `grpc-encoding: zstd`, HTTP `Content-Encoding: zstd`).
+    Zstd,
+}
+
+impl BodyCompression {
+    /// The name `--compression` takes, and the encoding's HTTP/gRPC name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BodyCompression::None => "none",
+            BodyCompression::Gzip => "gzip",
+            BodyCompression::Zstd => "zstd",
+        }
+    }
 }
 
 impl Transport {
@@ -51,6 +79,7 @@ impl Transport {
             Transport::Grpc => "grpc",
             Transport::HttpProto => "http-proto",
             Transport::HttpJson => "http-json",
+            Transport::Kafka => "kafka",
         }
     }
 
@@ -59,6 +88,7 @@ impl Transport {
         match self {
             Transport::Grpc => "http://127.0.0.1:4317",
             Transport::HttpProto | Transport::HttpJson => "http://127.0.0.1:4318",
+            Transport::Kafka => "127.0.0.1:9092",
         }
     }
 }
@@ -78,21 +108,36 @@ pub enum ExportClient {
         target: HttpTarget,
         /// `application/x-protobuf` or `application/json`.
         json: bool,
-        /// Whether bodies are gzip-compressed.
-        gzip: bool,
+        /// How bodies are compressed.
+        compression: BodyCompression,
         /// Connections waiting for their next request.
         idle: Mutex<Vec<HttpConnection>>,
     },
+    /// A bare Kafka producer: the records Weir would produce, acknowledged with acks=all.
+    Kafka(KafkaSink),
+}
+
+/// Where `--transport kafka` produces to and how.
+#[derive(Clone, Debug)]
+pub struct KafkaOptions {
+    /// The topic (`--kafka-topic`), which must exist.
+    pub topic: Option<String>,
+    /// librdkafka `linger.ms`.
+    pub linger: Duration,
+    /// librdkafka `message.timeout.ms`: the reply timeout.
+    pub timeout: Duration,
 }
 
 impl ExportClient {
     /// Connects to `endpoint`: `connections` HTTP/2 connections for gRPC; for HTTP the
-    /// connections are opened on demand, one per concurrent request.
+    /// connections are opened on demand, one per concurrent request; for Kafka `endpoint`
+    /// lists the brokers.
     pub async fn connect(
         transport: Transport,
         endpoint: &str,
         connections: usize,
-        gzip: bool,
+        compression: BodyCompression,
+        kafka: &KafkaOptions,
     ) -> anyhow::Result<Self> {
         match transport {
             Transport::Grpc => {
@@ -109,8 +154,14 @@ impl ExportClient {
                     })?;
                     let mut grpc = tonic::client::Grpc::new(channel)
                         .max_decoding_message_size(64 * 1024 * 1024);
-                    if gzip {
-                        grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+                    match compression {
+                        BodyCompression::None => {}
+                        BodyCompression::Gzip => {
+                            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+                        }
+                        BodyCompression::Zstd => {
+                            grpc = grpc.send_compressed(CompressionEncoding::Zstd);
+                        }
                     }
                     channels.push(grpc);
                 }
@@ -126,23 +177,54 @@ impl ExportClient {
                 Ok(ExportClient::Http {
                     target,
                     json: transport == Transport::HttpJson,
-                    gzip,
+                    compression,
                     idle: Mutex::new(vec![first]),
                 })
+            }
+            Transport::Kafka => {
+                let topic = kafka
+                    .topic
+                    .as_deref()
+                    .context("--transport kafka needs --kafka-topic")?;
+                if compression != BodyCompression::None {
+                    anyhow::bail!(
+                        "--transport kafka produces uncompressed records, as Weir does by default"
+                    );
+                }
+                Ok(ExportClient::Kafka(KafkaSink::connect(
+                    endpoint,
+                    topic,
+                    kafka.linger,
+                    kafka.timeout,
+                )?))
             }
         }
     }
 
     /// Sends one encoded `ExportTraceServiceRequest` and waits for the reply, at most `timeout`.
-    pub async fn export(&self, body: Vec<u8>, timeout: Duration) -> Outcome {
-        match tokio::time::timeout(timeout, self.export_unbounded(body)).await {
+    /// The Kafka producer sends the request's `trace_records` instead, keyed by `trace_ids`.
+    pub async fn export(
+        &self,
+        body: Vec<u8>,
+        trace_records: &[Vec<u8>],
+        trace_ids: &[[u8; TRACE_ID_LEN]],
+        timeout: Duration,
+    ) -> Outcome {
+        let sent = self.export_unbounded(body, trace_records, trace_ids);
+        match tokio::time::timeout(timeout, sent).await {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Failed("TIMEOUT".to_string()),
         }
     }
 
-    async fn export_unbounded(&self, body: Vec<u8>) -> Outcome {
+    async fn export_unbounded(
+        &self,
+        body: Vec<u8>,
+        trace_records: &[Vec<u8>],
+        trace_ids: &[[u8; TRACE_ID_LEN]],
+    ) -> Outcome {
         match self {
+            ExportClient::Kafka(sink) => sink.produce(trace_records, trace_ids).await,
             ExportClient::Grpc { channels, next } => {
                 let index = next.fetch_add(1, Ordering::Relaxed) % channels.len();
                 let mut grpc = channels[index].clone();
@@ -161,16 +243,19 @@ impl ExportClient {
             ExportClient::Http {
                 target,
                 json,
-                gzip,
+                compression,
                 idle,
             } => {
-                let body = if *gzip {
-                    match gzip_body(&body) {
+                let body = match compression {
+                    BodyCompression::None => body,
+                    BodyCompression::Gzip => match gzip_body(&body) {
                         Ok(compressed) => compressed,
                         Err(e) => return Outcome::Failed(format!("GZIP_ERROR ({e})")),
-                    }
-                } else {
-                    body
+                    },
+                    BodyCompression::Zstd => match zstd::bulk::compress(&body, 0) {
+                        Ok(compressed) => compressed,
+                        Err(e) => return Outcome::Failed(format!("ZSTD_ERROR ({e})")),
+                    },
                 };
                 let pooled = idle.lock().map(|mut idle| idle.pop()).unwrap_or(None);
                 let reused = pooled.is_some();
@@ -186,7 +271,10 @@ impl ExportClient {
                 } else {
                     "application/x-protobuf"
                 };
-                let encoding = if *gzip { Some("gzip") } else { None };
+                let encoding = match compression {
+                    BodyCompression::None => None,
+                    other => Some(other.name()),
+                };
                 let mut result = connection.post(target, content_type, encoding, &body).await;
                 // A server may close an idle keep-alive connection at any time; a request that
                 // met such a closed connection was not processed, so it goes once more on a

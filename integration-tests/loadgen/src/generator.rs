@@ -18,7 +18,7 @@ use weir_proto::otlp::common::v1::{AnyValue, InstrumentationScope, KeyValue, any
 use weir_proto::otlp::resource::v1::Resource;
 use weir_proto::otlp::trace::v1::span::SpanKind;
 use weir_proto::otlp::trace::v1::status::StatusCode;
-use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use weir_proto::otlp::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, TracesData};
 
 /// Length of an OTLP trace id in bytes.
 pub const TRACE_ID_LEN: usize = 16;
@@ -104,6 +104,9 @@ pub struct Template {
     traces: usize,
     /// Trace index of each span, by span index (request order).
     span_trace: Vec<u32>,
+    /// Protobuf only: one encoded `TracesData` per trace, by trace index, as Weir would
+    /// produce them to Kafka (what the bare producer of `--transport kafka` sends).
+    trace_records: Vec<Vec<u8>>,
 }
 
 /// The fresh ids one send uses: one trace id per trace, one span id per span.
@@ -146,6 +149,12 @@ impl Template {
     /// Number of spans in the request.
     pub fn spans(&self) -> usize {
         self.span_trace.len()
+    }
+
+    /// The request split into one encoded `TracesData` per trace (by trace index), with the
+    /// ids the template was built with; empty for OTLP/JSON templates.
+    pub fn trace_records(&self) -> &[Vec<u8>] {
+        &self.trace_records
     }
 
     /// Copies the body and writes new random ids into the copy; `ids` receives them.
@@ -220,6 +229,14 @@ impl RequestPool {
         &self.templates
     }
 
+    /// Mean size of a per-trace record (`Template::trace_records`), in bytes; `None` for
+    /// OTLP/JSON pools, which have none.
+    pub fn mean_trace_record_bytes(&self) -> Option<f64> {
+        let records = self.templates.iter().flat_map(|t| &t.trace_records);
+        let (count, bytes) = records.fold((0usize, 0usize), |(n, b), r| (n + 1, b + r.len()));
+        (count > 0).then(|| bytes as f64 / count as f64)
+    }
+
     /// Mean encoded size of a request, in bytes.
     pub fn mean_request_bytes(&self) -> f64 {
         let total: usize = self.templates.iter().map(|t| t.body.len()).sum();
@@ -277,11 +294,54 @@ fn build_template(
             Encoding::Protobuf => built.request.encode_to_vec(),
             Encoding::Json => serde_json::to_vec(&otlp_json(&built.request))?,
         };
-        if let Some(template) = locate_ids(shape, encoding, &built, body) {
+        if let Some(mut template) = locate_ids(shape, encoding, &built, body) {
+            if encoding == Encoding::Protobuf {
+                template.trace_records = split_by_trace(&built.request, &built.trace_ids);
+            }
             return Ok(template);
         }
     }
     bail!("could not build a request whose ids occur only where expected")
+}
+
+/// One encoded `TracesData` per trace id of `trace_ids` (in that order): the resource and scope
+/// groups the trace's spans appear in, with only those spans, which is how Weir groups a
+/// request into Kafka records.
+pub fn split_by_trace(
+    request: &ExportTraceServiceRequest,
+    trace_ids: &[[u8; TRACE_ID_LEN]],
+) -> Vec<Vec<u8>> {
+    let index: HashMap<&[u8], usize> = trace_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (&id[..], i))
+        .collect();
+    let mut per_trace: Vec<TracesData> = vec![TracesData::default(); trace_ids.len()];
+    for resource_spans in &request.resource_spans {
+        for scope_spans in &resource_spans.scope_spans {
+            let mut groups: Vec<Vec<Span>> = vec![Vec::new(); trace_ids.len()];
+            for span in &scope_spans.spans {
+                if let Some(&i) = index.get(span.trace_id.as_slice()) {
+                    groups[i].push(span.clone());
+                }
+            }
+            for (data, spans) in per_trace.iter_mut().zip(groups) {
+                if spans.is_empty() {
+                    continue;
+                }
+                data.resource_spans.push(ResourceSpans {
+                    resource: resource_spans.resource.clone(),
+                    scope_spans: vec![ScopeSpans {
+                        scope: scope_spans.scope.clone(),
+                        spans,
+                        schema_url: scope_spans.schema_url.clone(),
+                    }],
+                    schema_url: resource_spans.schema_url.clone(),
+                });
+            }
+        }
+    }
+    per_trace.iter().map(Message::encode_to_vec).collect()
 }
 
 /// A request and its ids in request order (the body groups spans by service instead).
@@ -450,6 +510,7 @@ fn locate_ids(shape: &Shape, encoding: Encoding, built: &Built, body: Vec<u8>) -
         slots,
         traces,
         span_trace,
+        trace_records: Vec::new(),
     })
 }
 
@@ -466,7 +527,8 @@ fn encoded_id(encoding: Encoding, raw: &[u8]) -> Vec<u8> {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn write_hex(out: &mut [u8], raw: &[u8]) {
+/// Writes `raw` as lowercase hex into `out` (twice its length).
+pub(crate) fn write_hex(out: &mut [u8], raw: &[u8]) {
     for (pair, byte) in out.chunks_exact_mut(2).zip(raw) {
         pair[0] = HEX[(byte >> 4) as usize];
         pair[1] = HEX[(byte & 0xf) as usize];
@@ -580,6 +642,39 @@ mod tests {
 
     fn decode(body: &[u8]) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest::decode(body).expect("the body decodes")
+    }
+
+    #[test]
+    fn trace_records_hold_each_trace_once_and_only_its_spans() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let pool = RequestPool::build(&shape(), Encoding::Protobuf, 2, &mut rng).unwrap();
+        for template in pool.templates() {
+            let request = decode(template.body());
+            let records = template.trace_records();
+            assert_eq!(records.len(), shape().traces_per_request());
+            let mut seen = Vec::new();
+            for record in records {
+                let data = TracesData::decode(record.as_slice()).unwrap();
+                let spans: Vec<&Span> = data
+                    .resource_spans
+                    .iter()
+                    .flat_map(|rs| &rs.scope_spans)
+                    .flat_map(|ss| &ss.spans)
+                    .collect();
+                assert_eq!(spans.len(), shape().spans_per_trace);
+                assert!(spans.iter().all(|s| s.trace_id == spans[0].trace_id));
+                // Resources travel with their spans, as in Weir's records.
+                assert!(data.resource_spans.iter().all(|rs| rs.resource.is_some()));
+                seen.extend(spans.into_iter().cloned());
+            }
+            let mut sent: Vec<Span> = all_spans(&request).into_iter().cloned().collect();
+            let key = |s: &Span| s.span_id.clone();
+            sent.sort_by_key(key);
+            seen.sort_by_key(key);
+            assert_eq!(seen, sent);
+        }
+        let json = RequestPool::build(&shape(), Encoding::Json, 1, &mut rng).unwrap();
+        assert!(json.get(0).trace_records().is_empty());
     }
 
     #[test]

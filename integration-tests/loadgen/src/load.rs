@@ -104,7 +104,10 @@ impl Load {
         let spans = template.spans() as u64;
         let body = template.instantiate(rng, ids);
         let sent = Instant::now();
-        let outcome = self.client.export(body, self.timeout).await;
+        let outcome = self
+            .client
+            .export(body, template.trace_records(), &ids.trace_ids, self.timeout)
+            .await;
         let latency = scheduled.unwrap_or(sent).elapsed();
         // Only a full success says which spans landed: a partial one does not name them.
         if let (Outcome::Accepted { rejected: 0 }, Some(sink)) = (&outcome, &self.ids_out) {

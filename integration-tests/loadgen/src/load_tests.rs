@@ -20,7 +20,7 @@ use weir_proto::otlp::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 
-use crate::client::{ExportClient, Transport};
+use crate::client::{BodyCompression, ExportClient, KafkaOptions, Transport};
 use crate::generator::{Encoding, RequestPool, Shape};
 use crate::load::{self, IdsSink, Load, MISSED_SCHEDULE};
 use crate::report::Stats;
@@ -110,7 +110,8 @@ async fn start_grpc() -> (SocketAddr, Arc<Received>) {
         tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = incoming.local_addr().unwrap();
     let service = TraceServiceServer::new(FakeGrpc(received.clone()))
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Zstd);
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(service)
@@ -135,7 +136,7 @@ async fn start_http(delay: Duration, close_after_reply: bool) -> (SocketAddr, Ar
                 let mut stream = BufReader::new(stream);
                 loop {
                     let mut length = 0;
-                    let (mut gzip, mut json) = (false, false);
+                    let (mut gzip, mut zstd, mut json) = (false, false, false);
                     let mut first = true;
                     loop {
                         let mut line = String::new();
@@ -152,6 +153,8 @@ async fn start_http(delay: Duration, close_after_reply: bool) -> (SocketAddr, Ar
                             length = v.trim().parse().unwrap();
                         } else if lower == "content-encoding: gzip" {
                             gzip = true;
+                        } else if lower == "content-encoding: zstd" {
+                            zstd = true;
                         } else if lower == "content-type: application/json" {
                             json = true;
                         }
@@ -164,6 +167,9 @@ async fn start_http(delay: Duration, close_after_reply: bool) -> (SocketAddr, Ar
                             .read_to_end(&mut plain)
                             .unwrap();
                         body = plain;
+                    }
+                    if zstd {
+                        body = zstd::decode_all(body.as_slice()).unwrap();
                     }
                     let request = if json {
                         from_json(&body)
@@ -239,11 +245,19 @@ fn shape() -> Shape {
     }
 }
 
+fn no_kafka() -> KafkaOptions {
+    KafkaOptions {
+        topic: None,
+        linger: Duration::ZERO,
+        timeout: Duration::from_secs(5),
+    }
+}
+
 async fn make_load(
     transport: Transport,
     addr: SocketAddr,
     requests: u64,
-    gzip: bool,
+    compression: BodyCompression,
     ids_out: Option<&std::path::Path>,
 ) -> Arc<Load> {
     let encoding = if transport == Transport::HttpJson {
@@ -252,9 +266,15 @@ async fn make_load(
         Encoding::Protobuf
     };
     let pool = RequestPool::build(&shape(), encoding, 4, &mut SmallRng::seed_from_u64(7)).unwrap();
-    let client = ExportClient::connect(transport, &format!("http://{addr}"), 2, gzip)
-        .await
-        .unwrap();
+    let client = ExportClient::connect(
+        transport,
+        &format!("http://{addr}"),
+        2,
+        compression,
+        &no_kafka(),
+    )
+    .await
+    .unwrap();
     Arc::new(Load {
         pool,
         client,
@@ -311,22 +331,28 @@ fn check_agreement(load: &Load, received: &Received, ids_file: &std::path::Path)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_closed_loop_reports_what_the_server_saw() {
-    let (addr, received) = start_grpc().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ids = dir.path().join("ids.txt");
-    let load = make_load(Transport::Grpc, addr, 40, true, Some(&ids)).await;
-    load::closed_loop(load.clone(), 4).await;
-    assert_eq!(load.stats.lock().unwrap().failures["UNAVAILABLE"], 8);
-    check_agreement(&load, &received, &ids);
+    for compression in [BodyCompression::Gzip, BodyCompression::Zstd] {
+        let (addr, received) = start_grpc().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ids = dir.path().join("ids.txt");
+        let load = make_load(Transport::Grpc, addr, 40, compression, Some(&ids)).await;
+        load::closed_loop(load.clone(), 4).await;
+        assert_eq!(load.stats.lock().unwrap().failures["UNAVAILABLE"], 8);
+        check_agreement(&load, &received, &ids);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_open_loop_reports_what_the_server_saw() {
-    for (transport, gzip) in [(Transport::HttpProto, false), (Transport::HttpJson, true)] {
+    for (transport, compression) in [
+        (Transport::HttpProto, BodyCompression::None),
+        (Transport::HttpJson, BodyCompression::Gzip),
+        (Transport::HttpProto, BodyCompression::Zstd),
+    ] {
         let (addr, received) = start_http(Duration::ZERO, false).await;
         let dir = tempfile::tempdir().unwrap();
         let ids = dir.path().join("ids.txt");
-        let load = make_load(transport, addr, 40, gzip, Some(&ids)).await;
+        let load = make_load(transport, addr, 40, compression, Some(&ids)).await;
         // 40 requests of 100 spans at 20000 spans/s: one every 5 ms, the last at 195 ms.
         let elapsed = load::open_loop(load.clone(), 20_000.0, 64).await;
         assert!(elapsed >= Duration::from_millis(195), "{elapsed:?}");
@@ -338,7 +364,7 @@ async fn http_open_loop_reports_what_the_server_saw() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_loop_counts_missed_sends_and_latency_from_the_schedule() {
     let (addr, received) = start_http(Duration::from_millis(100), false).await;
-    let load = make_load(Transport::HttpProto, addr, 10, false, None).await;
+    let load = make_load(Transport::HttpProto, addr, 10, BodyCompression::None, None).await;
     // A send every 10 ms, one in flight at a time, replies after 100 ms: most sends miss.
     load::open_loop(load.clone(), 10_000.0, 1).await;
     let stats = load.stats.lock().unwrap();
@@ -351,7 +377,14 @@ async fn open_loop_counts_missed_sends_and_latency_from_the_schedule() {
 #[tokio::test]
 async fn duration_bounds_a_closed_loop() {
     let (addr, _received) = start_http(Duration::from_millis(20), false).await;
-    let load = make_load(Transport::HttpProto, addr, u64::MAX, false, None).await;
+    let load = make_load(
+        Transport::HttpProto,
+        addr,
+        u64::MAX,
+        BodyCompression::None,
+        None,
+    )
+    .await;
     let load = Arc::new(Load {
         duration: Duration::from_millis(300),
         ..Arc::try_unwrap(load).ok().unwrap()
@@ -365,7 +398,7 @@ async fn duration_bounds_a_closed_loop() {
 #[tokio::test]
 async fn closed_idle_connections_are_replaced() {
     let (addr, received) = start_http(Duration::ZERO, true).await;
-    let load = make_load(Transport::HttpProto, addr, 10, false, None).await;
+    let load = make_load(Transport::HttpProto, addr, 10, BodyCompression::None, None).await;
     load::closed_loop(load.clone(), 1).await;
     let stats = load.stats.lock().unwrap();
     assert_eq!(received.requests.load(Ordering::SeqCst), 10);
@@ -382,17 +415,29 @@ async fn unreachable_servers_fail_fast() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let error = ExportClient::connect(Transport::HttpProto, &format!("http://{addr}"), 1, false)
-        .await
-        .err()
-        .unwrap();
+    let error = ExportClient::connect(
+        Transport::HttpProto,
+        &format!("http://{addr}"),
+        1,
+        BodyCompression::None,
+        &no_kafka(),
+    )
+    .await
+    .err()
+    .unwrap();
     assert!(
         format!("{error:#}").contains("is the gateway listening"),
         "{error:#}"
     );
     assert!(
-        ExportClient::connect(Transport::Grpc, &format!("http://{addr}"), 1, false)
-            .await
-            .is_err()
+        ExportClient::connect(
+            Transport::Grpc,
+            &format!("http://{addr}"),
+            1,
+            BodyCompression::None,
+            &no_kafka()
+        )
+        .await
+        .is_err()
     );
 }

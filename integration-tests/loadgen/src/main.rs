@@ -8,11 +8,18 @@
 //! ```text
 //! weir-loadgen --transport grpc --concurrency 8 --duration 20 --json
 //! weir-loadgen --transport http-proto --rate 50000 --duration 30 --ids-out acked.txt
+//! weir-loadgen --transport grpc --compression zstd --concurrency 8 --json
+//! weir-loadgen --transport kafka --endpoint 127.0.0.1:9092 --kafka-topic t --concurrency 8
 //! ```
+//!
+//! `--transport kafka` is no OTLP client but the latency floor of a gateway that replies after
+//! Kafka's acknowledgement: a bare producer (acks=all, idempotent, `--kafka-linger-ms`, 0 by
+//! default) sending per request the records Weir would produce for it (one per trace).
 
 mod client;
 mod generator;
 mod http1;
+mod kafka;
 mod load;
 #[cfg(test)]
 mod load_tests;
@@ -28,7 +35,7 @@ use clap::Parser;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-use crate::client::{ExportClient, Transport};
+use crate::client::{BodyCompression, ExportClient, KafkaOptions, Transport};
 use crate::generator::{Encoding, RequestPool, Shape};
 use crate::load::{IdsSink, Load};
 use crate::report::{RunInfo, Stats};
@@ -83,9 +90,20 @@ struct Args {
     /// Fraction of spans with STATUS_CODE_ERROR (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
-    /// Compress request bodies with gzip.
-    #[arg(long)]
+    /// Compress request bodies: none, gzip or zstd (gRPC and OTLP/HTTP alike).
+    #[arg(long, value_enum, default_value = "none")]
+    compression: BodyCompression,
+    /// The same as `--compression gzip` (kept for older scripts).
+    #[arg(long, conflicts_with = "compression")]
     gzip: bool,
+    /// `--transport kafka`: the topic to produce to (it must exist); `--endpoint` then lists
+    /// the brokers (default 127.0.0.1:9092).
+    #[arg(long)]
+    kafka_topic: Option<String>,
+    /// `--transport kafka`: librdkafka `linger.ms` of the bare producer (0: send at once, so
+    /// that the latency is the broker's own).
+    #[arg(long, default_value_t = 0)]
+    kafka_linger_ms: u64,
     /// Distinct pre-encoded requests to cycle through.
     #[arg(long, default_value_t = 64)]
     pool: usize,
@@ -178,7 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let encoding = match args.transport {
         Transport::HttpJson => Encoding::Json,
-        Transport::Grpc | Transport::HttpProto => Encoding::Protobuf,
+        Transport::Grpc | Transport::HttpProto | Transport::Kafka => Encoding::Protobuf,
     };
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let pool = RequestPool::build(&shape, encoding, args.pool, &mut rng)?;
@@ -192,6 +210,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "spans_per_request": args.spans_per_request,
                 "mean_request_bytes": mean_request_bytes.round(),
                 "bytes_per_span": bytes_per_span.round(),
+                "mean_trace_record_bytes": pool.mean_trace_record_bytes().map(f64::round),
             });
             println!("{doc}");
         } else {
@@ -208,7 +227,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .endpoint
         .clone()
         .unwrap_or_else(|| args.transport.default_endpoint().to_string());
-    let client = ExportClient::connect(args.transport, &endpoint, connections, args.gzip).await?;
+    let compression = if args.gzip {
+        BodyCompression::Gzip
+    } else {
+        args.compression
+    };
+    let kafka = KafkaOptions {
+        topic: args.kafka_topic.clone(),
+        linger: Duration::from_millis(args.kafka_linger_ms),
+        timeout,
+    };
+    let client =
+        ExportClient::connect(args.transport, &endpoint, connections, compression, &kafka).await?;
     let ids_out = args.ids_out.as_deref().map(IdsSink::create).transpose()?;
 
     let load = Arc::new(Load {
@@ -246,6 +276,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let info = RunInfo {
         transport: args.transport.name().to_string(),
+        compression: compression.name().to_string(),
         endpoint,
         mode,
         concurrency,

@@ -78,8 +78,10 @@ impl Stats {
 /// Everything the final report says besides the counters.
 #[derive(Debug)]
 pub struct RunInfo {
-    /// `grpc`, `http-proto` or `http-json`.
+    /// `grpc`, `http-proto`, `http-json` or `kafka`.
     pub transport: String,
+    /// `none`, `gzip` or `zstd`.
+    pub compression: String,
     /// The endpoint requests went to.
     pub endpoint: String,
     /// `closed` or `open`.
@@ -109,6 +111,7 @@ pub fn to_json(stats: &Stats, info: &RunInfo) -> Value {
     let answered = !h.is_empty();
     json!({
         "transport": info.transport,
+        "compression": info.compression,
         "endpoint": info.endpoint,
         "mode": info.mode,
         "concurrency": info.concurrency,
@@ -149,8 +152,8 @@ pub fn to_text(stats: &Stats, info: &RunInfo) -> String {
         None => format!("closed loop, {} senders", info.concurrency),
     };
     out.push_str(&format!(
-        "weir-loadgen: {} to {} ({load})\n",
-        info.transport, info.endpoint
+        "weir-loadgen: {} ({} compression) to {} ({load})\n",
+        info.transport, info.compression, info.endpoint
     ));
     out.push_str(&format!(
         "  requests      ok {} (partially rejected {}), failed {}\n",
@@ -240,6 +243,7 @@ mod tests {
         assert_eq!(stats.failures["UNAVAILABLE"], 1);
         let info = RunInfo {
             transport: "grpc".into(),
+            compression: "none".into(),
             endpoint: "http://127.0.0.1:4317".into(),
             mode: "closed",
             concurrency: 1,
