@@ -25,9 +25,14 @@
 #                       weir" is what the spool costs with Kafka healthy),
 #                       or weir-spanmetrics: weir-policy with span metrics on (docs/span-metrics.md;
 #                       flushed every 15 s to their own topic), compared with weir-policy,
+#                       or weir-full: the 100 rules of weir-rules and the tail marking of
+#                       weir-tail in one policy (issue 19's "full path"),
 #                       or weir-lingerN (N a whole number of milliseconds): weir with
-#                       kafka.linger set to N ms (BENCH_PAIRED="weir-linger5 weir-linger0" is
-#                       what linger 0 costs in CPU; weir itself runs with the default, 5 ms),
+#                       kafka.linger set to N ms, and weir-lingerN-inflightM with
+#                       kafka.max_in_flight M too (weir itself runs with the defaults, linger 0
+#                       and one request in flight; weir-linger5-inflight5 is the producer of
+#                       before 2026-12-02, so BENCH_PAIRED="weir-linger5-inflight5 weir" is what
+#                       the defaults cost in CPU),
 #                       or kafka: no gateway, the latency floor: weir-loadgen --transport kafka,
 #                       a bare producer (acks=all, idempotent, linger 0) sending per request the
 #                       records Weir would produce for it (one per trace) and waiting for all of
@@ -119,9 +124,9 @@ case "$TRANSPORT" in
 esac
 for t in "${TARGETS[@]}"; do
   case "$t" in
-    weir | weir-base | weir-nospool | weir-rules | weir-tail | weir-policy | weir-spanmetrics | rotel | kafka) ;;
-    weir-linger[0-9]* | kafka-linger[0-9]*) [[ "$t" =~ ^(weir|kafka)-linger[0-9]+$ ]] || die "BENCH_TARGETS: '$t' is not weir-lingerN or kafka-lingerN" ;;
-    *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-base, weir-nospool, weir-rules, weir-tail, weir-policy, weir-spanmetrics, weir-lingerN, rotel, kafka, kafka-lingerN)" ;;
+    weir | weir-base | weir-nospool | weir-rules | weir-tail | weir-policy | weir-spanmetrics | weir-full | rotel | kafka) ;;
+    weir-linger[0-9]* | kafka-linger[0-9]*) [[ "$t" =~ ^(weir-linger[0-9]+(-inflight[1-5])?|kafka-linger[0-9]+)$ ]] || die "BENCH_TARGETS: '$t' is not weir-lingerN, weir-lingerN-inflightM (M 1 to 5) or kafka-lingerN" ;;
+    *) die "BENCH_TARGETS: unknown gateway '$t' (weir, weir-base, weir-nospool, weir-rules, weir-tail, weir-policy, weir-spanmetrics, weir-full, weir-lingerN[-inflightM], rotel, kafka, kafka-lingerN)" ;;
   esac
 done
 for l in "${LOADS[@]}"; do
@@ -255,10 +260,11 @@ start_gateway() {
   fi
   STARTED_PIDFILES+=("$GW_PIDFILE")
   case "$gateway" in
-    weir | weir-base | weir-nospool | weir-rules | weir-tail | weir-policy | weir-spanmetrics | weir-linger*)
+    weir | weir-base | weir-nospool | weir-rules | weir-tail | weir-policy | weir-spanmetrics | weir-full | weir-linger*)
       local policy="" binary="$GATEWAY" linger=""
-      if [[ "$gateway" == weir-linger* ]]; then
-        linger="  linger: ${gateway#weir-linger}ms"
+      if [[ "$gateway" =~ ^weir-linger([0-9]+)(-inflight([0-9]+))?$ ]]; then
+        linger="  linger: ${BASH_REMATCH[1]}ms"
+        [ -z "${BASH_REMATCH[3]}" ] || linger+=$'\n'"  max_in_flight: ${BASH_REMATCH[3]}"
       fi
       if [ "$gateway" = weir-base ]; then
         binary="${BENCH_BASE_BIN:?weir-base needs BENCH_BASE_BIN, a weir-gateway built from another commit}"
@@ -275,6 +281,13 @@ start_gateway() {
         create_topics "$BROKER_PORT" 1 "${topic}_span_metrics"
         printf 'version: 1\nspan_metrics:\n  enabled: true\n  topic: %s\n' "${topic}_span_metrics" >"$RUN_DIR/$name.policy.yaml"
         policy="policy_file: $RUN_DIR/$name.policy.yaml"
+      fi
+      if [ "$gateway" = weir-full ]; then
+        write_full_policy "$RUN_DIR/$name.policy.yaml" "$topic"
+        create_topics "$BROKER_PORT" 1 "${topic}_decisions"
+        policy="policy_file: $RUN_DIR/$name.policy.yaml
+tail:
+  decisions_topic: ${topic}_decisions"
       fi
       if [ "$gateway" = weir-tail ]; then
         write_tail_policy "$RUN_DIR/$name.policy.yaml"

@@ -26,20 +26,22 @@ import sys
 # Known gateways in table order; others found in the results (weir-lingerN, kafka-lingerN,
 # ...) follow in name order.
 GATEWAYS = ["kafka", "weir", "weir-base", "weir-nospool", "weir-rules", "weir-policy", "weir-tail",
-            "weir-spanmetrics", "rotel"]
+            "weir-full", "weir-spanmetrics", "rotel"]
 LOADS = ["closed", "open", "latency"]
 TITLE = {"weir": "Weir", "weir-base": "Weir (base)", "weir-nospool": "Weir, spool off",
          "weir-rules": "Weir + 100 rules", "weir-policy": "Weir + empty policy",
          "weir-tail": "Weir + policy with tail", "weir-spanmetrics": "Weir + span metrics",
+         "weir-full": "Weir + 100 rules + tail marking",
          "rotel": "Rotel", "kafka": "bare producer, linger 0 (the floor)"}
 
 
 def title(gateway):
     if gateway in TITLE:
         return TITLE[gateway]
-    m = re.fullmatch(r"(weir|kafka)-linger(\d+)", gateway)
+    m = re.fullmatch(r"(weir|kafka)-linger(\d+)(?:-inflight(\d+))?", gateway)
     if m:
-        return (f"Weir, linger {m[2]} ms" if m[1] == "weir"
+        in_flight = f", {m[3]} in flight" if m[3] else ""
+        return (f"Weir, linger {m[2]} ms{in_flight}" if m[1] == "weir"
                 else f"bare producer, linger {m[2]} ms")
     return gateway
 
@@ -232,7 +234,8 @@ def latency_table(runs):
 
 
 RATIOS = (("rules/no rules", "weir-rules", "weir"), ("tail/no tail", "weir-tail", "weir-policy"),
-          ("tail/no policy", "weir-tail", "weir"), ("Weir/Rotel", "weir", "rotel"))
+          ("tail/no policy", "weir-tail", "weir"), ("full/no policy", "weir-full", "weir"),
+          ("Weir/Rotel", "weir", "rotel"))
 
 
 def findings(runs):
