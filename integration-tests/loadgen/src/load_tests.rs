@@ -35,6 +35,8 @@ fn hex(raw: &[u8]) -> String {
 #[derive(Default)]
 struct Received {
     requests: AtomicU64,
+    /// The content encoding of every request (`identity` when none), in arrival order.
+    encodings: Mutex<Vec<String>>,
     accepted_in_full: Mutex<Vec<SpanKey>>,
     accepted_spans: AtomicU64,
 }
@@ -91,6 +93,12 @@ impl TraceService for FakeGrpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let encoding = request
+            .metadata()
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("identity");
+        self.0.encodings.lock().unwrap().push(encoding.to_string());
         match self.0.take(request.get_ref()) {
             Verdict::Accept => Ok(tonic::Response::new(ExportTraceServiceResponse::default())),
             Verdict::Partial(rejected) => Ok(tonic::Response::new(ExportTraceServiceResponse {
@@ -171,6 +179,16 @@ async fn start_http(delay: Duration, close_after_reply: bool) -> (SocketAddr, Ar
                     if zstd {
                         body = zstd::decode_all(body.as_slice()).unwrap();
                     }
+                    let encoding = match (gzip, zstd) {
+                        (true, _) => "gzip",
+                        (_, true) => "zstd",
+                        _ => "identity",
+                    };
+                    received
+                        .encodings
+                        .lock()
+                        .unwrap()
+                        .push(encoding.to_string());
                     let request = if json {
                         from_json(&body)
                     } else {
@@ -290,6 +308,17 @@ async fn make_load(
 
 /// The report, the ids file and the server agree: 40 requests, 8 failed (every 5th),
 /// 11 partially accepted (every 3rd of the rest), 21 accepted in full.
+/// Every request the server saw came with `compression`'s encoding.
+fn check_encoding(received: &Received, compression: BodyCompression) {
+    let want = match compression {
+        BodyCompression::None => "identity",
+        other => other.name(),
+    };
+    let seen = received.encodings.lock().unwrap();
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|e| e == want), "{seen:?}, want {want}");
+}
+
 fn check_agreement(load: &Load, received: &Received, ids_file: &std::path::Path) {
     load.ids_out.as_ref().unwrap().finish().unwrap();
     let stats = load.stats.lock().unwrap();
@@ -339,6 +368,7 @@ async fn grpc_closed_loop_reports_what_the_server_saw() {
         load::closed_loop(load.clone(), 4).await;
         assert_eq!(load.stats.lock().unwrap().failures["UNAVAILABLE"], 8);
         check_agreement(&load, &received, &ids);
+        check_encoding(&received, compression);
     }
 }
 
@@ -358,6 +388,7 @@ async fn http_open_loop_reports_what_the_server_saw() {
         assert!(elapsed >= Duration::from_millis(195), "{elapsed:?}");
         assert_eq!(load.stats.lock().unwrap().failures["HTTP_503"], 8);
         check_agreement(&load, &received, &ids);
+        check_encoding(&received, compression);
     }
 }
 
