@@ -469,19 +469,22 @@ if [ -n "${BENCH_PAIRED:-}" ]; then
   exit 0
 fi
 
+# run_rounds LOAD LOADGEN-ARGS...: every target under LOAD, BENCH_ROUNDS times.
+run_rounds() {
+  local load="$1" round gateway
+  shift
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for gateway in $(round_order "$round"); do
+      run_one "$gateway" "$load" "$round" "$@"
+    done
+  done
+}
+
 if [ "$LATENCY" = 1 ]; then
   LOADS=(latency)
-  for ((round = 1; round <= ROUNDS; round++)); do
-    for gateway in $(round_order "$round"); do
-      run_one "$gateway" latency "$round" --concurrency "$LATENCY_SENDERS"
-    done
-  done
+  run_rounds latency --concurrency "$LATENCY_SENDERS"
 elif has_load closed; then
-  for ((round = 1; round <= ROUNDS; round++)); do
-    for gateway in $(round_order "$round"); do
-      run_one "$gateway" closed "$round" --concurrency "$CONCURRENCY"
-    done
-  done
+  run_rounds closed --concurrency "$CONCURRENCY"
 fi
 
 OPEN_RATE=""
@@ -499,11 +502,7 @@ else
   log "open loop at $OPEN_RATE spans/s (half of $base's closed-loop spans/s)"
 fi
 if has_load open; then
-  for ((round = 1; round <= ROUNDS; round++)); do
-    for gateway in $(round_order "$round"); do
-      run_one "$gateway" open "$round" --rate "$OPEN_RATE"
-    done
-  done
+  run_rounds open --rate "$OPEN_RATE"
 fi
 
 command=""
