@@ -282,15 +282,12 @@ start_gateway() {
         printf 'version: 1\nspan_metrics:\n  enabled: true\n  topic: %s\n' "${topic}_span_metrics" >"$RUN_DIR/$name.policy.yaml"
         policy="policy_file: $RUN_DIR/$name.policy.yaml"
       fi
-      if [ "$gateway" = weir-full ]; then
-        write_full_policy "$RUN_DIR/$name.policy.yaml" "$topic"
-        create_topics "$BROKER_PORT" 1 "${topic}_decisions"
-        policy="policy_file: $RUN_DIR/$name.policy.yaml
-tail:
-  decisions_topic: ${topic}_decisions"
-      fi
-      if [ "$gateway" = weir-tail ]; then
-        write_tail_policy "$RUN_DIR/$name.policy.yaml"
+      if [ "$gateway" = weir-tail ] || [ "$gateway" = weir-full ]; then
+        if [ "$gateway" = weir-full ]; then
+          write_full_policy "$RUN_DIR/$name.policy.yaml" "$topic"
+        else
+          write_tail_policy "$RUN_DIR/$name.policy.yaml"
+        fi
         create_topics "$BROKER_PORT" 1 "${topic}_decisions"
         policy="policy_file: $RUN_DIR/$name.policy.yaml
 tail:
