@@ -19,6 +19,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$WEIR_ROOT"
+bench_lock
 
 STREAMS="${BENCH_CP_STREAMS:-200}"
 ROUNDS="${BENCH_CP_ROUNDS:-5}"

@@ -16,6 +16,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$WEIR_ROOT"
+bench_lock
 
 APPENDERS="${SPOOL_BENCH_APPENDERS:-64}"
 SECONDS_OF_APPENDS="${SPOOL_BENCH_SECONDS:-10}"

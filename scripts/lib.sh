@@ -151,6 +151,16 @@ wait_port() {
 }
 
 # True when something accepts TCP connections on 127.0.0.1:$1.
+# Holds the machine's benchmark lock until the calling script exits, waiting for a benchmark
+# already running: two at once on the same CPUs would measure each other.
+bench_lock() {
+  exec {BENCH_LOCK_FD}>"${TMPDIR:-/tmp}/weir-bench.lock"
+  if ! flock -n "$BENCH_LOCK_FD"; then
+    log "another benchmark holds ${TMPDIR:-/tmp}/weir-bench.lock; waiting for it"
+    flock "$BENCH_LOCK_FD"
+  fi
+}
+
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # The HTTP status of GET http://127.0.0.1:$1$2, or nothing (bash only: no curl needed).
