@@ -83,8 +83,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=scripts/bench/policies.sh
 source "$(dirname "${BASH_SOURCE[0]}")/bench/policies.sh"
+bench_lock "$@"
 cd "$WEIR_ROOT"
-bench_lock
 
 ROTEL_VERSION="0.0.1a15"
 LATENCY="${BENCH_LATENCY:-0}"

@@ -18,8 +18,8 @@ set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_lock "$@"
 cd "$WEIR_ROOT"
-bench_lock
 
 STREAMS="${BENCH_CP_STREAMS:-200}"
 ROUNDS="${BENCH_CP_ROUNDS:-5}"

@@ -15,8 +15,8 @@ set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_lock "$@"
 cd "$WEIR_ROOT"
-bench_lock
 
 APPENDERS="${SPOOL_BENCH_APPENDERS:-64}"
 SECONDS_OF_APPENDS="${SPOOL_BENCH_SECONDS:-10}"

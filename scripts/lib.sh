@@ -151,14 +151,15 @@ wait_port() {
 }
 
 # True when something accepts TCP connections on 127.0.0.1:$1.
-# Holds the machine's benchmark lock until the calling script exits, waiting for a benchmark
-# already running: two at once on the same CPUs would measure each other.
+# Runs the calling script again under the machine's benchmark lock (flock on
+# $TMPDIR/weir-bench.lock), waiting for a benchmark already running: two at once on the same
+# CPUs would measure each other. Call it before any `cd`, with the script's arguments. flock
+# holds the lock in its own process (-o), so a process the script leaves behind cannot keep it.
 bench_lock() {
-  exec {BENCH_LOCK_FD}>"${TMPDIR:-/tmp}/weir-bench.lock"
-  if ! flock -n "$BENCH_LOCK_FD"; then
-    log "another benchmark holds ${TMPDIR:-/tmp}/weir-bench.lock; waiting for it"
-    flock "$BENCH_LOCK_FD"
-  fi
+  [ "${WEIR_BENCH_LOCKED:-}" = 1 ] && return 0
+  local lock="${TMPDIR:-/tmp}/weir-bench.lock"
+  flock -n "$lock" true || log "another benchmark holds $lock; waiting for it"
+  WEIR_BENCH_LOCKED=1 exec flock -o "$lock" "$0" "$@"
 }
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -24,8 +24,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 # shellcheck source=scripts/bench/policies.sh
 source "$(dirname "${BASH_SOURCE[0]}")/policies.sh"
+bench_lock "$@"
 cd "$WEIR_ROOT"
-bench_lock
 
 OUT="${PROFILE_OUT:-$WEIR_ROOT/docs/profile}"
 SECONDS_SAMPLED="${PROFILE_SECONDS:-15}"
