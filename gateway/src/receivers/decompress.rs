@@ -111,21 +111,35 @@ pub fn decompress(
     Ok(out.into())
 }
 
-/// Reads at most `limit` bytes; one byte more means the body is too large.
+/// Inflated bytes produced on the worker thread before the rest of a body moves off it.
+///
+/// Most OTLP bodies inflate to far less, so they never pay a `block_in_place` hand-off: each
+/// hand-off can start another runtime thread, and under many concurrent requests the gateway
+/// grew a hundred of them, each with its own malloc arena, which was most of OTLP/HTTP's peak RSS.
+const INLINE_INFLATE_BYTES: usize = 256 * 1024;
+
+/// Reads at most `limit` bytes; one byte more means the body is too large. Past
+/// `INLINE_INFLATE_BYTES` the rest is read in `block_in_place`, as inflating a large body
+/// takes long enough to hold up other requests on this worker thread.
 fn read_bounded(
     reader: impl Read,
     encoding: ContentEncoding,
     limit: usize,
 ) -> Result<Vec<u8>, DecompressError> {
+    let corrupt = |e: std::io::Error| DecompressError::Corrupt {
+        encoding,
+        reason: e.to_string(),
+    };
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let mut bounded = reader.take(as_u64(limit).saturating_add(1));
     let mut out = Vec::new();
-    let take = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    reader
-        .take(take)
+    (&mut bounded)
+        .take(as_u64(INLINE_INFLATE_BYTES))
         .read_to_end(&mut out)
-        .map_err(|e| DecompressError::Corrupt {
-            encoding,
-            reason: e.to_string(),
-        })?;
+        .map_err(corrupt)?;
+    if out.len() == INLINE_INFLATE_BYTES {
+        tokio::task::block_in_place(|| bounded.read_to_end(&mut out)).map_err(corrupt)?;
+    }
     if out.len() > limit {
         return Err(DecompressError::TooLarge { limit });
     }
@@ -387,8 +401,9 @@ fn read_and_decompress(
             )));
         }
     };
-    // Inflating takes long enough to hold up other requests on this worker thread.
-    match tokio::task::block_in_place(|| decompress(body, encoding, limit)) {
+    // Inline: an identity body is passed through, and large inflations move off this worker
+    // thread by themselves (`read_bounded`).
+    match decompress(body, encoding, limit) {
         Ok(message) => Ok(message),
         Err(DecompressError::TooLarge { .. }) => Err(PipelineError::TooLarge(format!(
             "the request decompresses to more than the limit of {limit} bytes"
