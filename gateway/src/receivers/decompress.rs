@@ -462,6 +462,56 @@ mod tests {
     }
 
     #[test]
+    fn a_body_past_the_inline_part_inflates_whole_within_the_limit() {
+        // Not zeros, so the inflated bytes show where the inline part and the rest meet.
+        let data: Vec<u8> = (0..INLINE_INFLATE_BYTES * 3)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        for limit in [data.len(), data.len() + 1] {
+            let out = decompress(gzip(&data), ContentEncoding::Gzip, limit).unwrap();
+            assert_eq!(&out[..], &data[..]);
+        }
+        let e = decompress(gzip(&data), ContentEncoding::Gzip, data.len() - 1).unwrap_err();
+        assert!(matches!(e, DecompressError::TooLarge { .. }));
+        // Exactly the inline part, with the limit there too.
+        let inline = &data[..INLINE_INFLATE_BYTES];
+        let out = decompress(gzip(inline), ContentEncoding::Gzip, INLINE_INFLATE_BYTES).unwrap();
+        assert_eq!(&out[..], inline);
+    }
+
+    /// A body as the HTTP receiver has it once read.
+    async fn read(body: Vec<u8>) -> Result<Collected<Bytes>, BoxError> {
+        Ok(http_body_util::Full::new(Bytes::from(body))
+            .collect()
+            .await
+            .unwrap())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn benchmark_sized_bodies_are_read_without_a_thread_hand_off() {
+        // block_in_place panics on a current-thread runtime, so this fails if these bodies
+        // reach it: under many connections every hand-off could start a runtime thread with
+        // a malloc arena of its own (issue 19's OTLP/HTTP peak RSS).
+        let data = b"span-attributes-".repeat(1500);
+        let out = read_and_decompress(read(data.clone()).await, ContentEncoding::Identity, 1 << 20);
+        assert_eq!(&out.unwrap()[..], &data[..]);
+        let out = read_and_decompress(
+            read(gzip(&data).to_vec()).await,
+            ContentEncoding::Gzip,
+            1 << 20,
+        );
+        assert_eq!(&out.unwrap()[..], &data[..]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_inflations_move_off_the_worker_thread_and_arrive_whole() {
+        let data = b"otlp".repeat(INLINE_INFLATE_BYTES);
+        let z = zstd::encode_all(&data[..], 3).unwrap();
+        let out = read_and_decompress(read(z).await, ContentEncoding::Zstd, 1 << 24);
+        assert_eq!(&out.unwrap()[..], &data[..]);
+    }
+
+    #[test]
     fn corrupt_data_is_reported() {
         let e = decompress(
             bytes::Bytes::from_static(b"not gzip"),
