@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO_ROOT
+from harness import REPO_ROOT, proc_status_kib
 
 LOADGEN_BIN = Path(os.environ.get("WEIR_LOADGEN_BIN", REPO_ROOT / "target" / "debug" / "weir-loadgen"))
 MIB = 1024 * 1024
@@ -29,14 +29,6 @@ SENDERS = 64
 LOAD_S = 8
 # A load that sent fewer requests than this measured nothing worth bounding.
 MIN_REQUESTS = 500
-
-
-def status_field(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
 
 
 def loadgen(gw, concurrency: int, seconds: int) -> dict:
@@ -70,7 +62,8 @@ def test_many_http_connections_keep_the_peak_rss_bounded(gateway):
     Path(f"/proc/{gateway.pid}/clear_refs").write_text("5")
     report = loadgen(gateway, SENDERS, LOAD_S)
     peak = gateway.hwm_kib() * 1024
-    threads = status_field(gateway.pid, "Threads")
+    # Not a size, but the same "Name: value" line.
+    threads = proc_status_kib(gateway.pid, "Threads")
     print(
         f"[memory] {SENDERS} OTLP/HTTP senders, {report['requests_ok']} requests of "
         f"{report['mean_request_bytes']:.0f} B: RSS before {before / MIB:.1f} MiB, "
