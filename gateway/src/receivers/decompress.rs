@@ -111,21 +111,35 @@ pub fn decompress(
     Ok(out.into())
 }
 
-/// Reads at most `limit` bytes; one byte more means the body is too large.
+/// Inflated bytes produced on the worker thread before the rest of a body moves off it.
+///
+/// Most OTLP bodies inflate to far less, so they never pay a `block_in_place` hand-off: each
+/// hand-off can start another runtime thread, and under many concurrent requests the gateway
+/// grew a hundred of them, each with its own malloc arena, which was most of OTLP/HTTP's peak RSS.
+const INLINE_INFLATE_BYTES: usize = 256 * 1024;
+
+/// Reads at most `limit` bytes; one byte more means the body is too large. Past
+/// `INLINE_INFLATE_BYTES` the rest is read in `block_in_place`, as inflating a large body
+/// takes long enough to hold up other requests on this worker thread.
 fn read_bounded(
     reader: impl Read,
     encoding: ContentEncoding,
     limit: usize,
 ) -> Result<Vec<u8>, DecompressError> {
+    let corrupt = |e: std::io::Error| DecompressError::Corrupt {
+        encoding,
+        reason: e.to_string(),
+    };
+    let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let mut bounded = reader.take(as_u64(limit).saturating_add(1));
     let mut out = Vec::new();
-    let take = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    reader
-        .take(take)
+    (&mut bounded)
+        .take(as_u64(INLINE_INFLATE_BYTES))
         .read_to_end(&mut out)
-        .map_err(|e| DecompressError::Corrupt {
-            encoding,
-            reason: e.to_string(),
-        })?;
+        .map_err(corrupt)?;
+    if out.len() == INLINE_INFLATE_BYTES {
+        tokio::task::block_in_place(|| bounded.read_to_end(&mut out)).map_err(corrupt)?;
+    }
     if out.len() > limit {
         return Err(DecompressError::TooLarge { limit });
     }
@@ -387,8 +401,9 @@ fn read_and_decompress(
             )));
         }
     };
-    // Inflating takes long enough to hold up other requests on this worker thread.
-    match tokio::task::block_in_place(|| decompress(body, encoding, limit)) {
+    // Inline: an identity body is passed through, and large inflations move off this worker
+    // thread by themselves (`read_bounded`).
+    match decompress(body, encoding, limit) {
         Ok(message) => Ok(message),
         Err(DecompressError::TooLarge { .. }) => Err(PipelineError::TooLarge(format!(
             "the request decompresses to more than the limit of {limit} bytes"
@@ -444,6 +459,56 @@ mod tests {
         assert!(bomb.len() < 1 << 20);
         let e = decompress(bomb, ContentEncoding::Gzip, 1 << 20).unwrap_err();
         assert!(matches!(e, DecompressError::TooLarge { limit } if limit == 1 << 20));
+    }
+
+    #[test]
+    fn a_body_past_the_inline_part_inflates_whole_within_the_limit() {
+        // Not zeros, so the inflated bytes show where the inline part and the rest meet.
+        let data: Vec<u8> = (0..INLINE_INFLATE_BYTES * 3)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        for limit in [data.len(), data.len() + 1] {
+            let out = decompress(gzip(&data), ContentEncoding::Gzip, limit).unwrap();
+            assert_eq!(&out[..], &data[..]);
+        }
+        let e = decompress(gzip(&data), ContentEncoding::Gzip, data.len() - 1).unwrap_err();
+        assert!(matches!(e, DecompressError::TooLarge { .. }));
+        // Exactly the inline part, with the limit there too.
+        let inline = &data[..INLINE_INFLATE_BYTES];
+        let out = decompress(gzip(inline), ContentEncoding::Gzip, INLINE_INFLATE_BYTES).unwrap();
+        assert_eq!(&out[..], inline);
+    }
+
+    /// A body as the HTTP receiver has it once read.
+    async fn read(body: Vec<u8>) -> Result<Collected<Bytes>, BoxError> {
+        Ok(http_body_util::Full::new(Bytes::from(body))
+            .collect()
+            .await
+            .unwrap())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn benchmark_sized_bodies_are_read_without_a_thread_hand_off() {
+        // block_in_place panics on a current-thread runtime, so this fails if these bodies
+        // reach it: under many connections every hand-off could start a runtime thread with
+        // a malloc arena of its own (issue 19's OTLP/HTTP peak RSS).
+        let data = b"span-attributes-".repeat(1500);
+        let out = read_and_decompress(read(data.clone()).await, ContentEncoding::Identity, 1 << 20);
+        assert_eq!(&out.unwrap()[..], &data[..]);
+        let out = read_and_decompress(
+            read(gzip(&data).to_vec()).await,
+            ContentEncoding::Gzip,
+            1 << 20,
+        );
+        assert_eq!(&out.unwrap()[..], &data[..]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_inflations_move_off_the_worker_thread_and_arrive_whole() {
+        let data = b"otlp".repeat(INLINE_INFLATE_BYTES);
+        let z = zstd::encode_all(&data[..], 3).unwrap();
+        let out = read_and_decompress(read(z).await, ContentEncoding::Zstd, 1 << 24);
+        assert_eq!(&out.unwrap()[..], &data[..]);
     }
 
     #[test]
