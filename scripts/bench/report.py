@@ -271,6 +271,15 @@ def findings(runs):
            if all(r["loadgen"].get("loadgen_cpu_seconds") is not None for r in rounds)]
     if cpu:
         notes.append("weir-loadgen's own CPU over the measured runs: " + ", ".join(cpu) + ".")
+    # Open loop: how late the generator itself sent (included in the p50 and p99 above), so that
+    # a late generator is not read as a slow gateway.
+    late = [f"{title(g)} p50 {fmt(median(r['loadgen']['send_lateness_ms']['p50'] for r in rounds), 2)} "
+            f"/ p99 {fmt(median(r['loadgen']['send_lateness_ms']['p99'] for r in rounds), 2)} ms"
+            for (g, load), rounds in sorted(runs.items())
+            if load == "open" and all(r["loadgen"].get("send_lateness_ms") for r in rounds)]
+    if late:
+        notes.append("weir-loadgen's own send lateness after the schedule, open loop (part of the "
+                     "latencies above): " + ", ".join(late) + ".")
     return notes
 
 

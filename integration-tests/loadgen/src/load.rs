@@ -109,6 +109,7 @@ impl Load {
             .export(body, template.trace_records(), &ids.trace_ids, self.timeout)
             .await;
         let latency = scheduled.unwrap_or(sent).elapsed();
+        let lateness = scheduled.map(|scheduled| sent.saturating_duration_since(scheduled));
         // Only a full success says which spans landed: a partial one does not name them.
         if let (Outcome::Accepted { rejected: 0 }, Some(sink)) = (&outcome, &self.ids_out) {
             let mut lines = Vec::with_capacity(ids.span_ids.len() * 50);
@@ -117,6 +118,9 @@ impl Load {
         }
         if let Ok(mut stats) = self.stats.lock() {
             stats.record(spans, &outcome, latency);
+            if let Some(lateness) = lateness {
+                stats.record_send_lateness(lateness);
+            }
         }
         outcome
     }
@@ -163,35 +167,55 @@ pub async fn closed_loop(load: Arc<Load>, senders: usize) -> Duration {
 /// Sends one request every `spans_per_request / rate` seconds on a fixed schedule, with at
 /// most `max_in_flight` outstanding; a send that finds no free slot is counted as a
 /// `MISSED_SCHEDULE` failure. Returns the elapsed time up to the last reply.
+///
+/// The schedule is kept by a thread of its own sleeping in the OS (`nanosleep`, tens of
+/// microseconds late), not by tokio's timer: that one fires on millisecond ticks, so each send
+/// would start up to a millisecond after its scheduled time, and that lateness would be
+/// counted as the server's latency.
 pub async fn open_loop(load: Arc<Load>, rate: f64, max_in_flight: usize) -> Duration {
     let spans_per_request = load.pool.get(0).spans() as f64;
     let interval = spans_per_request / rate;
     let slots = Arc::new(Semaphore::new(max_in_flight));
-    let mut seeds = SmallRng::from_rng(&mut rand::rng());
-    let start = Instant::now();
-    let mut n: u64 = 0;
-    while n < load.max_requests && !load.stopped() {
-        // From the start, not from the previous send, so that lateness does not accumulate.
-        let offset = Duration::from_secs_f64(n as f64 * interval);
-        if offset >= load.duration {
-            break;
-        }
-        let scheduled = start + offset;
-        tokio::time::sleep_until(scheduled).await;
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let load = load.clone();
-                let mut rng = SmallRng::from_rng(&mut seeds);
-                tokio::spawn(async move {
-                    let mut ids = FreshIds::default();
-                    load.send(n, &mut rng, &mut ids, Some(scheduled)).await;
-                    drop(permit);
-                });
+    let runtime = tokio::runtime::Handle::current();
+    let pacer = {
+        let (load, slots) = (load.clone(), slots.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut seeds = SmallRng::from_rng(&mut rand::rng());
+            let start = Instant::now();
+            let mut n: u64 = 0;
+            while n < load.max_requests && !load.stopped() {
+                // From the start, not from the previous send, so that lateness does not
+                // accumulate.
+                let offset = Duration::from_secs_f64(n as f64 * interval);
+                if offset >= load.duration {
+                    break;
+                }
+                let scheduled = start + offset;
+                if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let load = load.clone();
+                        let mut rng = SmallRng::from_rng(&mut seeds);
+                        runtime.spawn(async move {
+                            let mut ids = FreshIds::default();
+                            load.send(n, &mut rng, &mut ids, Some(scheduled)).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => load.record_missed(n),
+                }
+                n += 1;
             }
-            Err(_) => load.record_missed(n),
-        }
-        n += 1;
-    }
+            start
+        })
+    };
+    let start = match pacer.await {
+        Ok(start) => start,
+        // The pacer panicked (and printed why); what was sent still finishes below.
+        Err(_) => Instant::now(),
+    };
     // Every in-flight request ends within the reply timeout; wait for all of them.
     let _all = slots.acquire_many(max_in_flight as u32).await;
     start.elapsed()

@@ -403,6 +403,8 @@ async fn open_loop_counts_missed_sends_and_latency_from_the_schedule() {
     assert!((1..10).contains(&sent), "sent {sent}");
     assert_eq!(stats.failures[MISSED_SCHEDULE], 10 - sent);
     assert!(stats.latency_us.min() >= 100_000);
+    // The generator's own lateness is counted for every request it sent, and only for those.
+    assert_eq!(stats.send_lateness_us.len(), sent);
 }
 
 #[tokio::test]

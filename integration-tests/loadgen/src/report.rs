@@ -29,6 +29,10 @@ pub struct Stats {
     /// Latency of every sent request, successful or not (a timeout counts as its timeout),
     /// in microseconds.
     pub latency_us: Histogram<u64>,
+    /// Open loop: how late the generator itself handed each request to the client, after its
+    /// scheduled time (timer, thread wake-up, building the body), in microseconds. Part of
+    /// `latency_us`, reported apart so that a late generator is not mistaken for a slow server.
+    pub send_lateness_us: Histogram<u64>,
 }
 
 impl Default for Stats {
@@ -42,10 +46,15 @@ impl Default for Stats {
             spans_failed: 0,
             failures: BTreeMap::new(),
             // One microsecond to one hour, three significant digits.
-            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .expect("constant histogram bounds are valid"),
+            latency_us: microseconds_histogram(),
+            send_lateness_us: microseconds_histogram(),
         }
     }
+}
+
+/// One microsecond to one hour, three significant digits.
+fn microseconds_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant histogram bounds are valid")
 }
 
 impl Stats {
@@ -65,6 +74,12 @@ impl Stats {
             }
             Outcome::Failed(code) => self.record_failure(spans, code),
         }
+    }
+
+    /// Counts how late an open-loop request was handed to the client after its schedule.
+    pub fn record_send_lateness(&mut self, lateness: Duration) {
+        self.send_lateness_us
+            .saturating_record(lateness.as_micros().max(1) as u64);
     }
 
     /// Counts one request that failed before any reply (e.g. it missed its schedule).
@@ -134,6 +149,14 @@ pub fn to_json(stats: &Stats, info: &RunInfo) -> Value {
             "max": answered.then(|| ms(h.max())),
             "mean": answered.then(|| h.mean() / 1000.0),
         },
+        "send_lateness_ms": (!stats.send_lateness_us.is_empty()).then(|| {
+            let l = &stats.send_lateness_us;
+            json!({
+                "p50": ms(l.value_at_quantile(0.50)),
+                "p99": ms(l.value_at_quantile(0.99)),
+                "max": ms(l.max()),
+            })
+        }),
         "elapsed_seconds": secs,
         "loadgen_cpu_seconds": info.loadgen_cpu.map(|d| d.as_secs_f64()),
     })
@@ -180,6 +203,15 @@ pub fn to_text(stats: &Stats, info: &RunInfo) -> String {
             ms(h.value_at_quantile(0.50)),
             ms(h.value_at_quantile(0.99)),
             ms(h.max())
+        ));
+    }
+    let lateness = &stats.send_lateness_us;
+    if !lateness.is_empty() {
+        out.push_str(&format!(
+            "  send lateness p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (the generator's own, included above)\n",
+            ms(lateness.value_at_quantile(0.50)),
+            ms(lateness.value_at_quantile(0.99)),
+            ms(lateness.max())
         ));
     }
     if let Some(cpu) = info.loadgen_cpu {
