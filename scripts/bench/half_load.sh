@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Where the time of one open-loop rate goes, variant against variant: for each round and each
+# variant, a fresh Tansu (memory engine, 4 partitions) and gateway, weir-loadgen at RATE spans/s
+# (3 s warm-up, then DURATION s), then one line: the load generator's latency and its own send
+# lateness, the CPU of the gateway, the broker and the generator, the distribution of
+# weir_exporter_produce_latency_seconds from the gateway's /metrics, and CPU and voluntary
+# context switches per gateway thread (tokio workers, librdkafka's broker thread, rdkafka's
+# polling thread). No span counting: bench.sh does that.
+#
+#   scripts/bench/half_load.sh ROUNDS RATE "label|gateway binary|kafka yaml lines|env" ...
+#
+# The kafka yaml lines go under `kafka:` as they are (`\n` for a new line), e.g.
+#   'l1|target/release/weir-gateway|  linger: 1ms|'
+#   'w1|target/release/weir-gateway||TOKIO_WORKER_THREADS=1'
+# Env: HALF_DURATION (10), HALF_LOADGEN (target/release/weir-loadgen).
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+bench_lock "$@"
+cd "$WEIR_ROOT"
+[ $# -ge 3 ] || die "usage: $0 ROUNDS RATE 'label|gateway|kafka yaml|env' ..."
+ROUNDS="$1" RATE="$2"
+shift 2
+DURATION="${HALF_DURATION:-10}"
+LOADGEN="${HALF_LOADGEN:-$WEIR_ROOT/target/release/weir-loadgen}"
+ensure_tansu
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+one_run() {
+  local label="$1" gateway="$2" kafka_extra="$3" run_env="$4" d
+  d="$(mktemp -d "${TMPDIR:-/tmp}/weir-half.XXXXXX")"
+  read -r broker grpc http admin < <(free_ports 4)
+  start_tansu "$broker" "$d/tansu.pid" "$d/tansu.log"
+  create_topics "$broker" 4 half
+  cat >"$d/gateway.yaml" <<YAML
+receivers:
+  grpc:
+    endpoint: "127.0.0.1:$grpc"
+  http:
+    endpoint: "127.0.0.1:$http"
+kafka:
+  brokers: ["127.0.0.1:$broker"]
+  traces:
+    topic: half
+  max_message_size: 1000000
+$(printf '%b' "$kafka_extra")
+admin:
+  endpoint: "127.0.0.1:$admin"
+spool:
+  directory: $d/spool
+YAML
+  # shellcheck disable=SC2086 # run_env is a list of NAME=value words
+  env $run_env "$gateway" --config "$d/gateway.yaml" >"$d/gateway.log" 2>&1 &
+  echo $! >"$d/gateway.pid"
+  local gw tansu
+  gw="$(cat "$d/gateway.pid")" tansu="$(cat "$d/tansu.pid")"
+  wait_port 127.0.0.1 "$grpc" 30 || die "the gateway did not listen (see $d/gateway.log)"
+  local i
+  for ((i = 0; i < 100; i++)); do [ "$(http_status "$admin" /readyz)" = 200 ] && break; sleep 0.1; done
+  "$LOADGEN" --endpoint "http://127.0.0.1:$grpc" --rate "$RATE" --duration 3 >/dev/null 2>&1 || true
+  local g0 t0 g1 t1
+  g0="$(cpu_ticks "$gw")" t0="$(cpu_ticks "$tansu")"
+  curl -s "http://127.0.0.1:$admin/metrics" >"$d/metrics-before"
+  timeout $((DURATION + 60)) "$LOADGEN" --endpoint "http://127.0.0.1:$grpc" --rate "$RATE" \
+    --duration "$DURATION" --json >"$d/loadgen.json" 2>"$d/loadgen.log" || true
+  curl -s "http://127.0.0.1:$admin/metrics" >"$d/metrics-after"
+  g1="$(cpu_ticks "$gw")" t1="$(cpu_ticks "$tansu")"
+  python3 - "$d" "$gw" "$label" "$((g1 - g0))" "$((t1 - t0))" "$(getconf CLK_TCK)" <<'PY'
+import collections, json, os, re, sys
+d, pid, label, gw, tansu, hz = sys.argv[1], sys.argv[2], sys.argv[3], *map(int, sys.argv[4:])
+lg = json.load(open(f"{d}/loadgen.json"))
+lat, late = lg["latency_ms"], lg.get("send_lateness_ms") or {}
+def buckets(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r'weir_exporter_produce_latency_seconds_bucket\{.*le="([^"]+)".*\} (\S+)', line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+a, b = buckets(f"{d}/metrics-before"), buckets(f"{d}/metrics-after")
+total = b.get("+Inf", 0) - a.get("+Inf", 0)
+produce = " ".join(f"<={float(k) * 1000:g}ms {(b[k] - a.get(k, 0)) / total:.2f}"
+                   for k in ("0.001", "0.0025", "0.005", "0.01") if total and k in b)
+cpu, switches = collections.Counter(), collections.Counter()
+for tid in os.listdir(f"/proc/{pid}/task"):
+    try:
+        stat = open(f"/proc/{pid}/task/{tid}/stat").read()
+        name = stat[stat.index("(") + 1:stat.rindex(")")].replace(" ", "_")
+        fields = stat[stat.rindex(")") + 2:].split()
+        cpu[name] += int(fields[11]) + int(fields[12])
+        for line in open(f"/proc/{pid}/task/{tid}/status"):
+            if line.startswith("voluntary_ctxt"):
+                switches[name] += int(line.split()[1])
+    except OSError:
+        pass
+threads = " ".join(f"{k}={cpu[k] / hz:.2f}s/{switches[k]}cs" for k in sorted(cpu) if cpu[k])
+print(f"{label}: {lg['spans_per_second']:,.0f} spans/s, p50 {lat['p50']} p99 {lat['p99']} ms "
+      f"(send lateness p50 {late.get('p50')} p99 {late.get('p99')}); CPU s: gateway {gw / hz:.2f} "
+      f"broker {tansu / hz:.2f} loadgen {lg.get('loadgen_cpu_seconds') or 0:.2f}; produce {produce}; "
+      f"threads since start (CPU/voluntary switches) {threads}")
+PY
+  stop_pidfile "$d/gateway.pid"
+  stop_pidfile "$d/tansu.pid"
+  rm -rf "$d"
+}
+
+for ((round = 1; round <= ROUNDS; round++)); do
+  for variant in "$@"; do
+    IFS='|' read -r label gateway kafka_extra run_env <<<"$variant"
+    printf '[round %d] ' "$round"
+    one_run "$label" "$gateway" "$kafka_extra" "$run_env"
+  done
+done
