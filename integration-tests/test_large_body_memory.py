@@ -36,7 +36,7 @@ SPANS_PER_REQUEST = 3000
 MIN_REQUESTS = 64
 # The runtime's workers (one per CPU), one thread per blocking section at once (as many as
 # workers), librdkafka's threads and the gateway's own few: never one per concurrent request.
-THREAD_BOUND = 16 + 2 * (os.cpu_count() or 1)
+THREAD_BOUND = 20 + 2 * (os.cpu_count() or 1)
 # What the load may add to the peak RSS: what requests hold is bounded by the admission budget
 # (limits.max_in_flight_bytes, 256 MiB by default), and a debug build's 64 bodies of 670 KB with
 # their decoded requests and records come close to it (main: +200 to +230 MiB, with 16 malloc
