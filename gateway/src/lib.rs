@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod attribute_limits;
+pub mod blocking;
 pub mod control_plane;
 pub mod kafka_health;
 pub mod pipeline;

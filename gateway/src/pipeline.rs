@@ -5,6 +5,7 @@
 //! success reply is built only after Kafka acknowledged every record, or the spool fsynced them.
 
 use crate::attribute_limits::AttributeLimitPolicy;
+use crate::blocking::BlockingSections;
 use crate::kafka_health::KafkaHealth;
 use crate::policy::PolicyStore;
 use crate::receivers::admission::{Admission, Admitted};
@@ -58,6 +59,9 @@ pub struct Pipeline {
     /// The in-flight byte budget: the receivers reserve bodies in it, the pipeline what
     /// decoding and the records hold.
     admission: Admission,
+    /// Where decoding a large body runs, a bounded number at once (shared with the OTLP/HTTP
+    /// receiver's inflation).
+    blocking: BlockingSections,
     /// What recent sends say about Kafka; shared with the replayer and `/readyz`.
     health: Arc<KafkaHealth>,
     /// Where records go when Kafka does not acknowledge them in time; `None`: the request
@@ -178,6 +182,7 @@ impl Pipeline {
             span_metrics: Arc::new(SpanMetrics::default()),
             attribute_limits,
             admission,
+            blocking: BlockingSections::per_runtime_worker(),
             health: Arc::new(KafkaHealth::default()),
             spool: None,
         }
@@ -206,6 +211,11 @@ impl Pipeline {
     /// The in-flight byte budget the receivers and the pipeline share.
     pub fn admission(&self) -> &Admission {
         &self.admission
+    }
+
+    /// The bounded blocking sections large bodies are decoded and inflated in.
+    pub fn blocking_sections(&self) -> &BlockingSections {
+        &self.blocking
     }
 
     /// The largest message accepted, after decompression.
@@ -243,9 +253,12 @@ impl Pipeline {
             held: self.admission.empty(),
             body: body.len(),
         };
-        // Large bodies take long enough to hold up other requests on this worker thread.
+        // Large bodies take long enough to hold up other requests on this worker thread; the
+        // bound keeps many of them at once from growing a thread (and malloc arena) each.
         let prepared = if body.len() > BLOCKING_BODY_BYTES {
-            tokio::task::block_in_place(|| S::records(&body, format, &route, &mut budget))
+            self.blocking
+                .run(|| S::records(&body, format, &route, &mut budget))
+                .await
         } else {
             S::records(&body, format, &route, &mut budget)
         };

@@ -7,8 +7,9 @@
 use super::admission::{Admission, Admitted, ReadReservation};
 use super::request::{ExportRequest, Format, RequestMeta, Transport};
 use super::status::ReceiverError;
+use crate::blocking::BlockingSections;
 use crate::pipeline::PipelineError;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::header;
 use http::request::Parts;
 use http_body_util::Collected;
@@ -70,45 +71,17 @@ pub enum DecompressError {
     },
 }
 
-/// Decompresses `body` (declared as `encoding`) into at most `limit` bytes.
+/// Decompresses `body` (declared as `encoding`) into at most `limit` bytes, all on the
+/// calling thread.
 pub fn decompress(
-    body: bytes::Bytes,
+    body: Bytes,
     encoding: ContentEncoding,
     limit: usize,
-) -> Result<bytes::Bytes, DecompressError> {
-    let out = match encoding {
-        ContentEncoding::Identity => {
-            if body.len() > limit {
-                return Err(DecompressError::TooLarge { limit });
-            }
-            return Ok(body);
-        }
-        ContentEncoding::Gzip => read_bounded(
-            flate2::read::MultiGzDecoder::new(&body[..]),
-            encoding,
-            limit,
-        )?,
-        ContentEncoding::Deflate => {
-            match read_bounded(flate2::read::ZlibDecoder::new(&body[..]), encoding, limit) {
-                Err(DecompressError::Corrupt { .. }) => read_bounded(
-                    flate2::read::DeflateDecoder::new(&body[..]),
-                    encoding,
-                    limit,
-                )?,
-                other => other?,
-            }
-        }
-        ContentEncoding::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(&body[..]).map_err(|e| {
-                DecompressError::Corrupt {
-                    encoding,
-                    reason: e.to_string(),
-                }
-            })?;
-            read_bounded(decoder, encoding, limit)?
-        }
-    };
-    Ok(out.into())
+) -> Result<Bytes, DecompressError> {
+    match start_inflation(body, encoding, limit)? {
+        Inflation::Whole(message) => Ok(message),
+        Inflation::Rest(rest) => rest.finish(),
+    }
 }
 
 /// Inflated bytes produced on the worker thread before the rest of a body moves off it.
@@ -118,32 +91,126 @@ pub fn decompress(
 /// grew a hundred of them, each with its own malloc arena, which was most of OTLP/HTTP's peak RSS.
 const INLINE_INFLATE_BYTES: usize = 256 * 1024;
 
-/// Reads at most `limit` bytes; one byte more means the body is too large. Past
-/// `INLINE_INFLATE_BYTES` the rest is read in `block_in_place`, as inflating a large body
-/// takes long enough to hold up other requests on this worker thread.
-fn read_bounded(
-    reader: impl Read,
+/// A body's inflation as far as the worker thread takes it.
+enum Inflation {
+    /// The whole message, within the limit.
+    Whole(Bytes),
+    /// More than `INLINE_INFLATE_BYTES`: the rest is inflated in a blocking section, as it
+    /// takes long enough to hold up other requests on the worker thread.
+    Rest(RestOfInflation),
+}
+
+/// An inflation stopped after its inline part.
+struct RestOfInflation {
+    /// The decoder, bounded at one byte past the limit (that byte means too large).
+    reader: std::io::Take<Box<dyn Read + Send>>,
+    /// What the inline part inflated.
+    out: Vec<u8>,
     encoding: ContentEncoding,
     limit: usize,
-) -> Result<Vec<u8>, DecompressError> {
-    let corrupt = |e: std::io::Error| DecompressError::Corrupt {
-        encoding,
-        reason: e.to_string(),
-    };
+    /// A `deflate` body read as zlib, kept to be read again as raw deflate if the rest turns
+    /// out not to be zlib.
+    raw_deflate: Option<Bytes>,
+}
+
+/// Inflates the inline part of `body`.
+fn start_inflation(
+    body: Bytes,
+    encoding: ContentEncoding,
+    limit: usize,
+) -> Result<Inflation, DecompressError> {
+    match encoding {
+        ContentEncoding::Identity => {
+            if body.len() > limit {
+                return Err(DecompressError::TooLarge { limit });
+            }
+            Ok(Inflation::Whole(body))
+        }
+        ContentEncoding::Gzip => inflate_inline(
+            Box::new(flate2::read::MultiGzDecoder::new(body.reader())),
+            encoding,
+            limit,
+            None,
+        ),
+        ContentEncoding::Deflate => {
+            let zlib = Box::new(flate2::read::ZlibDecoder::new(body.clone().reader()));
+            match inflate_inline(zlib, encoding, limit, Some(body.clone())) {
+                Err(DecompressError::Corrupt { .. }) => raw_deflate(body, limit),
+                other => other,
+            }
+        }
+        ContentEncoding::Zstd => {
+            let decoder = zstd::stream::read::Decoder::new(body.reader()).map_err(|e| {
+                DecompressError::Corrupt {
+                    encoding,
+                    reason: e.to_string(),
+                }
+            })?;
+            inflate_inline(Box::new(decoder), encoding, limit, None)
+        }
+    }
+}
+
+/// Inflates the inline part of a `deflate` body that is not zlib-wrapped.
+fn raw_deflate(body: Bytes, limit: usize) -> Result<Inflation, DecompressError> {
+    let reader = Box::new(flate2::read::DeflateDecoder::new(body.reader()));
+    inflate_inline(reader, ContentEncoding::Deflate, limit, None)
+}
+
+/// Reads at most `INLINE_INFLATE_BYTES` of `reader`; what is left is the `Rest`.
+fn inflate_inline(
+    reader: Box<dyn Read + Send>,
+    encoding: ContentEncoding,
+    limit: usize,
+    raw_deflate: Option<Bytes>,
+) -> Result<Inflation, DecompressError> {
     let as_u64 = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-    let mut bounded = reader.take(as_u64(limit).saturating_add(1));
+    let mut reader = reader.take(as_u64(limit).saturating_add(1));
     let mut out = Vec::new();
-    (&mut bounded)
+    (&mut reader)
         .take(as_u64(INLINE_INFLATE_BYTES))
         .read_to_end(&mut out)
-        .map_err(corrupt)?;
-    if out.len() == INLINE_INFLATE_BYTES {
-        tokio::task::block_in_place(|| bounded.read_to_end(&mut out)).map_err(corrupt)?;
-    }
+        .map_err(|e| corrupt(encoding, e))?;
     if out.len() > limit {
         return Err(DecompressError::TooLarge { limit });
     }
-    Ok(out)
+    if out.len() == INLINE_INFLATE_BYTES {
+        return Ok(Inflation::Rest(RestOfInflation {
+            reader,
+            out,
+            encoding,
+            limit,
+            raw_deflate,
+        }));
+    }
+    Ok(Inflation::Whole(out.into()))
+}
+
+impl RestOfInflation {
+    /// Inflates the rest, on the calling thread; one byte past the limit means too large.
+    fn finish(mut self) -> Result<Bytes, DecompressError> {
+        if let Err(e) = self.reader.read_to_end(&mut self.out) {
+            return match self.raw_deflate.take() {
+                Some(body) => match raw_deflate(body, self.limit)? {
+                    Inflation::Whole(message) => Ok(message),
+                    Inflation::Rest(rest) => rest.finish(),
+                },
+                None => Err(corrupt(self.encoding, e)),
+            };
+        }
+        if self.out.len() > self.limit {
+            return Err(DecompressError::TooLarge { limit: self.limit });
+        }
+        Ok(self.out.into())
+    }
+}
+
+/// A decoder's error, as the client is told.
+fn corrupt(encoding: ContentEncoding, e: std::io::Error) -> DecompressError {
+    DecompressError::Corrupt {
+        encoding,
+        reason: e.to_string(),
+    }
 }
 
 /// Decompression as a layer: what passes it is the whole message, at most `limit` bytes.
@@ -151,6 +218,7 @@ fn read_bounded(
 pub struct DecompressLayer {
     limit: usize,
     read: BodyRead,
+    blocking: BlockingSections,
 }
 
 /// How a body is read: its deadline, and the budget its declared length is reserved in
@@ -162,14 +230,16 @@ struct BodyRead {
 }
 
 impl DecompressLayer {
-    /// Refuses bodies larger than `limit` bytes, before or after decompression.
-    pub fn new(limit: usize) -> Self {
+    /// Refuses bodies larger than `limit` bytes, before or after decompression; inflates
+    /// large ones in `blocking`.
+    pub fn new(limit: usize, blocking: BlockingSections) -> Self {
         Self {
             limit,
             read: BodyRead {
                 timeout: None,
                 admission: None,
             },
+            blocking,
         }
     }
 
@@ -193,6 +263,7 @@ impl<Inner> Layer<Inner> for DecompressLayer {
             inner,
             limit: self.limit,
             read: self.read.clone(),
+            blocking: self.blocking.clone(),
         }
     }
 }
@@ -203,6 +274,7 @@ pub struct Decompress<Inner> {
     inner: Inner,
     limit: usize,
     read: BodyRead,
+    blocking: BlockingSections,
 }
 
 impl<Inner, B> Service<ExportRequest<B>> for Decompress<Inner>
@@ -269,6 +341,7 @@ where
                 limit: self.limit,
                 timeout: self.read.timeout,
                 reserved,
+                blocking: self.blocking.clone(),
                 inner,
             }),
         }
@@ -285,6 +358,7 @@ pub struct Unread<Inner> {
     limit: usize,
     timeout: Option<Duration>,
     reserved: Option<Admitted>,
+    blocking: BlockingSections,
     inner: Inner,
 }
 
@@ -302,6 +376,11 @@ pin_project! {
             #[pin]
             body: Collect<Limited<B>>,
             deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+            unread: Option<Unread<Inner>>,
+        },
+        /// The body is in; the rest of its inflation waits for, or runs in, a blocking section.
+        Inflating {
+            inflation: Pin<Box<dyn Future<Output = Result<Bytes, PipelineError>> + Send>>,
             unread: Option<Unread<Inner>>,
         },
         /// The message went down; the inner answer is pending.
@@ -356,6 +435,23 @@ where
                     };
                     let unread = unread.take().expect("polled after completion");
                     match read_and_decompress(read, unread.encoding, unread.limit) {
+                        Ok(Inflation::Whole(message)) => unread.call(message),
+                        Ok(Inflation::Rest(rest)) => {
+                            let inflation =
+                                inflate_rest(rest, unread.blocking.clone(), unread.limit);
+                            self.set(DecompressFuture::Inflating {
+                                inflation: Box::pin(inflation),
+                                unread: Some(unread),
+                            });
+                            continue;
+                        }
+                        Err(e) => return Poll::Ready(Err(e.into())),
+                    }
+                }
+                DecompressState::Inflating { inflation, unread } => {
+                    let message = ready!(inflation.as_mut().poll(cx));
+                    let unread = unread.take().expect("polled after completion");
+                    match message {
                         Ok(message) => unread.call(message),
                         Err(e) => return Poll::Ready(Err(e.into())),
                     }
@@ -382,12 +478,13 @@ impl<Inner: Service<ExportRequest<Bytes>>> Unread<Inner> {
     }
 }
 
-/// The whole message of a body that was read, within `limit` after decompression.
+/// The message of a body that was read, within `limit` after decompression: whole, or the
+/// rest still to be inflated off the worker thread.
 fn read_and_decompress(
     read: Result<Collected<Bytes>, BoxError>,
     encoding: ContentEncoding,
     limit: usize,
-) -> Result<Bytes, PipelineError> {
+) -> Result<Inflation, PipelineError> {
     let body = match read {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
@@ -401,16 +498,28 @@ fn read_and_decompress(
             )));
         }
     };
-    // Inline: an identity body is passed through, and large inflations move off this worker
-    // thread by themselves (`read_bounded`).
-    match decompress(body, encoding, limit) {
-        Ok(message) => Ok(message),
-        Err(DecompressError::TooLarge { .. }) => Err(PipelineError::TooLarge(format!(
+    // Inline: an identity body is passed through, and only the inflation of a large one is
+    // left for a blocking section.
+    start_inflation(body, encoding, limit).map_err(|e| refusal(e, limit))
+}
+
+/// Inflates the rest of a large body in one of the blocking sections, once one is free.
+async fn inflate_rest(
+    rest: RestOfInflation,
+    blocking: BlockingSections,
+    limit: usize,
+) -> Result<Bytes, PipelineError> {
+    let inflated = blocking.run(move || rest.finish()).await;
+    inflated.map_err(|e| refusal(e, limit))
+}
+
+/// The client's answer to a body that does not decompress within `limit`.
+fn refusal(e: DecompressError, limit: usize) -> PipelineError {
+    match e {
+        DecompressError::TooLarge { .. } => PipelineError::TooLarge(format!(
             "the request decompresses to more than the limit of {limit} bytes"
-        ))),
-        Err(e @ DecompressError::Corrupt { .. }) => {
-            Err(PipelineError::InvalidArgument(e.to_string()))
-        }
+        )),
+        e @ DecompressError::Corrupt { .. } => PipelineError::InvalidArgument(e.to_string()),
     }
 }
 
@@ -493,22 +602,39 @@ mod tests {
         // reach it: under many connections every hand-off could start a runtime thread with
         // a malloc arena of its own (issue 19's OTLP/HTTP peak RSS).
         let data = b"span-attributes-".repeat(1500);
-        let out = read_and_decompress(read(data.clone()).await, ContentEncoding::Identity, 1 << 20);
-        assert_eq!(&out.unwrap()[..], &data[..]);
-        let out = read_and_decompress(
-            read(gzip(&data).to_vec()).await,
-            ContentEncoding::Gzip,
-            1 << 20,
-        );
-        assert_eq!(&out.unwrap()[..], &data[..]);
+        for (body, encoding) in [
+            (data.clone(), ContentEncoding::Identity),
+            (gzip(&data).to_vec(), ContentEncoding::Gzip),
+        ] {
+            match read_and_decompress(read(body).await, encoding, 1 << 20) {
+                Ok(Inflation::Whole(out)) => assert_eq!(&out[..], &data[..]),
+                Ok(Inflation::Rest(_)) => panic!("{encoding:?}: left for a blocking section"),
+                Err(e) => panic!("{encoding:?}: {e}"),
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn large_inflations_move_off_the_worker_thread_and_arrive_whole() {
+    async fn large_inflations_wait_for_a_blocking_section_and_arrive_whole() {
         let data = b"otlp".repeat(INLINE_INFLATE_BYTES);
         let z = zstd::encode_all(&data[..], 3).unwrap();
-        let out = read_and_decompress(read(z).await, ContentEncoding::Zstd, 1 << 24);
-        assert_eq!(&out.unwrap()[..], &data[..]);
+        let Ok(Inflation::Rest(rest)) =
+            read_and_decompress(read(z).await, ContentEncoding::Zstd, 1 << 24)
+        else {
+            panic!("a 1 MiB inflation was not left for a blocking section");
+        };
+        // The only section is taken until `release` is sent.
+        let blocking = BlockingSections::new(1);
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = blocking.clone();
+        let held = tokio::spawn(async move { holder.run(move || released.recv()).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut inflation = Box::pin(inflate_rest(rest, blocking, 1 << 24));
+        let waited = tokio::time::timeout(Duration::from_millis(200), inflation.as_mut()).await;
+        assert!(waited.is_err(), "inflated while every section was taken");
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        assert_eq!(&inflation.await.unwrap()[..], &data[..]);
     }
 
     #[test]

@@ -69,8 +69,11 @@ pub fn stack<S: Signal>(
         .layer(AuthLayer::new(receiver.ingress.clone()))
         .layer(OtlpHttpLayer { path: S::HTTP_PATH })
         .layer(
-            DecompressLayer::new(pipeline.max_message_size())
-                .reading_within(receiver.body_read_timeout, receiver.admission.clone()),
+            DecompressLayer::new(
+                pipeline.max_message_size(),
+                pipeline.blocking_sections().clone(),
+            )
+            .reading_within(receiver.body_read_timeout, receiver.admission.clone()),
         )
         .layer(AdmissionLayer::new(receiver.admission.clone()))
         .service(Export::<S>::new(pipeline.clone()))
