@@ -493,6 +493,13 @@ class Gateway:
     def hwm_kib(self) -> int:
         return proc_status_kib(self.pid, "VmHWM")
 
+    def reset_hwm_kib(self) -> int:
+        """Resets VmHWM to the current RSS (5 to clear_refs) and returns that RSS: the peak from
+        here on is what follows."""
+        before = self.rss_kib()
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        return before
+
     def terminate(self):
         os.kill(self.pid, signal.SIGTERM)
 

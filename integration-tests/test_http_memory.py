@@ -57,9 +57,7 @@ def loadgen(gw, concurrency: int, seconds: int) -> dict:
 
 def test_many_http_connections_keep_the_peak_rss_bounded(gateway):
     loadgen(gateway, 2, 2)
-    before = gateway.rss_kib() * 1024
-    # Writing 5 to clear_refs resets VmHWM to the current RSS: the peak from here is the load's.
-    Path(f"/proc/{gateway.pid}/clear_refs").write_text("5")
+    before = gateway.reset_hwm_kib() * 1024
     report = loadgen(gateway, SENDERS, LOAD_S)
     peak = gateway.hwm_kib() * 1024
     # Not a size, but the same "Name: value" line.

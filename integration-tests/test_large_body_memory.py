@@ -85,10 +85,8 @@ def run_load(gw, command: list[str], seconds: int) -> tuple[dict, int]:
 )
 def test_many_large_bodies_keep_threads_and_peak_rss_bounded(gateway, transport, compression):
     run_load(gateway, loadgen_command(gateway, transport, compression, 2, 2), 2)
-    before = gateway.rss_kib() * 1024
     idle_threads = proc_status_kib(gateway.pid, "Threads")
-    # Writing 5 to clear_refs resets VmHWM to the current RSS: the peak from here is the load's.
-    Path(f"/proc/{gateway.pid}/clear_refs").write_text("5")
+    before = gateway.reset_hwm_kib() * 1024
     report, threads = run_load(gateway, loadgen_command(gateway, transport, compression, SENDERS, LOAD_S), LOAD_S)
     peak = gateway.hwm_kib() * 1024
     print(
