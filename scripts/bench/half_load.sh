@@ -12,6 +12,7 @@
 # The kafka yaml lines go under `kafka:` as they are (`\n` for a new line), e.g.
 #   'l1|target/release/weir-gateway|  linger: 1ms|'
 #   'w1|target/release/weir-gateway||TOKIO_WORKER_THREADS=1'
+#   'floor|kafka||'   (no gateway: weir-loadgen --transport kafka, the bare producer's floor)
 # Env: HALF_DURATION (10), HALF_LOADGEN (target/release/weir-loadgen).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -33,7 +34,14 @@ one_run() {
   read -r broker grpc http admin < <(free_ports 4)
   start_tansu "$broker" "$d/tansu.pid" "$d/tansu.log"
   create_topics "$broker" 4 half
-  cat >"$d/gateway.yaml" <<YAML
+  local gw="" tansu target
+  tansu="$(cat "$d/tansu.pid")"
+  target=(--endpoint "http://127.0.0.1:$grpc")
+  if [ "$gateway" = kafka ]; then
+    # The floor: no gateway; a bare producer sends the same records to the same broker.
+    target=(--transport kafka --endpoint "127.0.0.1:$broker" --kafka-topic half)
+  else
+    cat >"$d/gateway.yaml" <<YAML
 receivers:
   grpc:
     endpoint: "127.0.0.1:$grpc"
@@ -50,22 +58,25 @@ admin:
 spool:
   directory: $d/spool
 YAML
-  # shellcheck disable=SC2086 # run_env is a list of NAME=value words
-  env $run_env "$gateway" --config "$d/gateway.yaml" >"$d/gateway.log" 2>&1 &
-  echo $! >"$d/gateway.pid"
-  local gw tansu
-  gw="$(cat "$d/gateway.pid")" tansu="$(cat "$d/tansu.pid")"
-  wait_port 127.0.0.1 "$grpc" 30 || die "the gateway did not listen (see $d/gateway.log)"
-  local i
-  for ((i = 0; i < 100; i++)); do [ "$(http_status "$admin" /readyz)" = 200 ] && break; sleep 0.1; done
-  "$LOADGEN" --endpoint "http://127.0.0.1:$grpc" --rate "$RATE" --duration 3 >/dev/null 2>&1 || true
+    # shellcheck disable=SC2086 # run_env is a list of NAME=value words
+    env $run_env "$gateway" --config "$d/gateway.yaml" >"$d/gateway.log" 2>&1 &
+    echo $! >"$d/gateway.pid"
+    gw="$(cat "$d/gateway.pid")"
+    wait_port 127.0.0.1 "$grpc" 30 || die "the gateway did not listen (see $d/gateway.log)"
+    local i
+    for ((i = 0; i < 100; i++)); do [ "$(http_status "$admin" /readyz)" = 200 ] && break; sleep 0.1; done
+  fi
+  "$LOADGEN" "${target[@]}" --rate "$RATE" --duration 3 >/dev/null 2>&1 || true
   local g0 t0 g1 t1
-  g0="$(cpu_ticks "$gw")" t0="$(cpu_ticks "$tansu")"
-  curl -s "http://127.0.0.1:$admin/metrics" >"$d/metrics-before"
-  timeout $((DURATION + 60)) "$LOADGEN" --endpoint "http://127.0.0.1:$grpc" --rate "$RATE" \
+  g0=0 g1=0
+  [ -z "$gw" ] || g0="$(cpu_ticks "$gw")"
+  t0="$(cpu_ticks "$tansu")"
+  [ -z "$gw" ] || curl -s "http://127.0.0.1:$admin/metrics" >"$d/metrics-before"
+  timeout $((DURATION + 60)) "$LOADGEN" "${target[@]}" --rate "$RATE" \
     --duration "$DURATION" --json >"$d/loadgen.json" 2>"$d/loadgen.log" || true
-  curl -s "http://127.0.0.1:$admin/metrics" >"$d/metrics-after"
-  g1="$(cpu_ticks "$gw")" t1="$(cpu_ticks "$tansu")"
+  [ -z "$gw" ] || curl -s "http://127.0.0.1:$admin/metrics" >"$d/metrics-after"
+  [ -z "$gw" ] || g1="$(cpu_ticks "$gw")"
+  t1="$(cpu_ticks "$tansu")"
   python3 - "$d" "$gw" "$label" "$((g1 - g0))" "$((t1 - t0))" "$(getconf CLK_TCK)" <<'PY'
 import collections, json, os, re, sys
 d, pid, label, gw, tansu, hz = sys.argv[1], sys.argv[2], sys.argv[3], *map(int, sys.argv[4:])
@@ -73,6 +84,8 @@ lg = json.load(open(f"{d}/loadgen.json"))
 lat, late = lg["latency_ms"], lg.get("send_lateness_ms") or {}
 def buckets(path):
     out = {}
+    if not os.path.exists(path):
+        return out
     for line in open(path):
         m = re.match(r'weir_exporter_produce_latency_seconds_bucket\{.*le="([^"]+)".*\} (\S+)', line)
         if m:
@@ -83,7 +96,7 @@ total = b.get("+Inf", 0) - a.get("+Inf", 0)
 produce = " ".join(f"<={float(k) * 1000:g}ms {(b[k] - a.get(k, 0)) / total:.2f}"
                    for k in ("0.001", "0.0025", "0.005", "0.01") if total and k in b)
 cpu, switches = collections.Counter(), collections.Counter()
-for tid in os.listdir(f"/proc/{pid}/task"):
+for tid in os.listdir(f"/proc/{pid}/task") if pid else []:
     try:
         stat = open(f"/proc/{pid}/task/{tid}/stat").read()
         name = stat[stat.index("(") + 1:stat.rindex(")")].replace(" ", "_")
@@ -100,7 +113,7 @@ print(f"{label}: {lg['spans_per_second']:,.0f} spans/s, p50 {lat['p50']} p99 {la
       f"broker {tansu / hz:.2f} loadgen {lg.get('loadgen_cpu_seconds') or 0:.2f}; produce {produce}; "
       f"threads since start (CPU/voluntary switches) {threads}")
 PY
-  stop_pidfile "$d/gateway.pid"
+  [ -z "$gw" ] || stop_pidfile "$d/gateway.pid"
   stop_pidfile "$d/tansu.pid"
   rm -rf "$d"
 }

@@ -124,6 +124,8 @@ pub struct KafkaOptions {
     pub topic: Option<String>,
     /// librdkafka `linger.ms`.
     pub linger: Duration,
+    /// librdkafka `max.in.flight.requests.per.connection`.
+    pub max_in_flight: u8,
     /// librdkafka `message.timeout.ms`: the reply timeout.
     pub timeout: Duration,
 }
@@ -191,12 +193,16 @@ impl ExportClient {
                         "--transport kafka produces uncompressed records, as Weir does by default"
                     );
                 }
-                Ok(ExportClient::Kafka(KafkaSink::connect(
-                    endpoint,
-                    topic,
-                    kafka.linger,
-                    kafka.timeout,
-                )?))
+                Ok(ExportClient::Kafka(
+                    KafkaSink::connect(
+                        endpoint,
+                        topic,
+                        kafka.linger,
+                        kafka.max_in_flight,
+                        kafka.timeout,
+                    )
+                    .await?,
+                ))
             }
         }
     }

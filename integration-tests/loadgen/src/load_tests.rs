@@ -267,6 +267,7 @@ fn no_kafka() -> KafkaOptions {
     KafkaOptions {
         topic: None,
         linger: Duration::ZERO,
+        max_in_flight: 1,
         timeout: Duration::from_secs(5),
     }
 }

@@ -104,6 +104,10 @@ struct Args {
     /// that the latency is the broker's own).
     #[arg(long, default_value_t = 0)]
     kafka_linger_ms: u64,
+    /// `--transport kafka`: librdkafka `max.in.flight.requests.per.connection` of the bare
+    /// producer (1, Weir's default `kafka.max_in_flight`; at most 5, the idempotent limit).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    kafka_max_in_flight: u8,
     /// Distinct pre-encoded requests to cycle through.
     #[arg(long, default_value_t = 64)]
     pool: usize,
@@ -235,6 +239,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let kafka = KafkaOptions {
         topic: args.kafka_topic.clone(),
         linger: Duration::from_millis(args.kafka_linger_ms),
+        max_in_flight: args.kafka_max_in_flight,
         timeout,
     };
     let client =
