@@ -5,7 +5,9 @@
 # lateness, the CPU of the gateway, the broker and the generator, the distribution of
 # weir_exporter_produce_latency_seconds from the gateway's /metrics, and CPU and voluntary
 # context switches per gateway thread (tokio workers, librdkafka's broker thread, rdkafka's
-# polling thread). No span counting: bench.sh does that.
+# polling thread) with the time each spent runnable but waiting for a CPU (schedstat), and that
+# wait summed over the gateway's and the broker's threads during the run. No span counting:
+# bench.sh does that.
 #
 #   scripts/bench/half_load.sh ROUNDS RATE "label|gateway binary|kafka yaml lines|env" ...
 #
@@ -27,6 +29,8 @@ LOADGEN="${HALF_LOADGEN:-$WEIR_ROOT/target/release/weir-loadgen}"
 ensure_tansu
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Nanoseconds the threads of process $1 spent runnable but waiting for a CPU (schedstat).
+runq_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $2} END {printf "%.0f", s}'; }
 
 one_run() {
   local label="$1" gateway="$2" kafka_extra="$3" run_env="$4" d
@@ -68,18 +72,21 @@ YAML
   fi
   "$LOADGEN" "${target[@]}" --rate "$RATE" --duration 3 >/dev/null 2>&1 || true
   local g0 t0 g1 t1
+  local q0=0 q1=0 r0 r1
   g0=0 g1=0
-  [ -z "$gw" ] || g0="$(cpu_ticks "$gw")"
-  t0="$(cpu_ticks "$tansu")"
+  [ -z "$gw" ] || { g0="$(cpu_ticks "$gw")" q0="$(runq_ns "$gw")"; }
+  t0="$(cpu_ticks "$tansu")" r0="$(runq_ns "$tansu")"
   [ -z "$gw" ] || curl -s "http://127.0.0.1:$admin/metrics" >"$d/metrics-before"
   timeout $((DURATION + 60)) "$LOADGEN" "${target[@]}" --rate "$RATE" \
     --duration "$DURATION" --json >"$d/loadgen.json" 2>"$d/loadgen.log" || true
   [ -z "$gw" ] || curl -s "http://127.0.0.1:$admin/metrics" >"$d/metrics-after"
-  [ -z "$gw" ] || g1="$(cpu_ticks "$gw")"
-  t1="$(cpu_ticks "$tansu")"
-  python3 - "$d" "$gw" "$label" "$((g1 - g0))" "$((t1 - t0))" "$(getconf CLK_TCK)" <<'PY'
+  [ -z "$gw" ] || { g1="$(cpu_ticks "$gw")" q1="$(runq_ns "$gw")"; }
+  t1="$(cpu_ticks "$tansu")" r1="$(runq_ns "$tansu")"
+  python3 - "$d" "$gw" "$label" "$((g1 - g0))" "$((t1 - t0))" "$(getconf CLK_TCK)" \
+    "$((q1 - q0))" "$((r1 - r0))" <<'PY'
 import collections, json, os, re, sys
-d, pid, label, gw, tansu, hz = sys.argv[1], sys.argv[2], sys.argv[3], *map(int, sys.argv[4:])
+d, pid, label = sys.argv[1:4]
+gw, tansu, hz, gw_wait, tansu_wait = map(int, sys.argv[4:9])
 lg = json.load(open(f"{d}/loadgen.json"))
 lat, late = lg["latency_ms"], lg.get("send_lateness_ms") or {}
 def buckets(path):
@@ -95,7 +102,7 @@ a, b = buckets(f"{d}/metrics-before"), buckets(f"{d}/metrics-after")
 total = b.get("+Inf", 0) - a.get("+Inf", 0)
 produce = " ".join(f"<={float(k) * 1000:g}ms {(b[k] - a.get(k, 0)) / total:.2f}"
                    for k in ("0.001", "0.0025", "0.005", "0.01") if total and k in b)
-cpu, switches = collections.Counter(), collections.Counter()
+cpu, switches, waits = collections.Counter(), collections.Counter(), collections.Counter()
 for tid in os.listdir(f"/proc/{pid}/task") if pid else []:
     try:
         stat = open(f"/proc/{pid}/task/{tid}/stat").read()
@@ -105,13 +112,17 @@ for tid in os.listdir(f"/proc/{pid}/task") if pid else []:
         for line in open(f"/proc/{pid}/task/{tid}/status"):
             if line.startswith("voluntary_ctxt"):
                 switches[name] += int(line.split()[1])
-    except OSError:
+        # schedstat: time on the CPU, time waiting on a run queue (ns), time slices.
+        waits[name] += int(open(f"/proc/{pid}/task/{tid}/schedstat").read().split()[1])
+    except (OSError, IndexError, ValueError):
         pass
-threads = " ".join(f"{k}={cpu[k] / hz:.2f}s/{switches[k]}cs" for k in sorted(cpu) if cpu[k])
+threads = " ".join(f"{k}={cpu[k] / hz:.2f}s/{switches[k]}cs/{waits[k] / 1e9:.2f}s-runq"
+                   for k in sorted(cpu) if cpu[k])
 print(f"{label}: {lg['spans_per_second']:,.0f} spans/s, p50 {lat['p50']} p99 {lat['p99']} ms "
       f"(send lateness p50 {late.get('p50')} p99 {late.get('p99')}); CPU s: gateway {gw / hz:.2f} "
-      f"broker {tansu / hz:.2f} loadgen {lg.get('loadgen_cpu_seconds') or 0:.2f}; produce {produce}; "
-      f"threads since start (CPU/voluntary switches) {threads}")
+      f"broker {tansu / hz:.2f} loadgen {lg.get('loadgen_cpu_seconds') or 0:.2f}; waiting for a CPU s: "
+      f"gateway {gw_wait / 1e9:.2f} broker {tansu_wait / 1e9:.2f}; produce {produce}; "
+      f"threads since start (CPU/voluntary switches/waiting for a CPU) {threads}")
 PY
   [ -z "$gw" ] || stop_pidfile "$d/gateway.pid"
   stop_pidfile "$d/tansu.pid"
