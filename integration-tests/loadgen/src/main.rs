@@ -14,7 +14,8 @@
 //!
 //! `--transport kafka` is no OTLP client but the latency floor of a gateway that replies after
 //! Kafka's acknowledgement: a bare producer (acks=all, idempotent, `--kafka-linger-ms`, 0 by
-//! default) sending per request the records Weir would produce for it (one per trace).
+//! default, `--kafka-max-in-flight`, 1 by default) sending per request the records Weir would
+//! produce for it (one per trace).
 
 mod client;
 mod generator;
