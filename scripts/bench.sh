@@ -34,9 +34,9 @@
 #                       before 2026-12-02, so BENCH_PAIRED="weir-linger5-inflight5 weir" is what
 #                       the defaults cost in CPU),
 #                       or kafka: no gateway, the latency floor: weir-loadgen --transport kafka,
-#                       a bare producer (acks=all, idempotent, linger 0, one request in flight) sending per request the
-#                       records Weir would produce for it (one per trace) and waiting for all of
-#                       them; kafka-lingerN: the same with linger.ms N (no CPU figures: there is
+#                       a bare producer (acks=all, idempotent, linger 0, one request in
+#                       flight) sending per request the records Weir would produce for it (one
+#                       per trace) and waiting for all of them; kafka-lingerN: the same with linger.ms N (no CPU figures: there is
 #                       no gateway process; not in paired mode)
 #   BENCH_TRANSPORT     the load's transport, for every target alike: grpc (default, OTLP/gRPC
 #                       uncompressed), grpc-gzip, grpc-zstd (Rotel does not accept zstd: runs
