@@ -131,6 +131,11 @@ pub struct KafkaOptions {
 }
 
 impl ExportClient {
+    /// True for the bare Kafka producer, which sends per-trace records instead of the body.
+    pub fn is_kafka(&self) -> bool {
+        matches!(self, ExportClient::Kafka(_))
+    }
+
     /// Connects to `endpoint`: `connections` HTTP/2 connections for gRPC; for HTTP the
     /// connections are opened on demand, one per concurrent request; for Kafka `endpoint`
     /// lists the brokers.

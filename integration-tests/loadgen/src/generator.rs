@@ -107,6 +107,8 @@ pub struct Template {
     /// Protobuf only: one encoded `TracesData` per trace, by trace index, as Weir would
     /// produce them to Kafka (what the bare producer of `--transport kafka` sends).
     trace_records: Vec<Vec<u8>>,
+    /// Where the ids sit in each of `trace_records`, by trace index.
+    record_slots: Vec<Vec<Slot>>,
 }
 
 /// The fresh ids one send uses: one trace id per trace, one span id per span.
@@ -153,8 +155,36 @@ impl Template {
 
     /// The request split into one encoded `TracesData` per trace (by trace index), with the
     /// ids the template was built with; empty for OTLP/JSON templates.
+    #[cfg(test)]
     pub fn trace_records(&self) -> &[Vec<u8>] {
         &self.trace_records
+    }
+
+    /// Copies of `trace_records` with the ids of the last `instantiate` (in `ids`) written in:
+    /// the records Weir would produce for that send's body.
+    pub fn instantiate_records(&self, ids: &FreshIds) -> Vec<Vec<u8>> {
+        self.trace_records
+            .iter()
+            .zip(&self.record_slots)
+            .map(|(record, slots)| {
+                let mut record = record.clone();
+                for slot in slots {
+                    let raw = self.fresh_id(slot.id as usize, ids);
+                    let at = slot.offset as usize;
+                    record[at..at + raw.len()].copy_from_slice(raw);
+                }
+                record
+            })
+            .collect()
+    }
+
+    /// The new value of id `id` (a trace index below `traces`, then span indexes) in `ids`.
+    fn fresh_id<'a>(&self, id: usize, ids: &'a FreshIds) -> &'a [u8] {
+        if id < self.traces {
+            &ids.trace_ids[id]
+        } else {
+            &ids.span_ids[id - self.traces]
+        }
     }
 
     /// Copies the body and writes new random ids into the copy; `ids` receives them.
@@ -173,12 +203,7 @@ impl Template {
         let mut body = self.body.clone();
         for slot in &self.slots {
             let at = slot.offset as usize;
-            let id = slot.id as usize;
-            let raw: &[u8] = if id < self.traces {
-                &ids.trace_ids[id]
-            } else {
-                &ids.span_ids[id - self.traces]
-            };
+            let raw = self.fresh_id(slot.id as usize, ids);
             match self.encoding {
                 Encoding::Protobuf => body[at..at + raw.len()].copy_from_slice(raw),
                 Encoding::Json => write_hex(&mut body[at..at + raw.len() * 2], raw),
@@ -294,12 +319,18 @@ fn build_template(
             Encoding::Protobuf => built.request.encode_to_vec(),
             Encoding::Json => serde_json::to_vec(&otlp_json(&built.request))?,
         };
-        if let Some(mut template) = locate_ids(shape, encoding, &built, body) {
-            if encoding == Encoding::Protobuf {
-                template.trace_records = split_by_trace(&built.request, &built.trace_ids);
-            }
-            return Ok(template);
+        let Some(mut template) = locate_ids(shape, encoding, &built, body) else {
+            continue;
+        };
+        if encoding == Encoding::Protobuf {
+            let records = split_by_trace(&built.request, &built.trace_ids);
+            let Some(record_slots) = locate_record_ids(shape, &built, &records) else {
+                continue;
+            };
+            template.trace_records = records;
+            template.record_slots = record_slots;
         }
+        return Ok(template);
     }
     bail!("could not build a request whose ids occur only where expected")
 }
@@ -454,37 +485,7 @@ fn locate_ids(shape: &Shape, encoding: Encoding, built: &Built, body: Vec<u8>) -
         .map(|id| encoded_id(encoding, id))
         .collect();
 
-    let key_len = encoding.id_width(SPAN_ID_LEN);
-    let mut by_key: HashMap<&[u8], u32> = HashMap::new();
-    for (i, id) in trace_ids.iter().chain(&span_ids).enumerate() {
-        if by_key.insert(&id[..key_len], i as u32).is_some() {
-            return None;
-        }
-    }
-    let mut slots = Vec::with_capacity(spans * 3);
-    let mut at = 0;
-    while at + key_len <= body.len() {
-        let Some(&id) = by_key.get(&body[at..at + key_len]) else {
-            at += 1;
-            continue;
-        };
-        let full = if (id as usize) < traces {
-            &trace_ids[id as usize]
-        } else {
-            &span_ids[id as usize - traces]
-        };
-        if body.get(at..at + full.len()) == Some(full.as_slice()) {
-            slots.push(Slot {
-                offset: at as u32,
-                id,
-            });
-            // Skipping the whole id also rules out overlapping occurrences.
-            at += full.len();
-        } else {
-            at += 1;
-        }
-    }
-
+    let slots = find_ids(encoding, &trace_ids, &span_ids, &body)?;
     let mut found = vec![0usize; traces + spans];
     for slot in &slots {
         found[slot.id as usize] += 1;
@@ -511,7 +512,88 @@ fn locate_ids(shape: &Shape, encoding: Encoding, built: &Built, body: Vec<u8>) -
         traces,
         span_trace,
         trace_records: Vec::new(),
+        record_slots: Vec::new(),
     })
+}
+
+/// Every occurrence in `body` of the (encoded) `trace_ids` and then `span_ids`, numbered in
+/// that order; `None` if two ids share their first bytes, so that a prefix could not tell
+/// them apart.
+fn find_ids(
+    encoding: Encoding,
+    trace_ids: &[Vec<u8>],
+    span_ids: &[Vec<u8>],
+    body: &[u8],
+) -> Option<Vec<Slot>> {
+    let traces = trace_ids.len();
+    let key_len = encoding.id_width(SPAN_ID_LEN);
+    let mut by_key: HashMap<&[u8], u32> = HashMap::new();
+    for (i, id) in trace_ids.iter().chain(span_ids).enumerate() {
+        if by_key.insert(&id[..key_len], i as u32).is_some() {
+            return None;
+        }
+    }
+    let mut slots = Vec::with_capacity(span_ids.len() * 3);
+    let mut at = 0;
+    while at + key_len <= body.len() {
+        let Some(&id) = by_key.get(&body[at..at + key_len]) else {
+            at += 1;
+            continue;
+        };
+        let full = if (id as usize) < traces {
+            &trace_ids[id as usize]
+        } else {
+            &span_ids[id as usize - traces]
+        };
+        if body.get(at..at + full.len()) == Some(full.as_slice()) {
+            slots.push(Slot {
+                offset: at as u32,
+                id,
+            });
+            // Skipping the whole id also rules out overlapping occurrences.
+            at += full.len();
+        } else {
+            at += 1;
+        }
+    }
+    Some(slots)
+}
+
+/// The ids' places in each per-trace record (`records[t]` holds trace `t`'s spans). `None`
+/// unless each record holds its own trace id once per span of the trace, each of those spans'
+/// ids once plus once per child, and no id of another trace.
+fn locate_record_ids(shape: &Shape, built: &Built, records: &[Vec<u8>]) -> Option<Vec<Vec<Slot>>> {
+    let trace_ids: Vec<Vec<u8>> = built.trace_ids.iter().map(|id| id.to_vec()).collect();
+    let span_ids: Vec<Vec<u8>> = built.span_ids.iter().map(|id| id.to_vec()).collect();
+    let traces = trace_ids.len();
+    let trace_of_span = |k: usize| k / shape.spans_per_trace;
+    let mut all = Vec::with_capacity(records.len());
+    for (trace, record) in records.iter().enumerate() {
+        let slots = find_ids(Encoding::Protobuf, &trace_ids, &span_ids, record)?;
+        let mut found = vec![0usize; traces + span_ids.len()];
+        for slot in &slots {
+            found[slot.id as usize] += 1;
+        }
+        let spans_here = (0..span_ids.len()).filter(|&k| trace_of_span(k) == trace);
+        let expected_spans: usize = spans_here.clone().count();
+        for (t, &count) in found[..traces].iter().enumerate() {
+            if count != if t == trace { expected_spans } else { 0 } {
+                return None;
+            }
+        }
+        for (k, &count) in found[traces..].iter().enumerate() {
+            let expected = if trace_of_span(k) == trace {
+                1 + built.children[k]
+            } else {
+                0
+            };
+            if count != expected {
+                return None;
+            }
+        }
+        all.push(slots);
+    }
+    Some(all)
 }
 
 fn encoded_id(encoding: Encoding, raw: &[u8]) -> Vec<u8> {
@@ -741,6 +823,31 @@ mod tests {
                 (total as f64 * rate).floor() as usize,
                 "rate {rate}"
             );
+        }
+    }
+
+    #[test]
+    fn instantiated_records_are_the_patched_body_split_by_trace() {
+        let mut rng = SmallRng::seed_from_u64(11);
+        let pool = RequestPool::build(&shape(), Encoding::Protobuf, 2, &mut rng).unwrap();
+        for template in pool.templates() {
+            let mut ids = FreshIds::default();
+            let body = template.instantiate(&mut rng, &mut ids);
+            let records = template.instantiate_records(&ids);
+            let patched = decode(&body);
+            let fresh: Vec<[u8; TRACE_ID_LEN]> = ids.trace_ids.clone();
+            // What Weir would produce for the patched body: its split, with the same ids.
+            assert_eq!(records, split_by_trace(&patched, &fresh));
+            for (record, trace_id) in records.iter().zip(&fresh) {
+                let data = TracesData::decode(record.as_slice()).unwrap();
+                let spans = data
+                    .resource_spans
+                    .iter()
+                    .flat_map(|rs| &rs.scope_spans)
+                    .flat_map(|ss| &ss.spans);
+                assert!(spans.clone().count() > 0);
+                assert!(spans.clone().all(|s| s.trace_id == trace_id));
+            }
         }
     }
 

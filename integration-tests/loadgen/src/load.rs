@@ -103,10 +103,15 @@ impl Load {
         let template = self.pool.get(n);
         let spans = template.spans() as u64;
         let body = template.instantiate(rng, ids);
+        let records = if self.client.is_kafka() {
+            template.instantiate_records(ids)
+        } else {
+            Vec::new()
+        };
         let sent = Instant::now();
         let outcome = self
             .client
-            .export(body, template.trace_records(), &ids.trace_ids, self.timeout)
+            .export(body, &records, &ids.trace_ids, self.timeout)
             .await;
         let latency = scheduled.unwrap_or(sent).elapsed();
         let lateness = scheduled.map(|scheduled| sent.saturating_duration_since(scheduled));
