@@ -172,12 +172,13 @@ http_status() (
   printf '%s' "${code:-}"
 ) 2>/dev/null
 
-# Starts Tansu with the in-memory engine on 127.0.0.1:$1; writes its PID to $2; logs to $3.
+# Starts Tansu with the in-memory engine on 127.0.0.1:$1; writes its PID to $2; logs to $3. It
+# tells clients to reach it at 127.0.0.1:$4 when given (a proxy in front of it), else at $1.
 start_tansu() {
-  local port="$1" pidfile="$2" logfile="$3"
+  local port="$1" pidfile="$2" logfile="$3" advertised="${4:-$1}"
   env -u OTEL_EXPORTER_OTLP_ENDPOINT "$TANSU_BIN" broker --storage-engine memory://tansu/ \
     --listener-url "tcp://127.0.0.1:$port" \
-    --advertised-listener-url "tcp://127.0.0.1:$port" >"$logfile" 2>&1 &
+    --advertised-listener-url "tcp://127.0.0.1:$advertised" >"$logfile" 2>&1 &
   echo $! >"$pidfile"
   wait_port 127.0.0.1 "$port" 30 || die "tansu did not listen on 127.0.0.1:$port (see $logfile)"
 }
