@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from harness import TRACE_PATH, Broker, make_span, new_trace_id, post, traces_request, unique_name, wait_until
 
 # A request that Kafka does not acknowledge gets 503 this fast, so the polls stay short.
@@ -77,9 +79,14 @@ def test_stalled_broker_resumes(broker_factory, gateway_factory):
     wait_until("/readyz == 200", lambda: gw.readyz() == 200, timeout=10, interval=0.2)
 
 
-def test_broker_replaced_by_a_fresh_one_on_the_same_address(broker_factory, gateway_factory, workdir):
+@pytest.mark.parametrize("producers", [1, 3])
+def test_broker_replaced_by_a_fresh_one_on_the_same_address(broker_factory, gateway_factory, workdir, producers):
+    """With kafka.producers above 1, every producer finds itself wedged and is replaced."""
     b = broker_factory()
-    gw = gateway_factory({"spool.enabled": False, "limits.export_timeout": EXPORT_TIMEOUT}, on_broker=b)
+    gw = gateway_factory(
+        {"spool.enabled": False, "limits.export_timeout": EXPORT_TIMEOUT, "kafka.producers": producers},
+        on_broker=b,
+    )
     for _ in range(5):
         assert accepted(gw)
     fresh = Broker(workdir, unique_name("tansu-fresh"), port=b.port)
@@ -94,6 +101,13 @@ def test_broker_replaced_by_a_fresh_one_on_the_same_address(broker_factory, gate
             back_at = time.monotonic()
             took = serves_again_within(gw, back_at)
         assert took <= BACK_WITHIN_S, f"200 again {took:.1f}s after the fresh broker had its topics\n{gw.log()}"
+        # Every producer is back, not only the one the first answered request went through.
+        wait_until(
+            "ten requests in a row answered 200",
+            lambda: all(accepted(gw) for _ in range(10)),
+            timeout=BACK_WITHIN_S + 10,
+            interval=0.2,
+        )
         assert 503 in watch.seen
         wait_until("/readyz == 200", lambda: gw.readyz() == 200, timeout=10, interval=0.2)
     finally:

@@ -55,6 +55,22 @@ def test_trace_ids_land_in_the_collectors_partition(broker, workdir, partitions)
         gw.stop()
 
 
+def test_records_spread_over_producers_keep_the_collectors_partition(broker, workdir):
+    """kafka.producers spreads records over several librdkafka producers; each has the same
+    partitioner, so the partition still depends on the trace id alone."""
+    partitions = 7
+    topic = unique_name("it-part-producers")
+    broker.create_topic(topic, partitions=partitions)
+    gw = Gateway(broker, workdir, {"kafka.traces.topic": topic, "kafka.producers": 3}, create_topics=False)
+    for signal in ("metrics", "logs"):
+        broker.create_topic(gw.topics[signal])
+    gw.start()
+    try:
+        check_partitions(broker, gw, topic, partitions)
+    finally:
+        gw.stop()
+
+
 def check_partitions(broker, gw, topic, partitions):
     ids = [new_trace_id() for _ in range(1000)]
     for i in range(0, len(ids), 250):

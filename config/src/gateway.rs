@@ -381,6 +381,9 @@ impl Default for Limits {
     }
 }
 
+/// The most librdkafka producers one gateway spreads its records over (`kafka.producers`).
+pub const MAX_PRODUCERS: usize = 16;
+
 /// The Kafka exporter: brokers, topics, encodings, producer settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -411,6 +414,9 @@ pub struct KafkaConfig {
     /// Produce requests outstanding per broker connection (librdkafka
     /// `max.in.flight.requests.per.connection`); at most 5 with `acks: all` (idempotence).
     pub max_in_flight: u32,
+    /// librdkafka producers the records are spread over (by key), each with its own broker
+    /// connections and so its own `max_in_flight` window: 1 to `MAX_PRODUCERS`.
+    pub producers: usize,
     /// Protocol, SASL and TLS to the brokers.
     pub security: KafkaSecurity,
     /// Raw librdkafka producer properties; they win over the keys above.
@@ -434,6 +440,7 @@ impl Default for KafkaConfig {
             partitioner: Partitioner::default(),
             linger: Duration::ZERO,
             max_in_flight: 1,
+            producers: 1,
             security: KafkaSecurity::default(),
             properties: BTreeMap::new(),
             include_metadata_keys: Vec::new(),
@@ -883,6 +890,12 @@ impl ConfigFile for GatewayConfig {
         }
         self.spool.validate(l.export_timeout)?;
         let k = &self.kafka;
+        if !(1..=MAX_PRODUCERS).contains(&k.producers) {
+            return Err(ConfigError::invalid(
+                "kafka.producers",
+                format!("{} is out of range: use 1 to {MAX_PRODUCERS}", k.producers),
+            ));
+        }
         let most_in_flight = if k.acks == Acks::All { 5 } else { 1_000_000 };
         if !(1..=most_in_flight).contains(&k.max_in_flight) {
             return Err(ConfigError::invalid(
@@ -1107,6 +1120,13 @@ mod tests {
         let cfg = GatewayConfig::from_yaml("kafka:\n  max_in_flight: 5\n").unwrap();
         assert_eq!(cfg.kafka.max_in_flight, 5);
         assert_eq!(GatewayConfig::default().kafka.max_in_flight, 1);
+        assert_eq!(GatewayConfig::default().kafka.producers, 1);
+        let cfg = GatewayConfig::from_yaml("kafka:\n  producers: 4\n").unwrap();
+        assert_eq!(cfg.kafka.producers, 4);
+        for bad in ["0", "17"] {
+            let e = err(&format!("kafka:\n  producers: {bad}\n")).to_string();
+            assert!(e.contains("kafka.producers"), "{e}");
+        }
         let e = err("kafka:\n  max_in_flight: 6\n").to_string();
         assert!(
             e.contains("kafka.max_in_flight") && e.contains("idempotent"),

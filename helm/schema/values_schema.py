@@ -314,6 +314,7 @@ gateway_config = obj(
                 "compression": enum("none", "gzip", "snappy", "lz4", "zstd"),
                 "linger": ref("duration"),
                 "max_in_flight": s("integer", minimum=1, maximum=1000000),
+                "producers": s("integer", minimum=1, maximum=16),
                 "properties": map_of(
                     {"type": ["string", "number", "boolean"]}, "Raw librdkafka producer properties."
                 ),

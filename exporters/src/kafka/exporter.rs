@@ -179,10 +179,13 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-/// Records handed to the producer whose acknowledgements are still to be awaited
+/// Records handed to the producers whose acknowledgements are still to be awaited
 /// (`KafkaExporter::acknowledgement`). Dropping it stops the wait, not the delivery.
 pub struct Produced {
-    producer: Arc<Producer_>,
+    /// The producer of each lane when the records were handed over, for the lanes in `used`.
+    producers: Vec<Arc<Producer_>>,
+    /// Bit `i` set: lane `i` got some of the records.
+    used: u64,
     deliveries: Arc<Deliveries>,
     records: usize,
     started: Instant,
@@ -195,6 +198,10 @@ pub struct Produced {
 /// producer only bumps its epoch and retries under the same producer id, forever, without a
 /// fatal error: only a new producer (a new id from the broker) gets out of it.
 const WEDGED_AFTER: Duration = Duration::from_secs(4);
+
+/// The most producers one exporter runs (`kafka.producers`); `Produced::used` has a bit each.
+const MAX_LANES: usize = weir_config::gateway::MAX_PRODUCERS;
+const _: () = assert!(MAX_LANES <= 64);
 
 /// What the probe needs to tell a wedged producer from a broker that is down.
 #[derive(Default)]
@@ -221,45 +228,28 @@ impl Liveness {
     }
 }
 
-/// Produces records to Kafka and reports when the brokers have acknowledged them.
-///
-/// A producer that hit a fatal error (for example an idempotent producer fenced by the broker
-/// after its records timed out) can never produce again; it is replaced by a new one, and the
-/// requests that failed on it are retried by their clients.
-pub struct KafkaExporter {
+/// One librdkafka producer of the exporter and what it takes to replace it: its own broker
+/// connections, so its own window of produce requests in flight.
+struct Lane {
     producer: ArcSwap<Producer_>,
-    config: ClientConfig,
     /// Serializes replacements, so that one fatal error replaces the producer once.
     replacing: Mutex<()>,
     /// Recent send outcomes and probe results, to find a producer that is wedged.
     liveness: Mutex<Liveness>,
-    export_timeout: Duration,
 }
 
-impl KafkaExporter {
-    /// Creates the producer. Connecting happens in the background; see `probe`.
-    pub fn new(cfg: &KafkaConfig, export_timeout: Duration) -> Result<Self, ExportError> {
-        let config =
-            producer_config(cfg, export_timeout).map_err(|e| ExportError::Config(e.to_string()))?;
-        let producer = Self::create(&config)?;
+impl Lane {
+    fn new(config: &ClientConfig) -> Result<Self, ExportError> {
         Ok(Self {
-            producer: ArcSwap::from_pointee(producer),
-            config,
+            producer: ArcSwap::from_pointee(create(config)?),
             replacing: Mutex::new(()),
             liveness: Mutex::new(Liveness::default()),
-            export_timeout,
         })
-    }
-
-    fn create(config: &ClientConfig) -> Result<Producer_, ExportError> {
-        config
-            .create_with_context(DeliveryContext)
-            .map_err(|e| ExportError::Config(e.to_string()))
     }
 
     /// Replaces `failed` with a new producer if it cannot produce any more (a fatal error, or
     /// `fenced` by the broker) and is still the current one.
-    fn replace_if_broken(&self, failed: &Arc<Producer_>, fenced: bool) {
+    fn replace_if_broken(&self, config: &ClientConfig, failed: &Arc<Producer_>, fenced: bool) {
         let (code, reason) = match failed.client().fatal_error() {
             Some((code, reason)) => (code, reason),
             None if fenced => (
@@ -276,15 +266,15 @@ impl KafkaExporter {
             return;
         }
         tracing::error!(?code, %reason, "the Kafka producer cannot produce any more; replacing it");
-        self.replace("fatal");
+        self.replace(config, "fatal");
     }
 
     /// Stores a new producer; the old one goes once the sends holding it are done. Call with
     /// `replacing` held.
-    fn replace(&self, reason: &'static str) {
+    fn replace(&self, config: &ClientConfig, reason: &'static str) {
         metrics::counter!("weir_exporter_producer_restarts_total", "exporter" => "kafka", "reason" => reason)
             .increment(1);
-        match Self::create(&self.config) {
+        match create(config) {
             Ok(p) => self.producer.store(Arc::new(p)),
             Err(e) => tracing::error!(error = %e, "cannot create a new Kafka producer; will retry"),
         }
@@ -296,118 +286,19 @@ impl KafkaExporter {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Produces `records` (each to its topic) and waits until Kafka acknowledged all of them.
-    ///
-    /// Returns only after every record is acknowledged, or with an error as soon as one fails
-    /// or the export timeout passes. Records already handed to librdkafka may still be
-    /// delivered after an error: delivery is at least once, never "acknowledged but lost".
-    pub async fn send(&self, records: &[Record]) -> Result<(), ExportError> {
-        let produced = self.produce(records).await?;
-        self.acknowledgement(produced).await
-    }
-
-    /// Hands `records` to the producer (waiting, within the export timeout, while its queue is
-    /// full) without waiting for Kafka: `acknowledgement` does, and may be awaited apart from
-    /// the request, e.g. after the request went on without it.
-    pub async fn produce(&self, records: &[Record]) -> Result<Produced, ExportError> {
-        let producer = self.producer.load_full();
-        let started = Instant::now();
-        let deadline = started + self.export_timeout;
-        let total = records.len();
-        let deliveries = Deliveries::new(total);
-        for rec in records {
-            let topic = &*rec.topic;
-            let mut br = BaseRecord::with_opaque_to(topic, deliveries.clone())
-                .key(&rec.key[..])
-                .payload(&rec.value[..]);
-            if let Some(headers) = &rec.headers {
-                br = br.headers(owned_headers(headers));
-            }
-            loop {
-                match producer.send(br) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        // The local queue is full: wait for it to drain, within the deadline.
-                        if Instant::now() >= deadline {
-                            let e = self.timeout(total);
-                            self.failed(&producer, &e);
-                            return Err(e);
-                        }
-                        br = back;
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err((e, _)) => {
-                        let e = delivery_error(topic, &e);
-                        self.failed(&producer, &e);
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Ok(Produced {
-            producer,
-            deliveries,
-            records: total,
-            started,
-            deadline,
-        })
-    }
-
-    /// Waits until Kafka acknowledged every record of `produced`: `Ok`, or the first failure
-    /// (a fencing before any other), or a timeout once the export timeout (counted from
-    /// `produce`) passed.
-    pub async fn acknowledgement(&self, produced: Produced) -> Result<(), ExportError> {
-        let Produced {
-            producer,
-            deliveries,
-            records,
-            started,
-            deadline,
-        } = produced;
-        let settled = match tokio::time::timeout_at(deadline.into(), deliveries.settled()).await {
-            Ok(settled) => settled,
-            Err(_) => {
-                let e = self.timeout(records);
-                self.failed(&producer, &e);
-                return Err(e);
-            }
-        };
-        metrics::histogram!("weir_exporter_produce_latency_seconds", "exporter" => "kafka")
-            .record(started.elapsed().as_secs_f64());
-        match settled {
-            Ok(()) => {
-                self.liveness().last_ack = Some(Instant::now());
-                Ok(())
-            }
-            Err(e) => {
-                self.failed(&producer, &e);
-                Err(e)
-            }
-        }
-    }
-
     /// Records a failed send for the producer's liveness, and replaces a broken producer.
-    fn failed(&self, producer: &Arc<Producer_>, e: &ExportError) {
+    fn failed(&self, config: &ClientConfig, producer: &Arc<Producer_>, e: &ExportError) {
         if !e.is_permanent() {
             self.liveness().last_failure = Some(Instant::now());
         }
-        self.replace_if_broken(producer, e.is_fenced());
+        self.replace_if_broken(config, producer, e.is_fenced());
     }
 
-    fn timeout(&self, records: usize) -> ExportError {
-        ExportError::Timeout {
-            records,
-            timeout_ms: self.export_timeout.as_millis(),
-        }
-    }
-
-    /// True when a broker answered a metadata request within `timeout` and the producer can
-    /// produce. A producer with a fatal error is replaced first; so is one that stays wedged
-    /// (see `WEDGED_AFTER`) while the broker answers. Blocking.
-    pub fn probe(&self, timeout: Duration) -> bool {
+    /// See `KafkaExporter::probe`: this lane's producer.
+    fn probe(&self, config: &ClientConfig, timeout: Duration) -> bool {
         let producer = self.producer.load_full();
         if producer.client().fatal_error().is_some() {
-            self.replace_if_broken(&producer, false);
+            self.replace_if_broken(config, &producer, false);
             return false;
         }
         let up = producer
@@ -438,9 +329,191 @@ impl KafkaExporter {
                 after = ?WEDGED_AFTER,
                 "the Kafka broker answers but acknowledges no record (it may have lost this producer's state: a replaced broker); replacing the producer"
             );
-            self.replace("wedged");
+            self.replace(config, "wedged");
         }
         up
+    }
+}
+
+fn create(config: &ClientConfig) -> Result<Producer_, ExportError> {
+    config
+        .create_with_context(DeliveryContext)
+        .map_err(|e| ExportError::Config(e.to_string()))
+}
+
+/// The lane of a record with key `key` among `lanes`: FNV-1a of the key, so that the records
+/// of one trace id share a producer. Which partition a record goes to does not depend on it
+/// (every lane's producer has the same partitioner).
+fn lane_of(key: &[u8], lanes: usize) -> usize {
+    if lanes == 1 {
+        return 0;
+    }
+    let hash = key.iter().fold(0x811c_9dc5_u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash as usize % lanes
+}
+
+/// Produces records to Kafka and reports when the brokers have acknowledged them.
+///
+/// The records go through `kafka.producers` librdkafka producers (lanes), each with its own
+/// connections: librdkafka puts one partition in each produce request and keeps at most
+/// `max_in_flight` of them outstanding per connection, so one producer serves the partitions
+/// a broker leads one after another.
+///
+/// A producer that hit a fatal error (for example an idempotent producer fenced by the broker
+/// after its records timed out) can never produce again; it is replaced by a new one, and the
+/// requests that failed on it are retried by their clients.
+pub struct KafkaExporter {
+    lanes: Vec<Lane>,
+    config: ClientConfig,
+    export_timeout: Duration,
+}
+
+impl KafkaExporter {
+    /// Creates the producers. Connecting happens in the background; see `probe`.
+    pub fn new(cfg: &KafkaConfig, export_timeout: Duration) -> Result<Self, ExportError> {
+        let config =
+            producer_config(cfg, export_timeout).map_err(|e| ExportError::Config(e.to_string()))?;
+        let lanes = (0..cfg.producers.clamp(1, MAX_LANES))
+            .map(|_| Lane::new(&config))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            lanes,
+            config,
+            export_timeout,
+        })
+    }
+
+    /// Records a failed send on every lane `produced` used.
+    fn failed(&self, producers: &[Arc<Producer_>], used: u64, e: &ExportError) {
+        for (i, (lane, producer)) in self.lanes.iter().zip(producers).enumerate() {
+            if used & (1 << i) != 0 {
+                lane.failed(&self.config, producer, e);
+            }
+        }
+    }
+
+    /// Produces `records` (each to its topic) and waits until Kafka acknowledged all of them.
+    ///
+    /// Returns only after every record is acknowledged, or with an error as soon as one fails
+    /// or the export timeout passes. Records already handed to librdkafka may still be
+    /// delivered after an error: delivery is at least once, never "acknowledged but lost".
+    pub async fn send(&self, records: &[Record]) -> Result<(), ExportError> {
+        let produced = self.produce(records).await?;
+        self.acknowledgement(produced).await
+    }
+
+    /// Hands `records` to the producer (waiting, within the export timeout, while its queue is
+    /// full) without waiting for Kafka: `acknowledgement` does, and may be awaited apart from
+    /// the request, e.g. after the request went on without it.
+    pub async fn produce(&self, records: &[Record]) -> Result<Produced, ExportError> {
+        let producers: Vec<Arc<Producer_>> =
+            self.lanes.iter().map(|l| l.producer.load_full()).collect();
+        let mut used = 0u64;
+        let started = Instant::now();
+        let deadline = started + self.export_timeout;
+        let total = records.len();
+        let deliveries = Deliveries::new(total);
+        for rec in records {
+            let topic = &*rec.topic;
+            let lane = lane_of(&rec.key, producers.len());
+            used |= 1 << lane;
+            let producer = &producers[lane];
+            let mut br = BaseRecord::with_opaque_to(topic, deliveries.clone())
+                .key(&rec.key[..])
+                .payload(&rec.value[..]);
+            if let Some(headers) = &rec.headers {
+                br = br.headers(owned_headers(headers));
+            }
+            loop {
+                match producer.send(br) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        // The local queue is full: wait for it to drain, within the deadline.
+                        if Instant::now() >= deadline {
+                            let e = self.timeout(total);
+                            self.failed(&producers, used, &e);
+                            return Err(e);
+                        }
+                        br = back;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    Err((e, _)) => {
+                        let e = delivery_error(topic, &e);
+                        self.failed(&producers, used, &e);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(Produced {
+            producers,
+            used,
+            deliveries,
+            records: total,
+            started,
+            deadline,
+        })
+    }
+
+    /// Waits until Kafka acknowledged every record of `produced`: `Ok`, or the first failure
+    /// (a fencing before any other), or a timeout once the export timeout (counted from
+    /// `produce`) passed.
+    pub async fn acknowledgement(&self, produced: Produced) -> Result<(), ExportError> {
+        let Produced {
+            producers,
+            used,
+            deliveries,
+            records,
+            started,
+            deadline,
+        } = produced;
+        let settled = match tokio::time::timeout_at(deadline.into(), deliveries.settled()).await {
+            Ok(settled) => settled,
+            Err(_) => {
+                let e = self.timeout(records);
+                self.failed(&producers, used, &e);
+                return Err(e);
+            }
+        };
+        metrics::histogram!("weir_exporter_produce_latency_seconds", "exporter" => "kafka")
+            .record(started.elapsed().as_secs_f64());
+        match settled {
+            Ok(()) => {
+                let now = Instant::now();
+                for (i, lane) in self.lanes.iter().enumerate() {
+                    if used & (1 << i) != 0 {
+                        lane.liveness().last_ack = Some(now);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.failed(&producers, used, &e);
+                Err(e)
+            }
+        }
+    }
+
+    fn timeout(&self, records: usize) -> ExportError {
+        ExportError::Timeout {
+            records,
+            timeout_ms: self.export_timeout.as_millis(),
+        }
+    }
+
+    /// True when a broker answered each producer's metadata request within `timeout` and every
+    /// producer can produce. A producer with a fatal error is replaced first; so is one that
+    /// stays wedged (see `WEDGED_AFTER`) while the broker answers. Blocking, up to `timeout` per
+    /// producer.
+    pub fn probe(&self, timeout: Duration) -> bool {
+        // Every lane, even after one failed: each finds its own wedged or broken producer.
+        let mut all_up = true;
+        for lane in &self.lanes {
+            all_up &= lane.probe(&self.config, timeout);
+        }
+        all_up
     }
 
     /// Which of `topics` the brokers' metadata does not know (sorted, each once), asked within
@@ -451,7 +524,7 @@ impl KafkaExporter {
         topics: impl IntoIterator<Item = &'a str>,
         timeout: Duration,
     ) -> Result<Vec<String>, KafkaError> {
-        let producer = self.producer.load_full();
+        let producer = self.lanes[0].producer.load_full();
         let metadata = producer
             .client()
             .fetch_metadata(None, Timeout::After(timeout))?;
@@ -471,20 +544,25 @@ impl KafkaExporter {
         Ok(missing)
     }
 
-    /// Waits for every queued record to be delivered, at most `timeout`. Blocking.
+    /// Waits for every queued record to be delivered, at most `timeout` in all. Blocking.
     pub fn flush(&self, timeout: Duration) -> Result<(), ExportError> {
-        let producer = self.producer.load_full();
-        producer
-            .flush(Timeout::After(timeout))
-            .map_err(|e| ExportError::Delivery {
-                topic: "*".to_string(),
-                reason: format!(
-                    "flush at shutdown: {e} ({} records still queued)",
-                    producer.in_flight_count()
-                ),
-                fenced: false,
-                code: None,
-            })
+        let deadline = Instant::now() + timeout;
+        for lane in &self.lanes {
+            let producer = lane.producer.load_full();
+            let left = deadline.saturating_duration_since(Instant::now());
+            producer
+                .flush(Timeout::After(left))
+                .map_err(|e| ExportError::Delivery {
+                    topic: "*".to_string(),
+                    reason: format!(
+                        "flush at shutdown: {e} ({} records still queued)",
+                        producer.in_flight_count()
+                    ),
+                    fenced: false,
+                    code: None,
+                })?;
+        }
+        Ok(())
     }
 }
 
@@ -537,7 +615,7 @@ fn delivery_error(topic: &str, e: &KafkaError) -> ExportError {
 
 #[cfg(test)]
 mod tests {
-    use super::{Deliveries, ExportError, Liveness, WEDGED_AFTER};
+    use super::{Deliveries, ExportError, Liveness, MAX_LANES, WEDGED_AFTER, lane_of};
     use std::time::{Duration, Instant};
 
     fn delivery(fenced: bool) -> ExportError {
@@ -616,5 +694,28 @@ mod tests {
             !stale_failure.wedged(later),
             "no send failed since the broker came back"
         );
+    }
+
+    #[test]
+    fn a_key_always_takes_the_same_lane_and_keys_spread_over_all() {
+        assert_eq!(lane_of(b"anything", 1), 0);
+        let keys: Vec<String> = (0..4000).map(|i| format!("{:032x}", i * 7919)).collect();
+        for lanes in [2, 3, 4, MAX_LANES] {
+            let mut counts = vec![0usize; lanes];
+            for key in &keys {
+                let lane = lane_of(key.as_bytes(), lanes);
+                assert_eq!(
+                    lane,
+                    lane_of(key.as_bytes(), lanes),
+                    "the same key, the same lane"
+                );
+                counts[lane] += 1;
+            }
+            let even = keys.len() / lanes;
+            assert!(
+                counts.iter().all(|&c| c > even / 2 && c < even * 2),
+                "{lanes} lanes: {counts:?}"
+            );
+        }
     }
 }
