@@ -4,10 +4,11 @@ OTLP/HTTP and gzip-compressed OTLP/HTTP. The gateway's thread count stays bounde
 what the load adds to its peak RSS.
 
 Each thread that runs request work allocates in a glibc malloc arena of its own, so threads
-multiply memory. Before the bound on the blocking sections (decoding a body past 512 KiB,
-inflating one past 256 KiB), every such request handed its worker thread off with
-`block_in_place`, and 64 of them at once grew a debug gateway from 11 to 38-45 threads (tokio's
-blocking pool allows 512); with at most one section per runtime worker it stays at 13-16.
+multiply memory (the gateway caps the arenas at two per CPU). Before the bound on the blocking
+sections (decoding a body past 512 KiB, inflating one past 256 KiB), every such request handed
+its worker thread off with `block_in_place`, and 64 of them at once grew a debug gateway from 11
+to 38-45 threads (tokio's blocking pool allows 512); with at most one section per runtime worker
+it stays at 13-16.
 
 The load comes from weir-loadgen under the machine's benchmark lock; the peak is VmHWM, reset
 (clear_refs) once the gateway has warmed up; the thread count is the most seen while sampling
@@ -36,12 +37,17 @@ SPANS_PER_REQUEST = 3000
 MIN_REQUESTS = 64
 # The runtime's workers (one per CPU), one thread per blocking section at once (as many as
 # workers), librdkafka's threads and the gateway's own few: never one per concurrent request.
-THREAD_BOUND = 20 + 2 * (os.cpu_count() or 1)
-# What the load may add to the peak RSS: what requests hold is bounded by the admission budget
-# (limits.max_in_flight_bytes, 256 MiB by default), and a debug build's 64 bodies of 670 KB with
-# their decoded requests and records come close to it (main: +200 to +230 MiB, with 16 malloc
-# arenas on 2 CPUs either way; the thread bound is what failed there).
-GROWTH_BOUND = 256 * MIB
+# Seen on 2 CPUs: 13-19, once 25 (tokio parks a blocking-pool thread for a while after its
+# section ends, so a new section may start before the old thread exits); the unbounded code
+# reached 38-45.
+THREAD_BOUND = 28 + 2 * (os.cpu_count() or 1)
+# What the load may add to the peak RSS: the 64 bodies of 670 KB with their decoded requests
+# and records (the admission budget, limits.max_in_flight_bytes, is 256 MiB by default), plus
+# what glibc's malloc arenas hold apart. The gateway caps the arenas at two per CPU
+# (gateway/src/malloc_arenas.rs): +84 to +141 MiB in a debug build, +150 to +198 MiB in a
+# release build (OTLP/HTTP the most); with glibc's 8 per CPU a release build took +218 to
+# +222 MiB over gRPC and +245 to +265 MiB over OTLP/HTTP.
+GROWTH_BOUND = 224 * MIB
 
 
 def loadgen_command(gw, transport: str, compression: str, concurrency: int, seconds: int) -> list[str]:

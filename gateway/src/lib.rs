@@ -8,6 +8,7 @@ pub mod attribute_limits;
 pub mod blocking;
 pub mod control_plane;
 pub mod kafka_health;
+pub mod malloc_arenas;
 pub mod pipeline;
 pub mod policy;
 pub mod receivers;

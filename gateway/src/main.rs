@@ -16,8 +16,12 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: arenas are made as threads first allocate.
+    let arena_cap = weir_gateway::malloc_arenas::cap_malloc_arenas();
     let cli = Cli::parse();
-    weir_runtime::run_binary("weir-gateway", &cli.args, check, start)
+    weir_runtime::run_binary("weir-gateway", &cli.args, check, |config| {
+        start(config, arena_cap)
+    })
 }
 
 /// The config, and the policy file it names, both valid.
@@ -29,7 +33,7 @@ fn check(path: &Path) -> anyhow::Result<GatewayConfig> {
     Ok(config)
 }
 
-fn start(config: GatewayConfig) -> anyhow::Result<()> {
+fn start(config: GatewayConfig, arena_cap: Option<usize>) -> anyhow::Result<()> {
     let log = config.log.clone();
     // `target_info`'s instance: the id this gateway publishes its decisions under.
     let instance_id = config
@@ -38,6 +42,12 @@ fn start(config: GatewayConfig) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(weir_gateway::tail::publish::Publisher::default_gateway_id);
     weir_runtime::run_until_signal(&log, |shutdown| async move {
+        if let Some(arenas) = arena_cap {
+            tracing::info!(
+                arenas,
+                "glibc malloc arenas capped (MALLOC_ARENA_MAX sets another cap)"
+            );
+        }
         let prometheus = weir_gateway::telemetry::init_metrics(instance_id)?;
         weir_gateway::run(config, prometheus, shutdown).await
     })
