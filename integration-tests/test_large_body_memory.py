@@ -37,9 +37,7 @@ SPANS_PER_REQUEST = 3000
 MIN_REQUESTS = 64
 # The runtime's workers (one per CPU), one thread per blocking section at once (as many as
 # workers), librdkafka's threads and the gateway's own few: never one per concurrent request.
-# Seen on 2 CPUs: 13-19, once 25 (tokio parks a blocking-pool thread for a while after its
-# section ends, so a new section may start before the old thread exits); the unbounded code
-# reached 38-45.
+# Seen on 2 CPUs: 13-19, once 25 (not investigated); the unbounded code reached 38-45.
 THREAD_BOUND = 28 + 2 * (os.cpu_count() or 1)
 # What the load may add to the peak RSS: the 64 bodies of 670 KB with their decoded requests
 # and records (the admission budget, limits.max_in_flight_bytes, is 256 MiB by default), plus
