@@ -41,27 +41,16 @@ def test_sarama_formula_matches_known_values():
     assert sarama_hash_partition(b"a", 1000) == abs(0xE40C292C - (1 << 32)) % 1000
 
 
-@pytest.mark.parametrize("partitions", [1, 3, 4, 7, 16])
-def test_trace_ids_land_in_the_collectors_partition(broker, workdir, partitions):
+# With kafka.producers above 1 the records are spread over several librdkafka producers; each
+# has the same partitioner, so the partition still depends on the trace id alone.
+@pytest.mark.parametrize(
+    ("partitions", "producers"), [(1, 1), (3, 1), (4, 1), (7, 1), (16, 1), (7, 3)]
+)
+def test_trace_ids_land_in_the_collectors_partition(broker, workdir, partitions, producers):
     topic = unique_name(f"it-part{partitions}")
     broker.create_topic(topic, partitions=partitions)
-    gw = Gateway(broker, workdir, {"kafka.traces.topic": topic}, create_topics=False)
-    for signal in ("metrics", "logs"):
-        broker.create_topic(gw.topics[signal])
-    gw.start()
-    try:
-        check_partitions(broker, gw, topic, partitions)
-    finally:
-        gw.stop()
-
-
-def test_records_spread_over_producers_keep_the_collectors_partition(broker, workdir):
-    """kafka.producers spreads records over several librdkafka producers; each has the same
-    partitioner, so the partition still depends on the trace id alone."""
-    partitions = 7
-    topic = unique_name("it-part-producers")
-    broker.create_topic(topic, partitions=partitions)
-    gw = Gateway(broker, workdir, {"kafka.traces.topic": topic, "kafka.producers": 3}, create_topics=False)
+    overrides = {"kafka.traces.topic": topic, "kafka.producers": producers}
+    gw = Gateway(broker, workdir, overrides, create_topics=False)
     for signal in ("metrics", "logs"):
         broker.create_topic(gw.topics[signal])
     gw.start()
