@@ -36,8 +36,9 @@
 #                       or kafka: no gateway, the latency floor: weir-loadgen --transport kafka,
 #                       a bare producer (acks=all, idempotent, linger 0, one request in
 #                       flight) sending per request the records Weir would produce for it (one
-#                       per trace) and waiting for all of them; kafka-lingerN: the same with linger.ms N (no CPU figures: there is
-#                       no gateway process; not in paired mode)
+#                       per trace) and waiting for all of them; kafka-lingerN: the same with
+#                       linger.ms N (no CPU figures: there is no gateway process; not in paired
+#                       mode)
 #   BENCH_TRANSPORT     the load's transport, for every target alike: grpc (default, OTLP/gRPC
 #                       uncompressed), grpc-gzip, grpc-zstd (Rotel does not accept zstd: runs
 #                       it for Weir only, Rotel is left out with a notice), http (OTLP/HTTP

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Where the time of one open-loop rate goes, variant against variant: for each round and each
-# variant, a fresh Tansu (memory engine, HALF_PARTITIONS partitions) and gateway, weir-loadgen at RATE spans/s
-# (3 s warm-up, then DURATION s), then one line: the load generator's latency and its own send
-# lateness, the CPU of the gateway, the broker and the generator, the distribution of
-# weir_exporter_produce_latency_seconds from the gateway's /metrics, and CPU and voluntary
-# context switches per gateway thread (tokio workers, librdkafka's broker thread, rdkafka's
-# polling thread) with the time each spent runnable but waiting for a CPU (schedstat), and that
-# wait summed over the gateway's and the broker's threads during the run. No span counting:
-# bench.sh does that.
+# variant, a fresh Tansu (memory engine, HALF_PARTITIONS partitions) and gateway, weir-loadgen
+# at RATE spans/s (3 s warm-up, then DURATION s), then one line: the load generator's latency
+# and its own send lateness, the CPU of the gateway, the broker and the generator, the
+# distribution of weir_exporter_produce_latency_seconds from the gateway's /metrics, and CPU
+# and voluntary context switches per gateway thread (tokio workers, librdkafka's broker
+# thread, rdkafka's polling thread) with the time each spent runnable but waiting for a CPU
+# (schedstat), and that wait summed over the gateway's and the broker's threads during the
+# run. No span counting: bench.sh does that.
 #
 #   scripts/bench/half_load.sh ROUNDS RATE "label|gateway binary|kafka yaml lines|env" ...
 #
@@ -44,16 +44,14 @@ one_run() {
   local label="$1" gateway="$2" kafka_extra="$3" run_env="$4" d
   d="$(mktemp -d "${TMPDIR:-/tmp}/weir-half.XXXXXX")"
   read -r broker grpc http admin proxied < <(free_ports 5)
+  # Clients reach the broker at $proxied: through the delay proxy, or the broker itself.
+  [ "$BROKER_DELAY_MS" -gt 0 ] || proxied="$broker"
+  start_tansu "$broker" "$d/tansu.pid" "$d/tansu.log" "$proxied"
   if [ "$BROKER_DELAY_MS" -gt 0 ]; then
-    # Clients reach the broker only through the proxy: it advertises the proxy's port.
-    start_tansu "$broker" "$d/tansu.pid" "$d/tansu.log" "$proxied"
     "$DELAY_PROXY" --listen "127.0.0.1:$proxied" --upstream "127.0.0.1:$broker" \
       --delay-ms "$BROKER_DELAY_MS" >"$d/proxy.log" 2>&1 &
     echo $! >"$d/proxy.pid"
     wait_port 127.0.0.1 "$proxied" 30 || die "the delay proxy did not listen (see $d/proxy.log)"
-  else
-    start_tansu "$broker" "$d/tansu.pid" "$d/tansu.log"
-    proxied="$broker"
   fi
   create_topics "$broker" "$PARTITIONS" half
   local gw="" tansu target

@@ -486,21 +486,8 @@ fn locate_ids(shape: &Shape, encoding: Encoding, built: &Built, body: Vec<u8>) -
         .collect();
 
     let slots = find_ids(encoding, &trace_ids, &span_ids, &body)?;
-    let mut found = vec![0usize; traces + spans];
-    for slot in &slots {
-        found[slot.id as usize] += 1;
-    }
-    for (trace, &count) in found[..traces].iter().enumerate() {
-        let expected =
-            spans.min((trace + 1) * shape.spans_per_trace) - trace * shape.spans_per_trace;
-        if count != expected {
-            return None;
-        }
-    }
-    for (k, &count) in found[traces..].iter().enumerate() {
-        if count != 1 + built.children[k] {
-            return None;
-        }
+    if !ids_counted_once_per_use(shape, built, &slots, |_| true) {
+        return None;
     }
     let span_trace = (0..spans)
         .map(|k| (k / shape.spans_per_trace) as u32)
@@ -559,41 +546,42 @@ fn find_ids(
     Some(slots)
 }
 
-/// The ids' places in each per-trace record (`records[t]` holds trace `t`'s spans). `None`
-/// unless each record holds its own trace id once per span of the trace, each of those spans'
-/// ids once plus once per child, and no id of another trace.
+/// True when `slots` hold each id as often as the spans of the traces `holds` accepts use it:
+/// a trace id once per span of its trace, a span id once plus once per child; the ids of other
+/// traces not at all.
+fn ids_counted_once_per_use(
+    shape: &Shape,
+    built: &Built,
+    slots: &[Slot],
+    holds: impl Fn(usize) -> bool,
+) -> bool {
+    let traces = built.trace_ids.len();
+    let trace_of_span = |k: usize| k / shape.spans_per_trace;
+    let mut found = vec![0usize; traces + built.span_ids.len()];
+    for slot in slots {
+        found[slot.id as usize] += 1;
+    }
+    let mut expected = vec![0usize; found.len()];
+    for k in (0..built.span_ids.len()).filter(|&k| holds(trace_of_span(k))) {
+        expected[trace_of_span(k)] += 1;
+        expected[traces + k] = 1 + built.children[k];
+    }
+    found == expected
+}
+
+/// The ids' places in each per-trace record (`records[t]` holds trace `t`'s spans); `None`
+/// unless each record holds exactly its own trace's ids (`ids_counted_once_per_use`).
 fn locate_record_ids(shape: &Shape, built: &Built, records: &[Vec<u8>]) -> Option<Vec<Vec<Slot>>> {
     let trace_ids: Vec<Vec<u8>> = built.trace_ids.iter().map(|id| id.to_vec()).collect();
     let span_ids: Vec<Vec<u8>> = built.span_ids.iter().map(|id| id.to_vec()).collect();
-    let traces = trace_ids.len();
-    let trace_of_span = |k: usize| k / shape.spans_per_trace;
-    let mut all = Vec::with_capacity(records.len());
-    for (trace, record) in records.iter().enumerate() {
-        let slots = find_ids(Encoding::Protobuf, &trace_ids, &span_ids, record)?;
-        let mut found = vec![0usize; traces + span_ids.len()];
-        for slot in &slots {
-            found[slot.id as usize] += 1;
-        }
-        let spans_here = (0..span_ids.len()).filter(|&k| trace_of_span(k) == trace);
-        let expected_spans: usize = spans_here.clone().count();
-        for (t, &count) in found[..traces].iter().enumerate() {
-            if count != if t == trace { expected_spans } else { 0 } {
-                return None;
-            }
-        }
-        for (k, &count) in found[traces..].iter().enumerate() {
-            let expected = if trace_of_span(k) == trace {
-                1 + built.children[k]
-            } else {
-                0
-            };
-            if count != expected {
-                return None;
-            }
-        }
-        all.push(slots);
-    }
-    Some(all)
+    records
+        .iter()
+        .enumerate()
+        .map(|(trace, record)| {
+            let slots = find_ids(Encoding::Protobuf, &trace_ids, &span_ids, record)?;
+            ids_counted_once_per_use(shape, built, &slots, |t| t == trace).then_some(slots)
+        })
+        .collect()
 }
 
 fn encoded_id(encoding: Encoding, raw: &[u8]) -> Vec<u8> {
